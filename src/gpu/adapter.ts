@@ -1,0 +1,72 @@
+// finding a WebGPU adapter: navigator.gpu in browsers, Dawn's `webgpu` package in Node.
+//
+// Dawn pitfall: the GPU object returned by create() must stay reachable for the whole life of
+// the process. if only a local holds it, V8 may collect it while Dawn's event-loop hook still
+// runs, and the process dies at random (futex errors, segfaults). we pin it on globalThis.
+
+import { NoAdapterError } from './errors.ts';
+
+/** Dawn toggles engram turns on by default (Node only). */
+export const DEFAULT_DAWN_TOGGLES = [
+  // shader-f16 is off by default on NVIDIA's Vulkan driver in Dawn; this exposes it.
+  'enable-dawn-features=vulkan_enable_f16_on_nvidia,allow_unsafe_apis',
+];
+
+const PIN = Symbol.for('engram.dawn.gpu');
+type Pinned = { [PIN]?: GPU };
+
+export interface AdapterOptions {
+  /** Extra Dawn toggles for Node, e.g. 'adapter=NVIDIA H100'. ENGRAM_DAWN_TOGGLES (comma/space list) adds more. */
+  toggles?: readonly string[];
+  powerPreference?: GPUPowerPreference;
+}
+
+/** The GPU entry point: navigator.gpu when present, else Dawn through the `webgpu` package. */
+export async function gpuEntry(opts: AdapterOptions = {}): Promise<GPU> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return nav.gpu;
+  const pinned = globalThis as Pinned;
+  if (pinned[PIN]) return pinned[PIN];
+  let mod: { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
+  try {
+    mod = (await import('webgpu')) as typeof mod;
+  } catch (e) {
+    throw new NoAdapterError(
+      `could not load Dawn's 'webgpu' package (${String(e)}); run 'npm install' in the project root`,
+      { cause: e },
+    );
+  }
+  Object.assign(globalThis, mod.globals);
+  const env = (process.env['ENGRAM_DAWN_TOGGLES'] ?? '').split(/[\s]+/).filter(Boolean);
+  const gpu = mod.create([...DEFAULT_DAWN_TOGGLES, ...(opts.toggles ?? []), ...env]);
+  pinned[PIN] = gpu;
+  return gpu;
+}
+
+/** Drops the pinned Dawn object so that a Node process can exit (call after device.destroy()). */
+export function releaseGpuEntry(): void {
+  delete (globalThis as Pinned)[PIN];
+}
+
+export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdapter> {
+  const gpu = await gpuEntry(opts);
+  const req: GPURequestAdapterOptions = {};
+  if (opts.powerPreference) req.powerPreference = opts.powerPreference;
+  const adapter = await gpu.requestAdapter(req);
+  if (!adapter) {
+    throw new NoAdapterError(
+      'no WebGPU adapter found. On Linux without a GPU install Mesa lavapipe >= 25 ' +
+        "(Debian: 'apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1', or run .ci/install-vulkan.sh); " +
+        "in a browser enable WebGPU (Chromium: --enable-unsafe-webgpu).",
+    );
+  }
+  return adapter;
+}
+
+/** A one-line name for the adapter, e.g. 'NVIDIA H100 80GB HBM3 (nvidia hopper, vulkan)'. */
+export function describeAdapter(adapter: GPUAdapter): string {
+  const i = adapter.info;
+  const name = i.description || i.device || 'unknown adapter';
+  const extra = [i.vendor, i.architecture].filter(Boolean).join(' ');
+  return extra ? `${name} (${extra})` : name;
+}

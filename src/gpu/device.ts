@@ -1,0 +1,358 @@
+// Gpu: one WebGPU device and everything engram keeps about it.
+//
+//  - features and limits: the adapter's real limits are requested (WebGPU's defaults are tiny),
+//    plus shader-f16, subgroups, timestamp-query and subgroup matrices where present.
+//  - errors: allocation is wrapped in an out-of-memory scope; uncaptured errors and device loss
+//    are recorded and rethrown, typed, at the next sync().
+//  - memory: every buffer goes through createBuffer(), which keeps byte accounting per label.
+//  - dispatch: kernels are recorded into one compute pass; their uniform blocks are staged on
+//    the host and written with one writeBuffer right before the submit (queue order makes this
+//    safe even though the uniform buffer is reused by every flush).
+
+import { describeAdapter, releaseGpuEntry, requestAdapter, type AdapterOptions } from './adapter.ts';
+import { byteSize, decode, encode, type DType } from './dtype.ts';
+import { DeviceLostError, EngramError, GpuValidationError, LimitError, OutOfMemoryError } from './errors.ts';
+import { PipelineCache, type Pipeline } from './pipelines.ts';
+import { ScratchPool } from './buffers.ts';
+import { STORAGE_USAGE, Tensor, fmtShape, numel, type TensorOwner } from './tensor.ts';
+
+export interface GpuFeatures {
+  f16: boolean;
+  subgroups: boolean;
+  timestamps: boolean;
+  /** subgroup-matrix configurations (chromium-experimental-subgroup-matrix), empty if absent */
+  subgroupMatrix: readonly SubgroupMatrixConfig[];
+}
+
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+export interface GpuOptions extends AdapterOptions {
+  /** Turn off optional features (to test fallback paths). */
+  disable?: readonly ('shader-f16' | 'subgroups' | 'timestamp-query' | 'subgroup-matrix')[];
+}
+
+export interface MemoryStats {
+  /** bytes in live buffers */
+  bytes: number;
+  /** live buffers */
+  buffers: number;
+  /** bytes by allocation label */
+  byLabel: ReadonlyMap<string, number>;
+}
+
+const UNIFORM_STAGING_BYTES = 1 << 18;
+
+export class Gpu {
+  readonly pipelines: PipelineCache;
+  /** short-lived tensors (kernel temporaries); see buffers.ts */
+  readonly scratch: ScratchPool;
+  readonly limits: Readonly<Record<string, number>>;
+  readonly adapterName: string;
+  private readonly pending: EngramError[] = [];
+  private lost: GPUDeviceLostInfo | null = null;
+  private destroyed = false;
+  private readonly live = new Map<GPUBuffer, { bytes: number; label: string }>();
+  private readonly byLabel = new Map<string, number>();
+  private liveBytes = 0;
+
+  // recording state
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private uniforms: GPUBuffer;
+  private readonly staging = new ArrayBuffer(UNIFORM_STAGING_BYTES);
+  private stagingUsed = 0;
+  private readonly uniformAlign: number;
+  private nextPassTimestamps: GPUComputePassTimestampWrites | null = null;
+  /** dispatches recorded and submits made since creation (for tests, timing and profiling) */
+  dispatches = 0;
+  flushes = 0;
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly adapter: GPUAdapter,
+    readonly features: GpuFeatures,
+  ) {
+    this.adapterName = describeAdapter(adapter);
+    const limits: Record<string, number> = {};
+    for (const k in device.limits) limits[k] = (device.limits as unknown as Record<string, number>)[k]!;
+    this.limits = limits;
+    this.uniformAlign = device.limits.minUniformBufferOffsetAlignment;
+    this.pipelines = new PipelineCache(device);
+    this.scratch = new ScratchPool(this);
+    this.uniforms = this.createBuffer('uniforms', UNIFORM_STAGING_BYTES, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+    device.addEventListener('uncapturederror', (ev) => {
+      const e = (ev as GPUUncapturedErrorEvent).error;
+      this.pending.push(
+        e instanceof GPUOutOfMemoryError
+          ? new OutOfMemoryError(`GPU out of memory: ${e.message}`)
+          : new GpuValidationError(`WebGPU error: ${e.message}`),
+      );
+    });
+    void device.lost.then((info) => {
+      this.lost = info;
+      if (info.reason !== 'destroyed') {
+        console.error(`engram: WebGPU device lost (${info.reason}): ${info.message}. Create a new Gpu to continue.`);
+      }
+    });
+  }
+
+  /** Opens the default adapter and a device with its real limits and the features engram uses. */
+  static async create(opts: GpuOptions = {}): Promise<Gpu> {
+    const adapter = await requestAdapter(opts);
+    const off = new Set(opts.disable ?? []);
+    const want: GPUFeatureName[] = [];
+    const has = (f: string) => adapter.features.has(f);
+    if (has('shader-f16') && !off.has('shader-f16')) want.push('shader-f16');
+    if (has('subgroups') && !off.has('subgroups')) want.push('subgroups');
+    if (has('timestamp-query') && !off.has('timestamp-query')) want.push('timestamp-query');
+    const smName = 'chromium-experimental-subgroup-matrix';
+    if (has(smName) && !off.has('subgroup-matrix')) want.push(smName as GPUFeatureName);
+    const requiredLimits: Record<string, number> = {};
+    for (const k in adapter.limits) {
+      const v = (adapter.limits as unknown as Record<string, unknown>)[k];
+      if (typeof v === 'number') requiredLimits[k] = v;
+    }
+    const device = await adapter.requestDevice({ label: 'engram', requiredFeatures: want, requiredLimits });
+    const info = adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: SubgroupMatrixConfig[] };
+    const features: GpuFeatures = {
+      f16: device.features.has('shader-f16'),
+      subgroups: device.features.has('subgroups'),
+      timestamps: device.features.has('timestamp-query'),
+      subgroupMatrix: device.features.has(smName) ? [...(info.subgroupMatrixConfigs ?? [])] : [],
+    };
+    return new Gpu(device, adapter, features);
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  /** Creates a buffer with byte accounting. OOM surfaces at the next sync(); use alloc() to catch it here. */
+  createBuffer(label: string, size: number, usage: GPUBufferUsageFlags): GPUBuffer {
+    this.assertAlive();
+    if (size > this.device.limits.maxBufferSize) {
+      throw new LimitError(`buffer '${label}' of ${size} bytes exceeds maxBufferSize ${this.device.limits.maxBufferSize}`);
+    }
+    this.device.pushErrorScope('out-of-memory');
+    const buffer = this.device.createBuffer({ label, size, usage });
+    void this.device.popErrorScope().then((e) => {
+      if (e) this.pending.push(new OutOfMemoryError(`out of GPU memory allocating '${label}' (${size} bytes): ${e.message}`));
+    });
+    this.live.set(buffer, { bytes: size, label });
+    this.liveBytes += size;
+    this.byLabel.set(label, (this.byLabel.get(label) ?? 0) + size);
+    return buffer;
+  }
+
+  destroyBuffer(buffer: GPUBuffer): void {
+    const rec = this.live.get(buffer);
+    if (!rec) return;
+    this.live.delete(buffer);
+    this.liveBytes -= rec.bytes;
+    const left = (this.byLabel.get(rec.label) ?? 0) - rec.bytes;
+    if (left > 0) this.byLabel.set(rec.label, left);
+    else this.byLabel.delete(rec.label);
+    buffer.destroy();
+  }
+
+  /** Byte accounting of live buffers. */
+  memory(): MemoryStats {
+    return { bytes: this.liveBytes, buffers: this.live.size, byLabel: new Map(this.byLabel) };
+  }
+
+  /** Allocates a standalone tensor, failing here (not later) if the device is out of memory. */
+  async tensor(shape: readonly number[], dtype: DType = 'f32', label = 'tensor'): Promise<Tensor> {
+    const bytes = this.checkBindable(shape, dtype, label);
+    this.device.pushErrorScope('out-of-memory');
+    const t = this.tensorSync(shape, dtype, label, bytes);
+    const e = await this.device.popErrorScope();
+    if (e) {
+      t.dispose();
+      throw new OutOfMemoryError(`out of GPU memory allocating ${fmtShape(t)} (${bytes} bytes): ${e.message}`);
+    }
+    return t;
+  }
+
+  /** Allocates a tensor and uploads `values` (rounded to dtype). */
+  async tensorFrom(values: ArrayLike<number>, shape: readonly number[], dtype: DType = 'f32', label = 'tensor'): Promise<Tensor> {
+    if (values.length !== numel(shape)) {
+      throw new EngramError(`tensorFrom '${label}': ${values.length} values for shape [${shape.join(',')}] (${numel(shape)} elements)`);
+    }
+    const t = await this.tensor(shape, dtype, label);
+    this.write(t, values);
+    return t;
+  }
+
+  private tensorSync(shape: readonly number[], dtype: DType, label: string, bytes: number): Tensor {
+    const buffer = this.createBuffer(label, bytes, STORAGE_USAGE);
+    const owner: TensorOwner = { release: () => this.destroyBuffer(buffer) };
+    return new Tensor(buffer, 0, shape, dtype, label, owner);
+  }
+
+  /** Bytes a tensor needs; throws if it cannot be bound in one storage binding. */
+  checkBindable(shape: readonly number[], dtype: DType, label: string): number {
+    for (const d of shape) {
+      if (!Number.isInteger(d) || d < 0) throw new EngramError(`tensor '${label}': bad shape [${shape.join(',')}]`);
+    }
+    const bytes = Math.max(4, byteSize(numel(shape), dtype));
+    const max = this.device.limits.maxStorageBufferBindingSize;
+    if (bytes > max) {
+      throw new LimitError(
+        `tensor '${label}' [${shape.join(',')}]:${dtype} needs ${bytes} bytes, over this adapter's maxStorageBufferBindingSize (${max}); split it`,
+      );
+    }
+    return bytes;
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  /**
+   * Records one dispatch. `storage[i]` binds at @binding(i + 1); the uniform block `params`
+   * (32-bit words, see kernels/kernel.ts) binds at @binding(0) when given.
+   */
+  dispatch(
+    p: Pipeline,
+    storage: readonly (Tensor | GPUBufferBinding)[],
+    params: ArrayBuffer | null,
+    workgroups: readonly [number, number?, number?],
+  ): void {
+    this.assertAlive();
+    const [x, y = 1, z = 1] = workgroups;
+    const maxWg = this.device.limits.maxComputeWorkgroupsPerDimension;
+    if (x > maxWg || y > maxWg || z > maxWg) {
+      throw new LimitError(`kernel '${p.name}': dispatch [${x},${y},${z}] exceeds maxComputeWorkgroupsPerDimension ${maxWg}`);
+    }
+    if (x === 0 || y === 0 || z === 0) return;
+    const entries: GPUBindGroupEntry[] = [];
+    if (params) {
+      const need = Math.ceil(params.byteLength / this.uniformAlign) * this.uniformAlign;
+      if (this.stagingUsed + need > UNIFORM_STAGING_BYTES) this.flush();
+      new Uint8Array(this.staging, this.stagingUsed, params.byteLength).set(new Uint8Array(params));
+      entries.push({ binding: 0, resource: { buffer: this.uniforms, offset: this.stagingUsed, size: params.byteLength } });
+      this.stagingUsed += need;
+    }
+    storage.forEach((s, i) => {
+      if (s instanceof Tensor && s.isDisposed) throw new EngramError(`kernel '${p.name}': tensor '${s.label}' was disposed`);
+      entries.push({ binding: i + 1, resource: s instanceof Tensor ? s.binding() : s });
+    });
+    const pass = this.currentPass();
+    pass.setPipeline(p.pipeline);
+    pass.setBindGroup(0, this.device.createBindGroup({ label: p.name, layout: p.layout, entries }));
+    pass.dispatchWorkgroups(x, y, z);
+    this.dispatches++;
+  }
+
+  private currentPass(): GPUComputePassEncoder {
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder({ label: 'engram' });
+    if (!this.pass) {
+      const desc: GPUComputePassDescriptor = { label: 'engram' };
+      if (this.nextPassTimestamps) desc.timestampWrites = this.nextPassTimestamps;
+      this.nextPassTimestamps = null;
+      this.pass = this.encoder.beginComputePass(desc);
+    }
+    return this.pass;
+  }
+
+  /** Ends the open compute pass (the next dispatch opens a new one). */
+  endPass(): void {
+    this.pass?.end();
+    this.pass = null;
+  }
+
+  /** The next compute pass writes these timestamps (see timing.ts). */
+  setNextPassTimestamps(t: GPUComputePassTimestampWrites): void {
+    this.endPass();
+    this.nextPassTimestamps = t;
+  }
+
+  /** Gives the command encoder to `fn` outside any pass (copies, query resolves), in order. */
+  encode(fn: (enc: GPUCommandEncoder) => void): void {
+    this.assertAlive();
+    this.endPass();
+    this.encoder ??= this.device.createCommandEncoder({ label: 'engram' });
+    fn(this.encoder);
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    this.endPass();
+    if (!this.encoder) return;
+    if (this.stagingUsed > 0) this.device.queue.writeBuffer(this.uniforms, 0, this.staging, 0, this.stagingUsed);
+    this.stagingUsed = 0;
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.flushes++;
+  }
+
+  /** Flushes, waits for the GPU to finish, and throws any error recorded meanwhile. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.throwPending();
+  }
+
+  throwPending(): void {
+    if (this.lost && this.lost.reason !== 'destroyed') {
+      throw new DeviceLostError(`WebGPU device lost (${this.lost.reason}): ${this.lost.message}`);
+    }
+    const e = this.pending.shift();
+    if (e) {
+      this.pending.length = 0;
+      throw e;
+    }
+  }
+
+  private assertAlive(): void {
+    if (this.destroyed) throw new DeviceLostError('this Gpu was destroyed; create a new one');
+    if (this.lost) throw new DeviceLostError(`WebGPU device lost (${this.lost.reason}): ${this.lost.message}`);
+  }
+
+  // ---------------------------------------------------------------- transfer
+
+  /** Uploads values (rounded to the tensor's dtype). Ordered after everything recorded before. */
+  write(t: Tensor, values: ArrayLike<number>): void {
+    if (values.length !== t.size) throw new EngramError(`write to ${fmtShape(t)}: got ${values.length} values, need ${t.size}`);
+    this.flush();
+    const bytes = encode(values, t.dtype);
+    this.device.queue.writeBuffer(t.buffer, t.offset, bytes, 0, Math.min(bytes.byteLength, t.byteLength));
+  }
+
+  /** Reads a tensor back as f32 (f16/bf16 decoded). Waits for all recorded work. */
+  async read(t: Tensor): Promise<Float32Array> {
+    const bytes = await this.readBytes(t.buffer, t.offset, t.byteLength);
+    return decode(bytes, t.dtype, t.size);
+  }
+
+  async readBytes(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
+    const staging = this.createBuffer('readback', size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    try {
+      this.encode((enc) => enc.copyBufferToBuffer(buffer, offset, staging, 0, size));
+      this.flush();
+      await staging.mapAsync(GPUMapMode.READ);
+      const out = staging.getMappedRange().slice(0);
+      staging.unmap();
+      this.throwPending();
+      return out;
+    } finally {
+      this.destroyBuffer(staging);
+    }
+  }
+
+  // ---------------------------------------------------------------- lifetime
+
+  /** Destroys the device and every buffer; lets a Node process exit. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const b of this.live.keys()) b.destroy();
+    this.live.clear();
+    this.liveBytes = 0;
+    this.byLabel.clear();
+    this.device.destroy();
+    releaseGpuEntry();
+  }
+}

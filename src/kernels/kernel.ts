@@ -1,0 +1,151 @@
+// shared plumbing for kernels: WGSL binding declarations with dtype-aware load/store helpers,
+// uniform parameter blocks, and launch(). kernels interpolate constants into WGSL templates;
+// nothing here knows any op.
+//
+// binding convention: @binding(0) is the uniform block `p` (when the kernel has parameters),
+// storage buffers follow from @binding(1) in the order the kernel lists them: outputs, saved
+// values, then inputs.
+//
+// for a storage binding named `x` of dtype D the header defines
+//   ld_x(i: u32) -> f32             element i, decoded to f32 (any D)
+//   st_x(i: u32, v: f32)            f32 only: f16/bf16 share a u32 word between two elements
+//   st2_x(i: u32, a: f32, b: f32)   elements i and i+1, i even (any D; rounds to nearest even)
+// index buffers (u32/i32) are plain arrays: x[i].
+
+import type { Gpu } from '../gpu/device.ts';
+import type { DType } from '../gpu/dtype.ts';
+import { ShapeError } from '../gpu/errors.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+
+export type StorageType = DType | 'u32' | 'i32';
+
+export interface BindingDecl {
+  name: string;
+  type: StorageType;
+  access: 'read' | 'read_write';
+}
+
+export type ParamType = 'u32' | 'i32' | 'f32';
+export type ParamSpec = readonly (readonly [name: string, type: ParamType])[];
+
+/** WGSL helpers for packed 16-bit storage; every header includes them. */
+const PACK_HELPERS = /* wgsl */ `
+fn bf16_lo(w: u32) -> f32 { return bitcast<f32>(w << 16u); }
+fn bf16_hi(w: u32) -> f32 { return bitcast<f32>(w & 0xffff0000u); }
+fn bf16_bits(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  if ((b & 0x7fffffffu) > 0x7f800000u) { return (b >> 16u) | 0x40u; }  // keep NaN a NaN
+  return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;                      // round to nearest even
+}
+fn pack_bf16(a: f32, b: f32) -> u32 { return bf16_bits(a) | (bf16_bits(b) << 16u); }
+`;
+
+function storageDecl(binding: number, b: BindingDecl): string {
+  const elem = b.type === 'f32' ? 'f32' : b.type === 'i32' ? 'i32' : 'u32';
+  const decl = `@group(0) @binding(${binding}) var<storage, ${b.access}> ${b.name}: array<${elem}>;`;
+  const n = b.name;
+  const rw = b.access === 'read_write';
+  switch (b.type) {
+    case 'u32':
+    case 'i32':
+      return decl;
+    case 'f32':
+      return [
+        decl,
+        `fn ld_${n}(i: u32) -> f32 { return ${n}[i]; }`,
+        rw ? `fn st_${n}(i: u32, v: f32) { ${n}[i] = v; }` : '',
+        rw ? `fn st2_${n}(i: u32, a: f32, b: f32) { ${n}[i] = a; ${n}[i + 1u] = b; }` : '',
+      ].join('\n');
+    case 'f16':
+      return [
+        decl,
+        `fn ld_${n}(i: u32) -> f32 { return unpack2x16float(${n}[i >> 1u])[i & 1u]; }`,
+        rw ? `fn st2_${n}(i: u32, a: f32, b: f32) { ${n}[i >> 1u] = pack2x16float(vec2<f32>(a, b)); }` : '',
+      ].join('\n');
+    case 'bf16':
+      return [
+        decl,
+        `fn ld_${n}(i: u32) -> f32 { let w = ${n}[i >> 1u]; return select(bf16_lo(w), bf16_hi(w), (i & 1u) == 1u); }`,
+        rw ? `fn st2_${n}(i: u32, a: f32, b: f32) { ${n}[i >> 1u] = pack_bf16(a, b); }` : '',
+      ].join('\n');
+  }
+}
+
+/** The WGSL header: the Params struct (if any), storage bindings and their helpers. */
+export function header(storage: readonly BindingDecl[], params: ParamSpec = []): string {
+  const out: string[] = [PACK_HELPERS];
+  if (params.length > 0) {
+    out.push(`struct Params {\n${params.map(([n, t]) => `  ${n}: ${t},`).join('\n')}\n}`);
+    out.push('@group(0) @binding(0) var<uniform> p: Params;');
+  }
+  storage.forEach((b, i) => out.push(storageDecl(i + 1, b)));
+  return out.join('\n');
+}
+
+/** Packs parameter values into a uniform block (4-byte scalars in order, padded to 16 bytes). */
+export function packParams(spec: ParamSpec, values: Readonly<Record<string, number>>): ArrayBuffer {
+  const buf = new ArrayBuffer(Math.max(16, Math.ceil((spec.length * 4) / 16) * 16));
+  const dv = new DataView(buf);
+  spec.forEach(([name, type], i) => {
+    const v = values[name];
+    if (v === undefined || !Number.isFinite(v)) throw new Error(`kernel parameter '${name}' is ${v}`);
+    if (type === 'f32') dv.setFloat32(i * 4, v, true);
+    else if (type === 'i32') dv.setInt32(i * 4, v, true);
+    else dv.setUint32(i * 4, v, true);
+  });
+  return buf;
+}
+
+export interface Launch {
+  /** kernel name: the pipeline label and the name in errors */
+  name: string;
+  wgsl: string;
+  entryPoint?: string;
+  storage: readonly Tensor[];
+  params?: ParamSpec;
+  values?: Readonly<Record<string, number>>;
+  workgroups: readonly [number, number?, number?];
+}
+
+/** Compiles (once, cached) and records one dispatch. */
+export async function launch(gpu: Gpu, l: Launch): Promise<void> {
+  const pipe = await gpu.pipelines.get(l.name, l.wgsl, l.entryPoint ?? 'main');
+  const params = l.params && l.params.length > 0 ? packParams(l.params, l.values ?? {}) : null;
+  gpu.dispatch(pipe, l.storage, params, l.workgroups);
+}
+
+/** Splits a large 1-D workgroup count into an (x, y) grid within the per-dimension limit. */
+export function grid1d(gpu: Gpu, groups: number): [number, number] {
+  const max = gpu.device.limits.maxComputeWorkgroupsPerDimension;
+  if (groups <= max) return [groups, 1];
+  const y = Math.ceil(groups / max);
+  return [Math.ceil(groups / y), y];
+}
+
+// ---------------------------------------------------------------- shape checks
+
+const fmt = (t: Tensor) => `${t.label}[${t.shape.join(',')}]:${t.dtype}`;
+
+/** Throws a ShapeError naming the op and the tensor unless t has exactly `shape` (-1 = any). */
+export function expectShape(op: string, what: string, t: Tensor, shape: readonly number[]): void {
+  const ok = t.shape.length === shape.length && shape.every((d, i) => d < 0 || d === t.shape[i]);
+  if (!ok) throw new ShapeError(`${op}: ${what} ${fmt(t)} should have shape [${shape.map((d) => (d < 0 ? '*' : d)).join(',')}]`);
+}
+
+export function expectDtype(op: string, what: string, t: Tensor, dtypes: readonly StorageType[]): void {
+  if (!dtypes.includes(t.dtype)) throw new ShapeError(`${op}: ${what} ${fmt(t)} must be one of ${dtypes.join('/')}`);
+}
+
+/** f16/bf16 tensors are written two elements per word: their innermost dimension must be even. */
+export function expectPackable(op: string, what: string, t: Tensor): void {
+  const inner = t.shape[t.shape.length - 1] ?? 1;
+  if (t.dtype !== 'f32' && inner % 2 !== 0) {
+    throw new ShapeError(`${op}: ${what} ${fmt(t)} is ${t.dtype} with an odd innermost dimension (${inner}); use f32 or an even size`);
+  }
+}
+
+export function expectSameShape(op: string, a: Tensor, b: Tensor): void {
+  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
+    throw new ShapeError(`${op}: ${fmt(a)} and ${fmt(b)} must have the same shape`);
+  }
+}
