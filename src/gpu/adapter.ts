@@ -9,7 +9,11 @@ import { NoAdapterError } from './errors.ts';
 /** Dawn toggles engram turns on by default (Node only). */
 export const DEFAULT_DAWN_TOGGLES = [
   // shader-f16 is off by default on NVIDIA's Vulkan driver in Dawn; this exposes it.
+  // allow_unsafe_apis exposes chromium-experimental-subgroup-matrix (tensor cores).
   'enable-dawn-features=vulkan_enable_f16_on_nvidia,allow_unsafe_apis',
+  // Dawn rounds timestamps to a coarse quantum by default (a browser fingerprinting guard);
+  // a profiler wants them exact.
+  'disable-dawn-features=timestamp_quantization',
 ];
 
 const PIN = Symbol.for('engram.dawn.gpu');
@@ -66,7 +70,8 @@ export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdap
 /** A one-line name for the adapter, e.g. 'NVIDIA H100 80GB HBM3 (nvidia hopper, vulkan)'. */
 export function describeAdapter(adapter: GPUAdapter): string {
   const i = adapter.info;
-  const name = i.description || i.device || 'unknown adapter';
+  // NVIDIA's Vulkan driver reports only its version as the description ('NVIDIA: 580.159.04 ...')
+  const name = i.device || i.description || 'unknown adapter';
   const extra = [i.vendor, i.architecture].filter(Boolean).join(' ');
   return extra ? `${name} (${extra})` : name;
 }

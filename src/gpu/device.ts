@@ -48,6 +48,9 @@ export interface MemoryStats {
 
 const UNIFORM_STAGING_BYTES = 1 << 18;
 
+/** live Gpu instances: Dawn's entry object is released with the last one */
+let liveGpus = 0;
+
 export class Gpu {
   readonly pipelines: PipelineCache;
   /** short-lived tensors (kernel temporaries); see buffers.ts */
@@ -78,6 +81,7 @@ export class Gpu {
     readonly adapter: GPUAdapter,
     readonly features: GpuFeatures,
   ) {
+    liveGpus++;
     this.adapterName = describeAdapter(adapter);
     const limits: Record<string, number> = {};
     for (const k in device.limits) limits[k] = (device.limits as unknown as Record<string, number>)[k]!;
@@ -353,6 +357,6 @@ export class Gpu {
     this.liveBytes = 0;
     this.byLabel.clear();
     this.device.destroy();
-    releaseGpuEntry();
+    if (--liveGpus === 0) releaseGpuEntry();
   }
 }

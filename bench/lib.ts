@@ -1,0 +1,136 @@
+// benchmark plumbing: timing on the GPU, the torch side-by-side runner, and result files
+// bench/results/<suite>-<device-slug>-<YYYYMMDD>.json as README's "Benchmarks" section describes.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Gpu } from '../src/gpu/device.ts';
+import { GpuTimer } from '../src/gpu/timing.ts';
+
+export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+
+export interface TimeOptions {
+  warmup?: number;
+  reps?: number;
+}
+
+/**
+ * Median GPU milliseconds of one call of `fn` (which records dispatches). With timestamp queries
+ * each call is its own timed pass; without, wall clock around a synced batch of calls.
+ */
+export async function timeGpu(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptions = {}): Promise<number> {
+  const { warmup = 3, reps = 10 } = opts;
+  for (let i = 0; i < warmup; i++) await fn();
+  await gpu.sync();
+  const times: number[] = [];
+  if (gpu.features.timestamps) {
+    const timer = new GpuTimer(gpu);
+    try {
+      for (let i = 0; i < reps; i++) {
+        timer.begin();
+        await fn();
+        times.push(await timer.end());
+      }
+    } finally {
+      timer.dispose();
+    }
+  } else {
+    for (let i = 0; i < reps; i++) {
+      const t0 = performance.now();
+      await fn();
+      await gpu.sync();
+      times.push(performance.now() - t0);
+    }
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]!;
+}
+
+/**
+ * The device a result file names. NVIDIA's Vulkan driver reports only its version string to
+ * WebGPU, so on NVIDIA the board name comes from nvidia-smi.
+ */
+export function deviceName(gpu: Gpu): string {
+  if (gpu.adapter.info.vendor === 'nvidia') {
+    try {
+      const smi = execFileSync('nvidia-smi', ['--query-gpu=name', '--format=csv,noheader'], { encoding: 'utf8' });
+      const board = smi.trim().split('\n')[0];
+      if (board) return `${board} (Vulkan, ${gpu.adapterName})`;
+    } catch {
+      // no nvidia-smi: fall through to the adapter's own name
+    }
+  }
+  return gpu.adapterName;
+}
+
+/** 'NVIDIA H100 80GB HBM3 (Vulkan, ...)' -> 'nvidia-h100-80gb-hbm3' */
+export function deviceSlug(name: string): string {
+  const base = name.split(' (')[0] ?? name;
+  return base.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 48) || 'unknown';
+}
+
+function commit(): string {
+  if (process.env['ENGRAM_COMMIT']) return process.env['ENGRAM_COMMIT'];
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim();
+    return dirty ? `${head}-dirty` : head;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export interface ResultFile {
+  suite: string;
+  device: string;
+  date: string;
+  commit: string;
+  command: string;
+  results: Record<string, number>;
+  notes?: Record<string, string>;
+}
+
+/** Writes the result file and returns its path. */
+export function writeResults(suite: string, device: string, results: Record<string, number>, notes: Record<string, string> = {}): string {
+  const now = new Date();
+  const ymd = now.toISOString().slice(0, 10).replace(/-/g, '');
+  const file: ResultFile = {
+    suite,
+    device,
+    date: now.toISOString(),
+    commit: commit(),
+    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    results,
+  };
+  if (Object.keys(notes).length) file.notes = notes;
+  const dir = process.env['ENGRAM_BENCH_DIR'] ?? join(BENCH_DIR, 'results');
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, `${suite}-${deviceSlug(device)}-${ymd}.json`);
+  writeFileSync(path, JSON.stringify(file, null, 2) + '\n');
+  return path;
+}
+
+/**
+ * Runs a PyTorch script from bench/torch (same machine, same command) and returns the metrics
+ * it prints as its last line of JSON. Missing python3/torch/CUDA gives {} and a note.
+ */
+export function runTorch(script: string, args: string[] = []): { results: Record<string, number>; note?: string } {
+  const r = spawnSync(process.env['PYTHON'] ?? 'python3', [join(BENCH_DIR, 'torch', script), ...args], {
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
+  if (r.error || r.status !== 0) {
+    const why = r.error ? String(r.error) : (r.stderr || '').trim().split('\n').slice(-3).join(' | ');
+    return { results: {}, note: `torch baseline not run: ${why}` };
+  }
+  const last = r.stdout.trim().split('\n').pop() ?? '{}';
+  return { results: JSON.parse(last) as Record<string, number> };
+}
+
+export function table(results: Record<string, number>): string {
+  const w = Math.max(...Object.keys(results).map((k) => k.length));
+  return Object.entries(results)
+    .map(([k, v]) => `${k.padEnd(w)}  ${Number.isInteger(v) ? v : v.toPrecision(4)}`)
+    .join('\n');
+}

@@ -1,0 +1,38 @@
+// npm run bench -- <suite> [options]: runs one benchmark suite and writes its result file.
+// suites live in bench/suites/<suite>.ts and export `run(gpu, args)`.
+
+import { Gpu } from '../src/gpu/device.ts';
+import { deviceName, table, writeResults } from './lib.ts';
+
+export interface SuiteOutput {
+  results: Record<string, number>;
+  notes?: Record<string, string>;
+}
+export type Suite = (gpu: Gpu, args: string[]) => Promise<SuiteOutput>;
+
+const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
+  kernels: () => import('./suites/kernels.ts'),
+};
+
+async function main(): Promise<void> {
+  const [name, ...args] = process.argv.slice(2);
+  const load = name ? SUITES[name] : undefined;
+  if (!load) {
+    console.error(`usage: npm run bench -- <suite>   (suites: ${Object.keys(SUITES).join(', ')})`);
+    process.exit(2);
+  }
+  const gpu = await Gpu.create();
+  console.log(`adapter: ${gpu.adapterName}`);
+  try {
+    const { run } = await load();
+    const out = await run(gpu, args);
+    const path = writeResults(name!, deviceName(gpu), out.results, out.notes);
+    console.log(table(out.results));
+    if (out.notes) for (const [k, v] of Object.entries(out.notes)) console.log(`note ${k}: ${v}`);
+    console.log(`wrote ${path}`);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+await main();

@@ -1,0 +1,149 @@
+// the runtime itself: transfers in every dtype, the pipeline cache, compile errors, arenas,
+// the scratch pool, dispatch batching past one uniform staging block, timing, and lifetime.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { fill } from '../kernels/copy/copy.ts';
+import { header, launch } from '../kernels/kernel.ts';
+import { rmsnormForward } from '../kernels/rmsnorm/rmsnorm.ts';
+import { testGpu } from '../testing/gpu.ts';
+import { Rng } from '../testing/rng.ts';
+import { Arena } from './buffers.ts';
+import { Gpu } from './device.ts';
+import { DTYPES, roundTo } from './dtype.ts';
+import { DeviceLostError, ShaderCompileError, ShapeError } from './errors.ts';
+import { GpuTimer } from './timing.ts';
+
+test('adapter: real limits and features are requested', async () => {
+  const gpu = await testGpu();
+  assert.ok(gpu.adapterName.length > 0);
+  // WebGPU's default is 128 MiB; engram asks for what the adapter has
+  assert.equal(gpu.limits['maxStorageBufferBindingSize'], gpu.adapter.limits.maxStorageBufferBindingSize);
+  assert.equal(gpu.limits['maxComputeWorkgroupStorageSize'], gpu.adapter.limits.maxComputeWorkgroupStorageSize);
+  assert.equal(gpu.features.f16, gpu.adapter.features.has('shader-f16'));
+});
+
+for (const dtype of DTYPES) {
+  test(`write/read round trip ${dtype} (odd length)`, async () => {
+    const gpu = await testGpu();
+    const v = new Rng(3).normals(1001, 10);
+    const t = await gpu.tensorFrom(v, [7, 143], dtype, 'rt');
+    assert.deepEqual([...(await gpu.read(t))], [...roundTo(v, dtype)].map(Math.fround));
+    t.dispose();
+  });
+}
+
+test('pipeline cache compiles once per source, also for concurrent requests', async () => {
+  const gpu = await testGpu();
+  const wgsl = `${header([{ name: 'y', type: 'f32', access: 'read_write' }])}
+@compute @workgroup_size(1) fn main() { y[0] = 42.0; }`;
+  const before = gpu.pipelines.compiled;
+  const [a, b] = await Promise.all([gpu.pipelines.get('cache_probe', wgsl), gpu.pipelines.get('cache_probe', wgsl)]);
+  assert.equal(a, b);
+  assert.equal(gpu.pipelines.compiled, before + 1);
+});
+
+test('a WGSL compile error names the kernel and the line', async () => {
+  const gpu = await testGpu();
+  const wgsl = ['@group(0) @binding(1) var<storage, read_write> y: array<f32>;', '@compute @workgroup_size(1)', 'fn main() {', '  y[0] = undefined_thing;', '}'].join('\n');
+  await assert.rejects(gpu.pipelines.get('broken_kernel', wgsl), (e: unknown) => {
+    assert.ok(e instanceof ShaderCompileError);
+    assert.equal(e.kernel, 'broken_kernel');
+    assert.equal(e.line, 4);
+    assert.match(e.message, /broken_kernel/);
+    assert.match(e.message, /undefined_thing/);
+    return true;
+  });
+});
+
+test('shape mismatch throws a ShapeError naming the op and the shapes', async () => {
+  const gpu = await testGpu();
+  const x = await gpu.tensor([4, 8], 'f32', 'x');
+  const w = await gpu.tensor([7], 'f32', 'w');
+  const out = await gpu.tensor([4, 8], 'f32', 'out');
+  const rstd = await gpu.tensor([4], 'f32', 'rstd');
+  await assert.rejects(rmsnormForward(gpu, { out, rstd }, { x, w }), (e: unknown) => {
+    assert.ok(e instanceof ShapeError);
+    assert.match(e.message, /rmsnormForward/);
+    assert.match(e.message, /w\[7\]:f32/);
+    assert.match(e.message, /\[8\]/);
+    return true;
+  });
+  const odd = await gpu.tensor([4, 7], 'bf16', 'odd');
+  const w7 = await gpu.tensor([7], 'f32', 'w7');
+  await assert.rejects(rmsnormForward(gpu, { out: odd, rstd }, { x: odd, w: w7 }), /odd innermost dimension/);
+  for (const t of [x, w, out, rstd, odd, w7]) t.dispose();
+});
+
+test('arena: aligned tensors in one allocation, independent contents', async () => {
+  const gpu = await testGpu();
+  const arena = new Arena(gpu, 'params');
+  arena.declare('a', [3], 'f32');
+  arena.declare('b', [5, 2], 'bf16');
+  arena.declare('c', [1], 'f16');
+  const before = gpu.memory().buffers;
+  await arena.commit();
+  assert.equal(gpu.memory().buffers, before + 1);
+  const align = gpu.device.limits.minStorageBufferOffsetAlignment;
+  for (const n of arena.names()) assert.equal(arena.get(n).offset % align, 0);
+  gpu.write(arena.get('a'), [1, 2, 3]);
+  gpu.write(arena.get('b'), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  gpu.write(arena.get('c'), [0.5]);
+  assert.deepEqual([...(await gpu.read(arena.get('a')))], [1, 2, 3]);
+  assert.deepEqual([...(await gpu.read(arena.get('b')))], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.deepEqual([...(await gpu.read(arena.get('c')))], [0.5]);
+  assert.throws(() => arena.get('nope'), /arena 'params' has no tensor 'nope'/);
+  arena.dispose();
+  assert.equal(gpu.memory().buffers, before);
+});
+
+test('more dispatches than one uniform staging block keep their own parameters', async () => {
+  const gpu = await testGpu();
+  // each fill has its own uniform block; 3000 blocks overflow the staging area several times
+  const ts = await Promise.all(Array.from({ length: 6 }, (_, i) => gpu.tensor([33], 'f32', `t${i}`)));
+  for (let k = 0; k < 3000; k++) await fill(gpu, ts[k % 6]!, k);
+  for (let i = 0; i < 6; i++) {
+    const last = 3000 - 6 + i;
+    assert.deepEqual([...(await gpu.read(ts[i]!))], new Array(33).fill(last));
+  }
+  for (const t of ts) t.dispose();
+});
+
+test('GPU timer measures a region', async () => {
+  const gpu = await testGpu();
+  assert.ok(gpu.features.timestamps, 'the test adapter should expose timestamp-query');
+  const t = await gpu.tensor([1 << 16], 'f32', 'timed');
+  const timer = new GpuTimer(gpu);
+  timer.begin();
+  for (let k = 0; k < 4; k++) await fill(gpu, t, k);
+  const ms = await timer.end();
+  assert.ok(ms > 0 && ms < 10_000, `timer read ${ms} ms`);
+  timer.begin();
+  await fill(gpu, t, 1);
+  gpu.write(t, new Array(1 << 16).fill(0)); // a write flushes: the region is split
+  await assert.rejects(timer.end(), /split by a flush/);
+  timer.dispose();
+  t.dispose();
+});
+
+test('a destroyed Gpu refuses work with DeviceLostError', async () => {
+  await testGpu(); // keep the shared one alive: destroying this one must not affect it
+  const gpu = await Gpu.create();
+  const t = await gpu.tensor([4], 'f32', 'x');
+  gpu.destroy();
+  await assert.rejects(gpu.tensor([4]), DeviceLostError);
+  await assert.rejects(fill(gpu, t, 1), DeviceLostError);
+  const shared = await testGpu();
+  const u = await shared.tensorFrom([1, 2], [2], 'f32', 'u');
+  assert.deepEqual([...(await shared.read(u))], [1, 2]);
+  u.dispose();
+});
+
+test('launch() reports a missing parameter clearly', async () => {
+  const gpu = await testGpu();
+  const t = await gpu.tensor([4], 'f32', 'x');
+  const wgsl = `${header([{ name: 'y', type: 'f32', access: 'read_write' }], [['n', 'u32']])}
+@compute @workgroup_size(1) fn main() { y[0] = f32(p.n); }`;
+  await assert.rejects(launch(gpu, { name: 'needs_n', wgsl, storage: [t], params: [['n', 'u32']], values: {}, workgroups: [1] }), /parameter 'n'/);
+  t.dispose();
+});

@@ -1,0 +1,18 @@
+// engram's public API. everything a user imports comes through here.
+
+export { Gpu, type GpuFeatures, type GpuOptions, type MemoryStats, type SubgroupMatrixConfig } from './gpu/device.ts';
+export { Arena, ScratchPool } from './gpu/buffers.ts';
+export { Tensor } from './gpu/tensor.ts';
+export { GpuTimer } from './gpu/timing.ts';
+export { DTYPES, type DType } from './gpu/dtype.ts';
+export {
+  DeviceLostError,
+  EngramError,
+  GpuValidationError,
+  LimitError,
+  NoAdapterError,
+  OutOfMemoryError,
+  ShaderCompileError,
+  ShapeError,
+} from './gpu/errors.ts';
+export * as kernels from './kernels/index.ts';
