@@ -52,21 +52,21 @@ function storageDecl(binding: number, b: BindingDecl): string {
     case 'f32':
       return [
         decl,
-        `fn ld_${n}(i: u32) -> f32 { return ${n}[i]; }`,
-        rw ? `fn st_${n}(i: u32, v: f32) { ${n}[i] = v; }` : '',
-        rw ? `fn st2_${n}(i: u32, a: f32, b: f32) { ${n}[i] = a; ${n}[i + 1u] = b; }` : '',
+        `fn ld_${n}(i_: u32) -> f32 { return ${n}[i_]; }`,
+        rw ? `fn st_${n}(i_: u32, v_: f32) { ${n}[i_] = v_; }` : '',
+        rw ? `fn st2_${n}(i_: u32, a_: f32, b_: f32) { ${n}[i_] = a_; ${n}[i_ + 1u] = b_; }` : '',
       ].join('\n');
     case 'f16':
       return [
         decl,
-        `fn ld_${n}(i: u32) -> f32 { return unpack2x16float(${n}[i >> 1u])[i & 1u]; }`,
-        rw ? `fn st2_${n}(i: u32, a: f32, b: f32) { ${n}[i >> 1u] = pack2x16float(vec2<f32>(a, b)); }` : '',
+        `fn ld_${n}(i_: u32) -> f32 { return unpack2x16float(${n}[i_ >> 1u])[i_ & 1u]; }`,
+        rw ? `fn st2_${n}(i_: u32, a_: f32, b_: f32) { ${n}[i_ >> 1u] = pack2x16float(vec2<f32>(a_, b_)); }` : '',
       ].join('\n');
     case 'bf16':
       return [
         decl,
-        `fn ld_${n}(i: u32) -> f32 { let w = ${n}[i >> 1u]; return select(bf16_lo(w), bf16_hi(w), (i & 1u) == 1u); }`,
-        rw ? `fn st2_${n}(i: u32, a: f32, b: f32) { ${n}[i >> 1u] = pack_bf16(a, b); }` : '',
+        `fn ld_${n}(i_: u32) -> f32 { let w_ = ${n}[i_ >> 1u]; return select(bf16_lo(w_), bf16_hi(w_), (i_ & 1u) == 1u); }`,
+        rw ? `fn st2_${n}(i_: u32, a_: f32, b_: f32) { ${n}[i_ >> 1u] = pack_bf16(a_, b_); }` : '',
       ].join('\n');
   }
 }
@@ -107,9 +107,35 @@ export interface Launch {
   workgroups: readonly [number, number?, number?];
 }
 
+/**
+ * WebGPU forbids binding one buffer both writable and read-only in a dispatch, even on disjoint
+ * ranges (tensors of one arena share a buffer). such read-only bindings are redeclared
+ * read_write; a true overlap of a written range with any other binding is an error.
+ */
+export function resolveAliasing(name: string, wgsl: string, storage: readonly Tensor[]): string {
+  const writable = new Set<number>();
+  storage.forEach((_, k) => {
+    if (new RegExp(`@binding\\(${k + 1}\\) var<storage, read_write>`).test(wgsl)) writable.add(k);
+  });
+  let out = wgsl;
+  storage.forEach((t, k) => {
+    if (writable.has(k)) {
+      storage.forEach((u, j) => {
+        if (j !== k && u.buffer === t.buffer && u.offset < t.offset + t.byteLength && t.offset < u.offset + u.byteLength) {
+          throw new ShapeError(`${name}: output ${fmt(t)} overlaps ${fmt(u)} in the same buffer; use separate tensors`);
+        }
+      });
+    } else if (storage.some((u, j) => writable.has(j) && u.buffer === t.buffer)) {
+      out = out.replace(`@binding(${k + 1}) var<storage, read>`, `@binding(${k + 1}) var<storage, read_write>`);
+    }
+  });
+  return out;
+}
+
 /** Compiles (once, cached) and records one dispatch. */
 export async function launch(gpu: Gpu, l: Launch): Promise<void> {
-  const pipe = await gpu.pipelines.get(l.name, l.wgsl, l.entryPoint ?? 'main');
+  const wgsl = resolveAliasing(l.name, l.wgsl, l.storage);
+  const pipe = await gpu.pipelines.get(l.name, wgsl, l.entryPoint ?? 'main');
   const params = l.params && l.params.length > 0 ? packParams(l.params, l.values ?? {}) : null;
   gpu.dispatch(pipe, l.storage, params, l.workgroups);
 }
