@@ -9,6 +9,10 @@
 import type { SuiteOutput } from '../run.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { COPY_PER_THREAD, copy } from '../../src/kernels/copy/copy.ts';
+import { attentionBackward, attentionFlops, attentionForward } from '../../src/kernels/attention/attention.ts';
+import { MATMUL_CONFIGS, configFits, configName, matmul, matmulFlops } from '../../src/kernels/matmul/matmul.ts';
+import { SUBGROUP_TILES, fmtTile, matmulSubgroup, subgroupMatmulSupported } from '../../src/kernels/matmul/matmul_subgroup.ts';
+import type { DType } from '../../src/gpu/dtype.ts';
 import { Rng } from '../../src/testing/rng.ts';
 import { runTorch, timeGpu } from '../lib.ts';
 
@@ -29,12 +33,96 @@ async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number
   return { copy_GBps: Math.max(...Object.values(out)), ...out };
 }
 
+async function randomTensor(gpu: Gpu, shape: number[], dtype: DType, seed: number, label: string) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return gpu.tensorFrom(new Rng(seed).normals(n), shape, dtype, label);
+}
+
+/**
+ * matmul at n^3: every tiled config for f32 (best is the metric), and for f16 the best of the
+ * tiled configs and the subgroup-matrix (tensor core) tiles. per-config numbers go in notes.
+ */
+async function matmulTFLOPs(gpu: Gpu, n: number, notes: Record<string, string>): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  const flops = matmulFlops(n, n, n);
+  for (const dtype of ['f32', 'f16'] as const) {
+    const a = await randomTensor(gpu, [n, n], dtype, 2, 'a');
+    const b = await randomTensor(gpu, [n, n], dtype, 3, 'b');
+    const c = await gpu.tensor([n, n], 'f32', 'c');
+    const per: string[] = [];
+    let best = 0;
+    for (const config of MATMUL_CONFIGS) {
+      if (!configFits(gpu, config, false, false)) continue;
+      const ms = await timeGpu(gpu, () => matmul(gpu, { out: c }, { a, b }, { config }), { reps: 10 });
+      const tf = flops / ms / 1e9;
+      per.push(`${configName(config)} ${tf.toFixed(1)}`);
+      best = Math.max(best, tf);
+    }
+    if (dtype === 'f16') {
+      const q = { M: n, N: n, K: n, dtypes: { a: 'f16', b: 'f16', out: 'f32' } } as const;
+      for (const tile of SUBGROUP_TILES) {
+        if (!subgroupMatmulSupported(gpu, { ...q, tile })) continue;
+        try {
+          const ms = await timeGpu(gpu, () => matmulSubgroup(gpu, { out: c }, { a, b }, { tile }), { reps: 10 });
+          const tf = flops / ms / 1e9;
+          per.push(`subgroup ${fmtTile(tile)} ${tf.toFixed(1)}`);
+          best = Math.max(best, tf);
+        } catch (e) {
+          per.push(`subgroup ${fmtTile(tile)} failed: ${(e as Error).message.split('\n')[0]}`);
+        }
+      }
+    }
+    out[`matmul_${dtype}_${n}_TFLOPs`] = best;
+    notes[`matmul_${dtype}_${n}`] = per.join('; ');
+    for (const t of [a, b, c]) t.dispose();
+  }
+  return out;
+}
+
+/** attention forward and backward, f32 storage (the kernels accumulate in f32 on any dtype) */
+async function attentionTFLOPs(gpu: Gpu, quick: boolean, notes: Record<string, string>): Promise<Record<string, number>> {
+  const [B, T, NH, HS] = quick ? [1, 256, 4, 64] : [4, 2048, 16, 64];
+  const out: Record<string, number> = {};
+  const flops = attentionFlops(B, NH, T, HS, 0, true);
+  for (const dtype of ['f32', 'f16'] as const) {
+    const shape = [B, T, NH, HS];
+    const q = await randomTensor(gpu, shape, dtype, 4, 'q');
+    const k = await randomTensor(gpu, shape, dtype, 5, 'k');
+    const v = await randomTensor(gpu, shape, dtype, 6, 'v');
+    const dout = await randomTensor(gpu, shape, dtype, 7, 'dout');
+    const o = await gpu.tensor(shape, dtype, 'out');
+    const lse = await gpu.tensor([B, NH, T], 'f32', 'lse');
+    const [dq, dk, dv] = await Promise.all(['dq', 'dk', 'dv'].map((l) => gpu.tensor(shape, dtype, l)));
+    const fwd = await timeGpu(gpu, () => attentionForward(gpu, { out: o, lse }, { q, k, v }), { reps: 10 });
+    const bwd = await timeGpu(gpu, () => attentionBackward(gpu, { dq: dq!, dk: dk!, dv: dv! }, { dout, q, k, v, out: o, lse }), { reps: 10 });
+    const f = flops / fwd / 1e9;
+    const b = (2.5 * flops) / bwd / 1e9;
+    notes[`attention_${dtype}`] = `B=${B} T=${T} NH=${NH} HS=${HS} causal: fwd ${fwd.toFixed(3)} ms ${f.toFixed(1)} TFLOP/s, bwd ${bwd.toFixed(3)} ms ${b.toFixed(1)} TFLOP/s`;
+    out[`attention_fwd_TFLOPs`] = Math.max(out['attention_fwd_TFLOPs'] ?? 0, f);
+    out[`attention_bwd_TFLOPs`] = Math.max(out['attention_bwd_TFLOPs'] ?? 0, b);
+    for (const t of [q, k, v, dout, o, lse, dq!, dk!, dv!]) t.dispose();
+  }
+  return out;
+}
+
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const results: Record<string, number> = {};
   const notes: Record<string, string> = {};
   Object.assign(results, await copyGBps(gpu, quick));
   console.log(`copy_GBps ${results['copy_GBps']!.toFixed(0)}`);
+  // a failing section is reported in notes and leaves the other metrics standing
+  const section = async (name: string, f: () => Promise<Record<string, number>>) => {
+    try {
+      Object.assign(results, await f());
+      console.log(`${name} done`);
+    } catch (e) {
+      notes[`${name}_error`] = (e as Error).message.split('\n')[0] ?? String(e);
+      console.log(`${name} failed: ${notes[`${name}_error`]}`);
+    }
+  };
+  await section('matmul', () => matmulTFLOPs(gpu, quick ? 256 : 4096, notes));
+  await section('attention', () => attentionTFLOPs(gpu, quick, notes));
   if (!quick) {
     const torch = runTorch('kernels.py');
     Object.assign(results, torch.results);

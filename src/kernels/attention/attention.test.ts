@@ -1,0 +1,106 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { DTYPES, roundTo, type DType } from '../../gpu/dtype.ts';
+import { ShapeError } from '../../gpu/errors.ts';
+import * as ref from '../../reference/attention.ts';
+import { TOL, assertClose } from '../../testing/allclose.ts';
+import { testGpu } from '../../testing/gpu.ts';
+import { Rng } from '../../testing/rng.ts';
+import { attentionBackward, attentionFlops, attentionForward } from './attention.ts';
+
+interface Case extends ref.AttentionDims {
+  /** q magnitude (softmax stability) */
+  mag?: number;
+}
+
+// awkward shapes: a single token; T not a multiple of any tile (37) and over two query blocks
+// (130); two batch rows; grouped heads (4 over 2, 6 over 1) and plain multi-head; with and
+// without a prefix; HS 16 and 64; large scores; no causal mask. only HS 16 and 64 are used so
+// that lavapipe compiles few pipelines (dtypes are uniforms, not specializations).
+const CASES: Case[] = [
+  { B: 1, T: 1, NH: 2, NKV: 1, HS: 16, P: 0 },
+  { B: 2, T: 37, NH: 4, NKV: 2, HS: 64, P: 5 },
+  { B: 1, T: 130, NH: 6, NKV: 1, HS: 16, P: 5 },
+  { B: 1, T: 37, NH: 2, NKV: 2, HS: 64, P: 0, mag: 30 },
+  { B: 1, T: 21, NH: 2, NKV: 1, HS: 16, P: 3, causal: false, scale: 0.3 },
+];
+
+async function check(c: Case, dtype: DType): Promise<void> {
+  const gpu = await testGpu();
+  const { B, T, NH, NKV, HS, P } = c;
+  const rng = new Rng(B * 7919 + T * 131 + NH * 17 + HS + P);
+  const x = (n: number, s = 1) => roundTo(rng.normals(n, s), dtype);
+  const [nq, nkv, np] = [B * T * NH * HS, B * T * NKV * HS, B * P * NKV * HS];
+  const q = x(nq, c.mag ?? 1);
+  const [k, v, pk, pv, g] = [x(nkv), x(nkv), x(np), x(np), x(nq)];
+  const qs = [B, T, NH, HS];
+  const ks = [B, T, NKV, HS];
+  const ps = [B, P, NKV, HS];
+  const up = (a: Float64Array, s: number[], l: string) => gpu.tensorFrom(a, s, dtype, l);
+  const t = { q: await up(q, qs, 'q'), k: await up(k, ks, 'k'), v: await up(v, ks, 'v'), dout: await up(g, qs, 'dout') };
+  const pre = P > 0 ? { pk: await up(pk, ps, 'pk'), pv: await up(pv, ps, 'pv') } : {};
+  const dpre = P > 0 ? { dpk: await gpu.tensor(ps, dtype, 'dpk'), dpv: await gpu.tensor(ps, dtype, 'dpv') } : {};
+  const out = await gpu.tensor(qs, dtype, 'out');
+  const lse = await gpu.tensor([B, NH, T], 'f32', 'lse');
+  const d = { dq: await gpu.tensor(qs, dtype, 'dq'), dk: await gpu.tensor(ks, dtype, 'dk'), dv: await gpu.tensor(ks, dtype, 'dv') };
+  const opts = { ...(c.scale !== undefined ? { scale: c.scale } : {}), ...(c.causal !== undefined ? { causal: c.causal } : {}) };
+  await attentionForward(gpu, { out, lse }, { q: t.q, k: t.k, v: t.v, ...pre }, opts);
+  await attentionBackward(gpu, { ...d, ...dpre }, { ...t, ...pre, out, lse }, opts);
+  const f = ref.attentionForward(q, k, v, pk, pv, c);
+  const r = ref.attentionBackward(g, q, k, v, pk, pv, f.out, f.lse, c);
+  const tol = TOL[dtype];
+  assertClose('out', await gpu.read(out), f.out, tol);
+  assertClose('lse', await gpu.read(lse), f.lse, TOL.f32);
+  assertClose('dq', await gpu.read(d.dq), r.dq, tol);
+  assertClose('dk', await gpu.read(d.dk), r.dk, tol);
+  assertClose('dv', await gpu.read(d.dv), r.dv, tol);
+  if (dpre.dpk && dpre.dpv) {
+    assertClose('dpk', await gpu.read(dpre.dpk), r.dpk, tol);
+    assertClose('dpv', await gpu.read(dpre.dpv), r.dpv, tol);
+  }
+  for (const x of [...Object.values(t), ...Object.values(pre), ...Object.values(d), ...Object.values(dpre), out, lse]) x.dispose();
+}
+
+for (const c of CASES) {
+  for (const dtype of DTYPES) {
+    test(`attention ${dtype} ${JSON.stringify(c)}`, () => check(c, dtype));
+  }
+}
+
+test('attention rejects wrong shapes and dtypes, naming the op and the tensors', async () => {
+  const gpu = await testGpu();
+  const mk = (s: number[], dt: DType = 'f32', l = 't') => gpu.tensor(s, dt, l);
+  const q = await mk([1, 4, 4, 16], 'f32', 'q');
+  const k = await mk([1, 4, 2, 16], 'f32', 'k');
+  const v = await mk([1, 4, 2, 16], 'f32', 'v');
+  const out = await mk([1, 4, 4, 16], 'f32', 'out');
+  const lse = await mk([1, 4, 4], 'f32', 'lse');
+  const fwd = (i: Partial<Record<'q' | 'k' | 'v' | 'pk' | 'pv' | 'out' | 'lse', Awaited<ReturnType<typeof mk>>>>) =>
+    attentionForward(gpu, { out: i.out ?? out, lse: i.lse ?? lse }, { q: i.q ?? q, k: i.k ?? k, v: i.v ?? v, ...(i.pk ? { pk: i.pk } : {}), ...(i.pv ? { pv: i.pv } : {}) });
+  const rejects = (p: Promise<void>, re: RegExp) => assert.rejects(p, (e: unknown) => e instanceof ShapeError && re.test(e.message));
+  await rejects(fwd({ k: await mk([1, 4, 2, 8], 'f32', 'k') }), /attentionForward: k k\[1,4,2,8\]:f32 should have shape \[1,4,\*,16\]/);
+  await rejects(fwd({ k: await mk([1, 4, 3, 16], 'f32', 'k') }), /attentionForward: NH=4 .* multiple of NKV=3/);
+  await rejects(fwd({ v: await mk([1, 3, 2, 16], 'f32', 'v') }), /attentionForward: v v\[1,3,2,16\]:f32 should have shape \[1,4,2,16\]/);
+  await rejects(fwd({ lse: await mk([1, 4, 3], 'f32', 'lse') }), /attentionForward: lse lse\[1,4,3\]:f32 should have shape \[1,4,4\]/);
+  await rejects(fwd({ lse: await mk([1, 4, 4], 'f16', 'lse') }), /attentionForward: lse lse\[1,4,4\]:f16 must be one of f32/);
+  await rejects(fwd({ pk: await mk([1, 2, 2, 16], 'f32', 'pk') }), /attentionForward: give both pk and pv/);
+  await rejects(fwd({ pk: await mk([1, 2, 2, 16], 'f32', 'pk'), pv: await mk([1, 3, 2, 16], 'f32', 'pv') }), /pv pv\[1,3,2,16\]:f32 should have shape \[1,2,2,16\]/);
+  const q3 = await mk([1, 4, 2, 3], 'f32', 'q');
+  const k3 = await mk([1, 4, 2, 3], 'f32', 'k');
+  await rejects(attentionForward(gpu, { out: q3, lse: await mk([1, 2, 4]) }, { q: q3, k: k3, v: k3 }), /attentionForward: head size HS=3 .* even HS from 2 to 128/);
+  const q256 = await mk([1, 1, 1, 256], 'f32', 'q');
+  await rejects(attentionForward(gpu, { out: q256, lse: await mk([1, 1, 1]) }, { q: q256, k: q256, v: q256 }), /HS=256/);
+  const bwd = (dq: Awaited<ReturnType<typeof mk>>) => attentionBackward(gpu, { dq, dk: k, dv: v }, { dout: out, q, k, v, out, lse });
+  await rejects(bwd(await mk([1, 4, 4, 8], 'f32', 'dq')), /attentionBackward: dq dq\[1,4,4,8\]:f32 should have shape \[1,4,4,16\]/);
+  const pk = await mk([1, 2, 2, 16], 'f32', 'pk');
+  await rejects(
+    attentionBackward(gpu, { dq: out, dk: k, dv: v }, { dout: out, q, k, v, pk, pv: pk, out, lse }),
+    /attentionBackward: a prefix pk .* needs dpk and dpv/,
+  );
+});
+
+test('attentionFlops counts 4 B NH HS per visible (query, key) pair', () => {
+  assert.equal(attentionFlops(4, 16, 2048, 64, 0, true), (4 * 4 * 16 * 2048 * 2048 * 64) / 2);
+  assert.equal(attentionFlops(1, 2, 10, 8, 3, false), 4 * 2 * 10 * 13 * 8);
+  assert.equal(attentionFlops(1, 2, 10, 8, 3, true), 4 * 2 * 8 * (10 * 3 + 100 / 2));
+});

@@ -1,0 +1,40 @@
+// causal self-attention with grouped-query heads and an optional attend-to-all prefix,
+// flash style, forward and backward. the kernels live in attention_forward.ts and
+// attention_backward.ts; this module is the op's public face.
+//
+//   q (B,T,NH,HS)  k, v (B,T,NKV,HS)   the layout a fused qkv projection (B,T,(NH+2NKV)*HS)
+//                                      gives after a split and a reshape: row-major, head-major
+//                                      inside a token; query head h reads kv head h / (NH/NKV)
+//   pk, pv (B,P,NKV,HS), optional      extra keys/values (explicit memory) that every query
+//                                      sees, never masked, logically before the sequence keys
+//   out (B,T,NH,HS)                    softmax(scale q k^T + causal mask) v, scale 1/sqrt(HS)
+//   lse (B,NH,T) f32                   natural-log logsumexp of each row's scores, saved
+//   backward: dq, dk, dv, dpk, dpv     all overwritten (dk/dv/dpk/dpv summed over the heads
+//                                      sharing a kv head and over every query)
+//
+// storage dtypes f32/f16/bf16 for every tensor but lse (independently; f32 accumulation). HS:
+// any even value from 2 to 128 (MAX_HS); HS % 4 == 0 is the fast path. the prefix length is the
+// same for every batch row (a per-row length, to mask padded memory, is not supported).
+// causal by default; { causal: false } gives full attention.
+//
+// design (details in the two kernel files): online softmax over key tiles staged in workgroup
+// memory, 4x4 register tiles per thread, never a T x T matrix; masked tiles are skipped. the
+// backward follows FlashAttention-2: D = rowsum(dout * out) first, then dq parallel over query
+// blocks and dk/dv parallel over key blocks (each walking the queries of every head in its
+// group), so every output element has one writer: deterministic, no atomics (WGSL has no float
+// atomics). dtypes and the presence of a prefix are uniforms, not pipeline specializations: one
+// pipeline per (kernel, HS, tile), and the tile is the largest whose workgroup memory fits the
+// device (32 KiB at HS=64 on every tile choice the tests see).
+
+export { attentionForward, MAX_HS, type AttentionOptions } from './attention_forward.ts';
+export { attentionBackward } from './attention_backward.ts';
+
+/**
+ * Forward FLOPs of attention, 4*HS per visible (query, key) pair (q.k and p*v, 2 each): with
+ * causal, T*T/2 sequence pairs (the benchmark's convention) plus T*P prefix pairs per head. The
+ * backward is counted as 2.5 times this.
+ */
+export function attentionFlops(B: number, NH: number, T: number, HS: number, P = 0, causal = true): number {
+  const pairs = T * P + (causal ? (T * T) / 2 : T * T);
+  return 4 * B * NH * HS * pairs;
+}

@@ -1,0 +1,238 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { DTYPES, roundTo, type DType } from '../../gpu/dtype.ts';
+import { ShapeError } from '../../gpu/errors.ts';
+import * as ref from '../../reference/matmul.ts';
+import { TOL, assertClose } from '../../testing/allclose.ts';
+import { testGpu } from '../../testing/gpu.ts';
+import { Rng } from '../../testing/rng.ts';
+import { MATMUL_CONFIGS, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig } from './matmul.ts';
+
+interface Case {
+  M: number;
+  N: number;
+  K: number;
+  /** batch size; 0 = unbatched 2-D operands */
+  batch?: number;
+  /** which operands carry the batch dimension (the other is broadcast) */
+  batchA?: boolean;
+  batchB?: boolean;
+  transA?: boolean;
+  transB?: boolean;
+  bias?: boolean;
+  accumulate?: boolean;
+  alpha?: number;
+  scale?: number;
+  config?: MatmulConfig;
+}
+
+/** uploads seeded inputs rounded to `dtype`, runs matmul, compares with the float64 reference */
+async function check(dtype: DType, c: Case): Promise<void> {
+  const gpu = await testGpu();
+  const { M, N, K, batch = 0, transA = false, transB = false, scale = 1 } = c;
+  const batchA = batch > 0 && (c.batchA ?? true);
+  const batchB = batch > 0 && (c.batchB ?? true);
+  // a packed output needs an even N: odd N runs packed inputs into an f32 output
+  const outDtype: DType = N % 2 === 0 ? dtype : 'f32';
+  const rng = new Rng(M * 7919 + N * 104729 + K * 31 + batch);
+  const B = Math.max(batch, 1);
+  const a = roundTo(rng.normals((batchA ? B : 1) * M * K, scale), dtype);
+  const b = roundTo(rng.normals((batchB ? B : 1) * K * N, scale), dtype);
+  const bias = c.bias ? roundTo(rng.normals(N, scale * scale), dtype) : undefined;
+  const out0 = c.accumulate ? roundTo(rng.normals(B * M * N, scale * scale), outDtype) : undefined;
+  const aShape = [...(batchA ? [B] : []), ...(transA ? [K, M] : [M, K])];
+  const bShape = [...(batchB ? [B] : []), ...(transB ? [N, K] : [K, N])];
+  const outShape = [...(batch > 0 ? [B] : []), M, N];
+  const ta = await gpu.tensorFrom(a, aShape, dtype, 'a');
+  const tb = await gpu.tensorFrom(b, bShape, dtype, 'b');
+  const tbias = bias ? await gpu.tensorFrom(bias, [N], dtype, 'bias') : undefined;
+  const out = out0 ? await gpu.tensorFrom(out0, outShape, outDtype, 'out') : await gpu.tensor(outShape, outDtype, 'out');
+  if (!out0) gpu.write(out, new Float32Array(out.size).fill(NaN)); // every element must be written
+  await matmul(gpu, { out }, tbias ? { a: ta, b: tb, bias: tbias } : { a: ta, b: tb }, {
+    transA,
+    transB,
+    accumulate: c.accumulate ?? false,
+    alpha: c.alpha ?? 1,
+    ...(c.config ? { config: c.config } : {}),
+  });
+  const want = ref.matmul(
+    a,
+    b,
+    { M, N, K, batch: B, batchA, batchB },
+    { transA, transB, alpha: c.alpha ?? 1, ...(bias ? { bias } : {}), ...(out0 ? { out0 } : {}) },
+  );
+  assertClose('out', await gpu.read(out), want, TOL[dtype]);
+  for (const t of [ta, tb, tbias, out]) t?.dispose();
+}
+
+const trans = [
+  [false, false],
+  [true, false],
+  [false, true],
+  [true, true],
+] as const;
+const tname = (ta: boolean, tb: boolean) => `${ta ? 't' : 'n'}${tb ? 't' : 'n'}`;
+
+// awkward shapes (default config), with and without vec4 loads (contiguous dims % 4 == 0)
+const SHAPES = [
+  { M: 1, N: 1, K: 1 },
+  { M: 1, N: 37, K: 5 },
+  { M: 67, N: 129, K: 33 },
+  { M: 130, N: 3, K: 257 },
+  { M: 4, N: 8, K: 1 },
+  { M: 36, N: 68, K: 20 },
+];
+
+for (const dtype of DTYPES) {
+  for (const s of SHAPES) {
+    for (const [transA, transB] of trans) {
+      test(`matmul ${dtype} ${tname(transA, transB)} ${s.M}x${s.N}x${s.K}`, () => check(dtype, { ...s, transA, transB }));
+    }
+  }
+  test(`matmul ${dtype} batched`, () => check(dtype, { M: 33, N: 18, K: 21, batch: 3 }));
+  test(`matmul ${dtype} batched, b broadcast`, () => check(dtype, { M: 20, N: 12, K: 40, batch: 2, batchB: false, transB: true }));
+  test(`matmul ${dtype} batched, a broadcast`, () => check(dtype, { M: 9, N: 10, K: 7, batch: 2, batchA: false, transA: true }));
+  test(`matmul ${dtype} bias, alpha`, () => check(dtype, { M: 17, N: 34, K: 19, bias: true, alpha: 0.5 }));
+  test(`matmul ${dtype} accumulate`, () => check(dtype, { M: 19, N: 26, K: 23, accumulate: true, transA: true }));
+  test(`matmul ${dtype} accumulate, bias, batched`, () => check(dtype, { M: 8, N: 12, K: 16, batch: 2, accumulate: true, bias: true }));
+  test(`matmul ${dtype} large magnitudes`, () => check(dtype, { M: 40, N: 24, K: 64, scale: dtype === 'f16' ? 12 : 300 }));
+}
+
+// every candidate config that fits this device, at sizes around its tile: partial tiles in M, N
+// and K, whole tiles, vec4 and scalar loads, all four layouts on one of the shapes
+for (const config of MATMUL_CONFIGS) {
+  const { BM, BN, BK } = config;
+  const shapes = [
+    { M: BM + 1, N: 2 * BN - 1, K: 2 * BK + 3 },
+    { M: 2 * BM, N: BN, K: 3 * BK },
+    { M: BM - 1, N: BN + 4, K: BK + 4 },
+  ];
+  shapes.forEach((s, i) => {
+    const layouts = i === 0 ? trans : ([[false, false]] as const);
+    for (const [transA, transB] of layouts) {
+      test(`matmul f32 ${configName(config)} ${tname(transA, transB)} ${s.M}x${s.N}x${s.K}`, async (t) => {
+        const gpu = await testGpu();
+        if (!configFits(gpu, config, transA, transB)) {
+          t.diagnostic(`${configName(config)} does not fit this device's workgroup memory; not run`);
+          return;
+        }
+        await check('f32', { ...s, transA, transB, config, bias: i === 1, accumulate: i === 2 });
+      });
+    }
+  });
+}
+test('matmul bf16 m128n128k8 around tiles', () => check('bf16', { M: 129, N: 128, K: 20, transB: true, config: MATMUL_CONFIGS[1]! }));
+
+// nn.Linear: y = x w^T + b; dx = dout w; dw += dout^T x; db += sum dout
+const LINEAR = [
+  { lead: [2, 5], N: 6, K: 12 },
+  { lead: [37], N: 18, K: 9 },
+  { lead: [130], N: 10, K: 4 },
+  { lead: [1], N: 2, K: 1 },
+];
+for (const dtype of DTYPES) {
+  for (const { lead, N, K } of LINEAR) {
+    test(`linear ${dtype} x[${lead},${K}] w[${N},${K}]`, async () => {
+      const gpu = await testGpu();
+      const M = lead.reduce((p, q) => p * q, 1);
+      const rng = new Rng(M * 100 + N * 10 + K);
+      const x = roundTo(rng.normals(M * K), dtype);
+      const w = roundTo(rng.normals(N * K, 0.5), dtype);
+      const b = roundTo(rng.normals(N), dtype);
+      const g = roundTo(rng.normals(M * N), dtype);
+      const dw0 = roundTo(rng.normals(N * K), 'f32');
+      const db0 = roundTo(rng.normals(N), 'f32');
+      const tx = await gpu.tensorFrom(x, [...lead, K], dtype, 'x');
+      const tw = await gpu.tensorFrom(w, [N, K], dtype, 'w');
+      const tb = await gpu.tensorFrom(b, [N], dtype, 'b');
+      const tg = await gpu.tensorFrom(g, [...lead, N], dtype, 'dout');
+      const y = await gpu.tensor([...lead, N], dtype, 'y');
+      const dx = await gpu.tensor([...lead, K], K % 2 === 0 ? dtype : 'f32', 'dx');
+      const dw = await gpu.tensorFrom(dw0, [N, K], 'f32', 'dw');
+      const db = await gpu.tensorFrom(db0, [N], 'f32', 'db');
+      await linearForward(gpu, { y }, { x: tx, w: tw, b: tb });
+      await linearBackward(gpu, { dx, dw, db }, { dout: tg, x: tx, w: tw });
+      const tol = TOL[dtype];
+      const r = ref.linearBackward(g, x, w, M, N, K);
+      assertClose('y', await gpu.read(y), ref.linearForward(x, w, b, M, N, K), tol);
+      assertClose('dx', await gpu.read(dx), r.dx, tol);
+      assertClose('dw', await gpu.read(dw), r.dw.map((v, i) => v + dw0[i]!), tol);
+      assertClose('db', await gpu.read(db), r.db.map((v, i) => v + db0[i]!), tol);
+      for (const t of [tx, tw, tb, tg, y, dx, dw, db]) t.dispose();
+    });
+  }
+}
+
+test('linear backward without db, no bias forward', async () => {
+  const gpu = await testGpu();
+  const [M, N, K] = [5, 4, 3];
+  const rng = new Rng(5);
+  const x = rng.normals(M * K);
+  const w = rng.normals(N * K);
+  const g = rng.normals(M * N);
+  const tx = await gpu.tensorFrom(x, [M, K], 'f32', 'x');
+  const tw = await gpu.tensorFrom(w, [N, K], 'f32', 'w');
+  const tg = await gpu.tensorFrom(g, [M, N], 'f32', 'dout');
+  const y = await gpu.tensor([M, N], 'f32', 'y');
+  const dx = await gpu.tensor([M, K], 'f32', 'dx');
+  const dw = await gpu.tensorFrom(new Float32Array(N * K), [N, K], 'f32', 'dw');
+  await linearForward(gpu, { y }, { x: tx, w: tw });
+  await linearBackward(gpu, { dx, dw }, { dout: tg, x: tx, w: tw });
+  const r = ref.linearBackward(g, roundTo(x, 'f32'), roundTo(w, 'f32'), M, N, K);
+  assertClose('y', await gpu.read(y), ref.linearForward(roundTo(x, 'f32'), roundTo(w, 'f32'), null, M, N, K), TOL.f32);
+  assertClose('dx', await gpu.read(dx), r.dx, TOL.f32);
+  assertClose('dw', await gpu.read(dw), r.dw, TOL.f32);
+  for (const t of [tx, tw, tg, y, dx, dw]) t.dispose();
+});
+
+test('matmul is bitwise deterministic', async () => {
+  const gpu = await testGpu();
+  const rng = new Rng(11);
+  const [M, N, K] = [45, 70, 300];
+  const a = await gpu.tensorFrom(rng.normals(M * K), [M, K], 'f32', 'a');
+  const b = await gpu.tensorFrom(rng.normals(K * N), [K, N], 'f32', 'b');
+  const out = await gpu.tensor([M, N], 'f32', 'out');
+  await matmul(gpu, { out }, { a, b });
+  const first = await gpu.read(out);
+  await matmul(gpu, { out }, { a, b });
+  assert.deepEqual(await gpu.read(out), first);
+  for (const t of [a, b, out]) t.dispose();
+});
+
+test('matmul and linear reject wrong shapes and dtypes', async () => {
+  const gpu = await testGpu();
+  const t = (shape: number[], dtype: DType = 'f32', label = 't') => gpu.tensor(shape, dtype, label);
+  const a = await t([4, 5], 'f32', 'a');
+  const b = await t([6, 3], 'f32', 'b');
+  const out = await t([4, 3], 'f32', 'out');
+  await assert.rejects(matmul(gpu, { out }, { a, b }), (e: Error) => {
+    assert.ok(e instanceof ShapeError);
+    assert.match(e.message, /matmul: inner dimensions differ.*a\[4,5\].*b\[6,3\]/);
+    return true;
+  });
+  const b2 = await t([5, 3], 'f32', 'b');
+  const bad = await t([4, 4], 'f32', 'out');
+  await assert.rejects(matmul(gpu, { out: bad }, { a, b: b2 }), /matmul: out out\[4,4\]:f32 should have shape \[4,3\]/);
+  const ab = await t([2, 4, 5], 'f32', 'a');
+  const bb = await t([3, 5, 3], 'f32', 'b');
+  await assert.rejects(matmul(gpu, { out }, { a: ab, b: bb }), /matmul: batch sizes differ/);
+  await assert.rejects(matmul(gpu, { out }, { a: ab, b: b2 }), /matmul: out out\[4,3\]:f32 should have shape \[2,4,3\]/);
+  const oddOut = await t([4, 3], 'bf16', 'out');
+  await assert.rejects(matmul(gpu, { out: oddOut }, { a, b: b2 }), /matmul: out out\[4,3\]:bf16 is bf16 with an odd innermost/);
+  const x = await t([7, 5], 'f32', 'x');
+  const w = await t([3, 5], 'f32', 'w');
+  const y = await t([7, 4], 'f32', 'y');
+  await assert.rejects(linearForward(gpu, { y }, { x, w }), /linearForward: y y\[7,4\]:f32 should have shape \[7,3\]/);
+  const dx = await t([7, 5], 'f32', 'dx');
+  const dout = await t([7, 3], 'f32', 'dout');
+  const dw16 = await t([3, 5], 'f16', 'dw');
+  await assert.rejects(linearBackward(gpu, { dx, dw: dw16 }, { dout, x, w }), /linearBackward: dw dw\[3,5\]:f16 must be one of f32/);
+  const wBad = await t([3, 6], 'f32', 'w');
+  await assert.rejects(linearBackward(gpu, { dx, dw: w }, { dout, x, w: wBad }), (e: Error) => e instanceof ShapeError && /linearBackward: x x\[7,5\]/.test(e.message));
+  for (const z of [a, b, out, b2, bad, ab, bb, oddOut, x, w, y, dx, dout, dw16, wBad]) z.dispose();
+});
+
+test('matmulFlops counts a multiply-add as two flops', () => {
+  assert.equal(matmulFlops(4096, 4096, 4096), 2 * 4096 ** 3);
+  assert.equal(matmulFlops(2, 3, 4, 5), 240);
+});

@@ -1,0 +1,685 @@
+// Matrix products: a batched, tiled GEMM with f32 accumulation, and nn.Linear forward/backward.
+//
+//   matmul        out (Bt,M,N) = alpha * op(a) (Bt,M,K) . op(b) (Bt,K,N) + bias (N)
+//                 (or out += ..., with accumulate: weight gradients)
+//                 op(a) = a (Bt,M,K), or a^T when transA (a stored (Bt,K,M));
+//                 op(b) = b (Bt,K,N), or b^T when transB (b stored (Bt,N,K)).
+//                 any of a, b may be 2-D and is then broadcast over the batch; out is 3-D when
+//                 either input is, else 2-D. all row-major.
+//   linearForward y (M,N) = x (M,K) . w^T + b          w (N,K): PyTorch nn.Linear (out x in)
+//   linearBackward dx (M,K)  = dout (M,N) . w (N,K)                         (=, activation grad)
+//                  dw (N,K) += dout^T (N,M) . x (M,K)                          (+=, param grad)
+//                  db (N)   += sum_m dout (M,N)                                (+=, param grad)
+//   layout: w is (out features, in features) as in PyTorch, so checkpoints load without a
+//   transpose and each output feature's weights are one contiguous row; the forward reads it
+//   through transB, dw is written in the same layout through transA. leading dims of x, y,
+//   dout and dx are flattened into M.
+//
+// thread mapping (the tiled path): one workgroup of (BM/TM)*(BN/TN) threads per BM x BN output
+// tile; each thread keeps TM x TN results in registers as vec4 rows. its rows are ty*4+i and
+// its columns tx*4+j, repeated every (threads along that axis)*4: consecutive threads read
+// consecutive vec4s of workgroup memory (no bank conflicts) and write adjacent columns.
+// K is walked BK at a time: both operands are staged in workgroup memory k-major
+// (As[k][m], Bs[k][n]), so the inner loop reads TM/4 + TN/4 vec4s per k for TM*TN fmas. the
+// stage is double-buffered: the next slab is fetched from global memory into registers while
+// the current one is multiplied, then stored to the other buffer (one barrier per slab).
+// global loads are vec4 (4 f32, or 4 packed 16-bit values as vec2<u32>) along whichever
+// dimension of the operand is contiguous, when that dimension is a multiple of 4, else scalar.
+// an operand contiguous along k is transposed on its way to workgroup memory; its rows are
+// padded by 4 floats to spread those scalar stores over the banks. tiles are visited in
+// groups of G tile rows (as Triton's GROUP_M) so that concurrent workgroups share panels in L2.
+// bounds: loads are guarded (out-of-range elements read as 0, so a partial K slab adds nothing)
+// and stores are guarded per element; in the interior this is a couple of compares per slab.
+// numerics: f32 accumulation in a fixed order (bitwise reproducible); a, b, bias, out may be
+// stored in f32/f16/bf16. f16/bf16 outputs are written in pairs (N must be even); accumulate
+// into them is a read-modify-write of whole pairs (each pair belongs to one thread), but
+// gradients are normally f32. db is a deterministic two-stage column sum (no atomics).
+//
+// paths: matmul() asks choosePath() which implementation to run. there is one today, 'tiled';
+// a tensor-core path through subgroup matrices (matmul_subgroup.ts) plugs in there.
+
+import type { Gpu } from '../../gpu/device.ts';
+import type { DType } from '../../gpu/dtype.ts';
+import { LimitError, ShapeError } from '../../gpu/errors.ts';
+import type { Tensor } from '../../gpu/tensor.ts';
+import { expectDtype, expectPackable, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+
+// ---------------------------------------------------------------- configuration
+
+/** Tile configuration of the tiled kernel (a parameter of its WGSL generator). */
+export interface MatmulConfig {
+  /** output rows per workgroup */
+  BM: number;
+  /** output columns per workgroup */
+  BN: number;
+  /** k depth of one workgroup-memory slab (a multiple of 8) */
+  BK: number;
+  /** results per thread along M: 4 or 8 */
+  TM: number;
+  /** results per thread along N: 4 or 8 */
+  TN: number;
+  /** k steps unrolled per inner-loop iteration (a multiple of 4 dividing BK; BK = fully unrolled) */
+  U: number;
+  /** tile rows per swizzle group (1 = plain row-major tile order) */
+  G: number;
+}
+
+/** Candidate configurations, largest tile first (benchmarks time each; see chooseConfig). */
+export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
+  { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
+  { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8, U: 8, G: 8 },
+  { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4, U: 16, G: 8 },
+  { BM: 64, BN: 128, BK: 16, TM: 4, TN: 8, U: 16, G: 8 },
+  { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4, U: 16, G: 8 },
+  { BM: 32, BN: 32, BK: 16, TM: 4, TN: 4, U: 4, G: 1 },
+];
+
+/**
+ * Workgroups a launch should have before a larger tile is preferred: two per SM of a
+ * 132-SM H100 (a 128x128 tile with 8x8 per thread is ~128 registers a thread, so an SM holds
+ * two such workgroups), rounded down to a power of two. smaller GPUs are full with fewer.
+ */
+const MIN_WORKGROUPS = 256;
+
+/** "m128n128k16t8x8g8": a config's name in kernel names and benchmark tables. */
+export function configName(c: MatmulConfig): string {
+  return `m${c.BM}n${c.BN}k${c.BK}t${c.TM}x${c.TN}u${c.U}g${c.G}`;
+}
+
+export const threadsOf = (c: MatmulConfig): number => (c.BM / c.TM) * (c.BN / c.TN);
+
+/**
+ * Stage row strides in vec4s. an operand contiguous along k (a without transA, b with transB)
+ * is staged k-major, [x][k], with rows padded by 4 floats (an odd stride in vec4s spreads
+ * rows over the banks); otherwise x-major, [k][x].
+ */
+function strides(c: MatmulConfig, transA: boolean, transB: boolean): { SA: number; SB: number; sizeA: number; sizeB: number } {
+  const SA = transA ? c.BM / 4 : c.BK / 4 + 1;
+  const SB = transB ? c.BK / 4 + 1 : c.BN / 4;
+  return { SA, SB, sizeA: transA ? c.BK * SA : c.BM * SA, sizeB: transB ? c.BN * SB : c.BK * SB };
+}
+
+/** Bytes of workgroup memory a config takes for the given operand layouts (two stages each). */
+export function workgroupBytes(c: MatmulConfig, transA: boolean, transB: boolean): number {
+  const { sizeA, sizeB } = strides(c, transA, transB);
+  return 2 * (sizeA + sizeB) * 16;
+}
+
+function checkConfig(c: MatmulConfig): void {
+  const ok =
+    (c.TM === 4 || c.TM === 8) &&
+    (c.TN === 4 || c.TN === 8) &&
+    c.BM % c.TM === 0 &&
+    c.BN % c.TN === 0 &&
+    c.BK % 8 === 0 &&
+    c.BK > 0 &&
+    c.U % 4 === 0 &&
+    c.U > 0 &&
+    c.BK % c.U === 0 &&
+    c.G >= 1 &&
+    Number.isInteger(c.G);
+  if (!ok) throw new LimitError(`matmul: bad tile config ${JSON.stringify(c)} (TM, TN in {4, 8}; BM % TM = BN % TN = BK % 8 = BK % U = U % 4 = 0)`);
+}
+
+/** Whether `c` fits this device's workgroup memory and invocation limits. */
+export function configFits(gpu: Gpu, c: MatmulConfig, transA: boolean, transB: boolean): boolean {
+  const smem = gpu.limits['maxComputeWorkgroupStorageSize'] ?? 16384;
+  const inv = gpu.limits['maxComputeInvocationsPerWorkgroup'] ?? 256;
+  return workgroupBytes(c, transA, transB) <= smem && threadsOf(c) <= inv;
+}
+
+/**
+ * The default config: the largest tile (in MATMUL_CONFIGS order) that fits the device and
+ * still gives at least MIN_WORKGROUPS workgroups; failing that, the one giving the most
+ * workgroups of those with tiles no larger than the problem needs (small problems: small tiles).
+ */
+export function chooseConfig(gpu: Gpu, d: { M: number; N: number; batch: number; transA: boolean; transB: boolean }): MatmulConfig {
+  const fits = MATMUL_CONFIGS.filter((c) => configFits(gpu, c, d.transA, d.transB));
+  if (fits.length === 0) throw new LimitError(`matmul: no tile config fits this device's workgroup limits`);
+  const groups = (c: MatmulConfig) => Math.ceil(d.M / c.BM) * Math.ceil(d.N / c.BN) * d.batch;
+  const big = fits.find((c) => groups(c) >= MIN_WORKGROUPS);
+  if (big) return big;
+  // every config under-fills the GPU: the smallest tile wastes least on ragged edges and
+  // spreads the work over the most workgroups
+  return fits[fits.length - 1]!;
+}
+
+// ---------------------------------------------------------------- WGSL generator
+
+interface Operand {
+  /** binding name: 'a' or 'b' */
+  name: 'a' | 'b';
+  /** stored contiguous along the output dimension (m for a, n for b), else along k */
+  direct: boolean;
+  /** vec4 global loads (the contiguous dimension is a multiple of 4) */
+  vec: boolean;
+  /** stage row stride in vec4s */
+  stride: number;
+  /** the stage's first vec4 in S */
+  origin: number;
+  /** vec4s per stage */
+  size: number;
+}
+
+/** Everything that specializes a tiled kernel. */
+export interface TiledSpec {
+  config: MatmulConfig;
+  transA: boolean;
+  transB: boolean;
+  out: DType;
+  a: DType;
+  b: DType;
+  /** dtype of the bias, or null for none */
+  bias: DType | null;
+  accumulate: boolean;
+  /** vec4 global loads of a / b (their contiguous dimension is a multiple of 4) */
+  vecA: boolean;
+  vecB: boolean;
+}
+
+const PARAMS: ParamSpec = [
+  ['M', 'u32'],
+  ['N', 'u32'],
+  ['K', 'u32'],
+  ['sA', 'u32'], // batch stride of a in elements (0: broadcast)
+  ['sB', 'u32'],
+  ['tilesM', 'u32'],
+  ['tilesN', 'u32'],
+  ['alpha', 'f32'],
+];
+
+/** a storage binding for an input operand, with ld_x(i) (scalar) or ld4_x(v) (elements 4v..4v+3) */
+function inputDecl(binding: number, name: string, dtype: DType, vec: boolean): string {
+  const at = `@group(0) @binding(${binding})`;
+  if (vec) {
+    if (dtype === 'f32') {
+      return `${at} var<storage, read> ${name}: array<vec4<f32>>;\nfn ld4_${name}(v: u32) -> vec4<f32> { return ${name}[v]; }`;
+    }
+    const unpack =
+      dtype === 'f16'
+        ? 'vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))'
+        : 'vec4<f32>(bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y))';
+    return `${at} var<storage, read> ${name}: array<vec2<u32>>;\nfn ld4_${name}(v: u32) -> vec4<f32> { let w = ${name}[v]; return ${unpack}; }`;
+  }
+  if (dtype === 'f32') return `${at} var<storage, read> ${name}: array<f32>;\nfn ld_${name}(i: u32) -> f32 { return ${name}[i]; }`;
+  const ld =
+    dtype === 'f16'
+      ? `unpack2x16float(${name}[i >> 1u])[i & 1u]`
+      : `select(bf16_lo(${name}[i >> 1u]), bf16_hi(${name}[i >> 1u]), (i & 1u) == 1u)`;
+  return `${at} var<storage, read> ${name}: array<u32>;\nfn ld_${name}(i: u32) -> f32 { return ${ld}; }`;
+}
+
+/**
+ * Code that fetches one BK slab of an operand from global memory into registers, and code that
+ * stores those registers into stage `st` (0 or 1, an expression) of the operand.
+ * x is the operand's output dimension (m or n; size D, tile BX, origin x0), k0 the slab start.
+ * the stage has the operand's own layout, so every unit of work is 4 elements adjacent in
+ * memory (4 x at one k, or 4 k at one x): one vec4 load (or 4 scalar loads, guarded one by
+ * one) and one vec4 store, the same number of units for every thread.
+ */
+function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string; fetch: string; store: (st: string) => string } {
+  const isA = o.name === 'a';
+  const BX = isA ? c.BM : c.BN;
+  const D = isA ? 'p.M' : 'p.N';
+  const x0 = isA ? 'm0' : 'n0';
+  const total = (BX * c.BK) / 4; // units per slab
+  const iters = Math.ceil(total / threads);
+  const decl: string[] = [];
+  const fetch: string[] = [];
+  const store: ((st: string) => string)[] = [];
+  // element (k, x) of the operand, as a global element index
+  const at = (k: string, x: string) => (o.direct ? `base${o.name} + (${k}) * ${D} + ${x}` : `base${o.name} + (${x}) * p.K + ${k}`);
+  for (let i = 0; i < iters; i++) {
+    const r = `r${o.name}${i}`;
+    const u = `(lid + ${i * threads}u)`;
+    // each unit's (k, x) and stage slot never change: computed once. consecutive threads take
+    // consecutive units along the contiguous dimension, so a warp's loads cover whole sectors.
+    if (o.direct) decl.push(`let ${r}x = (${u} % ${BX / 4}u) * 4u; let ${r}k = ${u} / ${BX / 4}u; let ${r}s = ${r}k * ${o.stride}u + (${r}x >> 2u);`);
+    else decl.push(`let ${r}k = (${u} % ${c.BK / 4}u) * 4u; let ${r}x = ${u} / ${c.BK / 4}u; let ${r}s = ${r}x * ${o.stride}u + (${r}k >> 2u);`);
+    decl.push(`var ${r}: vec4<f32>;`);
+    // a last round that not every thread takes part in (units not a multiple of threads)
+    const live = total % threads !== 0 && i === iters - 1 ? `${u} < ${total}u` : '';
+    const and = (...cs: string[]) => [live, ...cs].filter(Boolean).join(' && ');
+    const gk = `k0 + ${r}k`;
+    const gx = `${x0} + ${r}x`;
+    if (o.vec) {
+      // the contiguous dimension is a multiple of 4: a vec4 is wholly in range or out
+      fetch.push(`${r} = vec4<f32>(); if (${and(`${gk} < p.K`, `${gx} < ${D}`)}) { ${r} = ld4_${o.name}((${at(gk, gx)}) >> 2u); }`);
+    } else {
+      const lines = [0, 1, 2, 3].map((j) => {
+        const [kj, xj] = o.direct ? [gk, `${gx} + ${j}u`] : [`${gk} + ${j}u`, gx];
+        return `${r}[${j}] = 0.0; if (${and(`${kj} < p.K`, `${xj} < ${D}`)}) { ${r}[${j}] = ld_${o.name}(${at(kj, xj)}); }`;
+      });
+      fetch.push(lines.join('\n      '));
+    }
+    store.push((st) => `${live ? `if (${live}) ` : ''}{ S[${o.origin}u + ${st} * ${o.size}u + ${r}s] = ${r}; }`);
+  }
+  const ind = '\n      ';
+  return { decl: decl.join('\n  '), fetch: fetch.join(ind), store: (st) => store.map((f) => f(st)).join(ind) };
+}
+
+/** The tiled kernel's WGSL for one specialization. */
+export function tiledWgsl(s: TiledSpec): string {
+  const c = s.config;
+  checkConfig(c);
+  const TX = c.BN / c.TN; // threads along n
+  const TY = c.BM / c.TM; // threads along m
+  const threads = TX * TY;
+  const { SA, SB, sizeA, sizeB } = strides(c, s.transA, s.transB);
+  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, stride: SA, origin: 0, size: sizeA };
+  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, stride: SB, origin: 2 * sizeA, size: sizeB };
+  const la = slabCode(opA, c, threads);
+  const lb = slabCode(opB, c, threads);
+  const xa = opA.direct; // a staged [k][m]: vec4s along m; else [m][k]: vec4s along k
+  const xb = opB.direct; // b staged [k][n]: vec4s along n; else [n][k]: vec4s along k
+  const packedOut = s.out !== 'f32';
+  const gn = c.TN / 4; // accumulator vec4s per row
+  const comp = (i: number) => 'xyzw'[i & 3]!;
+
+  // thread rows: 4 adjacent rows, repeated every TY*4 (a warp's reads of a stage broadcast).
+  // thread columns: with b staged [k][n], 4 adjacent columns repeated every TX*4; with b
+  // staged [n][k], adjacent threads take adjacent columns (rows of the stage: no bank
+  // conflicts), in pairs when the output is packed so that a thread owns whole words.
+  const rowOf = (r: number) => (r >> 2) * TY * 4 + (r & 3); // + ty * 4
+  const colOf = (j: number): { k: number; m: number } =>
+    xb ? { k: (j >> 2) * TX * 4 + (j & 3), m: 4 } : packedOut ? { k: (j >> 1) * TX * 2 + (j & 1), m: 2 } : { k: j * TX, m: 1 }; // + tx * m
+  const colStep = colOf(0).m;
+
+  // accumulators: acc_<row>_<q>, the thread's columns 4q..4q+3 of one row
+  const accDecl: string[] = [];
+  for (let r = 0; r < c.TM; r++) for (let q = 0; q < gn; q++) accDecl.push(`var acc_${r}_${q} = vec4<f32>();`);
+
+  // the product of one group of 4 k: fragment loads, then TM * TN / 4 vec4 fmas per k
+  const group = (g: number): string => {
+    const l: string[] = [];
+    const kq = `kq + ${g}u`; // vec4 column of a k-major stage
+    if (xa) for (let kk = 0; kk < 4; kk++) for (let h = 0; h < c.TM / 4; h++) l.push(`let a${kk}_${h} = S[ab + (${kq}) * ${4 * SA}u + ${kk * SA + h * TY}u];`);
+    else for (let r = 0; r < c.TM; r++) l.push(`let a${r} = S[ab + ${kq} + ${rowOf(r) * SA}u];`);
+    if (xb) for (let kk = 0; kk < 4; kk++) for (let q = 0; q < gn; q++) l.push(`let b${kk}_${q} = S[bb + (${kq}) * ${4 * SB}u + ${kk * SB + q * TX}u];`);
+    else for (let j = 0; j < c.TN; j++) l.push(`let b${j} = S[bb + ${kq} + ${colOf(j).k * SB}u];`);
+    for (let kk = 0; kk < 4; kk++) {
+      for (let q = 0; q < gn; q++) {
+        if (!xb) l.push(`let b${kk}_${q} = vec4<f32>(${[0, 1, 2, 3].map((j) => `b${4 * q + j}.${comp(kk)}`).join(', ')});`);
+      }
+      for (let r = 0; r < c.TM; r++) {
+        const a = xa ? `a${kk}_${r >> 2}.${comp(r)}` : `a${r}.${comp(kk)}`;
+        for (let q = 0; q < gn; q++) l.push(`acc_${r}_${q} = fma(vec4<f32>(${a}), b${kk}_${q}, acc_${r}_${q});`);
+      }
+    }
+    return `{\n        ${l.join('\n        ')}\n      }`;
+  };
+  const groups = Array.from({ length: c.U / 4 }, (_, g) => group(g)).join('\n      ');
+  // ab / bb: this thread's first fragment in the stage being multiplied
+  const ab = xa ? 'ty' : `ty * ${4 * SA}u`;
+  const bb = xb ? 'tx' : `tx * ${colStep * SB}u`;
+  const innerCode = `for (var kq = 0u; kq < ${c.BK / 4}u; kq += ${c.U / 4}u) {
+      ${groups}
+    }`;
+
+  // epilogue: scale, bias, store (or accumulate) with per-element guards
+  const epi: string[] = [];
+  for (let j = 0; j < c.TN; j++) epi.push(`let col${j} = n0 + ${colOf(j).k}u + tx * ${colStep}u;`);
+  if (s.bias) {
+    for (let q = 0; q < gn; q++) {
+      const bv = [0, 1, 2, 3].map((j) => `select(0.0, ld_bias(min(col${4 * q + j}, p.N - 1u)), col${4 * q + j} < p.N)`);
+      epi.push(`let bias${q} = vec4<f32>(${bv.join(', ')});`);
+    }
+  }
+  for (let r = 0; r < c.TM; r++) {
+    const lines: string[] = [];
+    for (let q = 0; q < gn; q++) {
+      lines.push(`{ let v = acc_${r}_${q} * p.alpha${s.bias ? ` + bias${q}` : ''};`);
+      for (let j = 0; j < 4; j += packedOut ? 2 : 1) {
+        const col = `col${4 * q + j}`;
+        if (packedOut) {
+          // N is even and col is: col < N implies col + 1 < N, the pair is whole
+          const val = s.accumulate ? `ld_out(orow + ${col}) + v[${j}], ld_out(orow + ${col} + 1u) + v[${j + 1}]` : `v[${j}], v[${j + 1}]`;
+          lines.push(`  if (${col} < p.N) { st2_out(orow + ${col}, ${val}); }`);
+        } else {
+          const val = s.accumulate ? `out[orow + ${col}] + v[${j}]` : `v[${j}]`;
+          lines.push(`  if (${col} < p.N) { out[orow + ${col}] = ${val}; }`);
+        }
+      }
+      lines.push('}');
+    }
+    epi.push(`{ let row = m0 + ${rowOf(r)}u + ty * 4u;\n    if (row < p.M) {\n      let orow = obase + row * p.N;\n      ${lines.join('\n      ')}\n    } }`);
+  }
+
+  const decls = [
+    header([{ name: 'out', type: s.out, access: 'read_write' }], PARAMS),
+    inputDecl(2, 'a', s.a, s.vecA),
+    inputDecl(3, 'b', s.b, s.vecB),
+    s.bias ? inputDecl(4, 'bias', s.bias, false) : '',
+  ];
+
+  return /* wgsl */ `
+${decls.join('\n')}
+
+// two stages of a (${xa ? '[k][m]' : '[m][k]'}, ${sizeA} vec4s each) then two of b (${xb ? '[k][n]' : '[n][k]'}, ${sizeB} each)
+var<workgroup> S: array<vec4<f32>, ${2 * (sizeA + sizeB)}>;
+
+@compute @workgroup_size(${threads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  // tile id -> (tile row, tile col), walking ${c.G} tile rows at a time down before across
+  let pid = wid.x + wid.y * nwg.x;
+  if (pid >= p.tilesM * p.tilesN) { return; }  // uniform per workgroup: barriers stay safe
+  let per_group = ${c.G}u * p.tilesN;
+  let first = (pid / per_group) * ${c.G}u;
+  let rows = min(p.tilesM - first, ${c.G}u);
+  let tm = first + (pid % per_group) % rows;
+  let tn = (pid % per_group) / rows;
+  let m0 = tm * ${c.BM}u;
+  let n0 = tn * ${c.BN}u;
+  let batch = wid.z;
+  let basea = batch * p.sA;
+  let baseb = batch * p.sB;
+  let obase = batch * p.M * p.N;
+  let tx = lid % ${TX}u;
+  let ty = lid / ${TX}u;
+
+  ${accDecl.join('\n  ')}
+  ${la.decl}
+  ${lb.decl}
+
+  // software pipeline over the K slabs: iteration t fetches slab t into registers, multiplies
+  // slab t-1 (already in workgroup memory), then stores slab t to the other stage. the fetch's
+  // latency hides behind the math; one barrier per slab. a stage is overwritten two iterations
+  // after it was filled, so every read of it finished before the barrier in between.
+  let slabs = (p.K + ${c.BK - 1}u) / ${c.BK}u;
+  for (var t = 0u; t <= slabs; t++) {
+    let fill = t < slabs;
+    if (fill) {
+      let k0 = t * ${c.BK}u;
+      ${la.fetch}
+      ${lb.fetch}
+    }
+    if (t > 0u) {
+      let ab = ((t - 1u) & 1u) * ${sizeA}u + ${ab};
+      let bb = ${2 * sizeA}u + ((t - 1u) & 1u) * ${sizeB}u + ${bb};
+      ${innerCode.replaceAll('\n', '\n  ')}
+    }
+    if (fill) {
+      ${la.store('(t & 1u)')}
+      ${lb.store('(t & 1u)')}
+    }
+    workgroupBarrier();
+  }
+
+  ${epi.join('\n  ')}
+}`;
+}
+
+// ---------------------------------------------------------------- dispatcher
+
+/** Implementations matmul() can run. a subgroup-matrix (tensor core) path will join 'tiled'. */
+export type MatmulPath = 'tiled';
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+  /** out += result instead of out = result (weight gradients) */
+  accumulate?: boolean;
+  /** result = alpha * op(a) . op(b) (+ bias); default 1 */
+  alpha?: number;
+  /** force a tile config of the tiled path (benchmarks, tests); default chooseConfig() */
+  config?: MatmulConfig;
+}
+
+/** Problem dimensions after validation. */
+export interface MatmulDims {
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+  /** batch strides in elements (0 = broadcast 2-D operand) */
+  sA: number;
+  sB: number;
+}
+
+/**
+ * Picks the implementation for a problem. this is the one place to route work to other
+ * paths: e.g. return 'subgroup' when gpu.features.subgroupMatrix has a config for these
+ * dtypes and M, N, K are large enough to fill its tiles.
+ */
+export function choosePath(_gpu: Gpu, _d: MatmulDims, _dtypes: { a: DType; b: DType; out: DType }, _opts: MatmulOptions): MatmulPath {
+  return 'tiled';
+}
+
+/** 2 M N K per batch: the flop count benchmarks divide by (multiply-adds count twice). */
+export function matmulFlops(M: number, N: number, K: number, batch = 1): number {
+  return 2 * M * N * K * batch;
+}
+
+const FLOAT: readonly DType[] = ['f32', 'f16', 'bf16'];
+
+function matmulDims(op: string, out: Tensor, a: Tensor, b: Tensor, bias: Tensor | undefined, transA: boolean, transB: boolean): MatmulDims {
+  const fmt = (t: Tensor) => `${t.label}[${t.shape.join(',')}]:${t.dtype}`;
+  for (const [what, t] of [
+    ['a', a],
+    ['b', b],
+    ['out', out],
+  ] as const) {
+    if (t.shape.length !== 2 && t.shape.length !== 3) throw new ShapeError(`${op}: ${what} ${fmt(t)} must be 2-D or 3-D`);
+    expectDtype(op, what, t, FLOAT);
+  }
+  const [ar, ac] = a.shape.slice(-2) as [number, number];
+  const [br, bc] = b.shape.slice(-2) as [number, number];
+  const [M, K] = transA ? [ac, ar] : [ar, ac];
+  const [K2, N] = transB ? [bc, br] : [br, bc];
+  if (K !== K2) {
+    throw new ShapeError(
+      `${op}: inner dimensions differ: op(a) of ${fmt(a)}${transA ? ' (transA)' : ''} is [${M},${K}], ` +
+        `op(b) of ${fmt(b)}${transB ? ' (transB)' : ''} is [${K2},${N}]`,
+    );
+  }
+  const ba = a.shape.length === 3 ? a.shape[0]! : null;
+  const bb = b.shape.length === 3 ? b.shape[0]! : null;
+  if (ba !== null && bb !== null && ba !== bb) throw new ShapeError(`${op}: batch sizes differ: ${fmt(a)} and ${fmt(b)}`);
+  const batch = ba ?? bb;
+  expectShape(op, 'out', out, batch === null ? [M, N] : [batch, M, N]);
+  if (bias) {
+    expectShape(op, 'bias', bias, [N]);
+    expectDtype(op, 'bias', bias, FLOAT);
+  }
+  expectPackable(op, 'out', out);
+  return { batch: batch ?? 1, M, N, K, sA: ba === null ? 0 : M * K, sB: bb === null ? 0 : K * N };
+}
+
+/**
+ * out = alpha * op(a) . op(b) + bias, per batch index (or out += ..., with accumulate).
+ * shapes: see the file header. f32 accumulation whatever the storage dtypes.
+ */
+export async function matmul(
+  gpu: Gpu,
+  o: { out: Tensor },
+  i: { a: Tensor; b: Tensor; bias?: Tensor },
+  opts: MatmulOptions = {},
+): Promise<void> {
+  const op = 'matmul';
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  const d = matmulDims(op, o.out, i.a, i.b, i.bias, transA, transB);
+  if (d.M === 0 || d.N === 0 || d.batch === 0) return;
+  const path = choosePath(gpu, d, { a: i.a.dtype, b: i.b.dtype, out: o.out.dtype }, opts);
+  switch (path) {
+    case 'tiled':
+      return matmulTiled(gpu, o.out, i.a, i.b, i.bias, d, transA, transB, opts);
+  }
+}
+
+async function matmulTiled(
+  gpu: Gpu,
+  out: Tensor,
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor | undefined,
+  d: MatmulDims,
+  transA: boolean,
+  transB: boolean,
+  opts: MatmulOptions,
+): Promise<void> {
+  const config = opts.config ?? chooseConfig(gpu, { M: d.M, N: d.N, batch: d.batch, transA, transB });
+  checkConfig(config);
+  if (!configFits(gpu, config, transA, transB)) {
+    throw new LimitError(
+      `matmul: tile config ${configName(config)} needs ${workgroupBytes(config, transA, transB)} bytes of workgroup memory and ` +
+        `${threadsOf(config)} threads; this device allows ${gpu.limits['maxComputeWorkgroupStorageSize']} and ${gpu.limits['maxComputeInvocationsPerWorkgroup']}`,
+    );
+  }
+  // vec4 loads along an operand's contiguous dimension need that dimension to be a multiple of 4
+  const spec: TiledSpec = {
+    config,
+    transA,
+    transB,
+    out: out.dtype,
+    a: a.dtype,
+    b: b.dtype,
+    bias: bias?.dtype ?? null,
+    accumulate: opts.accumulate ?? false,
+    vecA: (transA ? d.M : d.K) % 4 === 0,
+    vecB: (transB ? d.K : d.N) % 4 === 0,
+  };
+  const tilesM = Math.ceil(d.M / config.BM);
+  const tilesN = Math.ceil(d.N / config.BN);
+  const [x, y] = grid1d(gpu, tilesM * tilesN);
+  const name =
+    `matmul_${configName(config)}_${transA ? 't' : 'n'}${transB ? 't' : 'n'}_v${spec.vecA ? 4 : 1}${spec.vecB ? 4 : 1}` +
+    `_${out.dtype}_${a.dtype}_${b.dtype}${bias ? `_bias_${bias.dtype}` : ''}${spec.accumulate ? '_acc' : ''}`;
+  await launch(gpu, {
+    name,
+    wgsl: tiledWgsl(spec),
+    storage: bias ? [out, a, b, bias] : [out, a, b],
+    params: PARAMS,
+    values: { M: d.M, N: d.N, K: d.K, sA: d.sA, sB: d.sB, tilesM, tilesN, alpha: opts.alpha ?? 1 },
+    workgroups: [x, y, d.batch],
+  });
+}
+
+// ---------------------------------------------------------------- nn.Linear
+
+const WG = 256;
+const ROWS = 64; // rows of dout per db partial chunk
+
+/** part (P,N): column sums of dout over chunks of ROWS rows */
+function dbPartialWgsl(dout: DType): string {
+  return /* wgsl */ `
+${header(
+  [
+    { name: 'part', type: 'f32', access: 'read_write' },
+    { name: 'dout', type: dout, access: 'read' },
+  ],
+  [
+    ['M', 'u32'],
+    ['N', 'u32'],
+  ],
+)}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let c = g.x;
+  if (c >= p.N) { return; }
+  let chunk = wid.y;
+  let m1 = min(p.M, (chunk + 1u) * ${ROWS}u);
+  var s = 0.0;
+  for (var m = chunk * ${ROWS}u; m < m1; m++) { s += ld_dout(m * p.N + c); }
+  part[chunk * p.N + c] = s;
+}`;
+}
+
+/** db (N) += sum of the P partial rows, in order */
+const DB_REDUCE_WGSL = /* wgsl */ `
+${header(
+  [
+    { name: 'db', type: 'f32', access: 'read_write' },
+    { name: 'part', type: 'f32', access: 'read' },
+  ],
+  [
+    ['N', 'u32'],
+    ['P', 'u32'],
+  ],
+)}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  let c = g.x;
+  if (c >= p.N) { return; }
+  var s = 0.0;
+  for (var k = 0u; k < p.P; k++) { s += part[k * p.N + c]; }
+  db[c] += s;
+}`;
+
+/** x (...,K) viewed as (M,K) */
+function rows2d(op: string, what: string, t: Tensor, inner: number): Tensor {
+  const last = t.shape[t.shape.length - 1];
+  if (t.shape.length < 1 || last !== inner) {
+    throw new ShapeError(`${op}: ${what} ${t.label}[${t.shape.join(',')}]:${t.dtype} should have shape [...,${inner}]`);
+  }
+  return t.reshape([t.size / Math.max(inner, 1), inner]);
+}
+
+function linearDims(op: string, x: Tensor, w: Tensor): { N: number; K: number } {
+  if (w.shape.length !== 2) throw new ShapeError(`${op}: w ${w.label}[${w.shape.join(',')}]:${w.dtype} must be [out features, in features]`);
+  const [N, K] = w.shape as [number, number];
+  rows2d(op, 'x', x, K);
+  return { N, K };
+}
+
+/** y (...,N) = x (...,K) . w^T + b, with w (N,K) in nn.Linear layout. */
+export async function linearForward(gpu: Gpu, o: { y: Tensor }, i: { x: Tensor; w: Tensor; b?: Tensor }): Promise<void> {
+  const op = 'linearForward';
+  const { N, K } = linearDims(op, i.x, i.w);
+  const x = rows2d(op, 'x', i.x, K);
+  expectShape(op, 'y', o.y, [...i.x.shape.slice(0, -1), N]);
+  const y = o.y.reshape([x.shape[0]!, N]);
+  await matmul(gpu, { out: y }, i.b ? { a: x, b: i.w, bias: i.b } : { a: x, b: i.w }, { transB: true });
+}
+
+/** dx = dout . w (overwritten); dw += dout^T . x; db += column sums of dout. */
+export async function linearBackward(
+  gpu: Gpu,
+  o: { dx: Tensor; dw: Tensor; db?: Tensor },
+  i: { dout: Tensor; x: Tensor; w: Tensor },
+): Promise<void> {
+  const op = 'linearBackward';
+  const { N, K } = linearDims(op, i.x, i.w);
+  const x = rows2d(op, 'x', i.x, K);
+  const M = x.shape[0]!;
+  expectShape(op, 'dout', i.dout, [...i.x.shape.slice(0, -1), N]);
+  expectShape(op, 'dx', o.dx, i.x.shape);
+  expectShape(op, 'dw', o.dw, [N, K]);
+  expectDtype(op, 'dw', o.dw, ['f32']);
+  if (o.db) {
+    expectShape(op, 'db', o.db, [N]);
+    expectDtype(op, 'db', o.db, ['f32']);
+  }
+  const dout = i.dout.reshape([M, N]);
+  await matmul(gpu, { out: o.dx.reshape([M, K]) }, { a: dout, b: i.w });
+  await matmul(gpu, { out: o.dw }, { a: dout, b: x }, { transA: true, accumulate: true });
+  if (!o.db || M === 0 || N === 0) return;
+  const P = Math.ceil(M / ROWS);
+  const part = gpu.scratch.take([P, N], 'f32', 'linear_db_partial');
+  try {
+    await launch(gpu, {
+      name: `linear_backward_db_partial_${dout.dtype}`,
+      wgsl: dbPartialWgsl(dout.dtype),
+      storage: [part, dout],
+      params: [
+        ['M', 'u32'],
+        ['N', 'u32'],
+      ],
+      values: { M, N },
+      workgroups: [Math.ceil(N / WG), P],
+    });
+    await launch(gpu, {
+      name: 'linear_backward_db_reduce',
+      wgsl: DB_REDUCE_WGSL,
+      storage: [o.db, part],
+      params: [
+        ['N', 'u32'],
+        ['P', 'u32'],
+      ],
+      values: { N, P },
+      workgroups: [Math.ceil(N / WG)],
+    });
+  } finally {
+    part.dispose();
+  }
+}
