@@ -12,36 +12,34 @@ export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 
 export interface TimeOptions {
   warmup?: number;
+  /** timed regions; the result is the median region */
   reps?: number;
+  /** calls back to back in one timed region (keeps the GPU busy and its clocks up) */
+  inner?: number;
 }
 
 /**
- * Median GPU milliseconds of one call of `fn` (which records dispatches). With timestamp queries
- * each call is its own timed pass; without, wall clock around a synced batch of calls.
+ * Median GPU milliseconds per call of `fn` (which records dispatches). Each timed region runs
+ * `inner` calls back to back: one call between CPU round trips lets an idle GPU drop its clocks,
+ * which under-reports a short kernel. With timestamp queries a region is one compute pass;
+ * without, wall clock around a synced region.
  */
 export async function timeGpu(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptions = {}): Promise<number> {
-  const { warmup = 3, reps = 10 } = opts;
+  const { warmup = 3, reps = 7, inner = 10 } = opts;
   for (let i = 0; i < warmup; i++) await fn();
   await gpu.sync();
   const times: number[] = [];
-  if (gpu.features.timestamps) {
-    const timer = new GpuTimer(gpu);
-    try {
-      for (let i = 0; i < reps; i++) {
-        timer.begin();
-        await fn();
-        times.push(await timer.end());
-      }
-    } finally {
-      timer.dispose();
-    }
-  } else {
+  const timer = gpu.features.timestamps ? new GpuTimer(gpu) : null;
+  try {
     for (let i = 0; i < reps; i++) {
       const t0 = performance.now();
-      await fn();
-      await gpu.sync();
-      times.push(performance.now() - t0);
+      timer?.begin();
+      for (let k = 0; k < inner; k++) await fn();
+      const ms = timer ? await timer.end() : (await gpu.sync(), performance.now() - t0);
+      times.push(ms / inner);
     }
+  } finally {
+    timer?.dispose();
   }
   times.sort((a, b) => a - b);
   return times[Math.floor(times.length / 2)]!;

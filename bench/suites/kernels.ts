@@ -25,7 +25,7 @@ async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number
   const dst = await gpu.tensor([n], 'f32', 'copy_dst');
   const out: Record<string, number> = {};
   for (const per of COPY_PER_THREAD) {
-    const ms = await timeGpu(gpu, () => copy(gpu, dst, src, per), { reps: 20 });
+    const ms = await timeGpu(gpu, () => copy(gpu, dst, src, per), { reps: 7, inner: 10 });
     out[`copy_x${per}_GBps`] = (2 * bytes) / ms / 1e6;
   }
   src.dispose();
@@ -53,7 +53,7 @@ async function matmulTFLOPs(gpu: Gpu, n: number, notes: Record<string, string>):
     let best = 0;
     for (const config of MATMUL_CONFIGS) {
       if (!configFits(gpu, config, false, false)) continue;
-      const ms = await timeGpu(gpu, () => matmul(gpu, { out: c }, { a, b }, { config }), { reps: 10 });
+      const ms = await timeGpu(gpu, () => matmul(gpu, { out: c }, { a, b }, { config }), { reps: 5, inner: 5 });
       const tf = flops / ms / 1e9;
       per.push(`${configName(config)} ${tf.toFixed(1)}`);
       best = Math.max(best, tf);
@@ -63,7 +63,7 @@ async function matmulTFLOPs(gpu: Gpu, n: number, notes: Record<string, string>):
       for (const tile of SUBGROUP_TILES) {
         if (!subgroupMatmulSupported(gpu, { ...q, tile })) continue;
         try {
-          const ms = await timeGpu(gpu, () => matmulSubgroup(gpu, { out: c }, { a, b }, { tile }), { reps: 10 });
+          const ms = await timeGpu(gpu, () => matmulSubgroup(gpu, { out: c }, { a, b }, { tile }), { reps: 5, inner: 5 });
           const tf = flops / ms / 1e9;
           per.push(`subgroup ${fmtTile(tile)} ${tf.toFixed(1)}`);
           best = Math.max(best, tf);
@@ -93,8 +93,8 @@ async function attentionTFLOPs(gpu: Gpu, quick: boolean, notes: Record<string, s
     const o = await gpu.tensor(shape, dtype, 'out');
     const lse = await gpu.tensor([B, NH, T], 'f32', 'lse');
     const [dq, dk, dv] = await Promise.all(['dq', 'dk', 'dv'].map((l) => gpu.tensor(shape, dtype, l)));
-    const fwd = await timeGpu(gpu, () => attentionForward(gpu, { out: o, lse }, { q, k, v }), { reps: 10 });
-    const bwd = await timeGpu(gpu, () => attentionBackward(gpu, { dq: dq!, dk: dk!, dv: dv! }, { dout, q, k, v, out: o, lse }), { reps: 10 });
+    const fwd = await timeGpu(gpu, () => attentionForward(gpu, { out: o, lse }, { q, k, v }), { reps: 5, inner: 5 });
+    const bwd = await timeGpu(gpu, () => attentionBackward(gpu, { dq: dq!, dk: dk!, dv: dv! }, { dout, q, k, v, out: o, lse }), { reps: 5, inner: 5 });
     const f = flops / fwd / 1e9;
     const b = (2.5 * flops) / bwd / 1e9;
     notes[`attention_${dtype}`] = `B=${B} T=${T} NH=${NH} HS=${HS} causal: fwd ${fwd.toFixed(3)} ms ${f.toFixed(1)} TFLOP/s, bwd ${bwd.toFixed(3)} ms ${b.toFixed(1)} TFLOP/s`;

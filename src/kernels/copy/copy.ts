@@ -19,7 +19,12 @@ const WG = 256;
 export const COPY_PER_THREAD = [1, 2, 4, 8] as const;
 const DEFAULT_PER = 4;
 
-const copyWgsl = (vec: boolean, per: number) => /* wgsl */ `
+// the PER loads and stores are unrolled in the template (a run-time indexed private array could
+// land in local memory)
+const copyWgsl = (vec: boolean, per: number) => {
+  const ks = Array.from({ length: per }, (_, k) => k);
+  const zero = vec ? 'vec4<u32>()' : '0u';
+  return /* wgsl */ `
 // p.x: units to copy, p.y: threads per grid row, p.z: threads in the grid
 @group(0) @binding(0) var<uniform> p: vec4<u32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<${vec ? 'vec4<u32>' : 'u32'}>;
@@ -27,10 +32,10 @@ const copyWgsl = (vec: boolean, per: number) => /* wgsl */ `
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
   let i = g.x + g.y * p.y;
-  var v: array<${vec ? 'vec4<u32>' : 'u32'}, ${per}>;
-  for (var k = 0u; k < ${per}u; k++) { let j = i + k * p.z; if (j < p.x) { v[k] = src[j]; } }
-  for (var k = 0u; k < ${per}u; k++) { let j = i + k * p.z; if (j < p.x) { dst[j] = v[k]; } }
+${ks.map((k) => `  let j${k} = i + ${k}u * p.z;\n  var v${k} = ${zero};\n  if (j${k} < p.x) { v${k} = src[j${k}]; }`).join('\n')}
+${ks.map((k) => `  if (j${k} < p.x) { dst[j${k}] = v${k}; }`).join('\n')}
 }`;
+};
 
 /** dst = src, byte for byte (same dtype and element count). */
 export async function copy(gpu: Gpu, dst: Tensor, src: Tensor, perThread: number = DEFAULT_PER): Promise<void> {
