@@ -2,3 +2,4 @@
 
 export { copy, fill } from './copy/copy.ts';
 export { rmsnormBackward, rmsnormForward } from './rmsnorm/rmsnorm.ts';
+export { addBackward, addForward } from './add/add.ts';

@@ -110,7 +110,8 @@ export interface Launch {
 /**
  * WebGPU forbids binding one buffer both writable and read-only in a dispatch, even on disjoint
  * ranges (tensors of one arena share a buffer). such read-only bindings are redeclared
- * read_write; a true overlap of a written range with any other binding is an error.
+ * read_write. an overlap of a written range with another binding is an error (WebGPU forbids
+ * it too): a kernel that works in place binds the tensor once and reads it through its output.
  */
 export function resolveAliasing(name: string, wgsl: string, storage: readonly Tensor[]): string {
   const writable = new Set<number>();
