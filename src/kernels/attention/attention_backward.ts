@@ -18,7 +18,10 @@
 // memory transposed (it replaces the v tile) and the thread accumulates column slices of dq.
 // dk/dv thread mapping: thread (kg, qg) owns keys kg*4..+3 and queries qg + QG*j of a query
 // tile for s^T and dp^T; p^T and ds^T go to workgroup memory and the thread accumulates column
-// slices qg, qg+QG, ... of its 4 keys' dk and dv in registers for the whole sweep.
+// slices qg, qg+QG, ... of its 4 keys' dk and dv in registers for the whole sweep. the next
+// query tile is fetched into registers while the current one is used (3 barriers a tile): with
+// only 64 threads a workgroup, this halved the kernel's time on an H100 (it did not pay in the
+// forward or dq kernels, which wait on their k/v tiles directly).
 // numerics: f32 throughout; q is staged times scale*log2(e), so p = exp2(s' - lse*log2(e)) and
 // dk = ln(2) * sum ds q'. padded queries (t >= T) load as zeros and are masked.
 
@@ -102,8 +105,6 @@ function dqWgsl(HS: number, tile: Tile): string {
   const PM = Math.min(CG, RG) - 1; // ds^T swizzle
   const acc = R4.flatMap((r) => range(NV).map((i) => [r, i] as const));
   const col = (i: number, s: string) => ((i + 1) * CG > HS4 ? `if (cg + ${CG * i}u < ${HS4}u) { ${s} }` : s);
-  const kr = tileRegs('k', BC * HS4, NT);
-  const vr = tileRegs('v', BC * HS4, NT);
   return /* wgsl */ `
 ${header([raw('dq', true), raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv'), raw('dout'), F32_R('lse'), F32_R('dsum')], DQ_PARAMS)}
 ${VEC_HELPERS}
@@ -137,13 +138,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var kend = p.P + p.T;
   if (p.causal != 0u) { kend = p.P + min(p.T, q0 + ${BR}u); }
   ${acc.map(([r, i]) => `var g${r}${i} = vec4<f32>(0.0);`).join(' ')}
-  // the next k and v tiles wait in registers (raw words) while a tile is being used
-  ${kr.decl} ${vr.decl}
-  ${kr.fetch('b, kvh, 0u')} ${vr.fetch('b, kvh, 0u')}
   for (var c0 = 0u; c0 < kend; c0 += ${BC}u) {
-    ${kr.put('c0')} ${vr.put('c0')}
+    ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0', 'c0')}
+    ${tileLoad('v', BC * HS4, NT, 'b, kvh, c0', 'c0')}
     workgroupBarrier();
-    if (c0 + ${BC}u < kend) { ${kr.fetch(`b, kvh, c0 + ${BC}u`)} ${vr.fetch(`b, kvh, c0 + ${BC}u`)} }
     ${R4.map((r) => `var s${r} = vec4<f32>(0.0); var e${r} = vec4<f32>(0.0);`).join(' ')}
     for (var d4 = 0u; d4 < ${HS4}u; d4++) {
       let kx = ${swz('d4', 'cg', KM)};
@@ -185,6 +183,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 /** dk/dv tiles (BR keys, BC queries); workgroup memory 2*BR*HS + 2*BC*HS + 2*BR*BC floats */
 const DKV_TILES: readonly Tile[] = [
   { BR: 32, BC: 32 },
+  { BR: 32, BC: 16 },
   { BR: 16, BC: 32 },
   { BR: 16, BC: 16 },
   { BR: 16, BC: 8 },
@@ -248,19 +247,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var tstart = 0u;  // first query that sees a key of this block, rounded down to a tile
   if (p.causal != 0u && c0 > p.P) { tstart = (c0 - p.P) / ${BQ}u * ${BQ}u; }
   let nt = (p.T - tstart + ${BQ - 1}u) / ${BQ}u;  // query tiles per head
-  // one pass over (head of the group, query tile); the next tile's q, dout, lse and D wait in
-  // registers (raw words) while a tile is being used
+  // one pass over n = G * nt steps (head of the group, query tile). iteration it stages the
+  // words fetched by iteration it-1, starts fetching step it's q, dout, lse and D into
+  // registers (raw words), and works on step it-1 meanwhile: the global latency hides behind
+  // the math, and the fetch code exists once (lavapipe compiles unrolled loads slowly)
   ${qr.decl} ${dr.decl}
   var wl = 0.0;
   var wd = 0.0;
-  ${fetch('0u')}
-  for (var it = 0u; it < p.G * nt; it++) {
-    let h = kvh * p.G + it / nt;
-    let t0 = tstart + (it % nt) * ${BQ}u;
-    ${qr.put('')} ${dr.put('')}
-    if (tid < ${BQ}u) { sl[tid] = wl; sd[tid] = wd; }
+  let n = p.G * nt;
+  for (var it = 0u; it <= n; it++) {
+    if (it > 0u) {
+      ${qr.put('')} ${dr.put('')}
+      if (tid < ${BQ}u) { sl[tid] = wl; sd[tid] = wd; }
+    }
     workgroupBarrier();
-    if (it + 1u < p.G * nt) { ${fetch('it + 1u')} }
+    if (it < n) { ${fetch('it')} }
+    if (it == 0u) { continue; }
+    let t0 = tstart + ((it - 1u) % nt) * ${BQ}u;
     ${R4.map((r) => `var s${r} = vec4<f32>(0.0); var e${r} = vec4<f32>(0.0);`).join(' ')}
     for (var d4 = 0u; d4 < ${HS4}u; d4++) {
       let qx = ${swz('d4', 'qg', QM)};
@@ -373,8 +376,8 @@ export async function attentionBackward(
       values: { ...values, rows, ...dtValues({ dout: i.dout, out: i.out }) },
       workgroups: grid1d(gpu, Math.ceil(rows / DSUM_WG)),
     });
-    const tq = pickTile(gpu, op + 'DQ', HS, DQ_TILES, dqBytes);
-    if (!process.env['ATT_DEV_SKIP_DQ']) await launch(gpu, {
+    const tq = pickTile(gpu, op, HS, DQ_TILES, dqBytes);
+    await launch(gpu, {
       name: `attention_dq_hs${HS}_${tq.BR}x${tq.BC}`,
       wgsl: dqWgsl(HS, tq),
       storage: [o.dq, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum],
@@ -382,8 +385,8 @@ export async function attentionBackward(
       values: { ...values, ...dtValues({ dq: o.dq, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
       workgroups: [s.B * s.NH, Math.ceil(s.T / tq.BR)],
     });
-    const tk = pickTile(gpu, op + 'DKV', HS, DKV_TILES, dkvBytes);
-    if (!process.env['ATT_DEV_SKIP_DKV']) await launch(gpu, {
+    const tk = pickTile(gpu, op, HS, DKV_TILES, dkvBytes);
+    await launch(gpu, {
       name: `attention_dkdv_hs${HS}_${tk.BR}x${tk.BC}`,
       wgsl: dkdvWgsl(HS, tk),
       storage: [o.dk, o.dv, dpk, dpv, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum],

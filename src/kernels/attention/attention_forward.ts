@@ -4,22 +4,26 @@
 //   out (B,T,NH,HS) = softmax(scale q k^T + mask) v       lse (B,NH,T) = logsumexp, saved (f32)
 //   q (B,T,NH,HS)  k, v (B,T,NKV,HS)  pk, pv (B,P,NKV,HS), optional
 //
-// thread mapping: one workgroup per (b, h, block of BR queries); RG = BR/4 row groups times
-// CG = BC/4 column groups of threads. thread (rg, cg) owns query rows rg*4..rg*4+3 and, for the
-// scores, keys cg, cg+CG, cg+2CG, cg+3CG of each BC-key tile (a 4x4 register tile), and for the
-// output, the 4-element column slices cg, cg+CG, ... of its 4 rows. per key tile:
-//   k tile -> workgroup memory; s = q k^T in registers; the row max is exchanged through
-//   workgroup memory; p = exp2(s - m) goes to workgroup memory transposed; the v tile replaces
-//   the k tile; o = o * alpha + p v.
+// thread mapping: one workgroup per (b, h, block of BR queries), latest blocks first (they have
+// the most keys); RG = BR/4 row groups times CG = BC/4 column groups of threads. thread (rg, cg)
+// owns query rows rg*4..rg*4+3 and, for the scores, keys cg, cg+CG, cg+2CG, cg+3CG of each
+// BC-key tile (a 4x4 register tile, updated with fma's), and for the output, the 4-element
+// column slices cg, cg+CG, ... of its 4 rows. per key tile (5 barriers):
+//   k tile -> workgroup memory | s = q k^T in registers, row-max partials -> workgroup memory |
+//   row max, p = exp2(s - m), the v tile replaces the k tile | p -> workgroup memory transposed
+//   (over the partials) | o = o * alpha + p v |
 // q is staged once, pre-multiplied by scale*log2(e) so the softmax runs on exp2. tiles wholly
 // above the diagonal are never visited; only tiles that cross it (or the end) are masked.
-// workgroup memory holds BR*HS + BC*HS + BC*BR floats (32 KiB at BR=64, BC=32, HS=64); row
-// strides are not padded, accesses are xor-swizzled instead so the 8 threads of a quarter warp
-// hit distinct banks. the tile shrinks where a device (or HS) allows less workgroup memory.
+// workgroup memory: BR*HS + BC*HS + BC*BR floats, 32 KiB at BR=64, BC=32, HS=64 (every device
+// has 32 KiB; a separate buffer for the row partials, one barrier less, measured slower on an
+// H100: fewer resident workgroups). row strides are not padded: accesses are xor-swizzled so
+// that the 8 threads of a quarter warp hit distinct banks.
 // numerics: f32 throughout (storage may be f32/f16/bf16); masked scores are -3e38, so exp2 gives
 // exactly 0. lse is stored in natural-log units: lse = (m + log2(l)) * ln(2).
 // keys live in one combined index c in [0, P+T): c < P is prefix key c (seen by every query),
 // c >= P is sequence key c-P (seen by queries t >= c-P when causal).
+// storage dtypes and the prefix length are uniforms, not specializations: one pipeline per
+// (HS, tile) serves every dtype mix (lavapipe needs seconds to compile each of these kernels).
 
 import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
@@ -105,8 +109,7 @@ export interface Tile {
 export function pickTile(gpu: Gpu, op: string, HS: number, candidates: readonly Tile[], bytes: (t: Tile, HS4: number) => number): Tile {
   const limit = gpu.limits['maxComputeWorkgroupStorageSize'] ?? 16384;
   const HS4 = Math.ceil(HS / 4);
-  const dev = process.env['ATT_DEV_TILE_' + op]; // DEV-ONLY, remove
-  const t = dev ? { BR: +dev.split('x')[0]!, BC: +dev.split('x')[1]! } : candidates.find((c) => bytes(c, HS4) <= limit);
+  const t = candidates.find((c) => bytes(c, HS4) <= limit);
   if (!t) throw new LimitError(`${op}: HS=${HS} needs more workgroup memory than this device's ${limit} bytes`);
   return t;
 }
@@ -276,14 +279,14 @@ export const transpose4 = (b: string): string =>
 
 // ---------------------------------------------------------------- forward
 
-/** forward tiles (BR queries, BC keys), best first; workgroup memory BR*HS + BC*HS + BC*BR + BR*BC/4 floats */
+/** forward tiles (BR queries, BC keys), best first; workgroup memory BR*HS + BC*HS + BC*BR floats */
 const FWD_TILES: readonly Tile[] = [
   { BR: 64, BC: 32 },
   { BR: 32, BC: 32 },
   { BR: 32, BC: 16 },
   { BR: 16, BC: 16 },
 ];
-const fwdBytes = (t: Tile, HS4: number) => 16 * (t.BR * HS4 + t.BC * HS4 + (t.BC * t.BR) / 4 + (t.BC * t.BR) / 16);
+const fwdBytes = (t: Tile, HS4: number) => 16 * (t.BR * HS4 + t.BC * HS4 + (t.BC * t.BR) / 4);
 
 const FWD_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['out', 'q', 'k', 'v', 'pk', 'pv'])];
 
@@ -304,8 +307,6 @@ function forwardWgsl(HS: number, tile: Tile): string {
       .join('\n      ');
   const rows = (f: (r: number) => string, sep = '\n    ') => R4.map(f).join(sep);
   const acc = R4.flatMap((r) => range(NV).map((i) => [r, i] as const));
-  const kr = tileRegs('k', BC * HS4, NT);
-  const vr = tileRegs('v', BC * HS4, NT);
   return /* wgsl */ `
 ${header([raw('out', true), { name: 'lse', type: 'f32', access: 'read_write' }, raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv')], FWD_PARAMS)}
 ${VEC_HELPERS}
@@ -315,8 +316,7 @@ ${['q', 'k', 'v', 'pk', 'pv'].map((n) => rowLoad(n, HS)).join('\n')}
 ${rowStore('out', HS)}
 var<workgroup> sq: array<vec4<f32>, ${BR * HS4}>;  // q tile * scale*log2(e): [row][d4]
 var<workgroup> skv: array<vec4<f32>, ${BC * HS4}>; // k tile [key][d4 ^ (key & ${KM})], then v tile [key][d4]
-var<workgroup> sp: array<vec4<f32>, ${BC * RG}>;   // p^T [key][row group ^ (key & ${PM})], 4 rows a vec4
-var<workgroup> sm: array<vec4<f32>, ${CG * RG}>;   // row partials [column group][row group]: maxes, final sums
+var<workgroup> sp: array<vec4<f32>, ${BC * RG}>;   // p^T [key][row group ^ (key & ${PM})], 4 rows a vec4; row partials
 ${queryTileIo('q', 'sq', 'q', HS, 0, ' * p.qscale')}
 ${keyTileIo('k', 'skv', 'k', 'pk', HS, KM)}
 ${keyTileIo('v', 'skv', 'v', 'pv', HS, 0)}
@@ -336,11 +336,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var m = vec4<f32>(NEG);   // running max of rows r0..r0+3 (log2 units)
   var l = vec4<f32>(0.0);   // this thread's share of the running sums
   ${acc.map(([r, i]) => `var o${r}${i} = vec4<f32>(0.0);`).join(' ')}
-  // the next k and v tiles wait in registers (raw words) while a tile is being used
-  ${kr.decl} ${vr.decl}
-  ${kr.fetch('b, kvh, 0u')} ${vr.fetch('b, kvh, 0u')}
   for (var c0 = 0u; c0 < kend; c0 += ${BC}u) {
-    ${kr.put('c0')}
+    ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0', 'c0')}
     workgroupBarrier();
     ${rows((r) => `var s${r} = vec4<f32>(0.0);`, ' ')}
     for (var d4 = 0u; d4 < ${HS4}u; d4++) {
@@ -354,18 +351,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       ${R4.map((j) => `let kc${j} = c0 + cg + ${CG * j}u;`).join(' ')}
       ${R4.map((j) => rows((r) => `s${r}.${C4[j]} = select(NEG, s${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u));`, ' ')).join('\n      ')}
     }
-    sm[cg * ${RG}u + rg] = vec4<f32>(hmax(s0), hmax(s1), hmax(s2), hmax(s3));
+    sp[cg * ${RG}u + rg] = vec4<f32>(hmax(s0), hmax(s1), hmax(s2), hmax(s3));
     workgroupBarrier();  // the k tile is dead
     var mt = m;
-    for (var c = 0u; c < ${CG}u; c++) { mt = max(mt, sm[c * ${RG}u + rg]); }
+    for (var c = 0u; c < ${CG}u; c++) { mt = max(mt, sp[c * ${RG}u + rg]); }
     let alpha = exp2(m - mt);
     m = mt;
     ${rows((r) => `let p${r} = exp2(s${r} - mt.${C4[r]});`, ' ')}
     l = l * alpha + vec4<f32>(hsum(p0), hsum(p1), hsum(p2), hsum(p3));
     ${acc.map(([r, i]) => `o${r}${i} *= alpha.${C4[r]};`).join(' ')}
-    ${vr.put('c0')}
+    ${tileLoad('v', BC * HS4, NT, 'b, kvh, c0', 'c0')}
+    workgroupBarrier();  // every thread has read the row maxes: p^T may overwrite them
     ${R4.map((j) => `sp[(cg + ${CG * j}u) * ${RG}u + ${swz('rg', 'cg', PM)}] = vec4<f32>(p0.${C4[j]}, p1.${C4[j]}, p2.${C4[j]}, p3.${C4[j]});`).join('\n    ')}
-    if (c0 + ${BC}u < kend) { ${kr.fetch(`b, kvh, c0 + ${BC}u`)} ${vr.fetch(`b, kvh, c0 + ${BC}u`)} }
     workgroupBarrier();
     for (var key = 0u; key < ${BC}u; key++) {
       let w = sp[key * ${RG}u + ${swz('rg', 'key', PM)}];
@@ -373,10 +370,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
   }
-  sm[cg * ${RG}u + rg] = l;
+  sp[cg * ${RG}u + rg] = l;
   workgroupBarrier();
   var lt = vec4<f32>(0.0);
-  for (var c = 0u; c < ${CG}u; c++) { lt += sm[c * ${RG}u + rg]; }
+  for (var c = 0u; c < ${CG}u; c++) { lt += sp[c * ${RG}u + rg]; }
   let inv = 1.0 / lt;
   // normalized rows go through sq (free now) so that whole rows are stored by all threads
   ${acc.map(([r, i]) => col(i, `sq[(rg * 4u + ${r}u) * ${HS4}u + cg + ${CG * i}u] = o${r}${i} * inv.${C4[r]};`)).join('\n  ')}

@@ -266,7 +266,7 @@ export async function embeddingBackward(gpu: Gpu, o: { dW: Tensor }, i: { dout: 
   const N = i.ids.size;
   if (N === 0 || C === 0) return;
   // one more bit than V - 1 needs: ids >= V saturate to 2^keyBits - 1 >= V, a run of their own
-  const keyBits = Math.min(32, Math.floor(Math.log2(V)) + 1);
+  const keyBits = Math.max(1, Math.min(32, Math.floor(Math.log2(Math.max(V, 1))) + 1));
   const keys = gpu.scratch.take([N], 'f32', 'embedding_sorted_ids');
   const pos = gpu.scratch.take([N], 'f32', 'embedding_sorted_pos');
   const blocks = Math.ceil(N / R);

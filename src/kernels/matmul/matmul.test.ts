@@ -24,6 +24,8 @@ interface Case {
   alpha?: number;
   scale?: number;
   config?: MatmulConfig;
+  /** output dtype (default: the input dtype, or f32 when N is odd) */
+  out?: DType;
 }
 
 /** uploads seeded inputs rounded to `dtype`, runs matmul, compares with the float64 reference */
@@ -33,7 +35,7 @@ async function check(dtype: DType, c: Case): Promise<void> {
   const batchA = batch > 0 && (c.batchA ?? true);
   const batchB = batch > 0 && (c.batchB ?? true);
   // a packed output needs an even N: odd N runs packed inputs into an f32 output
-  const outDtype: DType = N % 2 === 0 ? dtype : 'f32';
+  const outDtype: DType = c.out ?? (N % 2 === 0 ? dtype : 'f32');
   const rng = new Rng(M * 7919 + N * 104729 + K * 31 + batch);
   const B = Math.max(batch, 1);
   const a = roundTo(rng.normals((batchA ? B : 1) * M * K, scale), dtype);
@@ -73,65 +75,71 @@ const trans = [
 ] as const;
 const tname = (ta: boolean, tb: boolean) => `${ta ? 't' : 'n'}${tb ? 't' : 'n'}`;
 
-// awkward shapes (default config), with and without vec4 loads (contiguous dims % 4 == 0)
-const SHAPES = [
+// pipelines compile slowly on lavapipe, so the cases are chosen to share them: per dtype, the
+// four layouts with vec4 loads (dims % 4 == 0) and with scalar loads (odd dims), bias, and
+// accumulate; batching, broadcasting and magnitudes reuse those specializations.
+const SCALAR = [
+  { M: 67, N: 129, K: 33 },
   { M: 1, N: 1, K: 1 },
   { M: 1, N: 37, K: 5 },
-  { M: 67, N: 129, K: 33 },
   { M: 130, N: 3, K: 257 },
-  { M: 4, N: 8, K: 1 },
-  { M: 36, N: 68, K: 20 },
 ];
+const VEC = { M: 36, N: 68, K: 20 };
 
 for (const dtype of DTYPES) {
-  for (const s of SHAPES) {
-    for (const [transA, transB] of trans) {
+  for (const [transA, transB] of trans) {
+    test(`matmul ${dtype} ${tname(transA, transB)} ${VEC.M}x${VEC.N}x${VEC.K}`, () => check(dtype, { ...VEC, transA, transB }));
+    // scalar loads: all four layouts in f32; packed storage in the two that cover both stage
+    // layouts of each operand
+    if (dtype !== 'f32' && transA !== transB) continue;
+    for (const s of SCALAR) {
       test(`matmul ${dtype} ${tname(transA, transB)} ${s.M}x${s.N}x${s.K}`, () => check(dtype, { ...s, transA, transB }));
     }
   }
-  test(`matmul ${dtype} batched`, () => check(dtype, { M: 33, N: 18, K: 21, batch: 3 }));
+  test(`matmul ${dtype} batched`, () => check(dtype, { M: 12, N: 20, K: 28, batch: 3 }));
   test(`matmul ${dtype} batched, b broadcast`, () => check(dtype, { M: 20, N: 12, K: 40, batch: 2, batchB: false, transB: true }));
-  test(`matmul ${dtype} batched, a broadcast`, () => check(dtype, { M: 9, N: 10, K: 7, batch: 2, batchA: false, transA: true }));
-  test(`matmul ${dtype} bias, alpha`, () => check(dtype, { M: 17, N: 34, K: 19, bias: true, alpha: 0.5 }));
-  test(`matmul ${dtype} accumulate`, () => check(dtype, { M: 19, N: 26, K: 23, accumulate: true, transA: true }));
-  test(`matmul ${dtype} accumulate, bias, batched`, () => check(dtype, { M: 8, N: 12, K: 16, batch: 2, accumulate: true, bias: true }));
+  test(`matmul ${dtype} batched, a broadcast`, () => check(dtype, { M: 8, N: 12, K: 4, batch: 2, batchA: false, transA: true }));
+  test(`matmul ${dtype} bias, alpha`, () => check(dtype, { M: 17, N: 36, K: 24, bias: true, alpha: 0.5, transB: true }));
+  test(`matmul ${dtype} accumulate into f32`, () => check(dtype, { M: 20, N: 28, K: 12, accumulate: true, transA: true, out: 'f32' }));
+  if (dtype === 'f32') test(`matmul ${dtype} accumulate, bias, batched`, () => check(dtype, { M: 8, N: 12, K: 16, batch: 2, accumulate: true, bias: true, transB: true, out: 'f32' }));
+  if (dtype !== 'f32') test(`matmul ${dtype} accumulate into ${dtype} (pairs)`, () => check(dtype, { M: 9, N: 16, K: 8, accumulate: true }));
   test(`matmul ${dtype} large magnitudes`, () => check(dtype, { M: 40, N: 24, K: 64, scale: dtype === 'f16' ? 12 : 300 }));
 }
 
-// every candidate config that fits this device, at sizes around its tile: partial tiles in M, N
-// and K, whole tiles, vec4 and scalar loads, all four layouts on one of the shapes
-for (const config of MATMUL_CONFIGS) {
-  const { BM, BN, BK } = config;
-  const shapes = [
-    { M: BM + 1, N: 2 * BN - 1, K: 2 * BK + 3 },
-    { M: 2 * BM, N: BN, K: 3 * BK },
-    { M: BM - 1, N: BN + 4, K: BK + 4 },
-  ];
-  shapes.forEach((s, i) => {
-    const layouts = i === 0 ? trans : ([[false, false]] as const);
-    for (const [transA, transB] of layouts) {
-      test(`matmul f32 ${configName(config)} ${tname(transA, transB)} ${s.M}x${s.N}x${s.K}`, async (t) => {
-        const gpu = await testGpu();
-        if (!configFits(gpu, config, transA, transB)) {
-          t.diagnostic(`${configName(config)} does not fit this device's workgroup memory; not run`);
-          return;
-        }
-        await check('f32', { ...s, transA, transB, config, bias: i === 1, accumulate: i === 2 });
-      });
+// the other configs (the small tests above run the smallest), at sizes around their tiles:
+// partial tiles in M, N and K, whole tiles, both load kinds and all four layouts among them.
+// a config that does not fit this device's workgroup memory is not run (128x128x16 fits
+// lavapipe's 32 KiB only for tn).
+const SWEEP: { config: MatmulConfig; shape: Case }[] = [
+  { config: MATMUL_CONFIGS[0]!, shape: { M: 129, N: 128, K: 36, transA: true } },
+  { config: MATMUL_CONFIGS[1]!, shape: { M: 127, N: 129, K: 17 } },
+  { config: MATMUL_CONFIGS[1]!, shape: { M: 128, N: 256, K: 24, transB: true, bias: true } },
+  { config: MATMUL_CONFIGS[2]!, shape: { M: 129, N: 65, K: 33, transA: true, transB: true } },
+  { config: MATMUL_CONFIGS[3]!, shape: { M: 64, N: 132, K: 40, accumulate: true } },
+  { config: MATMUL_CONFIGS[4]!, shape: { M: 65, N: 127, K: 31, transB: true } },
+];
+for (const { config, shape } of SWEEP) {
+  const { M, N, K, transA = false, transB = false } = shape;
+  test(`matmul f32 ${configName(config)} ${tname(transA, transB)} ${M}x${N}x${K}`, async (t) => {
+    const gpu = await testGpu();
+    if (!configFits(gpu, config, transA, transB)) {
+      t.diagnostic(`${configName(config)} does not fit this device's workgroup memory; not run`);
+      return;
     }
+    await check('f32', { ...shape, config });
   });
 }
 test('matmul bf16 m128n128k8 around tiles', () => check('bf16', { M: 129, N: 128, K: 20, transB: true, config: MATMUL_CONFIGS[1]! }));
 
 // nn.Linear: y = x w^T + b; dx = dout w; dw += dout^T x; db += sum dout
 const LINEAR = [
-  { lead: [2, 5], N: 6, K: 12 },
-  { lead: [37], N: 18, K: 9 },
-  { lead: [130], N: 10, K: 4 },
-  { lead: [1], N: 2, K: 1 },
+  { lead: [2, 6], N: 8, K: 12, dtypes: DTYPES },
+  { lead: [132], N: 20, K: 4, dtypes: DTYPES }, // more rows than one db chunk
+  { lead: [37], N: 18, K: 9, dtypes: ['f32'] as const },
+  { lead: [1], N: 2, K: 1, dtypes: ['f32'] as const },
 ];
-for (const dtype of DTYPES) {
-  for (const { lead, N, K } of LINEAR) {
+for (const { lead, N, K, dtypes } of LINEAR) {
+  for (const dtype of dtypes) {
     test(`linear ${dtype} x[${lead},${K}] w[${N},${K}]`, async () => {
       const gpu = await testGpu();
       const M = lead.reduce((p, q) => p * q, 1);

@@ -27,7 +27,7 @@ const PER = 4; // units (pairs of columns) per thread
 const PARAMS: ParamSpec = [
   ['N', 'u32'],
   ['H', 'u32'],
-  ['Q', 'u32'], // threads per row, ceil(H/2)
+  ['Q', 'u32'], // units per row, ceil(H/2)
 ];
 
 /** gate and up values: the fused (N,2H) tensor, or two (N,H) tensors */
