@@ -75,7 +75,7 @@ export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
   { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4, U: 16, G: 8 },
   { BM: 64, BN: 128, BK: 16, TM: 4, TN: 8, U: 16, G: 8 },
   { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4, U: 16, G: 8 },
-  { BM: 32, BN: 32, BK: 16, TM: 4, TN: 4, U: 4, G: 1 },
+  { BM: 32, BN: 32, BK: 8, TM: 4, TN: 4, U: 8, G: 1 },
 ];
 
 /**
@@ -157,6 +157,8 @@ interface Operand {
   direct: boolean;
   /** vec4 global loads (the contiguous dimension is a multiple of 4) */
   vec: boolean;
+  /** f16/bf16: two elements per u32 word */
+  packed: boolean;
   /** stage row stride in vec4s */
   stride: number;
   /** the stage's first vec4 in S */
@@ -233,6 +235,10 @@ function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string;
   const store: ((st: string) => string)[] = [];
   // element (k, x) of the operand, as a global element index
   const at = (k: string, x: string) => (o.direct ? `base${o.name} + (${k}) * ${D} + ${x}` : `base${o.name} + (${x}) * p.K + ${k}`);
+  // loads are branch-free: an out-of-range element reads a clamped address and is replaced by
+  // 0 (a partial K slab then adds nothing); the last loadable index of the binding:
+  const len = `arrayLength(&${o.name})`;
+  const last = o.vec ? `${len} - 1u` : o.packed ? `${len} * 2u - 1u` : `${len} - 1u`;
   for (let i = 0; i < iters; i++) {
     const r = `r${o.name}${i}`;
     const u = `(lid + ${i * threads}u)`;
@@ -248,11 +254,11 @@ function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string;
     const gx = `${x0} + ${r}x`;
     if (o.vec) {
       // the contiguous dimension is a multiple of 4: a vec4 is wholly in range or out
-      fetch.push(`${r} = vec4<f32>(); if (${and(`${gk} < p.K`, `${gx} < ${D}`)}) { ${r} = ld4_${o.name}((${at(gk, gx)}) >> 2u); }`);
+      fetch.push(`${r} = select(vec4<f32>(), ld4_${o.name}(min((${at(gk, gx)}) >> 2u, ${last})), ${and(`${gk} < p.K`, `${gx} < ${D}`)});`);
     } else {
       const lines = [0, 1, 2, 3].map((j) => {
         const [kj, xj] = o.direct ? [gk, `${gx} + ${j}u`] : [`${gk} + ${j}u`, gx];
-        return `${r}[${j}] = 0.0; if (${and(`${kj} < p.K`, `${xj} < ${D}`)}) { ${r}[${j}] = ld_${o.name}(${at(kj, xj)}); }`;
+        return `${r}[${j}] = select(0.0, ld_${o.name}(min(${at(kj, xj)}, ${last})), ${and(`${kj} < p.K`, `${xj} < ${D}`)});`;
       });
       fetch.push(lines.join('\n      '));
     }
@@ -270,8 +276,8 @@ export function tiledWgsl(s: TiledSpec): string {
   const TY = c.BM / c.TM; // threads along m
   const threads = TX * TY;
   const { SA, SB, sizeA, sizeB } = strides(c, s.transA, s.transB);
-  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, stride: SA, origin: 0, size: sizeA };
-  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, stride: SB, origin: 2 * sizeA, size: sizeB };
+  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, packed: s.a !== 'f32', stride: SA, origin: 0, size: sizeA };
+  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, packed: s.b !== 'f32', stride: SB, origin: 2 * sizeA, size: sizeB };
   const la = slabCode(opA, c, threads);
   const lb = slabCode(opB, c, threads);
   const xa = opA.direct; // a staged [k][m]: vec4s along m; else [m][k]: vec4s along k
