@@ -230,8 +230,8 @@ var<workgroup> sl: array<f32, ${BQ}>;               // lse * log2(e) of the tile
 var<workgroup> sd: array<f32, ${BQ}>;               // D of the tile's queries
 ${keyTileIo('k', 'sk', 'k', 'pk', HS, 0)}
 ${keyTileIo('v', 'sv', 'v', 'pv', HS, 0)}
-${queryTileIo('q', 'sq', 'q', HS, QM, ' * p.qscale')}
-${queryTileIo('do', 'sdo', 'dout', HS, QM)}
+${queryTileIo('q', 'sq', 'q', HS, QM, ' * p.qscale', true)}
+${queryTileIo('do', 'sdo', 'dout', HS, QM, '', true)}
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -357,14 +357,13 @@ export async function attentionBackward(
   if (s.B * s.T === 0) return;
   const { HS } = s;
   const values = paramValues(s, opts);
-  // without a prefix (P = 0, never touched), k and v stand in for pk and pv, and a scratch
-  // word for dpk and dpv (writable bindings may not alias dk and dv)
-  const pre = s.P > 0;
-  const none = pre ? [] : [gpu.scratch.take([1], 'f32', 'attention_no_dpk'), gpu.scratch.take([1], 'f32', 'attention_no_dpv')];
-  const pk = pre ? i.pk! : i.k;
-  const pv = pre ? i.pv! : i.v;
-  const dpk = none[0] ?? o.dpk!;
-  const dpv = none[1] ?? o.dpv!;
+  // without a prefix (P = 0, never touched), scratch words stand in for pk, pv, dpk and dpv
+  // (binding k, v or dk, dv twice breaks when tensors share an arena buffer: see the forward)
+  const none = s.P > 0 ? [] : ['pk', 'pv', 'dpk', 'dpv'].map((n) => gpu.scratch.take([1], 'f32', `attention_no_${n}`));
+  const pk = none[0] ?? i.pk!;
+  const pv = none[1] ?? i.pv!;
+  const dpk = none[2] ?? o.dpk!;
+  const dpv = none[3] ?? o.dpv!;
   const dsum = gpu.scratch.take([s.B, s.NH, s.T], 'f32', 'attention_dsum');
   try {
     const rows = s.B * s.T * s.NH;

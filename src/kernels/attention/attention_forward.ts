@@ -148,12 +148,18 @@ fn dec(w: vec4<u32>, dt: u32) -> vec4<f32> {
   let h = vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u);
   let b16 = select(bitcast<vec4<f32>>(h), vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), dt == 1u);
   return select(b16, bitcast<vec4<f32>>(w), dt == 0u);
+}
+// the same with branches: fewer instructions on a GPU, for code that is not unrolled
+fn decb(w: vec4<u32>, dt: u32) -> vec4<f32> {
+  if (dt == 0u) { return bitcast<vec4<f32>>(w); }
+  return vec4<f32>(unpack16(w.x, dt), unpack16(w.y, dt));
 }`;
 
 /**
  * WGSL raw_<name>(base, d4) -> vec4<u32>: the storage words of elements base+4*d4 .. +3 of a
- * row of HS elements (zero words past HS), undecoded so that they can wait in registers; and
- * ldv_<name>(base, d4) -> vec4<f32>, the same decoded by p.dt_<name>. base is even (HS is even).
+ * row of HS elements (zero words past HS), undecoded so that they can wait in registers,
+ * branch-free; rawb_<name>, the same with branches; ldv_<name>(base, d4) -> vec4<f32>, decoded
+ * by p.dt_<name>. base is even (HS is even).
  */
 export function rowLoad(name: string, HS: number): string {
   const HS4 = Math.ceil(HS / 4);
@@ -167,7 +173,16 @@ export function rowLoad(name: string, HS: number): string {
   ${half ? `if (d4 == ${HS4 - 1}u) { return select(vec4<u32>(w.x, 0u, 0u, 0u), vec4<u32>(w.xy, 0u, 0u), f); }` : ''}
   return w;
 }
-fn ldv_${name}(base: u32, d4: u32) -> vec4<f32> { return dec(raw_${name}(base, d4), p.dt_${name}); }`;
+fn rawb_${name}(base: u32, d4: u32) -> vec4<u32> {
+  let i = base + 4u * d4;
+  if (p.dt_${name} == 0u) {
+    ${half ? `if (d4 == ${HS4 - 1}u) { return vec4<u32>(${name}[i], ${name}[i + 1u], 0u, 0u); }` : ''}
+    return vec4<u32>(${name}[i], ${name}[i + 1u], ${name}[i + 2u], ${name}[i + 3u]);
+  }
+  ${half ? `if (d4 == ${HS4 - 1}u) { return vec4<u32>(${name}[i >> 1u], 0u, 0u, 0u); }` : ''}
+  return vec4<u32>(${name}[i >> 1u], ${name}[(i >> 1u) + 1u], 0u, 0u);
+}
+fn ldv_${name}(base: u32, d4: u32) -> vec4<f32> { return decb(rawb_${name}(base, d4), p.dt_${name}); }`;
 }
 
 /** WGSL stv_<name>(base, d4, v): stores v to elements base+4*d4 .. +3 of a row, whole words, stopping at HS. */
@@ -204,32 +219,35 @@ fn keep(c: u32, t: u32) -> bool {
  * first row; element e of a thread is tid + k*NT (see tileRegs).
  *   keys:    rows are combined keys at..at+rows-1 of kv head kvh: prefix `pre` below P, then `seq`
  *   queries: rows are tokens at..at+rows-1 of head h of a (B,T,NH,HS) tensor, times `mul`
+ * `unrolled`: the calls get unrolled (tileRegs), so use the branch-free raw/dec (see dec).
  */
-export function keyTileIo(id: string, dst: string, seq: string, pre: string, HS: number, mask: number): string {
+export function keyTileIo(id: string, dst: string, seq: string, pre: string, HS: number, mask: number, unrolled = false): string {
   const HS4 = Math.ceil(HS / 4);
+  const [raw, dec] = unrolled ? ['raw', 'dec'] : ['rawb', 'decb'];
   return `fn fetch_${id}(e: u32, b: u32, kvh: u32, at: u32) -> vec4<u32> {
   let c = at + e / ${HS4}u;
   let d4 = e % ${HS4}u;
-  if (c < p.P) { return raw_${pre}(((b * p.P + c) * p.NKV + kvh) * ${HS}u, d4); }
-  if (c - p.P < p.T) { return raw_${seq}(((b * p.T + c - p.P) * p.NKV + kvh) * ${HS}u, d4); }
+  if (c < p.P) { return ${raw}_${pre}(((b * p.P + c) * p.NKV + kvh) * ${HS}u, d4); }
+  if (c - p.P < p.T) { return ${raw}_${seq}(((b * p.T + c - p.P) * p.NKV + kvh) * ${HS}u, d4); }
   return vec4<u32>(0u);
 }
 fn put_${id}(e: u32, at: u32, w: vec4<u32>) {
   let r = e / ${HS4}u;
-  ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = dec(w, select(p.dt_${seq}, p.dt_${pre}, at + r < p.P));
+  ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = ${dec}(w, select(p.dt_${seq}, p.dt_${pre}, at + r < p.P));
 }`;
 }
 
-export function queryTileIo(id: string, dst: string, src: string, HS: number, mask: number, mul = ''): string {
+export function queryTileIo(id: string, dst: string, src: string, HS: number, mask: number, mul = '', unrolled = false): string {
   const HS4 = Math.ceil(HS / 4);
+  const [raw, dec] = unrolled ? ['raw', 'dec'] : ['rawb', 'decb'];
   return `fn fetch_${id}(e: u32, b: u32, h: u32, at: u32) -> vec4<u32> {
   let t = at + e / ${HS4}u;
-  if (t < p.T) { return raw_${src}(((b * p.T + t) * p.NH + h) * ${HS}u, e % ${HS4}u); }
+  if (t < p.T) { return ${raw}_${src}(((b * p.T + t) * p.NH + h) * ${HS}u, e % ${HS4}u); }
   return vec4<u32>(0u);
 }
 fn put_${id}(e: u32, w: vec4<u32>) {
   let r = e / ${HS4}u;
-  ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = dec(w, p.dt_${src})${mul};
+  ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = ${dec}(w, p.dt_${src})${mul};
 }`;
 }
 
@@ -406,15 +424,22 @@ export async function attentionForward(
   expectDtype(op, 'lse', o.lse, ['f32']);
   if (s.B * s.T === 0) return;
   const tile = pickTile(gpu, op, s.HS, FWD_TILES, fwdBytes);
-  // without a prefix, k and v stand in for pk and pv (bound, never read: P = 0)
-  const pk = s.P > 0 ? i.pk! : i.k;
-  const pv = s.P > 0 ? i.pv! : i.v;
-  await launch(gpu, {
-    name: `attention_forward_hs${s.HS}_${tile.BR}x${tile.BC}`,
-    wgsl: forwardWgsl(s.HS, tile),
-    storage: [o.out, o.lse, i.q, i.k, i.v, pk, pv],
-    params: FWD_PARAMS,
-    values: { ...paramValues(s, opts), ...dtValues({ out: o.out, q: i.q, k: i.k, v: i.v, pk, pv }) },
-    workgroups: [s.B * s.NH, Math.ceil(s.T / tile.BR)],
-  });
+  // without a prefix, scratch words stand in for pk and pv (bound, never read: P = 0). binding
+  // k and v twice instead would break when they share a buffer with out (one arena): WebGPU then
+  // needs every binding of that buffer writable, and two writable bindings may not overlap.
+  const none = s.P > 0 ? [] : [gpu.scratch.take([1], 'f32', 'attention_no_pk'), gpu.scratch.take([1], 'f32', 'attention_no_pv')];
+  const pk = none[0] ?? i.pk!;
+  const pv = none[1] ?? i.pv!;
+  try {
+    await launch(gpu, {
+      name: `attention_forward_hs${s.HS}_${tile.BR}x${tile.BC}`,
+      wgsl: forwardWgsl(s.HS, tile),
+      storage: [o.out, o.lse, i.q, i.k, i.v, pk, pv],
+      params: FWD_PARAMS,
+      values: { ...paramValues(s, opts), ...dtValues({ out: o.out, q: i.q, k: i.k, v: i.v, pk, pv }) },
+      workgroups: [s.B * s.NH, Math.ceil(s.T / tile.BR)],
+    });
+  } finally {
+    for (const t of none) t.dispose();
+  }
 }
