@@ -85,7 +85,6 @@ async function step(gpu: Gpu, m: Awaited<ReturnType<typeof build>>, it: number):
   const p = (n: string) => m.params.get(n);
   const g = (n: string) => m.grads.get(n);
   const a = (n: string) => m.acts.get(n);
-  const heads = (t: Tensor) => t.reshape([B, T, NH, HS]);
   const flat = (t: Tensor) => t.reshape([B, T, C]);
   // forward
   await embeddingForward(gpu, { out: a('x').reshape([B, T, C]) }, { W: p('wte'), ids: a('ids') });
