@@ -29,9 +29,10 @@
 // register tile and U k. thread rows are 4 adjacent rows repeated every TY*4 (a warp's reads
 // broadcast); thread columns are 4 adjacent repeated every TX*4 for a [k][n] stage, or tx + c*TX
 // (pairs when out is packed) for an [n][k] stage, so that a warp reads distinct banks.
-// tiles are visited in groups of G tile rows (as Triton's GROUP_M) for L2 reuse.
+// tiles are visited in groups of G tile rows (as Triton's GROUP_M) for L2 reuse; the tile index
+// spans the grid's x and y (grid1d), the batch index is z (at most 65535 on most devices).
 // measured on an H100 (Dawn/Vulkan), 4096^3 f32, default m128n128k16t8x8u8g8: 35-37 TFLOP/s
-// over the four layouts (cuBLAS without TF32: 50); see MATMUL_CONFIGS for the others.
+// over the four layouts, f16/bf16 storage 31 (cuBLAS f32 without TF32: 50); MATMUL_CONFIGS.
 // bounds: loads are guarded (out-of-range elements read as 0, so a partial K slab adds nothing)
 // and stores are guarded per element; in the interior this is a couple of compares per slab.
 // numerics: f32 accumulation in a fixed order (bitwise reproducible); a, b, bias, out may be
@@ -68,7 +69,18 @@ export interface MatmulConfig {
   G: number;
 }
 
-/** Candidate configurations, largest tile first (benchmarks time each; see chooseConfig). */
+/**
+ * Candidate configurations, largest tile first (benchmarks time each; see chooseConfig).
+ * f32 TFLOP/s on one H100 through Dawn/Vulkan, nn/nt/tn/tt layouts (4096^3 unless noted):
+ *   m128n128k16t8x8u8g8   35.1 / 35.9 / 36.6 / 36.0     workgroup memory 36 KiB (nn)
+ *   m128n128k8t8x8u4g8    27.0 / 31.2 / 38.8 / 34.2     20 KiB: the large tile for 32 KiB devices
+ *   m128n64k16t8x4u16g8   24.4 / 22.6 (1024^3)          m64n128k16t4x8u16g8: 24.5 / 23.1
+ *   m64n64k16t4x4u16g8    23.8 / 19.8 (1024^3)
+ *   m32n32k8t4x4u8g1      small problems (64 threads)
+ * repeated runs of one config sometimes differ by up to 2x (tn above once gave 16.4); full
+ * unrolling of a 16-deep slab (U = BK) and BK = 8 with U = 8 showed such drops more often.
+ * G changed nothing measurable at 4096^3 (g1, g4, g8: 32.4 each in an earlier version).
+ */
 export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
   { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 8, G: 8 },
   { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8, U: 4, G: 8 },
@@ -79,13 +91,14 @@ export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
 ];
 
 /**
- * Workgroups a launch should have before a larger tile is preferred: two per SM of a
- * 132-SM H100 (a 128x128 tile with 8x8 per thread is ~128 registers a thread, so an SM holds
- * two such workgroups), rounded down to a power of two. smaller GPUs are full with fewer.
+ * Workgroups a launch should have before a larger tile is preferred: about two per SM of a
+ * 132-SM H100. on it, 1024^3 ran at 23-24 TFLOP/s in 64x64 to 128x64 tiles (64-256
+ * workgroups) against 15 in 128x128 tiles (64 workgroups); 2048^3 (256 workgroups of 128x128)
+ * ran fastest in 128x128 tiles. smaller GPUs are full with fewer.
  */
 const MIN_WORKGROUPS = 256;
 
-/** "m128n128k16t8x8g8": a config's name in kernel names and benchmark tables. */
+/** "m128n128k16t8x8u8g8": a config's name in kernel names and benchmark tables. */
 export function configName(c: MatmulConfig): string {
   return `m${c.BM}n${c.BN}k${c.BK}t${c.TM}x${c.TN}u${c.U}g${c.G}`;
 }
@@ -133,9 +146,9 @@ export function configFits(gpu: Gpu, c: MatmulConfig, transA: boolean, transB: b
 }
 
 /**
- * The default config: the largest tile (in MATMUL_CONFIGS order) that fits the device and
- * still gives at least MIN_WORKGROUPS workgroups; failing that, the one giving the most
- * workgroups of those with tiles no larger than the problem needs (small problems: small tiles).
+ * The default config: the first of MATMUL_CONFIGS (largest tile first) that fits the device
+ * and still gives at least MIN_WORKGROUPS workgroups; failing that (small problems), the
+ * smallest tile that fits.
  */
 export function chooseConfig(gpu: Gpu, d: { M: number; N: number; batch: number; transA: boolean; transB: boolean }): MatmulConfig {
   const fits = MATMUL_CONFIGS.filter((c) => configFits(gpu, c, d.transA, d.transB));
@@ -157,8 +170,6 @@ interface Operand {
   direct: boolean;
   /** vec4 global loads (the contiguous dimension is a multiple of 4) */
   vec: boolean;
-  /** f16/bf16: two elements per u32 word */
-  packed: boolean;
   /** stage row stride in vec4s */
   stride: number;
   /** the stage's first vec4 in S */
@@ -235,10 +246,6 @@ function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string;
   const store: ((st: string) => string)[] = [];
   // element (k, x) of the operand, as a global element index
   const at = (k: string, x: string) => (o.direct ? `base${o.name} + (${k}) * ${D} + ${x}` : `base${o.name} + (${x}) * p.K + ${k}`);
-  // loads are branch-free: an out-of-range element reads a clamped address and is replaced by
-  // 0 (a partial K slab then adds nothing); the last loadable index of the binding:
-  const len = `arrayLength(&${o.name})`;
-  const last = o.vec ? `${len} - 1u` : o.packed ? `${len} * 2u - 1u` : `${len} - 1u`;
   for (let i = 0; i < iters; i++) {
     const r = `r${o.name}${i}`;
     const u = `(lid + ${i * threads}u)`;
@@ -254,11 +261,11 @@ function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string;
     const gx = `${x0} + ${r}x`;
     if (o.vec) {
       // the contiguous dimension is a multiple of 4: a vec4 is wholly in range or out
-      fetch.push(`${r} = select(vec4<f32>(), ld4_${o.name}(min((${at(gk, gx)}) >> 2u, ${last})), ${and(`${gk} < p.K`, `${gx} < ${D}`)});`);
+      fetch.push(`${r} = vec4<f32>(); if (${and(`${gk} < p.K`, `${gx} < ${D}`)}) { ${r} = ld4_${o.name}((${at(gk, gx)}) >> 2u); }`);
     } else {
       const lines = [0, 1, 2, 3].map((j) => {
         const [kj, xj] = o.direct ? [gk, `${gx} + ${j}u`] : [`${gk} + ${j}u`, gx];
-        return `${r}[${j}] = select(0.0, ld_${o.name}(min(${at(kj, xj)}, ${last})), ${and(`${kj} < p.K`, `${xj} < ${D}`)});`;
+        return `${r}[${j}] = 0.0; if (${and(`${kj} < p.K`, `${xj} < ${D}`)}) { ${r}[${j}] = ld_${o.name}(${at(kj, xj)}); }`;
       });
       fetch.push(lines.join('\n      '));
     }
@@ -276,8 +283,8 @@ export function tiledWgsl(s: TiledSpec): string {
   const TY = c.BM / c.TM; // threads along m
   const threads = TX * TY;
   const { SA, SB, sizeA, sizeB } = strides(c, s.transA, s.transB);
-  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, packed: s.a !== 'f32', stride: SA, origin: 0, size: sizeA };
-  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, packed: s.b !== 'f32', stride: SB, origin: 2 * sizeA, size: sizeB };
+  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, stride: SA, origin: 0, size: sizeA };
+  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, stride: SB, origin: 2 * sizeA, size: sizeB };
   const la = slabCode(opA, c, threads);
   const lb = slabCode(opB, c, threads);
   const xa = opA.direct; // a staged [k][m]: vec4s along m; else [m][k]: vec4s along k
