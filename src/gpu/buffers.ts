@@ -10,14 +10,14 @@
 // back after its last use is only written by work recorded later.
 
 import type { Gpu } from './device.ts';
-import { type DType } from './dtype.ts';
+import { type TensorDType } from './dtype.ts';
 import { EngramError, OutOfMemoryError } from './errors.ts';
 import { STORAGE_USAGE, Tensor, type TensorOwner } from './tensor.ts';
 
 interface Slot {
   name: string;
   shape: readonly number[];
-  dtype: DType;
+  dtype: TensorDType;
   bytes: number;
   chunk: number;
   offset: number;
@@ -36,7 +36,7 @@ export class Arena {
   ) {}
 
   /** Declares a tensor; it exists after commit(). Returns its name for convenience. */
-  declare(name: string, shape: readonly number[], dtype: DType = 'f32'): string {
+  declare(name: string, shape: readonly number[], dtype: TensorDType = 'f32'): string {
     if (this.committed) throw new EngramError(`arena '${this.name}': declare('${name}') after commit()`);
     if (this.slots.some((s) => s.name === name)) throw new EngramError(`arena '${this.name}': '${name}' declared twice`);
     const bytes = this.gpu.checkBindable(shape, dtype, `${this.name}.${name}`);
@@ -104,7 +104,7 @@ export class ScratchPool implements TensorOwner {
   constructor(private readonly gpu: Gpu) {}
 
   /** A scratch tensor; give it back with dispose(). Contents are undefined. */
-  take(shape: readonly number[], dtype: DType = 'f32', label = 'scratch'): Tensor {
+  take(shape: readonly number[], dtype: TensorDType = 'f32', label = 'scratch'): Tensor {
     const bytes = this.gpu.checkBindable(shape, dtype, label);
     const cls = sizeClass(bytes);
     const buffer = this.free.get(cls)?.pop() ?? this.gpu.createBuffer('scratch', cls, STORAGE_USAGE);

@@ -10,7 +10,7 @@
 //    safe even though the uniform buffer is reused by every flush).
 
 import { describeAdapter, releaseGpuEntry, requestAdapter, type AdapterOptions } from './adapter.ts';
-import { byteSize, decode, encode, type DType } from './dtype.ts';
+import { byteSize, decode, encode, type TensorDType } from './dtype.ts';
 import { DeviceLostError, EngramError, GpuValidationError, LimitError, OutOfMemoryError } from './errors.ts';
 import { PipelineCache, type Pipeline } from './pipelines.ts';
 import { ScratchPool } from './buffers.ts';
@@ -169,7 +169,7 @@ export class Gpu {
   }
 
   /** Allocates a standalone tensor, failing here (not later) if the device is out of memory. */
-  async tensor(shape: readonly number[], dtype: DType = 'f32', label = 'tensor'): Promise<Tensor> {
+  async tensor(shape: readonly number[], dtype: TensorDType = 'f32', label = 'tensor'): Promise<Tensor> {
     const bytes = this.checkBindable(shape, dtype, label);
     this.device.pushErrorScope('out-of-memory');
     const t = this.tensorSync(shape, dtype, label, bytes);
@@ -182,7 +182,7 @@ export class Gpu {
   }
 
   /** Allocates a tensor and uploads `values` (rounded to dtype). */
-  async tensorFrom(values: ArrayLike<number>, shape: readonly number[], dtype: DType = 'f32', label = 'tensor'): Promise<Tensor> {
+  async tensorFrom(values: ArrayLike<number>, shape: readonly number[], dtype: TensorDType = 'f32', label = 'tensor'): Promise<Tensor> {
     if (values.length !== numel(shape)) {
       throw new EngramError(`tensorFrom '${label}': ${values.length} values for shape [${shape.join(',')}] (${numel(shape)} elements)`);
     }
@@ -191,14 +191,14 @@ export class Gpu {
     return t;
   }
 
-  private tensorSync(shape: readonly number[], dtype: DType, label: string, bytes: number): Tensor {
+  private tensorSync(shape: readonly number[], dtype: TensorDType, label: string, bytes: number): Tensor {
     const buffer = this.createBuffer(label, bytes, STORAGE_USAGE);
     const owner: TensorOwner = { release: () => this.destroyBuffer(buffer) };
     return new Tensor(buffer, 0, shape, dtype, label, owner);
   }
 
   /** Bytes a tensor needs; throws if it cannot be bound in one storage binding. */
-  checkBindable(shape: readonly number[], dtype: DType, label: string): number {
+  checkBindable(shape: readonly number[], dtype: TensorDType, label: string): number {
     for (const d of shape) {
       if (!Number.isInteger(d) || d < 0) throw new EngramError(`tensor '${label}': bad shape [${shape.join(',')}]`);
     }
@@ -325,8 +325,8 @@ export class Gpu {
     this.device.queue.writeBuffer(t.buffer, t.offset, bytes, 0, Math.min(bytes.byteLength, t.byteLength));
   }
 
-  /** Reads a tensor back as f32 (f16/bf16 decoded). Waits for all recorded work. */
-  async read(t: Tensor): Promise<Float32Array> {
+  /** Reads a tensor back: floats as f32 (f16/bf16 decoded), u32/i32 as integers. Waits for all recorded work. */
+  async read(t: Tensor): Promise<Float32Array | Uint32Array | Int32Array> {
     const bytes = await this.readBytes(t.buffer, t.offset, t.byteLength);
     return decode(bytes, t.dtype, t.size);
   }

@@ -3,16 +3,21 @@
 // f32 is stored as array<f32>. f16 and bf16 are stored two to a u32 word (element 2i in the low
 // half, 2i+1 in the high half), which works on every adapter without the shader-f16 feature.
 // consequence: a kernel writes packed tensors a word (two elements) at a time, so the innermost
-// dimension of an f16/bf16 tensor must be even (see assertPackable).
+// dimension of an f16/bf16 tensor must be even (see expectPackable). u32/i32 hold ids and indices.
 
+/** floating-point storage dtypes */
 export type DType = 'f32' | 'f16' | 'bf16';
 export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
+/** integer storage (token ids, targets, indices) */
+export type IndexDType = 'u32' | 'i32';
+/** every dtype a tensor can have */
+export type TensorDType = DType | IndexDType;
 
-export const bytesPerElement = (dtype: DType): number => (dtype === 'f32' ? 4 : 2);
-export const isPacked = (dtype: DType): boolean => dtype !== 'f32';
+export const bytesPerElement = (dtype: TensorDType): number => (dtype === 'f16' || dtype === 'bf16' ? 2 : 4);
+export const isPacked = (dtype: TensorDType): boolean => dtype === 'f16' || dtype === 'bf16';
 
 /** Bytes a tensor of `n` elements takes, rounded up to whole 4-byte words. */
-export function byteSize(n: number, dtype: DType): number {
+export function byteSize(n: number, dtype: TensorDType): number {
   return Math.ceil((n * bytesPerElement(dtype)) / 4) * 4;
 }
 
@@ -68,18 +73,22 @@ export function f16BitsToF32(h: number): number {
 }
 
 /** Encodes numbers into the storage bytes of `dtype` (length padded to whole words). */
-export function encode(values: ArrayLike<number>, dtype: DType): Uint8Array<ArrayBuffer> {
+export function encode(values: ArrayLike<number>, dtype: TensorDType): Uint8Array<ArrayBuffer> {
   const n = values.length;
   if (dtype === 'f32') return new Uint8Array(Float32Array.from(values).buffer);
+  if (dtype === 'u32') return new Uint8Array(Uint32Array.from(values).buffer);
+  if (dtype === 'i32') return new Uint8Array(Int32Array.from(values).buffer);
   const out = new Uint16Array(Math.ceil(n / 2) * 2);
   const toBits = dtype === 'f16' ? f32ToF16Bits : f32ToBf16Bits;
   for (let i = 0; i < n; i++) out[i] = toBits(values[i]!);
   return new Uint8Array(out.buffer);
 }
 
-/** Decodes `n` elements of `dtype` from storage bytes into f32. */
-export function decode(bytes: ArrayBuffer, dtype: DType, n: number): Float32Array {
+/** Decodes `n` elements of `dtype` from storage bytes (u32/i32 as exact integers). */
+export function decode(bytes: ArrayBuffer, dtype: TensorDType, n: number): Float32Array | Uint32Array | Int32Array {
   if (dtype === 'f32') return new Float32Array(bytes, 0, n).slice();
+  if (dtype === 'u32') return new Uint32Array(bytes, 0, n).slice();
+  if (dtype === 'i32') return new Int32Array(bytes, 0, n).slice();
   const h = new Uint16Array(bytes, 0, n);
   const out = new Float32Array(n);
   const fromBits = dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32;
@@ -88,6 +97,6 @@ export function decode(bytes: ArrayBuffer, dtype: DType, n: number): Float32Arra
 }
 
 /** Rounds values through `dtype` storage (what a GPU kernel sees after upload). */
-export function roundTo(values: ArrayLike<number>, dtype: DType): Float64Array {
+export function roundTo(values: ArrayLike<number>, dtype: TensorDType): Float64Array {
   return Float64Array.from(decode(encode(values, dtype).buffer, dtype, values.length));
 }

@@ -2,7 +2,7 @@
 // the allocator that made it (a standalone allocation, an Arena or the ScratchPool) decides
 // what dispose() does. row-major, innermost dimension last.
 
-import { byteSize, type DType } from './dtype.ts';
+import { byteSize, type TensorDType } from './dtype.ts';
 
 /** usage of every storage buffer engram makes: STORAGE | COPY_SRC | COPY_DST */
 export const STORAGE_USAGE = 0x80 | 0x4 | 0x8;
@@ -18,7 +18,7 @@ export class Tensor {
     /** byte offset into buffer; a multiple of the device's storage offset alignment */
     readonly offset: number,
     readonly shape: readonly number[],
-    readonly dtype: DType,
+    readonly dtype: TensorDType,
     readonly label: string,
     private readonly owner: TensorOwner | null,
   ) {}

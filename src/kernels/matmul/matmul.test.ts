@@ -6,7 +6,7 @@ import * as ref from '../../reference/matmul.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { MATMUL_CONFIGS, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig } from './matmul.ts';
+import { MATMUL_CONFIGS, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig } from './matmul.ts';
 
 interface Case {
   M: number;
@@ -245,4 +245,25 @@ test('matmul and linear reject wrong shapes and dtypes', async () => {
 test('matmulFlops counts a multiply-add as two flops', () => {
   assert.equal(matmulFlops(4096, 4096, 4096), 2 * 4096 ** 3);
   assert.equal(matmulFlops(2, 3, 4, 5), 240);
+});
+
+test('matmul routes f16 products to tensor cores where the adapter has subgroup matrices', async () => {
+  const gpu = await testGpu();
+  const d = { batch: 1, M: 256, N: 256, K: 256, sA: 0, sB: 0 };
+  const tc = gpu.features.subgroupMatrix.length > 0;
+  assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f32' }, {}), tc ? 'subgroup' : 'tiled');
+  assert.equal(choosePath(gpu, d, { a: 'f32', b: 'f32', out: 'f32' }, {}), 'tiled');
+  assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f32' }, { alpha: 2 }), 'tiled');
+  assert.equal(choosePath(gpu, { ...d, K: 250 }, { a: 'f16', b: 'f16', out: 'f32' }, {}), 'tiled');
+  const a = await gpu.tensorFrom(new Rng(5).normals(64 * 32), [64, 32], 'f16', 'a');
+  const b = await gpu.tensorFrom(new Rng(6).normals(32 * 16), [32, 16], 'f16', 'b');
+  const out = await gpu.tensor([64, 16], 'f32', 'out');
+  if (tc) {
+    await matmul(gpu, { out }, { a, b }, { path: 'subgroup' });
+    const want = ref.matmul(await gpu.read(a), await gpu.read(b), { M: 64, N: 16, K: 32 });
+    assertClose('out', await gpu.read(out), want, 1e-3);
+  } else {
+    await assert.rejects(matmul(gpu, { out }, { a, b }, { path: 'subgroup' }), /chromium-experimental-subgroup-matrix/);
+  }
+  for (const t of [a, b, out]) t.dispose();
 });

@@ -47,7 +47,8 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectPackable, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { matmulSubgroup, subgroupMatmulSupported } from './matmul_subgroup.ts';
 
 // ---------------------------------------------------------------- configuration
 
@@ -428,8 +429,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 // ---------------------------------------------------------------- dispatcher
 
-/** Implementations matmul() can run. a subgroup-matrix (tensor core) path will join 'tiled'. */
-export type MatmulPath = 'tiled';
+/** Implementations matmul() can run: CUDA-core style tiles, or tensor cores through subgroup matrices. */
+export type MatmulPath = 'tiled' | 'subgroup';
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -440,6 +441,8 @@ export interface MatmulOptions {
   alpha?: number;
   /** force a tile config of the tiled path (benchmarks, tests); default chooseConfig() */
   config?: MatmulConfig;
+  /** force a path (tests, benchmarks); default choosePath() */
+  path?: MatmulPath;
 }
 
 /** Problem dimensions after validation. */
@@ -454,12 +457,17 @@ export interface MatmulDims {
 }
 
 /**
- * Picks the implementation for a problem. this is the one place to route work to other
- * paths: e.g. return 'subgroup' when gpu.features.subgroupMatrix has a config for these
- * dtypes and M, N, K are large enough to fill its tiles.
+ * Picks the implementation for a problem: the tensor-core path (matmul_subgroup.ts) whenever the
+ * adapter has subgroup matrices and the call fits it (f16 a and b, f32/f16 out, alpha 1, a
+ * batched unless b is too, contiguous dimensions multiples of 8: subgroupMatmulSupported()
+ * says), else the tiled kernel. a forced tile config means the tiled path.
  */
-export function choosePath(_gpu: Gpu, _d: MatmulDims, _dtypes: { a: DType; b: DType; out: DType }, _opts: MatmulOptions): MatmulPath {
-  return 'tiled';
+export function choosePath(gpu: Gpu, d: MatmulDims, dtypes: { a: DType; b: DType; out: DType }, opts: MatmulOptions): MatmulPath {
+  if (opts.path) return opts.path;
+  if (opts.config || (opts.alpha ?? 1) !== 1) return 'tiled';
+  if (d.batch > 1 && d.sA === 0) return 'tiled'; // the subgroup kernel broadcasts b only
+  const q = { M: d.M, N: d.N, K: d.K, dtypes, transA: opts.transA ?? false, transB: opts.transB ?? false, batch: d.batch };
+  return subgroupMatmulSupported(gpu, q) ? 'subgroup' : 'tiled';
 }
 
 /** 2 M N K per batch: the flop count benchmarks divide by (multiply-adds count twice). */
@@ -517,10 +525,15 @@ export async function matmul(
   const transB = opts.transB ?? false;
   const d = matmulDims(op, o.out, i.a, i.b, i.bias, transA, transB);
   if (d.M === 0 || d.N === 0 || d.batch === 0) return;
-  const path = choosePath(gpu, d, { a: i.a.dtype, b: i.b.dtype, out: o.out.dtype }, opts);
+  const dtypes = { a: floatDtype(op, 'a', i.a), b: floatDtype(op, 'b', i.b), out: floatDtype(op, 'out', o.out) };
+  const path = choosePath(gpu, d, dtypes, opts);
   switch (path) {
     case 'tiled':
       return matmulTiled(gpu, o.out, i.a, i.b, i.bias, d, transA, transB, opts);
+    case 'subgroup': {
+      const inputs = i.bias ? { a: i.a, b: i.b, bias: i.bias } : { a: i.a, b: i.b };
+      return matmulSubgroup(gpu, { out: o.out }, inputs, { transA, transB, accumulate: opts.accumulate ?? false });
+    }
   }
 }
 
@@ -548,10 +561,10 @@ async function matmulTiled(
     config,
     transA,
     transB,
-    out: out.dtype,
-    a: a.dtype,
-    b: b.dtype,
-    bias: bias?.dtype ?? null,
+    out: floatDtype('matmul', 'out', out),
+    a: floatDtype('matmul', 'a', a),
+    b: floatDtype('matmul', 'b', b),
+    bias: bias ? floatDtype('matmul', 'bias', bias) : null,
     accumulate: opts.accumulate ?? false,
     vecA: (transA ? d.M : d.K) % 4 === 0,
     vecB: (transB ? d.K : d.N) % 4 === 0,
@@ -676,7 +689,7 @@ export async function linearBackward(
   try {
     await launch(gpu, {
       name: `linear_backward_db_partial_${dout.dtype}`,
-      wgsl: dbPartialWgsl(dout.dtype),
+      wgsl: dbPartialWgsl(floatDtype(op, 'dout', dout)),
       storage: [part, dout],
       params: [
         ['M', 'u32'],

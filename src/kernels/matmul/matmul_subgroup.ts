@@ -51,7 +51,7 @@ import type { Gpu, SubgroupMatrixConfig } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectPackable, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDtype, expectPackable, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 
 const OP = 'matmulSubgroup';
 const FEATURE = 'chromium-experimental-subgroup-matrix';
@@ -603,7 +603,7 @@ export async function matmulSubgroup(
     if (bias.shape.length !== 1 || bias.shape[0] !== N) throw new ShapeError(`${OP}: bias ${bias} should have shape [${N}]`);
   }
   const tile = opts.tile ?? pickTile(M, N, batch);
-  const dtypes = { a: a.dtype, b: b.dtype, out: out.dtype };
+  const dtypes = { a: floatDtype(OP, 'a', a), b: floatDtype(OP, 'b', b), out: out.dtype };
   const why = subgroupMatmulUnsupported(gpu, { M, N, K, dtypes, transA, transB, batch, tile });
   if (why) throw new (why.startsWith('adapter') ? EngramError : ShapeError)(`${OP}: ${why}`);
   const maxWg = gpu.device.limits.maxComputeWorkgroupsPerDimension;
@@ -642,7 +642,7 @@ export async function matmulSubgroup(
       sm,
       sg,
       store,
-      out: target.dtype,
+      out: floatDtype(OP, 'out', target),
       bias: store === 'direct' ? null : (bias?.dtype ?? null),
       transA,
       transB,
