@@ -33,6 +33,18 @@ for (const dtype of DTYPES) {
   });
 }
 
+test('write/read round trip u32 and i32 (exact integers)', async () => {
+  const gpu = await testGpu();
+  const u = [0, 1, 0xfffffffe, 0xffffffff, 123456789];
+  const i = [-2147483648, -1, 0, 7, 2147483647];
+  const tu = await gpu.tensorFrom(u, [5], 'u32', 'u');
+  const ti = await gpu.tensorFrom(i, [5], 'i32', 'i');
+  assert.deepEqual([...(await gpu.read(tu))], u);
+  assert.deepEqual([...(await gpu.read(ti))], i);
+  tu.dispose();
+  ti.dispose();
+});
+
 test('pipeline cache compiles once per source, also for concurrent requests', async () => {
   const gpu = await testGpu();
   const wgsl = `${header([{ name: 'y', type: 'f32', access: 'read_write' }])}
