@@ -18,7 +18,6 @@ import { gradNorm } from '../src/kernels/gradnorm/gradnorm.ts';
 import { linearBackward, linearForward } from '../src/kernels/matmul/matmul.ts';
 import { rmsnormBackward, rmsnormForward } from '../src/kernels/rmsnorm/rmsnorm.ts';
 import { createRopeTable, ropeBackward, ropeForward } from '../src/kernels/rope/rope.ts';
-import { writeU32 } from '../src/kernels/sort/sort.ts';
 import { swigluBackward, swigluForward } from '../src/kernels/swiglu/swiglu.ts';
 import { xentBackward, xentForward } from '../src/kernels/xent/xent.ts';
 import { testGpu } from '../src/testing/gpu.ts';
@@ -64,8 +63,8 @@ async function build(gpu: Gpu) {
     optim.declare(`${n}.v`, s);
   }
   for (const [n, s] of Object.entries(ACTS)) acts.declare(n, s);
-  acts.declare('ids', [B, T]);
-  acts.declare('targets', [B, T]);
+  acts.declare('ids', [B, T], 'u32');
+  acts.declare('targets', [B, T], 'u32');
   for (const a of [params, grads, optim, acts]) await a.commit();
   const rng = new Rng(11);
   for (const [n, s] of Object.entries(PARAMS)) {
@@ -74,9 +73,9 @@ async function build(gpu: Gpu) {
   }
   for (const n of optim.names()) await fill(gpu, optim.get(n), 0);
   const ids = Array.from({ length: N }, () => rng.int(V));
-  writeU32(gpu, acts.get('ids'), ids);
+  gpu.write(acts.get('ids'), ids);
   // next-token targets on a fixed batch: learnable
-  writeU32(gpu, acts.get('targets'), ids.map((_, t) => ids[(t + 1) % N]!));
+  gpu.write(acts.get('targets'), ids.map((_, t) => ids[(t + 1) % N]!));
   const table = await createRopeTable(gpu, T, HS);
   return { params, grads, optim, acts, table };
 }

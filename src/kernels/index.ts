@@ -3,3 +3,13 @@
 export { copy, fill } from './copy/copy.ts';
 export { rmsnormBackward, rmsnormForward } from './rmsnorm/rmsnorm.ts';
 export { addBackward, addForward } from './add/add.ts';
+export { checkIds, embeddingBackward, embeddingForward } from './embedding/embedding.ts';
+export { createRopeTable, ropeBackward, ropeForward, type RopeOptions } from './rope/rope.ts';
+export { swigluBackward, swigluForward, type GateUp, type GateUpGrad } from './swiglu/swiglu.ts';
+export { attentionBackward, attentionFlops, attentionForward, type AttentionOptions } from './attention/attention.ts';
+export { IGNORE_INDEX, xentBackward, xentForward, type XentBackwardOptions } from './xent/xent.ts';
+export { adamwStep, type AdamwGroup, type AdamwOptions, type AdamwParam } from './adamw/adamw.ts';
+export { clipGrads, gradNorm, type GradNormOptions } from './gradnorm/gradnorm.ts';
+export { scanExclusive, segmentStarts, sortPairs, type SortOptions } from './sort/sort.ts';
+export { linearBackward, linearForward, matmul, matmulFlops, type MatmulOptions } from './matmul/matmul.ts';
+export { matmulSubgroup } from './matmul/matmul_subgroup.ts';

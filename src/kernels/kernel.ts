@@ -10,10 +10,13 @@
 //   ld_x(i: u32) -> f32             element i, decoded to f32 (any D)
 //   st_x(i: u32, v: f32)            f32 only: f16/bf16 share a u32 word between two elements
 //   st2_x(i: u32, a: f32, b: f32)   elements i and i+1, i even (any D; rounds to nearest even)
+//   ld2_x(i: u32) -> vec2<f32>      elements i and i+1: one word load for f16/bf16 (i even); for
+//                                   f32 the second index is clamped into the array, so a caller at
+//                                   the end of an odd row reads a value it then discards
 // index buffers (u32/i32) are plain arrays: x[i].
 
 import type { Gpu } from '../gpu/device.ts';
-import type { DType } from '../gpu/dtype.ts';
+import { isPacked, type DType } from '../gpu/dtype.ts';
 import { ShapeError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 
@@ -53,6 +56,7 @@ function storageDecl(binding: number, b: BindingDecl): string {
       return [
         decl,
         `fn ld_${n}(i_: u32) -> f32 { return ${n}[i_]; }`,
+        `fn ld2_${n}(i_: u32) -> vec2<f32> { return vec2<f32>(${n}[i_], ${n}[min(i_ + 1u, arrayLength(&${n}) - 1u)]); }`,
         rw ? `fn st_${n}(i_: u32, v_: f32) { ${n}[i_] = v_; }` : '',
         rw ? `fn st2_${n}(i_: u32, a_: f32, b_: f32) { ${n}[i_] = a_; ${n}[i_ + 1u] = b_; }` : '',
       ].join('\n');
@@ -60,12 +64,14 @@ function storageDecl(binding: number, b: BindingDecl): string {
       return [
         decl,
         `fn ld_${n}(i_: u32) -> f32 { return unpack2x16float(${n}[i_ >> 1u])[i_ & 1u]; }`,
+        `fn ld2_${n}(i_: u32) -> vec2<f32> { return unpack2x16float(${n}[i_ >> 1u]); }`,
         rw ? `fn st2_${n}(i_: u32, a_: f32, b_: f32) { ${n}[i_ >> 1u] = pack2x16float(vec2<f32>(a_, b_)); }` : '',
       ].join('\n');
     case 'bf16':
       return [
         decl,
         `fn ld_${n}(i_: u32) -> f32 { let w_ = ${n}[i_ >> 1u]; return select(bf16_lo(w_), bf16_hi(w_), (i_ & 1u) == 1u); }`,
+        `fn ld2_${n}(i_: u32) -> vec2<f32> { let w_ = ${n}[i_ >> 1u]; return vec2<f32>(bf16_lo(w_), bf16_hi(w_)); }`,
         rw ? `fn st2_${n}(i_: u32, a_: f32, b_: f32) { ${n}[i_ >> 1u] = pack_bf16(a_, b_); }` : '',
       ].join('\n');
   }
@@ -159,15 +165,31 @@ export function expectShape(op: string, what: string, t: Tensor, shape: readonly
   if (!ok) throw new ShapeError(`${op}: ${what} ${fmt(t)} should have shape [${shape.map((d) => (d < 0 ? '*' : d)).join(',')}]`);
 }
 
-export function expectDtype(op: string, what: string, t: Tensor, dtypes: readonly StorageType[]): void {
-  if (!dtypes.includes(t.dtype)) throw new ShapeError(`${op}: ${what} ${fmt(t)} must be one of ${dtypes.join('/')}`);
+/** Throws a ShapeError unless t's dtype is one of `dtypes`; narrows t.dtype for the caller. */
+export function expectDtype<D extends StorageType>(op: string, what: string, t: Tensor, dtypes: readonly D[]): asserts t is Tensor & { readonly dtype: D } {
+  if (!(dtypes as readonly StorageType[]).includes(t.dtype)) throw new ShapeError(`${op}: ${what} ${fmt(t)} must be one of ${dtypes.join('/')}`);
 }
+
+/** t's dtype when it is a float type (f32/f16/bf16); a ShapeError naming the op otherwise. */
+export function floatDtype(op: string, what: string, t: Tensor): DType {
+  expectDtype(op, what, t, FLOAT_DTYPES);
+  return t.dtype;
+}
+
+const FLOAT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
 
 /** f16/bf16 tensors are written two elements per word: their innermost dimension must be even. */
 export function expectPackable(op: string, what: string, t: Tensor): void {
   const inner = t.shape[t.shape.length - 1] ?? 1;
-  if (t.dtype !== 'f32' && inner % 2 !== 0) {
+  if (isPacked(t.dtype) && inner % 2 !== 0) {
     throw new ShapeError(`${op}: ${what} ${fmt(t)} is ${t.dtype} with an odd innermost dimension (${inner}); use f32 or an even size`);
+  }
+}
+
+/** Throws a ShapeError unless a and b are different bytes (an output must not overlap an input). */
+export function expectDisjoint(op: string, a: Tensor, b: Tensor): void {
+  if (a.buffer === b.buffer && a.offset < b.offset + b.byteLength && b.offset < a.offset + a.byteLength) {
+    throw new ShapeError(`${op}: ${fmt(a)} and ${fmt(b)} overlap; use separate tensors`);
   }
 }
 

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { Arena } from '../../gpu/buffers.ts';
 import { roundTo, type DType } from '../../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
@@ -155,6 +156,34 @@ test('adamw: the clip coefficient from gradNorm is applied through gradScale, wi
   for (const t of ts) for (const x of [t.p, t.g, t.m, t.v]) x.dispose();
   norm.dispose();
   scale.dispose();
+});
+
+test('adamw: every tensor in one buffer (an arena) binds without a usage conflict', async () => {
+  const gpu = await testGpu();
+  const n = 5;
+  const arena = new Arena(gpu, 'adamw_arena');
+  for (const name of ['g', 'm', 'v', 'master', 'scale']) arena.declare(name, name === 'scale' ? [1] : [n]);
+  arena.declare('p', [n], 'bf16');
+  await arena.commit();
+  const t = { p: arena.get('p'), g: arena.get('g'), m: arena.get('m'), v: arena.get('v'), master: arena.get('master') };
+  const rng = new Rng(3);
+  const p = roundTo(rng.normals(n), 'bf16');
+  const g = rng.normals(n);
+  gpu.write(t.p, p);
+  gpu.write(t.master, p);
+  gpu.write(t.g, g);
+  gpu.write(t.m, new Float64Array(n));
+  gpu.write(t.v, new Float64Array(n));
+  gpu.write(arena.get('scale'), [0.5]);
+  const h = { lr: 1e-2, weightDecay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 1 };
+  await adamwStep(gpu, [{ params: [t], lr: h.lr, weightDecay: h.weightDecay }], { step: 1, gradScale: arena.get('scale') });
+  const m = new Float64Array(n);
+  const v = new Float64Array(n);
+  ref.adamwStep(p, g, m, v, { ...h, gradScale: 0.5 });
+  assertClose('master', await gpu.read(t.master), p, TOL.f32);
+  assertClose('p', await gpu.read(t.p), roundTo(p, 'bf16'), TOL.bf16);
+  assertClose('v', await gpu.read(t.v), v, TOL.f32);
+  arena.dispose();
 });
 
 test('adamw: wrong shapes, dtypes and options throw, naming the op and the tensor', async () => {

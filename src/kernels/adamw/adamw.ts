@@ -20,9 +20,10 @@
 // two f32 uniforms on the host (in float64). no reductions: results are deterministic.
 
 import type { Gpu } from '../../gpu/device.ts';
-import { EngramError, ShapeError } from '../../gpu/errors.ts';
+import type { DType } from '../../gpu/dtype.ts';
+import { EngramError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
 
 const WG = 256;
 
@@ -68,29 +69,16 @@ const PARAMS: ParamSpec = [
   ['gscale', 'f32'],
 ];
 
-/** 'read_write' for reads sharing a buffer with a written tensor (see xent.ts); throws on overlap */
-function accessFor(op: string, writes: readonly Tensor[], reads: readonly Tensor[]): ('read' | 'read_write')[] {
-  const all = [...writes, ...reads];
-  for (const [j, w] of writes.entries()) {
-    for (const [k, t] of all.entries()) {
-      if (k !== j && t.buffer === w.buffer && t.offset < w.offset + w.byteLength && w.offset < t.offset + t.byteLength) {
-        throw new ShapeError(`${op}: ${w} and ${t} overlap; use separate tensors`);
-      }
-    }
-  }
-  return reads.map((r) => (writes.some((w) => w.buffer === r.buffer) ? 'read_write' : 'read'));
-}
-
-function adamwWgsl(dtype: string, master: boolean, gpuScale: boolean, access: readonly ('read' | 'read_write')[]): string {
+function adamwWgsl(dtype: DType, master: boolean, gpuScale: boolean): string {
   const packed = dtype !== 'f32';
   const bindings: BindingDecl[] = [
-    { name: 'param', type: dtype as BindingDecl['type'], access: 'read_write' }, // p (the uniforms are `p`)
+    { name: 'param', type: dtype, access: 'read_write' }, // p (the uniforms are `p`)
     // torch's names: a binding named v would shadow the header helpers' argument v
     { name: 'exp_avg', type: 'f32', access: 'read_write' }, // m
     { name: 'exp_avg_sq', type: 'f32', access: 'read_write' }, // v
     ...(master ? [{ name: 'master', type: 'f32' as const, access: 'read_write' as const }] : []),
-    { name: 'g', type: 'f32', access: access[0]! },
-    ...(gpuScale ? [{ name: 'gs', type: 'f32' as const, access: access[1]! }] : []),
+    { name: 'g', type: 'f32', access: 'read' },
+    ...(gpuScale ? [{ name: 'gs', type: 'f32' as const, access: 'read' as const }] : []),
   ];
   // the value the update starts from: the master copy, or p itself
   const load = (j: string) => (master ? `master[${j}]` : `ld_param(${j})`);
@@ -141,14 +129,14 @@ export async function adamwStep(gpu: Gpu, groups: readonly AdamwGroup[], opts: A
     throw new EngramError(`${op}: gradScale must be finite, got ${gradScale}`);
   }
   // validate everything before recording anything: a bad tensor must not leave half a step
-  const jobs: { grp: AdamwGroup; t: AdamwParam; writes: Tensor[]; reads: Tensor[]; acc: ('read' | 'read_write')[] }[] = [];
+  const jobs: { grp: AdamwGroup; t: AdamwParam; dtype: DType; storage: Tensor[] }[] = [];
   groups.forEach((grp, gi) => {
     if (!Number.isFinite(grp.lr) || !Number.isFinite(grp.weightDecay)) {
       throw new EngramError(`${op}: group ${gi} has lr ${grp.lr} and weightDecay ${grp.weightDecay}; both must be finite`);
     }
     grp.params.forEach((t, pi) => {
       const at = `groups[${gi}].params[${pi}]`;
-      expectDtype(op, `${at}.p`, t.p, ['f32', 'f16', 'bf16']);
+      const dtype = floatDtype(op, `${at}.p`, t.p);
       for (const [k, x] of [['g', t.g], ['m', t.m], ['v', t.v], ['master', t.master]] as const) {
         if (!x) continue;
         expectShape(op, `${at}.${k}`, x, t.p.shape);
@@ -156,19 +144,20 @@ export async function adamwStep(gpu: Gpu, groups: readonly AdamwGroup[], opts: A
       }
       const writes = t.master ? [t.p, t.m, t.v, t.master] : [t.p, t.m, t.v];
       const reads = gpuScale ? [t.g, gradScale] : [t.g];
-      if (t.p.size > 0) jobs.push({ grp, t, writes, reads, acc: accessFor(op, writes, reads) });
+      // a written tensor may share a buffer (an arena) with the others, not their bytes
+      for (const [j, w] of writes.entries()) for (const x of [...writes.slice(j + 1), ...reads]) expectDisjoint(op, w, x);
+      if (t.p.size > 0) jobs.push({ grp, t, dtype, storage: [...writes, ...reads] });
     });
   });
   const bc1 = 1 - beta1 ** step;
   const bc2 = 1 - beta2 ** step;
-  for (const { grp, t, writes, reads, acc } of jobs) {
+  for (const { grp, t, dtype, storage } of jobs) {
     const n = t.p.size;
     const [x, y] = grid1d(gpu, Math.ceil(n / 2 / WG));
-    const dtype = t.p.dtype;
     await launch(gpu, {
-      name: `adamw_${dtype}${t.master ? '_master' : ''}${gpuScale ? '_gpuscale' : ''}${acc.includes('read_write') ? '_alias' : ''}`,
-      wgsl: adamwWgsl(dtype, !!t.master, gpuScale, acc),
-      storage: [...writes, ...reads],
+      name: `adamw_${dtype}${t.master ? '_master' : ''}${gpuScale ? '_gpuscale' : ''}`,
+      wgsl: adamwWgsl(dtype, !!t.master, gpuScale),
+      storage,
       params: PARAMS,
       values: {
         n,

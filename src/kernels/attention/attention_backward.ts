@@ -26,6 +26,7 @@
 // dk = ln(2) * sum ds q'. padded queries (t >= T) load as zeros and are masked.
 
 import type { Gpu } from '../../gpu/device.ts';
+import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
@@ -44,6 +45,7 @@ import {
   paramValues,
   pickTile,
   pow2Divisor,
+  queryTile,
   queryTileIo,
   range,
   raw,
@@ -95,16 +97,8 @@ const dqBytes = (t: Tile, HS4: number) => 16 * (2 * t.BR * HS4 + t.BC * HS4 + Ma
 const DQ_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['dq', 'q', 'k', 'v', 'pk', 'pv', 'dout'])];
 
 function dqWgsl(HS: number, tile: Tile): string {
-  const HS4 = Math.ceil(HS / 4);
-  const { BR, BC } = tile;
-  const RG = BR / 4;
-  const CG = BC / 4;
-  const NT = RG * CG;
-  const NV = Math.ceil(HS4 / CG);
-  const KM = Math.min(CG, pow2Divisor(HS4)) - 1; // k and v tile swizzle
-  const PM = Math.min(CG, RG) - 1; // ds^T swizzle
-  const acc = R4.flatMap((r) => range(NV).map((i) => [r, i] as const));
-  const col = (i: number, s: string) => ((i + 1) * CG > HS4 ? `if (cg + ${CG * i}u < ${HS4}u) { ${s} }` : s);
+  // KM swizzles the k and v tiles, PM the ds^T tile
+  const { HS4, BR, BC, RG, CG, NT, NV, KM, PM, acc, col } = queryTile(HS, tile);
   return /* wgsl */ `
 ${header([raw('dq', true), raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv'), raw('dout'), F32_R('lse'), F32_R('dsum')], DQ_PARAMS)}
 ${VEC_HELPERS}
@@ -334,7 +328,6 @@ export async function attentionBackward(
 ): Promise<void> {
   const op = 'attentionBackward';
   const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv);
-  const FLOATS = ['f32', 'f16', 'bf16'] as const;
   for (const [n, t, like] of [
     ['dout', i.dout, i.q],
     ['out', i.out, i.q],
@@ -343,7 +336,7 @@ export async function attentionBackward(
     ['dv', o.dv, i.k],
   ] as const) {
     expectShape(op, n, t, like.shape);
-    expectDtype(op, n, t, FLOATS);
+    expectDtype(op, n, t, DTYPES);
   }
   expectShape(op, 'lse', i.lse, [s.B, s.NH, s.T]);
   expectDtype(op, 'lse', i.lse, ['f32']);
@@ -351,8 +344,8 @@ export async function attentionBackward(
     if (!o.dpk || !o.dpv) throw new ShapeError(`${op}: a prefix pk ${i.pk} needs dpk and dpv gradients`);
     expectShape(op, 'dpk', o.dpk, i.pk!.shape);
     expectShape(op, 'dpv', o.dpv, i.pk!.shape);
-    expectDtype(op, 'dpk', o.dpk, FLOATS);
-    expectDtype(op, 'dpv', o.dpv, FLOATS);
+    expectDtype(op, 'dpk', o.dpk, DTYPES);
+    expectDtype(op, 'dpv', o.dpv, DTYPES);
   }
   if (s.B * s.T === 0) return;
   const { HS } = s;
@@ -372,7 +365,7 @@ export async function attentionBackward(
       wgsl: dsumWgsl(HS),
       storage: [dsum, i.dout, i.out],
       params: DSUM_PARAMS,
-      values: { ...values, rows, ...dtValues({ dout: i.dout, out: i.out }) },
+      values: { ...values, rows, ...dtValues(op, { dout: i.dout, out: i.out }) },
       workgroups: grid1d(gpu, Math.ceil(rows / DSUM_WG)),
     });
     const tq = pickTile(gpu, op, HS, DQ_TILES, dqBytes);
@@ -381,7 +374,7 @@ export async function attentionBackward(
       wgsl: dqWgsl(HS, tq),
       storage: [o.dq, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum],
       params: DQ_PARAMS,
-      values: { ...values, ...dtValues({ dq: o.dq, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
+      values: { ...values, ...dtValues(op, { dq: o.dq, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
       workgroups: [s.B * s.NH, Math.ceil(s.T / tq.BR)],
     });
     const tk = pickTile(gpu, op, HS, DKV_TILES, dkvBytes);
@@ -390,7 +383,7 @@ export async function attentionBackward(
       wgsl: dkdvWgsl(HS, tk),
       storage: [o.dk, o.dv, dpk, dpv, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum],
       params: DKV_PARAMS,
-      values: { ...values, ...dtValues({ dk: o.dk, dv: o.dv, dpk, dpv, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
+      values: { ...values, ...dtValues(op, { dk: o.dk, dv: o.dv, dpk, dpv, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
       workgroups: [s.B * s.NKV, Math.ceil((s.P + s.T) / tk.BR)],
     });
   } finally {

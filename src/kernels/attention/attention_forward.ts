@@ -26,10 +26,10 @@
 // (HS, tile) serves every dtype mix (lavapipe needs seconds to compile each of these kernels).
 
 import type { Gpu } from '../../gpu/device.ts';
-import type { DType } from '../../gpu/dtype.ts';
+import { DTYPES, type DType } from '../../gpu/dtype.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
+import { expectDtype, expectShape, floatDtype, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
 
 export interface AttentionOptions {
   /** score scale; default 1/sqrt(HS) */
@@ -50,8 +50,6 @@ export interface AttentionShape {
 
 /** largest head size the kernels support (any even HS from 2 up to this) */
 export const MAX_HS = 128;
-
-const FLOATS: readonly DType[] = ['f32', 'f16', 'bf16'];
 
 export const PARAMS: ParamSpec = [
   ['T', 'u32'],
@@ -86,7 +84,7 @@ export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?:
     P = pk.shape[1]!;
     expectShape(op, 'pv', pv, [B, P, NKV, HS]);
   }
-  for (const [n, t] of [['q', q], ['k', k], ['v', v], ['pk', pk], ['pv', pv]] as const) if (t) expectDtype(op, n, t, FLOATS);
+  for (const [n, t] of [['q', q], ['k', k], ['v', v], ['pk', pk], ['pv', pv]] as const) if (t) expectDtype(op, n, t, DTYPES);
   return { B, T, NH, NKV, HS, P };
 }
 
@@ -120,6 +118,34 @@ export const pow2Divisor = (n: number): number => n & -n;
 /** `d4 ^ (row & mask)`, or d4 when the mask is 0 */
 export const swz = (d4: string, row: string, mask: number): string => (mask > 0 ? `((${d4}) ^ (${row} & ${mask}u))` : d4);
 
+/**
+ * Constants of a kernel over query blocks (forward, dq): RG x CG threads, thread (rg, cg) owning
+ * rows rg*4..+3 and the column slices cg + CG*i (i < NV) of rows of HS4 vec4 slots; KM is the
+ * swizzle mask of the key tiles, PM that of the transposed (key, row group) tile.
+ */
+export function queryTile(HS: number, tile: Tile) {
+  const HS4 = Math.ceil(HS / 4);
+  const { BR, BC } = tile;
+  const RG = BR / 4;
+  const CG = BC / 4;
+  const NV = Math.ceil(HS4 / CG);
+  return {
+    HS4,
+    BR,
+    BC,
+    RG,
+    CG,
+    NT: RG * CG,
+    NV,
+    KM: Math.min(CG, pow2Divisor(HS4)) - 1,
+    PM: Math.min(CG, RG) - 1,
+    /** (row, column slice) of each of a thread's accumulators */
+    acc: R4.flatMap((r) => range(NV).map((i) => [r, i] as const)),
+    /** WGSL `st`, skipped for a column slice past HS4 (small HS leaves some idle) */
+    col: (i: number, st: string) => ((i + 1) * CG > HS4 ? `if (cg + ${CG * i}u < ${HS4}u) { ${st} }` : st),
+  };
+}
+
 // ---------------------------------------------------------------- row access
 
 /** storage dtype codes: kernels read them from the uniform block, so one pipeline serves every dtype */
@@ -127,8 +153,8 @@ const DT: Readonly<Record<DType, number>> = { f32: 0, f16: 1, bf16: 2 };
 
 /** the uniform fields `dt_<name>` for these bindings */
 export const dtParams = (names: readonly string[]): ParamSpec => names.map((n) => [`dt_${n}`, 'u32'] as const);
-export const dtValues = (ts: Readonly<Record<string, Tensor>>): Record<string, number> =>
-  Object.fromEntries(Object.entries(ts).map(([n, t]) => [`dt_${n}`, DT[t.dtype]]));
+export const dtValues = (op: string, ts: Readonly<Record<string, Tensor>>): Record<string, number> =>
+  Object.fromEntries(Object.entries(ts).map(([n, t]) => [`dt_${n}`, DT[floatDtype(op, n, t)]]));
 
 /** a float tensor bound as raw words; ldv_/stv_ decode by p.dt_<name> */
 export const raw = (name: string, write = false): BindingDecl => ({ name, type: 'u32', access: write ? 'read_write' : 'read' });
@@ -309,22 +335,13 @@ const fwdBytes = (t: Tile, HS4: number) => 16 * (t.BR * HS4 + t.BC * HS4 + (t.BC
 const FWD_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['out', 'q', 'k', 'v', 'pk', 'pv'])];
 
 function forwardWgsl(HS: number, tile: Tile): string {
-  const HS4 = Math.ceil(HS / 4);
-  const { BR, BC } = tile;
-  const RG = BR / 4;
-  const CG = BC / 4;
-  const NT = RG * CG;
-  const NV = Math.ceil(HS4 / CG);
-  const KM = Math.min(CG, pow2Divisor(HS4)) - 1; // k tile swizzle
-  const PM = Math.min(CG, RG) - 1; // p^T swizzle
-  // column slices past HS4 (small HS) are idle
-  const col = (i: number, st: string) => ((i + 1) * CG > HS4 ? `if (cg + ${CG * i}u < ${HS4}u) { ${st} }` : st);
+  // KM swizzles the k tile, PM the p^T tile
+  const { HS4, BR, BC, RG, CG, NT, NV, KM, PM, acc, col } = queryTile(HS, tile);
   const cols = (f: (i: number) => string) =>
     range(NV)
       .map((i) => col(i, f(i)))
       .join('\n      ');
   const rows = (f: (r: number) => string, sep = '\n    ') => R4.map(f).join(sep);
-  const acc = R4.flatMap((r) => range(NV).map((i) => [r, i] as const));
   return /* wgsl */ `
 ${header([raw('out', true), { name: 'lse', type: 'f32', access: 'read_write' }, raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv')], FWD_PARAMS)}
 ${VEC_HELPERS}
@@ -419,7 +436,7 @@ export async function attentionForward(
   const op = 'attentionForward';
   const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv);
   expectShape(op, 'out', o.out, i.q.shape);
-  expectDtype(op, 'out', o.out, FLOATS);
+  expectDtype(op, 'out', o.out, DTYPES);
   expectShape(op, 'lse', o.lse, [s.B, s.NH, s.T]);
   expectDtype(op, 'lse', o.lse, ['f32']);
   if (s.B * s.T === 0) return;
@@ -436,7 +453,7 @@ export async function attentionForward(
       wgsl: forwardWgsl(s.HS, tile),
       storage: [o.out, o.lse, i.q, i.k, i.v, pk, pv],
       params: FWD_PARAMS,
-      values: { ...paramValues(s, opts), ...dtValues({ out: o.out, q: i.q, k: i.k, v: i.v, pk, pv }) },
+      values: { ...paramValues(s, opts), ...dtValues(op, { out: o.out, q: i.q, k: i.k, v: i.v, pk, pv }) },
       workgroups: [s.B * s.NH, Math.ceil(s.T / tile.BR)],
     });
   } finally {

@@ -6,7 +6,6 @@ import * as ref from '../../reference/embedding.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { uploadU32 } from '../sort/sort.ts';
 import { checkIds, embeddingBackward, embeddingForward } from './embedding.ts';
 
 type Ids = (rng: Rng, N: number, V: number) => number[];
@@ -42,7 +41,7 @@ for (const dtype of DTYPES) {
       const g = roundTo(rng.normals(N * C), dtype);
       const dW0 = rng.normals(V * C); // dW accumulates: unused rows keep these
       const tW = await gpu.tensorFrom(W, [V, C], dtype, 'W');
-      const tids = await uploadU32(gpu, ids, [N], 'ids');
+      const tids = await gpu.tensorFrom(ids, [N], 'u32', 'ids');
       const tg = await gpu.tensorFrom(g, [N, C], dtype, 'dout');
       const out = await gpu.tensor([N, C], dtype, 'out');
       const dW = await gpu.tensorFrom(dW0, [V, C], 'f32', 'dW');
@@ -73,7 +72,7 @@ test('embedding: many blocks with one id everywhere, 2-D ids, exact sums', async
   const N = B * T;
   const ids = Array.from({ length: N }, (_, t) => (t % 11 === 0 ? 8 : 2));
   const g = Array.from({ length: N * C }, (_, i) => (i % 7) - 3);
-  const tids = await uploadU32(gpu, ids, [B, T], 'ids');
+  const tids = await gpu.tensorFrom(ids, [B, T], 'u32', 'ids');
   const tg = await gpu.tensorFrom(g, [B, T, C], 'f32', 'dout');
   const dW = await gpu.tensorFrom(new Float64Array(V * C), [V, C], 'f32', 'dW');
   await embeddingBackward(gpu, { dW }, { dout: tg, ids: tids });
@@ -89,7 +88,7 @@ test('embedding: forward converts between storage dtypes', async () => {
   for (const [wd, od] of [['bf16', 'f32'], ['f32', 'f16'], ['f16', 'bf16']] as const) {
     const W = roundTo(rng.normals(V * C), wd);
     const tW = await gpu.tensorFrom(W, [V, C], wd, 'W');
-    const tids = await uploadU32(gpu, ids, [N], 'ids');
+    const tids = await gpu.tensorFrom(ids, [N], 'u32', 'ids');
     const out = await gpu.tensor([N, C], od, 'out');
     await embeddingForward(gpu, { out }, { W: tW, ids: tids });
     assertClose(`out ${wd}->${od}`, await gpu.read(out), roundTo(ref.embeddingForward(W, ids, V, C), od), 0);
@@ -104,7 +103,7 @@ test('embedding: ids >= V read zeros and add nothing', async () => {
   const W = Array.from({ length: V * C }, (_, i) => i + 1);
   const g = Array.from({ length: ids.length * C }, (_, i) => i);
   const tW = await gpu.tensorFrom(W, [V, C], 'f32', 'W');
-  const tids = await uploadU32(gpu, ids, [ids.length], 'ids');
+  const tids = await gpu.tensorFrom(ids, [ids.length], 'u32', 'ids');
   const tg = await gpu.tensorFrom(g, [ids.length, C], 'f32', 'dout');
   const out = await gpu.tensor([ids.length, C], 'f32', 'out');
   const dW = await gpu.tensorFrom(new Float64Array(V * C), [V, C], 'f32', 'dW');
@@ -125,18 +124,22 @@ test('embedding: shape and dtype errors', async () => {
   const gpu = await testGpu();
   const W = await gpu.tensor([10, 6], 'bf16', 'W');
   const Wodd = await gpu.tensor([10, 5], 'f32', 'Wodd');
-  const ids = await uploadU32(gpu, [1, 2, 3], [3], 'ids');
+  const ids = await gpu.tensorFrom([1, 2, 3], [3], 'u32', 'ids');
   const idsHalf = await gpu.tensor([3], 'f16', 'idsHalf');
+  const idsF32 = await gpu.tensor([3], 'f32', 'idsF32');
+  const Wu = await gpu.tensor([10, 6], 'u32', 'Wu');
   const out = await gpu.tensor([3, 6], 'bf16', 'out');
   const outOdd = await gpu.tensor([3, 5], 'bf16', 'outOdd');
   const dW = await gpu.tensor([10, 6], 'f32', 'dW');
   const dWh = await gpu.tensor([10, 6], 'bf16', 'dWh');
   const is = (re: RegExp) => (e: Error) => e instanceof ShapeError && re.test(e.message);
-  await assert.rejects(embeddingForward(gpu, { out }, { W, ids: idsHalf }), is(/embeddingForward: ids idsHalf\[3\]:f16 must be one of u32\/f32/));
+  await assert.rejects(embeddingForward(gpu, { out }, { W, ids: idsHalf }), is(/embeddingForward: ids idsHalf\[3\]:f16 must be one of u32/));
+  await assert.rejects(embeddingBackward(gpu, { dW }, { dout: out, ids: idsF32 }), is(/embeddingBackward: ids idsF32\[3\]:f32 must be one of u32/));
+  await assert.rejects(embeddingForward(gpu, { out }, { W: Wu, ids }), is(/embeddingForward: W Wu\[10,6\]:u32 must be one of f32\/f16\/bf16/));
   await assert.rejects(embeddingForward(gpu, { out: dW }, { W, ids }), is(/embeddingForward: out dW\[10,6\]:f32 should have shape \[3,6\]/));
   await assert.rejects(embeddingForward(gpu, { out: outOdd }, { W: Wodd, ids }), is(/embeddingForward: out outOdd\[3,5\]:bf16 has an odd row size/));
   await assert.rejects(embeddingBackward(gpu, { dW: dWh }, { dout: out, ids }), is(/embeddingBackward: dW dWh\[10,6\]:bf16 must be one of f32/));
   await assert.rejects(embeddingBackward(gpu, { dW }, { dout: outOdd, ids }), is(/embeddingBackward: dout outOdd\[3,5\]:bf16 should have shape \[3,6\]/));
   await assert.rejects(embeddingBackward(gpu, { dW: W.reshape([60]) }, { dout: out, ids }), is(/embeddingBackward: dW W\[60\]:bf16 should have shape \[\*,\*\]/));
-  for (const t of [W, Wodd, ids, idsHalf, out, outOdd, dW, dWh]) t.dispose();
+  for (const t of [W, Wodd, ids, idsHalf, idsF32, Wu, out, outOdd, dW, dWh]) t.dispose();
 });

@@ -24,10 +24,11 @@
 //   step 3 walk N/R pieces). unused rows of dW keep their values.
 
 import type { Gpu } from '../../gpu/device.ts';
+import { DTYPES } from '../../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
-import { WORD_DTYPES, expectDisjoint, ld2Fn, sortPairs } from '../sort/sort.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { sortPairs } from '../sort/sort.ts';
 
 const WG = 256; // forward threads per workgroup
 const PER = 4; // forward units per thread
@@ -93,7 +94,6 @@ ${header(
   ],
   FWD_PARAMS,
 )}
-${ld2Fn('W', W.dtype)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
   let idx = (wid.x + wid.y * nwg.x) * ${WG}u + l.x;
@@ -133,7 +133,6 @@ ${header(
   ],
   SEG_PARAMS,
 )}
-${ld2Fn('dout', dout.dtype)}
 var<workgroup> kk: array<u32, ${R}>;  // sorted ids of the block
 var<workgroup> pp: array<u32, ${R}>;  // their positions t
 @compute @workgroup_size(${SEG_WG})
@@ -221,8 +220,10 @@ export async function embeddingForward(gpu: Gpu, o: { out: Tensor }, i: { W: Ten
   const op = 'embeddingForward';
   expectShape(op, 'W', i.W, [-1, -1]);
   const [V, C] = i.W.shape as [number, number];
-  expectDtype(op, 'ids', i.ids, WORD_DTYPES);
+  expectDtype(op, 'W', i.W, DTYPES);
+  expectDtype(op, 'ids', i.ids, ['u32']);
   expectShape(op, 'out', o.out, [...i.ids.shape, C]);
+  expectDtype(op, 'out', o.out, DTYPES);
   if (o.out.dtype !== 'f32' && C % 2 !== 0) {
     throw new ShapeError(`${op}: out ${o.out.label}[${o.out.shape.join(',')}]:${o.out.dtype} has an odd row size C = ${C}; use f32 or an even C`);
   }
@@ -260,15 +261,16 @@ export async function embeddingBackward(gpu: Gpu, o: { dW: Tensor }, i: { dout: 
   expectShape(op, 'dW', o.dW, [-1, -1]);
   expectDtype(op, 'dW', o.dW, ['f32']);
   const [V, C] = o.dW.shape as [number, number];
-  expectDtype(op, 'ids', i.ids, WORD_DTYPES);
+  expectDtype(op, 'ids', i.ids, ['u32']);
   expectShape(op, 'dout', i.dout, [...i.ids.shape, C]);
+  expectDtype(op, 'dout', i.dout, DTYPES);
   for (const r of [i.dout, i.ids]) expectDisjoint(op, o.dW, r);
   const N = i.ids.size;
   if (N === 0 || C === 0) return;
   // one more bit than V - 1 needs: ids >= V saturate to 2^keyBits - 1 >= V, a run of their own
   const keyBits = Math.max(1, Math.min(32, Math.floor(Math.log2(Math.max(V, 1))) + 1));
-  const keys = gpu.scratch.take([N], 'f32', 'embedding_sorted_ids');
-  const pos = gpu.scratch.take([N], 'f32', 'embedding_sorted_pos');
+  const keys = gpu.scratch.take([N], 'u32', 'embedding_sorted_ids');
+  const pos = gpu.scratch.take([N], 'u32', 'embedding_sorted_pos');
   const blocks = Math.ceil(N / R);
   const chunks = Math.ceil(C / COLS);
   const part = gpu.scratch.take([2 * blocks, C], 'f32', 'embedding_dw_part');

@@ -75,6 +75,12 @@ test('gradNorm/clipGrads: wrong shapes, dtypes and options throw, naming the op 
   await assert.rejects(gradNorm(gpu, { norm }, [g], { maxNorm: 0 }), (e) => e instanceof EngramError && /maxNorm/.test(e.message));
   await assert.rejects(gradNorm(gpu, { norm }, [g, norm]), shapeErr(/gradNorm: norm\[1\]:f32 and norm\[1\]:f32 overlap/));
   await assert.rejects(clipGrads(gpu, [g], two), shapeErr(/clipGrads: scale two\[2\]:f32 should have shape \[1\]/));
+  const before = gpu.dispatches;
+  await assert.rejects(clipGrads(gpu, [g, norm], norm), shapeErr(/clipGrads: norm\[1\]:f32 and norm\[1\]:f32 overlap/));
+  assert.equal(gpu.dispatches, before, 'clipGrads scaled a tensor before failing');
+  const gu = await gpu.tensor([5], 'u32', 'gu');
+  await assert.rejects(gradNorm(gpu, { norm }, [g, gu]), shapeErr(/gradNorm: grads\[1\] gu\[5\]:u32 must be one of f32\/f16\/bf16/));
+  gu.dispose();
   await assert.rejects(clipGrads(gpu, [g], NaN), (e) => e instanceof EngramError && /scale must be finite/.test(e.message));
   for (const t of [g, norm, two, half]) t.dispose();
 });

@@ -18,9 +18,10 @@
 // numerics: f32 sums of squares (each thread over a strided run, then a tree), f32 sqrt.
 
 import type { Gpu } from '../../gpu/device.ts';
-import { EngramError, ShapeError } from '../../gpu/errors.ts';
+import type { DType } from '../../gpu/dtype.ts';
+import { EngramError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type BindingDecl } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch } from '../kernel.ts';
 
 const WG = 256;
 const UNROLL = 4; // pairs loaded per thread per iteration
@@ -28,30 +29,10 @@ const CHUNK = 8 * 2 * WG; // elements per partial workgroup, at least
 const MAX_G = 1024; // partial workgroups per tensor, at most
 const FLT_MAX = 3.4028234e38; // "no maxNorm": the scale is then 1
 
-/** 'read_write' for reads sharing a buffer with a written tensor (see xent.ts); throws on overlap */
-function accessFor(op: string, writes: readonly Tensor[], reads: readonly Tensor[]): ('read' | 'read_write')[] {
-  const all = [...writes, ...reads];
-  for (const [j, w] of writes.entries()) {
-    for (const [k, t] of all.entries()) {
-      if (k !== j && t.buffer === w.buffer && t.offset < w.offset + w.byteLength && w.offset < t.offset + t.byteLength) {
-        throw new ShapeError(`${op}: ${w} and ${t} overlap; use separate tensors`);
-      }
-    }
-  }
-  return reads.map((r) => (writes.some((w) => w.buffer === r.buffer) ? 'read_write' : 'read'));
-}
-
-/** the pair (j, j+1) as a vec2, the second 0 past the end (an odd tail's padding half too) */
-const loadPair = (dtype: string, j: string) => {
-  const jc = `min(${j}, p.n - 1u)`; // clamped: the load is always in bounds, the mask does the rest
-  const pair =
-    dtype === 'f32'
-      ? `vec2<f32>(g[${jc}], g[min(${j} + 1u, p.n - 1u)])`
-      : dtype === 'f16'
-        ? `unpack2x16float(g[${jc} >> 1u])`
-        : `vec2<f32>(bf16_lo(g[${jc} >> 1u]), bf16_hi(g[${jc} >> 1u]))`;
-  return `select(vec2<f32>(0.0), ${pair}, vec2<bool>(${j} < p.n, ${j} + 1u < p.n))`;
-};
+/** the pair (j, j+1) of g as a vec2 (j even), the second 0 past the end (an odd tail's padding half too) */
+const loadPair = (j: string) =>
+  // clamped: the load is always in bounds, the mask does the rest
+  `select(vec2<f32>(0.0), ld2_g(min(${j}, p.n - 1u)), vec2<bool>(${j} < p.n, ${j} + 1u < p.n))`;
 
 const REDUCE = /* wgsl */ `
 var<workgroup> red: array<f32, ${WG}>;
@@ -65,12 +46,12 @@ fn tree(lid: u32, v: f32) -> f32 {
   return red[0];
 }`;
 
-function partialWgsl(dtype: string, access: 'read' | 'read_write'): string {
+function partialWgsl(dtype: DType): string {
   return /* wgsl */ `
 ${header(
   [
     { name: 'part', type: 'f32', access: 'read_write' },
-    { name: 'g', type: dtype as BindingDecl['type'], access },
+    { name: 'g', type: dtype, access: 'read' },
   ],
   [
     ['n', 'u32'],
@@ -86,7 +67,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
   // thread); coalesced, f16/bf16 one word per pair
   let S = ${2 * WG}u * p.G;
   for (var i = 2u * (wid.x * ${WG}u + l.x); i < p.n; i += ${UNROLL}u * S) {
-    ${[...Array(UNROLL).keys()].map((k) => `let x${k} = ${loadPair(dtype, k ? `i + ${k}u * S` : 'i')};`).join('\n    ')}
+    ${[...Array(UNROLL).keys()].map((k) => `let x${k} = ${loadPair(k ? `i + ${k}u * S` : 'i')};`).join('\n    ')}
     s += (dot(x0, x0) + dot(x1, x1)) + (dot(x2, x2) + dot(x3, x3));
   }
   let total = tree(l.x, s);
@@ -94,13 +75,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
 }`;
 }
 
-function finalWgsl(withScale: boolean, access: 'read' | 'read_write'): string {
+function finalWgsl(withScale: boolean): string {
   return /* wgsl */ `
 ${header(
   [
     { name: 'norm', type: 'f32', access: 'read_write' },
     ...(withScale ? [{ name: 'scale', type: 'f32' as const, access: 'read_write' as const }] : []),
-    { name: 'part', type: 'f32', access },
+    { name: 'part', type: 'f32', access: 'read' },
   ],
   [
     ['P', 'u32'],
@@ -120,13 +101,13 @@ fn main(@builtin(local_invocation_id) l: vec3<u32>) {
 }`;
 }
 
-function clipWgsl(dtype: string, gpuScale: boolean, access: 'read' | 'read_write'): string {
+function clipWgsl(dtype: DType, gpuScale: boolean): string {
   const packed = dtype !== 'f32';
   return /* wgsl */ `
 ${header(
   [
-    { name: 'g', type: dtype as BindingDecl['type'], access: 'read_write' },
-    ...(gpuScale ? [{ name: 'sc', type: 'f32' as const, access }] : []),
+    { name: 'g', type: dtype, access: 'read_write' },
+    ...(gpuScale ? [{ name: 'sc', type: 'f32' as const, access: 'read' as const }] : []),
   ],
   [
     ['n', 'u32'],
@@ -142,17 +123,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   ${
     packed
       ? `// whole words; an odd tail's padding half keeps its bits
-  let b = ld_g(i + 1u);
-  st2_g(i, ld_g(i) * k, select(b, b * k, i + 1u < p.n));`
+  let x = ld2_g(i);
+  st2_g(i, x.x * k, select(x.y, x.y * k, i + 1u < p.n));`
       : `g[i] *= k;
   if (i + 1u < p.n) { g[i + 1u] *= k; }`
   }
 }`;
 }
 
-function checkGrads(op: string, grads: readonly Tensor[]): void {
-  grads.forEach((g, j) => expectDtype(op, `grads[${j}]`, g, ['f32', 'f16', 'bf16']));
-}
+/** the grads' dtypes; a ShapeError naming the op for a non-float one */
+const gradDtypes = (op: string, grads: readonly Tensor[]): DType[] => grads.map((g, j) => floatDtype(op, `grads[${j}]`, g));
 
 export interface GradNormOptions {
   /** clip threshold for `scale`; without it scale is 1 */
@@ -173,9 +153,9 @@ export async function gradNorm(gpu: Gpu, o: { norm: Tensor; scale?: Tensor }, gr
     expectShape(op, 'scale', o.scale, [1]);
     expectDtype(op, 'scale', o.scale, ['f32']);
   }
-  checkGrads(op, grads);
+  const dtypes = gradDtypes(op, grads);
   const outs = o.scale ? [o.norm, o.scale] : [o.norm];
-  accessFor(op, outs, grads);
+  for (const [j, w] of outs.entries()) for (const t of [...outs.slice(j + 1), ...grads]) expectDisjoint(op, w, t);
   // slots: G per tensor, from its size alone
   const Gs = grads.map((g) => Math.min(MAX_G, Math.ceil(g.size / CHUNK)));
   const P = Gs.reduce((a, b) => a + b, 0);
@@ -185,10 +165,9 @@ export async function gradNorm(gpu: Gpu, o: { norm: Tensor; scale?: Tensor }, gr
     for (const [j, g] of grads.entries()) {
       const G = Gs[j]!;
       if (G === 0) continue;
-      const [acc] = accessFor(op, [part], [g]);
       await launch(gpu, {
-        name: `gradnorm_partial_${g.dtype}`,
-        wgsl: partialWgsl(g.dtype, acc!),
+        name: `gradnorm_partial_${dtypes[j]!}`,
+        wgsl: partialWgsl(dtypes[j]!),
         storage: [part, g],
         params: [
           ['n', 'u32'],
@@ -200,10 +179,9 @@ export async function gradNorm(gpu: Gpu, o: { norm: Tensor; scale?: Tensor }, gr
       });
       base += G;
     }
-    const [acc] = accessFor(op, outs, [part]);
     await launch(gpu, {
       name: `gradnorm_final${o.scale ? '_scale' : ''}`,
-      wgsl: finalWgsl(!!o.scale, acc!),
+      wgsl: finalWgsl(!!o.scale),
       storage: [...outs, part],
       params: [
         ['P', 'u32'],
@@ -220,21 +198,21 @@ export async function gradNorm(gpu: Gpu, o: { norm: Tensor; scale?: Tensor }, gr
 /** grads[j] *= scale for every tensor, in place; scale is a number or a [1] f32 tensor (e.g. gradNorm's). */
 export async function clipGrads(gpu: Gpu, grads: readonly Tensor[], scale: number | Tensor): Promise<void> {
   const op = 'clipGrads';
-  checkGrads(op, grads);
+  const dtypes = gradDtypes(op, grads);
   const gpuScale = typeof scale !== 'number';
   if (gpuScale) {
     expectShape(op, 'scale', scale, [1]);
     expectDtype(op, 'scale', scale, ['f32']);
+    for (const g of grads) expectDisjoint(op, g, scale);
   } else if (!Number.isFinite(scale)) {
     throw new EngramError(`${op}: scale must be finite, got ${scale}`);
   }
-  for (const g of grads) {
+  for (const [j, g] of grads.entries()) {
     if (g.size === 0) continue;
-    const [acc = 'read'] = gpuScale ? accessFor(op, [g], [scale]) : [];
     const [x, y] = grid1d(gpu, Math.ceil(g.size / 2 / WG));
     await launch(gpu, {
-      name: `clip_grads_${g.dtype}${gpuScale ? '_gpuscale' : ''}${acc === 'read_write' ? '_alias' : ''}`,
-      wgsl: clipWgsl(g.dtype, gpuScale, acc),
+      name: `clip_grads_${dtypes[j]!}${gpuScale ? '_gpuscale' : ''}`,
+      wgsl: clipWgsl(dtypes[j]!, gpuScale),
       storage: gpuScale ? [g, scale] : [g],
       params: [
         ['n', 'u32'],

@@ -6,7 +6,6 @@ import * as ref from '../../reference/rope.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { uploadU32 } from '../sort/sort.ts';
 import { createRopeTable, ropeBackward, ropeForward } from './rope.ts';
 
 // awkward shapes: a single row, odd H (f32 only), HS = 2, rows not a multiple of the workgroup,
@@ -32,7 +31,7 @@ for (const dtype of DTYPES) {
       const x = roundTo(rng.normals(n, scale), dtype);
       const g = roundTo(rng.normals(n), dtype);
       const table = await createRopeTable(gpu, 4096 + 16, HS, c.base);
-      const positions = c.positions ? await uploadU32(gpu, c.positions, [T], 'positions') : undefined;
+      const positions = c.positions ? await gpu.tensorFrom(c.positions, [T], 'u32', 'positions') : undefined;
       const opts = { ...(c.pos0 !== undefined && { pos0: c.pos0 }), ...(positions && { positions }) };
       const tx = await gpu.tensorFrom(x, [B, T, NH, HS], dtype, 'x');
       const tg = await gpu.tensorFrom(g, [B, T, NH, HS], dtype, 'dout');
@@ -68,6 +67,8 @@ test('rope: shape and dtype errors', async () => {
   const out = await gpu.tensor([1, 4, 2, 6], 'f32', 'out');
   const odd = await gpu.tensor([1, 4, 2, 5], 'f32', 'odd');
   const bad = await gpu.tensor([1, 4, 2, 8], 'f32', 'bad');
+  const pos = await gpu.tensor([4], 'f32', 'pos');
+  const xu = await gpu.tensor([1, 4, 2, 6], 'u32', 'xu');
   const is = (re: RegExp) => (e: Error) => e instanceof ShapeError && re.test(e.message);
   await assert.rejects(ropeForward(gpu, { out: bad }, { x, table }), is(/ropeForward: out bad\[1,4,2,8\]:f32 should have shape \[1,4,2,6\]/));
   await assert.rejects(ropeForward(gpu, { out: odd }, { x: odd, table }), is(/ropeForward: head size HS = 5/));
@@ -76,5 +77,7 @@ test('rope: shape and dtype errors', async () => {
   await assert.rejects(ropeForward(gpu, { out: x }, { x, table }), is(/ropeForward: .*overlap/));
   await assert.rejects(ropeBackward(gpu, { dx: bad }, { dout: bad, table }), is(/ropeBackward: table rope_table\[8,3,2\]:f32 should have shape \[\*,4,2\]/));
   await assert.rejects(ropeForward(gpu, { out: x.reshape([4, 2, 6]) }, { x: out.reshape([4, 2, 6]), table }), is(/ropeForward: x out\[4,2,6\]:f32 should have shape \[B,T,NH,HS\]/));
-  for (const t of [table, x, xh, out, odd, bad]) t.dispose();
+  await assert.rejects(ropeForward(gpu, { out }, { x, table }, { positions: pos }), is(/ropeForward: positions pos\[4\]:f32 must be one of u32/));
+  await assert.rejects(ropeBackward(gpu, { dx: out }, { dout: xu, table }), is(/ropeBackward: dout xu\[1,4,2,6\]:u32 must be one of f32\/f16\/bf16/));
+  for (const t of [table, x, xh, out, odd, bad, pos, xu]) t.dispose();
 });

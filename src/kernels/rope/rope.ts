@@ -17,10 +17,10 @@
 // tensor); numerics: f32 math, one rounding to the output dtype. nothing is saved for backward.
 
 import type { Gpu } from '../../gpu/device.ts';
+import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
-import { WORD_DTYPES, expectDisjoint, ld2Fn } from '../sort/sort.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 
 const WG = 256;
 
@@ -68,7 +68,6 @@ ${header(
   ],
   PARAMS,
 )}
-${ld2Fn('x', x.dtype)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
   let g = (wid.x + wid.y * nwg.x) * ${WG}u + l.x;
@@ -112,6 +111,8 @@ async function rope(gpu: Gpu, op: string, dir: 'forward' | 'backward', out: Tens
   if (x.shape.length !== 4) throw new ShapeError(`${op}: ${xName} ${x.label}[${x.shape.join(',')}]:${x.dtype} should have shape [B,T,NH,HS]`);
   const [B, T, NH, HS] = x.shape as [number, number, number, number];
   expectShape(op, outName, out, x.shape);
+  expectDtype(op, xName, x, DTYPES);
+  expectDtype(op, outName, out, DTYPES);
   if (HS % 2 !== 0) throw new ShapeError(`${op}: head size HS = ${HS} of ${x.label}[${x.shape.join(',')}] must be even`);
   const packed = x.dtype !== 'f32' || out.dtype !== 'f32';
   if (packed && HS % 4 !== 0) {
@@ -126,7 +127,7 @@ async function rope(gpu: Gpu, op: string, dir: 'forward' | 'backward', out: Tens
   if (!Number.isInteger(pos0) || pos0 < 0) throw new ShapeError(`${op}: pos0 = ${pos0} must be a non-negative integer`);
   if (opts.positions) {
     expectShape(op, 'positions', opts.positions, [T]);
-    expectDtype(op, 'positions', opts.positions, WORD_DTYPES);
+    expectDtype(op, 'positions', opts.positions, ['u32']);
   } else if (pos0 + T > Tmax) {
     throw new ShapeError(`${op}: positions ${pos0}..${pos0 + T - 1} exceed the table ${table.label}[${table.shape.join(',')}] (Tmax = ${Tmax})`);
   }

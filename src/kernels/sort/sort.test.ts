@@ -4,7 +4,7 @@ import { ShapeError } from '../../gpu/errors.ts';
 import * as ref from '../../reference/sort.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { readU32, scanExclusive, segmentStarts, sortPairs, uploadU32 } from './sort.ts';
+import { scanExclusive, segmentStarts, sortPairs } from './sort.ts';
 
 /** runs sortPairs on the GPU and checks keys and payload exactly against a stable JS sort */
 async function checkSort(name: string, keys: Uint32Array, keyBits?: number, withValues = true) {
@@ -12,18 +12,18 @@ async function checkSort(name: string, keys: Uint32Array, keyBits?: number, with
   const n = keys.length;
   const rng = new Rng(n + 17);
   const values = Uint32Array.from({ length: n }, () => rng.int(2 ** 32));
-  const tk = await uploadU32(gpu, keys, [n], 'keys');
-  const tv = await uploadU32(gpu, values, [n], 'values');
-  const keysOut = await gpu.tensor([n], 'f32', 'keysOut');
-  const valuesOut = await gpu.tensor([n], 'f32', 'valuesOut');
+  const tk = await gpu.tensorFrom(keys, [n], 'u32', 'keys');
+  const tv = await gpu.tensorFrom(values, [n], 'u32', 'values');
+  const keysOut = await gpu.tensor([n], 'u32', 'keysOut');
+  const valuesOut = await gpu.tensor([n], 'u32', 'valuesOut');
   await sortPairs(gpu, { keysOut, valuesOut }, withValues ? { keys: tk, values: tv } : { keys: tk }, keyBits === undefined ? {} : { keyBits });
   const want = ref.sortPairs(keys, withValues ? values : undefined, keyBits);
-  const gotK = await readU32(gpu, keysOut);
-  const gotV = await readU32(gpu, valuesOut);
+  const gotK = await gpu.read(keysOut);
+  const gotV = await gpu.read(valuesOut);
   assert.deepEqual(gotK, want.keys, `${name}: keys`);
   assert.deepEqual(gotV, want.values, `${name}: values (stability)`);
   // inputs are left alone
-  assert.deepEqual(await readU32(gpu, tk), keys, `${name}: keys input changed`);
+  assert.deepEqual(await gpu.read(tk), keys, `${name}: keys input changed`);
   for (const t of [tk, tv, keysOut, valuesOut]) t.dispose();
 }
 
@@ -68,9 +68,9 @@ test('scanExclusive: three levels', async () => {
   const M = 1024 * 1024 + 777;
   const rng = new Rng(8);
   const data = Uint32Array.from({ length: M }, () => rng.int(5));
-  const t = await uploadU32(gpu, data, [M], 'data');
+  const t = await gpu.tensorFrom(data, [M], 'u32', 'data');
   await scanExclusive(gpu, t);
-  const got = await readU32(gpu, t);
+  const got = await gpu.read(t);
   let s = 0;
   for (let i = 0; i < M; i++) {
     if (got[i] !== s) assert.fail(`scan[${i}] = ${got[i]}, want ${s}`);
@@ -83,27 +83,40 @@ test('segmentStarts: runs of sorted keys', async () => {
   const gpu = await testGpu();
   for (const keys of [Uint32Array.of(3), Uint32Array.of(1, 1, 1), ref.sortPairs(randomKeys(3000, 200, 9)).keys]) {
     const n = keys.length;
-    const tk = await uploadU32(gpu, keys, [n], 'keys');
-    const starts = await gpu.tensor([n + 1], 'f32', 'starts');
-    const count = await gpu.tensor([1], 'f32', 'count');
+    const tk = await gpu.tensorFrom(keys, [n], 'u32', 'keys');
+    const starts = await gpu.tensor([n + 1], 'u32', 'starts');
+    const count = await gpu.tensor([1], 'u32', 'count');
     await segmentStarts(gpu, { starts, count }, { keys: tk });
     const want = ref.segmentStarts(keys);
-    const c = (await readU32(gpu, count))[0]!;
+    const c = (await gpu.read(count))[0]!;
     assert.equal(c, want.length - 1);
-    assert.deepEqual((await readU32(gpu, starts)).slice(0, c + 1), Uint32Array.from(want));
+    assert.deepEqual((await gpu.read(starts)).slice(0, c + 1), Uint32Array.from(want));
     for (const t of [tk, starts, count]) t.dispose();
   }
+  // no keys: one run boundary, starts = [0]
+  const tk = await gpu.tensorFrom([], [0], 'u32', 'keys');
+  const starts = await gpu.tensorFrom([7], [1], 'u32', 'starts');
+  const count = await gpu.tensorFrom([7], [1], 'u32', 'count');
+  await segmentStarts(gpu, { starts, count }, { keys: tk });
+  assert.deepEqual([...(await gpu.read(count)), ...(await gpu.read(starts))], [0, 0]);
+  for (const t of [tk, starts, count]) t.dispose();
 });
 
 test('sort: shape, dtype and aliasing errors', async () => {
   const gpu = await testGpu();
-  const k = await uploadU32(gpu, [3, 1, 2], [3], 'keys');
-  const ko = await gpu.tensor([3], 'f32', 'keysOut');
-  const vo = await gpu.tensor([4], 'f32', 'valuesOut');
+  const k = await gpu.tensorFrom([3, 1, 2], [3], 'u32', 'keys');
+  const ko = await gpu.tensor([3], 'u32', 'keysOut');
+  const vo = await gpu.tensor([4], 'u32', 'valuesOut');
   const h = await gpu.tensor([3], 'f16', 'half');
+  const f = await gpu.tensor([3], 'f32', 'words');
+  const f1 = await gpu.tensor([1], 'f32', 'cnt');
   await assert.rejects(sortPairs(gpu, { keysOut: ko, valuesOut: vo }, { keys: k }), (e: Error) => e instanceof ShapeError && /sortPairs.*valuesOut\[4\]/.test(e.message));
   await assert.rejects(sortPairs(gpu, { keysOut: ko, valuesOut: h }, { keys: k }), (e: Error) => e instanceof ShapeError && /sortPairs.*half\[3\]:f16/.test(e.message));
   await assert.rejects(sortPairs(gpu, { keysOut: k, valuesOut: ko }, { keys: k }), (e: Error) => e instanceof ShapeError && /sortPairs.*overlap/.test(e.message));
   await assert.rejects(sortPairs(gpu, { keysOut: ko, valuesOut: h }, { keys: k }, { keyBits: 33 }), (e: Error) => e instanceof ShapeError && /keyBits/.test(e.message));
-  for (const t of [k, ko, vo, h]) t.dispose();
+  // u32 data must be a 'u32' tensor: f32 words are not accepted
+  await assert.rejects(sortPairs(gpu, { keysOut: ko, valuesOut: k }, { keys: f }), (e: Error) => e instanceof ShapeError && /sortPairs: keys words\[3\]:f32 must be one of u32/.test(e.message));
+  await assert.rejects(scanExclusive(gpu, f), (e: Error) => e instanceof ShapeError && /scanExclusive: data words\[3\]:f32/.test(e.message));
+  await assert.rejects(segmentStarts(gpu, { starts: vo, count: f1 }, { keys: k }), (e: Error) => e instanceof ShapeError && /segmentStarts: count cnt\[1\]:f32 must be one of u32/.test(e.message));
+  for (const t of [k, ko, vo, h, f, f1]) t.dispose();
 });

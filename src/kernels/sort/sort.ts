@@ -22,15 +22,12 @@
 // out-of-range key as a sentinel. without `values` the payload is the input index, so valuesOut
 // is the sorting permutation.
 //
-// index tensors: a Tensor has no u32 dtype yet, so u32 data lives in 4-byte 'f32' tensors whose
-// bits are u32 (uploadU32/readU32 move them). kernels bind them as array<u32>. this file also
-// holds small helpers the rope, swiglu and embedding kernels share (ld2Fn, expectDisjoint).
+// keys, values, starts and counts are 'u32' tensors.
 
 import type { Gpu } from '../../gpu/device.ts';
-import type { DType } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 
 const WG = 128; // sort threads per workgroup
 const ITEMS = 8; // consecutive elements per thread
@@ -39,51 +36,6 @@ const BITS = 4;
 const BUCKETS = 1 << BITS;
 const SCAN_WG = 256;
 const SCAN_TILE = SCAN_WG * 4;
-
-/** dtypes that hold u32 words: 'f32' tensors are 4-byte containers until Tensor has 'u32' */
-export const WORD_DTYPES = ['u32', 'f32'] as const;
-
-/** Allocates a 4-byte-per-element tensor holding `values` as u32 bits. */
-export async function uploadU32(gpu: Gpu, values: ArrayLike<number>, shape: readonly number[] = [values.length], label = 'u32'): Promise<Tensor> {
-  const t = await gpu.tensor(shape, 'f32', label);
-  if (values.length !== t.size) throw new ShapeError(`uploadU32 '${label}': ${values.length} values for shape [${shape.join(',')}]`);
-  writeU32(gpu, t, values);
-  return t;
-}
-
-/** Writes u32 values into a 4-byte tensor (ordered after everything recorded before). */
-export function writeU32(gpu: Gpu, t: Tensor, values: ArrayLike<number>): void {
-  expectDtype('writeU32', 't', t, WORD_DTYPES);
-  if (values.length !== t.size) throw new ShapeError(`writeU32: ${values.length} values for ${t.label}[${t.shape.join(',')}]`);
-  gpu.flush();
-  const words = Uint32Array.from(values);
-  if (words.length > 0) gpu.device.queue.writeBuffer(t.buffer, t.offset, words);
-}
-
-/** Reads a 4-byte tensor back as u32. */
-export async function readU32(gpu: Gpu, t: Tensor): Promise<Uint32Array> {
-  expectDtype('readU32', 't', t, WORD_DTYPES);
-  const bytes = await gpu.readBytes(t.buffer, t.offset, t.byteLength);
-  return new Uint32Array(bytes, 0, t.size);
-}
-
-/**
- * WGSL `fn ld2_<name>(i: u32) -> vec2<f32>`: elements i and i+1 of a storage binding declared
- * by header(), i even for f16/bf16 (one word load). for f32 the second index is clamped into the
- * array, so a caller at the end of an odd row reads a value it then discards.
- */
-export function ld2Fn(name: string, dtype: DType): string {
-  if (dtype === 'f32') return `fn ld2_${name}(i: u32) -> vec2<f32> { return vec2<f32>(${name}[i], ${name}[min(i + 1u, arrayLength(&${name}) - 1u)]); }`;
-  if (dtype === 'f16') return `fn ld2_${name}(i: u32) -> vec2<f32> { return unpack2x16float(${name}[i >> 1u]); }`;
-  return `fn ld2_${name}(i: u32) -> vec2<f32> { let w = ${name}[i >> 1u]; return vec2<f32>(bf16_lo(w), bf16_hi(w)); }`;
-}
-
-/** Throws a ShapeError unless a and b are different bytes (an output must not overlap an input). */
-export function expectDisjoint(op: string, a: Tensor, b: Tensor): void {
-  if (a.buffer === b.buffer && a.offset < b.offset + b.byteLength && b.offset < a.offset + a.byteLength) {
-    throw new ShapeError(`${op}: ${a.label}[${a.shape.join(',')}] and ${b.label}[${b.shape.join(',')}] overlap; use separate tensors`);
-  }
-}
 
 // ---------------------------------------------------------------- scan
 
@@ -158,7 +110,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * One dispatch for M <= 1024, then 2 more per level of 1024.
  */
 export async function scanExclusive(gpu: Gpu, data: Tensor, M = data.size): Promise<void> {
-  expectDtype('scanExclusive', 'data', data, WORD_DTYPES);
+  expectDtype('scanExclusive', 'data', data, ['u32']);
   if (M > data.size) throw new ShapeError(`scanExclusive: M = ${M} exceeds ${data.label}[${data.shape.join(',')}]`);
   if (M === 0) return;
   const blocks = Math.ceil(M / SCAN_TILE);
@@ -166,7 +118,7 @@ export async function scanExclusive(gpu: Gpu, data: Tensor, M = data.size): Prom
     await launch(gpu, { name: 'scan_exclusive_block', wgsl: scanBlockWgsl(false), storage: [data], params: SCAN_PARAMS, values: { M }, workgroups: [1] });
     return;
   }
-  const sums = gpu.scratch.take([blocks], 'f32', 'scan_sums');
+  const sums = gpu.scratch.take([blocks], 'u32', 'scan_sums');
   try {
     const grid = grid1d(gpu, blocks);
     await launch(gpu, { name: 'scan_exclusive_block_sums', wgsl: scanBlockWgsl(true), storage: [data, sums], params: SCAN_PARAMS, values: { M }, workgroups: grid });
@@ -344,10 +296,10 @@ export async function sortPairs(
   if (!Number.isInteger(keyBits) || keyBits < 1 || keyBits > 32) throw new ShapeError(`${op}: keyBits = ${keyBits}, need an integer in 1..32`);
   const n = i.keys.size;
   expectShape(op, 'keys', i.keys, [n]);
-  expectDtype(op, 'keys', i.keys, WORD_DTYPES);
+  expectDtype(op, 'keys', i.keys, ['u32']);
   for (const [what, t] of [['keysOut', o.keysOut], ['valuesOut', o.valuesOut], ...(i.values ? [['values', i.values] as const] : [])] as const) {
     expectShape(op, what, t, [n]);
-    expectDtype(op, what, t, WORD_DTYPES);
+    expectDtype(op, what, t, ['u32']);
   }
   for (const out of [o.keysOut, o.valuesOut]) {
     expectDisjoint(op, out, i.keys);
@@ -359,12 +311,12 @@ export async function sortPairs(
   const grid = grid1d(gpu, tiles);
   const maxKey = keyBits === 32 ? 0xffffffff : 2 ** keyBits - 1;
   const passes = sortPasses(keyBits);
-  const hist = gpu.scratch.take([BUCKETS * tiles], 'f32', 'sort_hist');
-  const tmpK = passes > 1 ? gpu.scratch.take([n], 'f32', 'sort_keys') : null;
-  const tmpV = passes > 1 ? gpu.scratch.take([n], 'f32', 'sort_values') : null;
+  const hist = gpu.scratch.take([BUCKETS * tiles], 'u32', 'sort_hist');
+  const tmpK = passes > 1 ? gpu.scratch.take([n], 'u32', 'sort_keys') : null;
+  const tmpV = passes > 1 ? gpu.scratch.take([n], 'u32', 'sort_values') : null;
   try {
-    let kin = i.keys;
-    let vin = i.values ?? null;
+    let kin: Tensor = i.keys;
+    let vin: Tensor | null = i.values ?? null;
     for (let pass = 0; pass < passes; pass++) {
       // ping-pong so that the last pass lands in the outputs
       const toOut = (passes - 1 - pass) % 2 === 0;
@@ -444,14 +396,14 @@ export async function segmentStarts(gpu: Gpu, o: { starts: Tensor; count: Tensor
   expectShape(op, 'keys', i.keys, [n]);
   expectShape(op, 'starts', o.starts, [n + 1]);
   expectShape(op, 'count', o.count, [1]);
-  for (const [what, t] of [['keys', i.keys], ['starts', o.starts], ['count', o.count]] as const) expectDtype(op, what, t, WORD_DTYPES);
+  for (const [what, t] of [['keys', i.keys], ['starts', o.starts], ['count', o.count]] as const) expectDtype(op, what, t, ['u32']);
   expectDisjoint(op, o.starts, o.count);
   if (n === 0) {
-    writeU32(gpu, o.count, [0]);
-    writeU32(gpu, o.starts, [0]);
+    gpu.write(o.count, [0]);
+    gpu.write(o.starts, [0]);
     return;
   }
-  const rank = gpu.scratch.take([n], 'f32', 'segment_rank');
+  const rank = gpu.scratch.take([n], 'u32', 'segment_rank');
   try {
     const grid = grid1d(gpu, Math.ceil(n / SEG_WG));
     await launch(gpu, { name: 'segment_flags', wgsl: SEG_FLAGS_WGSL, storage: [rank, i.keys], params: SEG_PARAMS, values: { n }, workgroups: grid });

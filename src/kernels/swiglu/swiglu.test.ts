@@ -90,5 +90,8 @@ test('swiglu: shape and dtype errors', async () => {
   await assert.rejects(swigluForward(gpu, { out: g }, { g, u }), is(/swigluForward: u u\[3,3\]:f32 should have shape \[4,3\]/));
   await assert.rejects(swigluBackward(gpu, { dgu: odd }, { dout: g, gu: g.reshape([2, 6]) }), is(/swigluBackward: dout g\[4,3\]:f32 should have shape \[2,3\]/));
   await assert.rejects(swigluBackward(gpu, { dg: g, du: g }, { dout: g, g: out4, u: out4 }), is(/swigluBackward: dout g\[4,3\]:f32 should have shape \[4,4\]/));
-  for (const t of [gu, odd, out, out4, g, u]) t.dispose();
+  const gu32 = await gpu.tensor([4, 6], 'u32', 'gu32');
+  await assert.rejects(swigluForward(gpu, { out: g }, { gu: gu32 }), is(/swigluForward: gu gu32\[4,6\]:u32 must be one of f32\/f16\/bf16/));
+  await assert.rejects(swigluBackward(gpu, { dgu: gu32 }, { dout: g, gu }), is(/swigluBackward: dgu gu32\[4,6\]:u32 must be one of/));
+  for (const t of [gu, odd, out, out4, g, u, gu32]) t.dispose();
 });

@@ -16,10 +16,10 @@
 // backward recomputes sigmoid(g) from g.
 
 import type { Gpu } from '../../gpu/device.ts';
+import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectShape, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
-import { expectDisjoint, ld2Fn } from '../sort/sort.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
 
 const WG = 256;
 const PER = 4; // units (pairs of columns) per thread
@@ -123,12 +123,9 @@ const loads = (x: Pair, dout: boolean) => (k: number) => /* wgsl */ `
 const store = (name: string, packed: boolean, i: string, a: string, b: string) =>
   packed ? `st2_${name}(${i}, ${a}, ${b});` : `if (h + 1u < p.H) { st2_${name}(${i}, ${a}, ${b}); } else { st_${name}(${i}, ${a}); }`;
 
-const ld2s = (p: Pair) => (p.fused ? ld2Fn(p.gName, p.tensors[0]!.dtype) : `${ld2Fn(p.gName, p.tensors[0]!.dtype)}\n${ld2Fn(p.uName, p.tensors[1]!.dtype)}`);
-
 function forwardWgsl(out: Tensor, x: Pair): string {
   return /* wgsl */ `
 ${header([{ name: 'out', type: out.dtype, access: 'read_write' }, ...x.decls('read')], PARAMS)}
-${ld2s(x)}
 ${COMMON}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
@@ -143,8 +140,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 function backwardWgsl(d: Pair, dout: Tensor, x: Pair): string {
   return /* wgsl */ `
 ${header([...d.decls('read_write'), { name: 'dout', type: dout.dtype, access: 'read' }, ...x.decls('read')], PARAMS)}
-${ld2s(x)}
-${ld2Fn('dout', dout.dtype)}
 ${COMMON}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
@@ -167,10 +162,13 @@ function dims(op: string, x: GateUp): { N: number; H: number; rows: number[]; p:
     if (s.length < 1 || W % 2 !== 0) {
       throw new ShapeError(`${op}: gu ${x.gu.label}[${s.join(',')}]:${x.gu.dtype} should be [N,2H] (gate | up), with an even last dimension`);
     }
+    expectDtype(op, 'gu', x.gu, DTYPES);
     const H = W / 2;
     return { N: x.gu.size / Math.max(W, 1), H, rows: s.slice(0, -1), p: pair(x.gu, null, null, ['gu', 'g', 'u']) };
   }
   expectShape(op, 'u', x.u, x.g.shape);
+  expectDtype(op, 'g', x.g, DTYPES);
+  expectDtype(op, 'u', x.u, DTYPES);
   const H = x.g.shape[x.g.shape.length - 1] ?? 0;
   return { N: x.g.size / Math.max(H, 1), H, rows: x.g.shape.slice(0, -1), p: pair(null, x.g, x.u, ['gu', 'g', 'u']) };
 }
@@ -187,6 +185,7 @@ export async function swigluForward(gpu: Gpu, o: { out: Tensor }, x: GateUp): Pr
   const op = 'swigluForward';
   const { N, H, rows, p } = dims(op, x);
   expectShape(op, 'out', o.out, [...rows, H]);
+  expectDtype(op, 'out', o.out, DTYPES);
   expectPackedEven(op, H, [o.out, ...p.tensors]);
   for (const t of p.tensors) expectDisjoint(op, o.out, t);
   const Q = Math.ceil(H / 2);
@@ -206,13 +205,17 @@ export async function swigluBackward(gpu: Gpu, o: GateUpGrad, i: { dout: Tensor 
   const x: GateUp = 'gu' in i ? { gu: i.gu } : { g: i.g, u: i.u };
   const { N, H, rows, p } = dims(op, x);
   expectShape(op, 'dout', i.dout, [...rows, H]);
+  expectDtype(op, 'dout', i.dout, DTYPES);
   let d: Pair;
   if ('dgu' in o) {
     expectShape(op, 'dgu', o.dgu, [...rows, 2 * H]);
+    expectDtype(op, 'dgu', o.dgu, DTYPES);
     d = pair(o.dgu, null, null, ['dgu', 'dg', 'du']);
   } else {
     expectShape(op, 'dg', o.dg, [...rows, H]);
     expectShape(op, 'du', o.du, [...rows, H]);
+    expectDtype(op, 'dg', o.dg, DTYPES);
+    expectDtype(op, 'du', o.du, DTYPES);
     expectDisjoint(op, o.dg, o.du);
     d = pair(null, o.dg, o.du, ['dgu', 'dg', 'du']);
   }

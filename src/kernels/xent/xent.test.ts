@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Gpu } from '../../gpu/device.ts';
-import { DTYPES, roundTo, type DType } from '../../gpu/dtype.ts';
+import { DTYPES, roundTo, type DType, type TensorDType } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import { STORAGE_USAGE, Tensor } from '../../gpu/tensor.ts';
 import * as ref from '../../reference/xent.ts';
@@ -9,14 +8,6 @@ import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { IGNORE_INDEX, xentBackward, xentForward } from './xent.ts';
-
-/** targets live in a 4-byte tensor holding u32 bits */
-async function uploadTargets(gpu: Gpu, t: ArrayLike<number>, shape: readonly number[]): Promise<Tensor> {
-  const tt = await gpu.tensor(shape, 'f32', 'targets');
-  gpu.flush();
-  gpu.device.queue.writeBuffer(tt.buffer, tt.offset, Uint32Array.from(t));
-  return tt;
-}
 
 interface Case {
   shape: number[]; // logits shape, V last
@@ -65,7 +56,7 @@ for (const dtype of DTYPES) {
       if (ignore === 'some') for (let n = 0; n < N; n += 2) t[n] = IGNORE_INDEX;
       const lead = shape.slice(0, -1);
       const logits = await gpu.tensorFrom(x, shape, dtype, 'logits');
-      const targets = await uploadTargets(gpu, t, lead);
+      const targets = await gpu.tensorFrom(t, lead, 'u32', 'targets');
       const losses = await gpu.tensor(lead, 'f32', 'losses');
       const lse = await gpu.tensor(lead, 'f32', 'lse');
       const loss = await gpu.tensor([1], 'f32', 'loss');
@@ -93,7 +84,7 @@ test('xent is deterministic: the same bits every run', async () => {
   const rng = new Rng(5);
   const [N, V] = [300, 1001];
   const logits = await gpu.tensorFrom(rng.normals(N * V, 4), [N, V], 'bf16', 'logits');
-  const targets = await uploadTargets(gpu, rng.ints(N, V), [N]);
+  const targets = await gpu.tensorFrom(rng.ints(N, V), [N], 'u32', 'targets');
   const losses = await gpu.tensor([N], 'f32', 'losses');
   const lse = await gpu.tensor([N], 'f32', 'lse');
   const loss = await gpu.tensor([1], 'f32', 'loss');
@@ -115,10 +106,10 @@ test('xent: tensors sharing one buffer (an activation arena) bind without a usag
   // slots of 512 bytes (a multiple of every storage offset alignment)
   const slot = Math.max(512, gpu.device.limits.minStorageBufferOffsetAlignment);
   const buffer = gpu.createBuffer('arena', 8 * slot, STORAGE_USAGE);
-  const at = (k: number, shape: number[], dt: DType, label: string) => new Tensor(buffer, k * slot, shape, dt, label, null);
+  const at = (k: number, shape: number[], dt: TensorDType, label: string) => new Tensor(buffer, k * slot, shape, dt, label, null);
   const logits = at(0, [N, V], dtype, 'logits');
   const dlogits = at(1, [N, V], dtype, 'dlogits');
-  const targets = at(2, [N], 'f32', 'targets');
+  const targets = at(2, [N], 'u32', 'targets');
   const losses = at(3, [N], 'f32', 'losses');
   const lse = at(4, [N], 'f32', 'lse');
   const loss = at(5, [1], 'f32', 'loss');
@@ -126,8 +117,7 @@ test('xent: tensors sharing one buffer (an activation arena) bind without a usag
   const x = roundTo(rng.normals(N * V), dtype);
   const t = [4, IGNORE_INDEX, 10];
   gpu.write(logits, x);
-  gpu.flush();
-  gpu.device.queue.writeBuffer(buffer, targets.offset, Uint32Array.from(t));
+  gpu.write(targets, t);
   await xentForward(gpu, { losses, loss, lse }, { logits, targets });
   await xentBackward(gpu, { dlogits }, { logits, targets, lse });
   const f = ref.xentForward(x, t, N, V);
@@ -136,7 +126,7 @@ test('xent: tensors sharing one buffer (an activation arena) bind without a usag
   // partially overlapping logits and dlogits cannot be bound together
   const wide = (k: number, label: string) => new Tensor(buffer, k * slot, [N, 200], dtype, label, null);
   await assert.rejects(
-    xentBackward(gpu, { dlogits: wide(1, 'dl') }, { logits: wide(0, 'lg'), targets: at(6, [N], 'f32', 't'), lse: at(7, [N], 'f32', 'l') }),
+    xentBackward(gpu, { dlogits: wide(1, 'dl') }, { logits: wide(0, 'lg'), targets: at(6, [N], 'u32', 't'), lse: at(7, [N], 'f32', 'l') }),
     (e) => e instanceof ShapeError && /xentBackward: dl\[3,200\]:f16 and lg\[3,200\]:f16 overlap/.test(e.message),
   );
   await gpu.sync();
@@ -147,7 +137,7 @@ test('xent: an out-of-range target gives a NaN loss and gradient row', async () 
   const gpu = await testGpu();
   const [N, V] = [2, 5];
   const logits = await gpu.tensorFrom(new Rng(2).normals(N * V), [N, V], 'f32', 'logits');
-  const targets = await uploadTargets(gpu, [1, V], [N]);
+  const targets = await gpu.tensorFrom([1, V], [N], 'u32', 'targets');
   const losses = await gpu.tensor([N], 'f32', 'losses');
   const lse = await gpu.tensor([N], 'f32', 'lse');
   const loss = await gpu.tensor([1], 'f32', 'loss');
@@ -166,7 +156,8 @@ test('xent: wrong shapes and dtypes throw a ShapeError naming the op and the sha
   const gpu = await testGpu();
   const [N, V] = [4, 6];
   const logits = await gpu.tensor([N, V], 'f32', 'logits');
-  const targets = await gpu.tensor([N], 'f32', 'targets');
+  const targets = await gpu.tensor([N], 'u32', 'targets');
+  const f32Targets = await gpu.tensor([N], 'f32', 'ft');
   const losses = await gpu.tensor([N], 'f32', 'losses');
   const lse = await gpu.tensor([N], 'f32', 'lse');
   const loss = await gpu.tensor([1], 'f32', 'loss');
@@ -179,6 +170,10 @@ test('xent: wrong shapes and dtypes throw a ShapeError naming the op and the sha
     ['1-D logits', () => xentForward(gpu, { losses, loss, lse }, { logits: flat, targets }), /xentForward: logits flat\[6\]/],
     ['short targets', () => xentForward(gpu, { losses, loss, lse }, { logits, targets: short }), /xentForward: targets short\[3\]:f32 should have shape \[4\]/],
     ['f16 targets', () => xentForward(gpu, { losses, loss, lse }, { logits, targets: half }), /xentForward: targets half\[4\]:f16/],
+    ['f32 targets', () => xentForward(gpu, { losses, loss, lse }, { logits, targets: f32Targets }), /xentForward: targets ft\[4\]:f32 must be one of u32/],
+    ['f32 targets (backward)', () => xentBackward(gpu, { dlogits }, { logits, targets: f32Targets, lse }), /xentBackward: targets ft\[4\]:f32 must be one of u32/],
+    ['u32 logits', () => xentForward(gpu, { losses, loss, lse }, { logits: targets.reshape([2, 2]), targets }), /xentForward: logits targets\[2,2\]:u32 must be one of f32\/f16\/bf16/],
+    ['losses overlap loss', () => xentForward(gpu, { losses, loss, lse: losses }, { logits, targets }), /xentForward: losses\[4\]:f32 and losses\[4\]:f32 overlap/],
     ['short losses', () => xentForward(gpu, { losses: short, loss, lse }, { logits, targets }), /xentForward: losses short\[3\]/],
     ['loss [4]', () => xentForward(gpu, { losses, loss: lse, lse }, { logits, targets }), /xentForward: loss lse\[4\]:f32 should have shape \[1\]/],
     ['f16 lse', () => xentForward(gpu, { losses, loss, lse: half }, { logits, targets }), /xentForward: lse half\[4\]:f16/],
@@ -189,5 +184,5 @@ test('xent: wrong shapes and dtypes throw a ShapeError naming the op and the sha
   for (const [what, fn, re] of bad) {
     await assert.rejects(fn, (e) => e instanceof ShapeError && re.test(e.message), what);
   }
-  for (const tt of [logits, targets, losses, lse, loss, dlogits, short, half, halfLogits, flat]) tt.dispose();
+  for (const tt of [logits, targets, f32Targets, losses, lse, loss, dlogits, short, half, halfLogits, flat]) tt.dispose();
 });

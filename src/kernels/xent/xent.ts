@@ -5,9 +5,8 @@
 //             loss   (1)   = sum_n losses[n] / count         count = non-ignored rows; 0 if none
 //   backward  dlogits (N,V) = (softmax(logits[n]) - onehot(t[n])) * dloss / count   (=, activation grad)
 //
-// logits (N,V) may have any leading shape (B,T,V): N is their product. targets (N) are u32 words
-// (a Tensor has no u32 dtype yet: a 4-byte 'f32' tensor holding u32 bits is accepted, as sort.ts
-// does). a target of IGNORE_INDEX (0xFFFFFFFF) ignores its row (padding, masked prompt tokens):
+// logits (N,V) may have any leading shape (B,T,V): N is their product. targets (N) are a 'u32'
+// tensor. a target of IGNORE_INDEX (0xFFFFFFFF) ignores its row (padding, masked prompt tokens):
 // loss 0, gradient 0, not counted, lse 0, and its logits are not read (the forward skips the row,
 // the backward only writes zeros). any other target >= V is a caller bug: its loss and gradient
 // are NaN, so it shows.
@@ -31,9 +30,10 @@
 // the f32 logits themselves carry at that magnitude).
 
 import type { Gpu } from '../../gpu/device.ts';
+import type { DType } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
 
 /** a target equal to this ignores its row (padding): loss 0, gradient 0, not counted in the mean */
 export const IGNORE_INDEX = 0xffffffff;
@@ -42,29 +42,8 @@ const WG = 256;
 const UNROLL = 4; // forward: independent loads per thread per iteration
 const K = 8; // backward: units per thread
 const NAN_BITS = 0x7fc00000;
-/** dtypes that hold u32 words (targets) */
-const WORD_DTYPES = ['u32', 'f32'] as const;
 
 // ---------------------------------------------------------------- helpers
-
-/**
- * Access for each read binding: 'read_write' when it shares a buffer with a written tensor
- * (WebGPU rejects a buffer bound writable and read-only in one dispatch, even on disjoint
- * ranges). Throws if a written tensor overlaps any other binding.
- */
-function accessFor(op: string, writes: readonly Tensor[], reads: readonly Tensor[]): ('read' | 'read_write')[] {
-  const all = [...writes, ...reads];
-  for (const [j, w] of writes.entries()) {
-    for (const [k, t] of all.entries()) {
-      if (k !== j && t.buffer === w.buffer && t.offset < w.offset + w.byteLength && w.offset < t.offset + t.byteLength) {
-        throw new ShapeError(`${op}: ${w} and ${t} overlap; use separate tensors`);
-      }
-    }
-  }
-  return reads.map((r) => (writes.some((w) => w.buffer === r.buffer) ? 'read_write' : 'read'));
-}
-
-const suffix = (access: readonly string[]) => (access.includes('read_write') ? '_alias' : '');
 
 /** the workgroup tree reduction, shared by the passes over targets */
 const treeWgsl = (vars: readonly [string, string][], combine: string) => /* wgsl */ `
@@ -78,7 +57,7 @@ fn tree(lid: u32) {
 }`;
 
 /** two f32 values of one packed word */
-const unpack = (dtype: string, w: string) =>
+const unpack = (dtype: DType, w: string) =>
   dtype === 'f16' ? `unpack2x16float(${w})` : `vec2<f32>(bf16_lo(${w}), bf16_hi(${w}))`;
 
 // ---------------------------------------------------------------- forward
@@ -89,7 +68,7 @@ const FWD_PARAMS: ParamSpec = [
   ['nan', 'u32'],
 ];
 
-function forwardWgsl(dtype: string, access: readonly ('read' | 'read_write')[]): string {
+function forwardWgsl(dtype: DType): string {
   const packed = dtype !== 'f32';
   const ks = [...Array(UNROLL).keys()];
   // one loop iteration: UNROLL clamped loads first, then masking and the online update
@@ -124,8 +103,8 @@ ${header(
   [
     { name: 'losses', type: 'f32', access: 'read_write' },
     { name: 'lse', type: 'f32', access: 'read_write' },
-    { name: 'logits', type: dtype as BindingDecl['type'], access: access[0]! },
-    { name: 'targets', type: 'u32', access: access[1]! },
+    { name: 'logits', type: dtype, access: 'read' },
+    { name: 'targets', type: 'u32', access: 'read' },
   ],
   FWD_PARAMS,
 )}
@@ -186,13 +165,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /** one workgroup over the targets: the mean of losses (forward) or dloss / count (backward) */
-function countWgsl(mean: boolean, access: readonly ('read' | 'read_write')[]): string {
+function countWgsl(mean: boolean): string {
   return /* wgsl */ `
 ${header(
   [
     { name: 'out', type: 'f32', access: 'read_write' },
-    { name: 'targets', type: 'u32', access: access[0]! },
-    ...(mean ? [{ name: 'losses', type: 'f32' as const, access: access[1]! }] : []),
+    { name: 'targets', type: 'u32', access: 'read' },
+    ...(mean ? [{ name: 'losses', type: 'f32' as const, access: 'read' as const }] : []),
   ],
   [
     ['N', 'u32'],
@@ -236,14 +215,14 @@ const BWD_PARAMS: ParamSpec = [
   ['nan', 'u32'],
 ];
 
-function backwardWgsl(dtype: string, inPlace: boolean, access: readonly ('read' | 'read_write')[]): string {
+function backwardWgsl(dtype: DType, inPlace: boolean): string {
   const packed = dtype !== 'f32';
   const src = inPlace ? 'dlogits' : 'logits';
   const reads: BindingDecl[] = [
-    ...(inPlace ? [] : [{ name: 'logits', type: dtype as BindingDecl['type'], access: access[0]! }]),
-    { name: 'targets', type: 'u32', access: access.at(-3)! },
-    { name: 'lse', type: 'f32', access: access.at(-2)! },
-    { name: 'coef', type: 'f32', access: access.at(-1)! },
+    ...(inPlace ? [] : [{ name: 'logits', type: dtype, access: 'read' } as const]),
+    { name: 'targets', type: 'u32', access: 'read' },
+    { name: 'lse', type: 'f32', access: 'read' },
+    { name: 'coef', type: 'f32', access: 'read' },
   ];
   // ignored rows (rc = 0) load nothing, except a word they share with the next row
   const body = packed
@@ -286,7 +265,7 @@ function backwardWgsl(dtype: string, inPlace: boolean, access: readonly ('read' 
     if (c < p.V) { dlogits[a + c] = grad(d[k], l, c == t, rc); }
   }`;
   return /* wgsl */ `
-${header([{ name: 'dlogits', type: dtype as BindingDecl['type'], access: 'read_write' }, ...reads], BWD_PARAMS)}
+${header([{ name: 'dlogits', type: dtype, access: 'read_write' }, ...reads], BWD_PARAMS)}
 // dloss/count for a counted row, 0 for an ignored one, NaN for an out-of-range target
 fn row_coef(t: u32) -> f32 {
   return select(select(coef[0], bitcast<f32>(p.nan), t >= p.V), 0.0, t == ${IGNORE_INDEX}u);
@@ -313,15 +292,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 // ---------------------------------------------------------------- launchers
 
-function dims(op: string, logits: Tensor, targets: Tensor): { N: number; V: number; lead: readonly number[] } {
+function dims(op: string, logits: Tensor, targets: Tensor): { N: number; V: number; lead: readonly number[]; dtype: DType } {
   if (logits.shape.length < 2) throw new ShapeError(`${op}: logits ${logits} should have shape [N,V] (or [B,T,V])`);
   const V = logits.shape.at(-1)!;
   if (V < 1) throw new ShapeError(`${op}: logits ${logits} has an empty vocabulary`);
   const lead = logits.shape.slice(0, -1);
-  expectDtype(op, 'logits', logits, ['f32', 'f16', 'bf16']);
+  const dtype = floatDtype(op, 'logits', logits);
   expectShape(op, 'targets', targets, lead);
-  expectDtype(op, 'targets', targets, WORD_DTYPES);
-  return { N: logits.size / V, V, lead };
+  expectDtype(op, 'targets', targets, ['u32']);
+  return { N: logits.size / V, V, lead, dtype };
 }
 
 /**
@@ -334,25 +313,25 @@ export async function xentForward(
   i: { logits: Tensor; targets: Tensor },
 ): Promise<void> {
   const op = 'xentForward';
-  const { N, V, lead } = dims(op, i.logits, i.targets);
+  const { N, V, lead, dtype } = dims(op, i.logits, i.targets);
   expectShape(op, 'losses', o.losses, lead);
   expectShape(op, 'lse', o.lse, lead);
   expectShape(op, 'loss', o.loss, [1]);
   for (const [what, t] of [['losses', o.losses], ['lse', o.lse], ['loss', o.loss]] as const) expectDtype(op, what, t, ['f32']);
-  const dtype = i.logits.dtype;
-  const acc = accessFor(op, [o.losses, o.lse, o.loss], [i.logits, i.targets]);
+  // no output may overlap another tensor (launch() binds arena neighbours read_write)
+  const outs = [o.losses, o.lse, o.loss];
+  for (const [j, w] of outs.entries()) for (const t of [...outs.slice(j + 1), i.logits, i.targets]) expectDisjoint(op, w, t);
   await launch(gpu, {
-    name: `xent_forward_${dtype}${suffix(acc)}`,
-    wgsl: forwardWgsl(dtype, acc),
+    name: `xent_forward_${dtype}`,
+    wgsl: forwardWgsl(dtype),
     storage: [o.losses, o.lse, i.logits, i.targets],
     params: FWD_PARAMS,
     values: { N, V, nan: NAN_BITS },
     workgroups: grid1d(gpu, N),
   });
-  const acc2 = accessFor(op, [o.loss], [i.targets, o.losses]);
   await launch(gpu, {
-    name: `xent_mean${suffix(acc2)}`,
-    wgsl: countWgsl(true, acc2),
+    name: 'xent_mean',
+    wgsl: countWgsl(true),
     storage: [o.loss, i.targets, o.losses],
     params: [
       ['N', 'u32'],
@@ -379,24 +358,23 @@ export async function xentBackward(
   opts: XentBackwardOptions = {},
 ): Promise<void> {
   const op = 'xentBackward';
-  const { N, V, lead } = dims(op, i.logits, i.targets);
+  const { N, V, lead, dtype } = dims(op, i.logits, i.targets);
   const { dloss = 1 } = opts;
   expectShape(op, 'dlogits', o.dlogits, i.logits.shape);
   expectDtype(op, 'dlogits', o.dlogits, [i.logits.dtype]);
   expectShape(op, 'lse', i.lse, lead);
   expectDtype(op, 'lse', i.lse, ['f32']);
   if (!Number.isFinite(dloss)) throw new ShapeError(`${op}: dloss must be finite, got ${dloss}`);
-  const dtype = i.logits.dtype;
   const inPlace = o.dlogits.buffer === i.logits.buffer && o.dlogits.offset === i.logits.offset;
-  // overlap checks before anything is recorded (coef is scratch: its own buffer)
+  // overlap checks before anything is recorded (coef is scratch: its own buffer); in place,
+  // the logits are read through dlogits, bound once
   const reads = inPlace ? [i.targets, i.lse] : [i.logits, i.targets, i.lse];
-  accessFor(op, [o.dlogits], reads);
+  for (const r of reads) expectDisjoint(op, o.dlogits, r);
   const coef = gpu.scratch.take([1], 'f32', 'xent_coef');
   try {
-    const acc0 = accessFor(op, [coef], [i.targets]);
     await launch(gpu, {
-      name: `xent_backward_coef${suffix(acc0)}`,
-      wgsl: countWgsl(false, acc0),
+      name: 'xent_backward_coef',
+      wgsl: countWgsl(false),
       storage: [coef, i.targets],
       params: [
         ['N', 'u32'],
@@ -405,13 +383,12 @@ export async function xentBackward(
       values: { N, dloss },
       workgroups: [1],
     });
-    const acc = accessFor(op, [o.dlogits], [...reads, coef]);
     // units per row: elements (f32) or owned words (f16/bf16); a chunk is K * WG units
     const units = dtype === 'f32' ? V : Math.ceil(V / 2);
     const C = Math.ceil(units / (K * WG));
     await launch(gpu, {
-      name: `xent_backward_${dtype}${inPlace ? '_inplace' : ''}${suffix(acc)}`,
-      wgsl: backwardWgsl(dtype, inPlace, acc),
+      name: `xent_backward_${dtype}${inPlace ? '_inplace' : ''}`,
+      wgsl: backwardWgsl(dtype, inPlace),
       storage: [o.dlogits, ...reads, coef],
       params: BWD_PARAMS,
       values: { N, V, C, nan: NAN_BITS },
