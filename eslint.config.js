@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', '.gpu/', 'bench/results/', '**/*.py'] },
+  { ignores: ['node_modules/', '.gpu/', '.out/', 'bench/results/', '**/*.py'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
