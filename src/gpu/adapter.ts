@@ -70,8 +70,11 @@ export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdap
 /** A one-line name for the adapter, e.g. 'NVIDIA H100 80GB HBM3 (nvidia hopper, vulkan)'. */
 export function describeAdapter(adapter: GPUAdapter): string {
   const i = adapter.info;
-  // NVIDIA's Vulkan driver reports only its version as the description ('NVIDIA: 580.159.04 ...')
-  const name = i.device || i.description || 'unknown adapter';
+  // NVIDIA's Vulkan driver reports only its version as the description ('NVIDIA: 580.159.04 ...');
+  // then the device field carries the board ('nvidia-h100-80gb-hbm3')
+  const desc = i.description ?? '';
+  const driverOnly = /^[A-Za-z]+: [\d. ]+$/.test(desc);
+  const name = driverOnly && i.device ? `${i.device}, driver ${desc.split(': ')[1]}` : desc || i.device || 'unknown adapter';
   const extra = [i.vendor, i.architecture].filter(Boolean).join(' ');
   return extra ? `${name} (${extra})` : name;
 }
