@@ -48,6 +48,7 @@ import type { DType } from '../../gpu/dtype.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { addColumnSums } from '../reduce/reduce.ts';
 import { matmulSubgroup, subgroupMatmulSupported } from './matmul_subgroup.ts';
 
 // ---------------------------------------------------------------- configuration
@@ -615,27 +616,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(workgroup_id) wid:
 }`;
 }
 
-/** db (N) += sum of the P partial rows, in order */
-const DB_REDUCE_WGSL = /* wgsl */ `
-${header(
-  [
-    { name: 'db', type: 'f32', access: 'read_write' },
-    { name: 'part', type: 'f32', access: 'read' },
-  ],
-  [
-    ['N', 'u32'],
-    ['P', 'u32'],
-  ],
-)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-  let c = g.x;
-  if (c >= p.N) { return; }
-  var s = 0.0;
-  for (var k = 0u; k < p.P; k++) { s += part[k * p.N + c]; }
-  db[c] += s;
-}`;
-
 /** x (...,K) viewed as (M,K) */
 function rows2d(op: string, what: string, t: Tensor, inner: number): Tensor {
   const last = t.shape[t.shape.length - 1];
@@ -698,17 +678,7 @@ export async function linearBackward(
       values: { M, N },
       workgroups: [Math.ceil(N / WG), P],
     });
-    await launch(gpu, {
-      name: 'linear_backward_db_reduce',
-      wgsl: DB_REDUCE_WGSL,
-      storage: [o.db, part],
-      params: [
-        ['N', 'u32'],
-        ['P', 'u32'],
-      ],
-      values: { N, P },
-      workgroups: [Math.ceil(N / WG)],
-    });
+    await addColumnSums(gpu, o.db, part);
   } finally {
     part.dispose();
   }

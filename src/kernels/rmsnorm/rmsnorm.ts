@@ -7,14 +7,15 @@
 // thread mapping: forward and dx use one workgroup of WG threads per row; each thread walks the
 // row two elements at a time (so f16/bf16 outputs are written a whole word at a time) and the
 // row's sum is reduced in workgroup memory. dw is a deterministic two-stage column reduction:
-// a (C/WG, ceil(N/ROWS)) grid writes per-chunk partial sums to scratch, then one thread per
-// column adds the chunks in order. no atomics, so results are bitwise reproducible.
+// a (C/WG, ceil(N/ROWS)) grid writes per-chunk partial sums to scratch, then addColumnSums
+// (reduce/reduce.ts) adds the chunks in order. no atomics, so results are bitwise reproducible.
 // numerics: f32 accumulation; x, w, out, dout and dx may be stored in f32/f16/bf16; rstd and
 // dw are f32.
 
 import type { Gpu } from '../../gpu/device.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { expectDtype, expectPackable, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { addColumnSums } from '../reduce/reduce.ts';
 
 const WG = 256;
 const ROWS = 64; // rows per dw partial chunk
@@ -136,26 +137,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(workgroup_id) wid:
 }`;
 }
 
-const DW_REDUCE_WGSL = /* wgsl */ `
-${header(
-  [
-    { name: 'dw', type: 'f32', access: 'read_write' },
-    { name: 'part', type: 'f32', access: 'read' },
-  ],
-  [
-    ['C', 'u32'],
-    ['P', 'u32'],
-  ],
-)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-  let c = g.x;
-  if (c >= p.C) { return; }
-  var s = 0.0;
-  for (var k = 0u; k < p.P; k++) { s += part[k * p.C + c]; }
-  dw[c] += s;
-}`;
-
 function dims(op: string, x: Tensor, w: Tensor): { N: number; C: number } {
   const C = x.shape[x.shape.length - 1] ?? 0;
   const N = x.size / Math.max(C, 1);
@@ -216,17 +197,7 @@ export async function rmsnormBackward(
       values,
       workgroups: [Math.ceil(C / WG), P],
     });
-    await launch(gpu, {
-      name: 'rmsnorm_backward_dw_reduce',
-      wgsl: DW_REDUCE_WGSL,
-      storage: [o.dw, part],
-      params: [
-        ['C', 'u32'],
-        ['P', 'u32'],
-      ],
-      values: { C, P },
-      workgroups: [Math.ceil(C / WG)],
-    });
+    await addColumnSums(gpu, o.dw, part);
   } finally {
     part.dispose();
   }
