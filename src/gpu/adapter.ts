@@ -74,7 +74,10 @@ export function describeAdapter(adapter: GPUAdapter): string {
   // then the device field carries the board ('nvidia-h100-80gb-hbm3')
   const desc = i.description ?? '';
   const driverOnly = /^[A-Za-z]+: [\d. ]+$/.test(desc);
-  const name = driverOnly && i.device ? `${i.device}, driver ${desc.split(': ')[1]}` : desc || i.device || 'unknown adapter';
+  // browsers may leave description and device empty (Chromium's SwiftShader: vendor 'google',
+  // architecture 'swiftshader'); the vendor and architecture then name it
+  const name = driverOnly && i.device ? `${i.device}, driver ${desc.split(': ')[1]}` : desc || i.device;
+  if (!name) return [i.vendor, i.architecture].filter(Boolean).join(' ') || 'unknown adapter';
   const extra = [i.vendor, i.architecture].filter(Boolean).join(' ');
   return extra ? `${name} (${extra})` : name;
 }

@@ -151,6 +151,14 @@ test('a destroyed Gpu refuses work with DeviceLostError', async () => {
   u.dispose();
 });
 
+test('launch() refuses more storage bindings than the adapter allows, naming the kernel', async () => {
+  const gpu = await testGpu();
+  const n = (gpu.limits['maxStorageBuffersPerShaderStage'] ?? 8) + 1;
+  const ts = await Promise.all(Array.from({ length: n }, (_, i) => gpu.tensor([1], 'f32', `t${i}`)));
+  await assert.rejects(launch(gpu, { name: 'too_wide', wgsl: '', storage: ts, workgroups: [1] }), new RegExp(`too_wide' binds ${n} storage buffers`));
+  for (const t of ts) t.dispose();
+});
+
 test('launch() reports a missing parameter clearly', async () => {
   const gpu = await testGpu();
   const t = await gpu.tensor([4], 'f32', 'x');

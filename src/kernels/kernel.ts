@@ -17,7 +17,7 @@
 
 import type { Gpu } from '../gpu/device.ts';
 import { isPacked, type DType } from '../gpu/dtype.ts';
-import { ShapeError } from '../gpu/errors.ts';
+import { LimitError, ShapeError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 
 export type StorageType = DType | 'u32' | 'i32';
@@ -141,6 +141,11 @@ export function resolveAliasing(name: string, wgsl: string, storage: readonly Te
 
 /** Compiles (once, cached) and records one dispatch. */
 export async function launch(gpu: Gpu, l: Launch): Promise<void> {
+  // WebGPU guarantees 8 storage buffers per shader stage; browsers often give 8 or 10
+  const maxStorage = gpu.limits['maxStorageBuffersPerShaderStage'] ?? 8;
+  if (l.storage.length > maxStorage) {
+    throw new LimitError(`kernel '${l.name}' binds ${l.storage.length} storage buffers; adapter '${gpu.adapterName}' allows ${maxStorage} per shader stage`);
+  }
   const wgsl = resolveAliasing(l.name, l.wgsl, l.storage);
   const pipe = await gpu.pipelines.get(l.name, wgsl, l.entryPoint ?? 'main');
   const params = l.params && l.params.length > 0 ? packParams(l.params, l.values ?? {}) : null;
