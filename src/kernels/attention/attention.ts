@@ -15,7 +15,10 @@
 // storage dtypes f32/f16/bf16 for every tensor but lse (independently; f32 accumulation). HS:
 // any even value from 2 to 128 (MAX_HS); HS % 4 == 0 is the fast path. the prefix length is the
 // same for every batch row (a per-row length, to mask padded memory, is not supported).
-// causal by default; { causal: false } gives full attention.
+// causal by default; { causal: false } gives full attention. storage buffers per dispatch: at
+// most 8 without a prefix (what every WebGPU adapter allows); with one, the dk/dv kernel binds
+// 12, which needs maxStorageBuffersPerShaderStage >= 12 (Dawn on Vulkan/Metal/D3D12; browsers
+// often allow 8 or 10, and launch() then throws a LimitError naming the kernel).
 //
 // design (details in the two kernel files): online softmax over key tiles staged in workgroup
 // memory, 4x4 register tiles per thread, never a T x T matrix; masked tiles are skipped. the

@@ -50,7 +50,9 @@ import {
   range,
   raw,
   rowLoad,
+  rowLoads,
   rowStore,
+  rowStoreStub,
   swz,
   tileLoad,
   tileRegs,
@@ -96,15 +98,15 @@ const DQ_TILES: readonly Tile[] = [
 const dqBytes = (t: Tile, HS4: number) => 16 * (2 * t.BR * HS4 + t.BC * HS4 + Math.max(t.BC * HS4, (t.BC * t.BR) / 4));
 const DQ_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['dq', 'q', 'k', 'v', 'pk', 'pv', 'dout'])];
 
-function dqWgsl(HS: number, tile: Tile): string {
+function dqWgsl(HS: number, tile: Tile, prefix: boolean): string {
   // KM swizzles the k and v tiles, PM the ds^T tile
   const { HS4, BR, BC, RG, CG, NT, NV, KM, PM, acc, col } = queryTile(HS, tile);
   return /* wgsl */ `
-${header([raw('dq', true), raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv'), raw('dout'), F32_R('lse'), F32_R('dsum')], DQ_PARAMS)}
+${header([raw('dq', true), raw('q'), raw('k'), raw('v'), ...(prefix ? [raw('pk'), raw('pv')] : []), raw('dout'), F32_R('lse'), F32_R('dsum')], DQ_PARAMS)}
 ${VEC_HELPERS}
 ${PACK16}
 ${KEEP}
-${['q', 'k', 'v', 'pk', 'pv', 'dout'].map((n) => rowLoad(n, HS)).join('\n')}
+${rowLoads(['q', 'k', 'v', 'pk', 'pv', 'dout'], HS, prefix)}
 ${rowStore('dq', HS)}
 var<workgroup> sq: array<vec4<f32>, ${BR * HS4}>;   // q tile * scale*log2(e): [row][d4]
 var<workgroup> sdo: array<vec4<f32>, ${BR * HS4}>;  // dout tile [row][d4]
@@ -185,7 +187,7 @@ const DKV_TILES: readonly Tile[] = [
 const dkvBytes = (t: Tile, HS4: number) => 16 * (2 * t.BR * HS4 + 2 * t.BC * HS4 + (2 * t.BR * t.BC) / 4) + 8 * t.BC;
 const DKV_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['dk', 'dv', 'dpk', 'dpv', 'q', 'k', 'v', 'pk', 'pv', 'dout'])];
 
-function dkdvWgsl(HS: number, tile: Tile): string {
+function dkdvWgsl(HS: number, tile: Tile, prefix: boolean): string {
   const HS4 = Math.ceil(HS / 4);
   const { BR: BK, BC: BQ } = tile;
   const KG = BK / 4;
@@ -209,12 +211,12 @@ function dkdvWgsl(HS: number, tile: Tile): string {
     if (tid < ${BQ}u && t0 + tid < p.T) { wl = lse[(b * p.NH + h) * p.T + t0 + tid] * LOG2E; wd = dsum[(b * p.NH + h) * p.T + t0 + tid]; }
   }`;
   return /* wgsl */ `
-${header([raw('dk', true), raw('dv', true), raw('dpk', true), raw('dpv', true), raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv'), raw('dout'), F32_R('lse'), F32_R('dsum')], DKV_PARAMS)}
+${header([raw('dk', true), raw('dv', true), ...(prefix ? [raw('dpk', true), raw('dpv', true)] : []), raw('q'), raw('k'), raw('v'), ...(prefix ? [raw('pk'), raw('pv')] : []), raw('dout'), F32_R('lse'), F32_R('dsum')], DKV_PARAMS)}
 ${VEC_HELPERS}
 ${PACK16}
 ${KEEP}
-${['q', 'k', 'v', 'pk', 'pv', 'dout'].map((n) => rowLoad(n, HS)).join('\n')}
-${['dk', 'dv', 'dpk', 'dpv'].map((n) => rowStore(n, HS)).join('\n')}
+${rowLoads(['q', 'k', 'v', 'pk', 'pv', 'dout'], HS, prefix)}
+${['dk', 'dv', 'dpk', 'dpv'].map((n) => (!prefix && n.startsWith('dp') ? rowStoreStub(n) : rowStore(n, HS))).join('\n')}
 var<workgroup> sk: array<vec4<f32>, ${BK * HS4}>;   // k block [key][d4]
 var<workgroup> sv: array<vec4<f32>, ${BK * HS4}>;   // v block [key][d4]
 var<workgroup> sq: array<vec4<f32>, ${BQ * HS4}>;   // q tile * scale*log2(e): [query][d4 ^ (query & ${QM})]
@@ -350,13 +352,14 @@ export async function attentionBackward(
   if (s.B * s.T === 0) return;
   const { HS } = s;
   const values = paramValues(s, opts);
-  // without a prefix (P = 0, never touched), scratch words stand in for pk, pv, dpk and dpv
-  // (binding k, v or dk, dv twice breaks when tensors share an arena buffer: see the forward)
-  const none = s.P > 0 ? [] : ['pk', 'pv', 'dpk', 'dpv'].map((n) => gpu.scratch.take([1], 'f32', `attention_no_${n}`));
-  const pk = none[0] ?? i.pk!;
-  const pv = none[1] ?? i.pv!;
-  const dpk = none[2] ?? o.dpk!;
-  const dpv = none[3] ?? o.dpv!;
+  // without a prefix the kernels bind no pk, pv, dpk, dpv (rowLoadStub, rowStoreStub): 7 and 8
+  // storage buffers, within what browsers allow; their dtype codes are unused
+  const prefix = s.P > 0;
+  const pk = i.pk ?? i.k;
+  const pv = i.pv ?? i.v;
+  const dpk = o.dpk ?? o.dk;
+  const dpv = o.dpv ?? o.dv;
+  const nopre = prefix ? '' : '_nopre';
   const dsum = gpu.scratch.take([s.B, s.NH, s.T], 'f32', 'attention_dsum');
   try {
     const rows = s.B * s.T * s.NH;
@@ -370,24 +373,25 @@ export async function attentionBackward(
     });
     const tq = pickTile(gpu, op, HS, DQ_TILES, dqBytes);
     await launch(gpu, {
-      name: `attention_dq_hs${HS}_${tq.BR}x${tq.BC}`,
-      wgsl: dqWgsl(HS, tq),
-      storage: [o.dq, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum],
+      name: `attention_dq_hs${HS}_${tq.BR}x${tq.BC}${nopre}`,
+      wgsl: dqWgsl(HS, tq, prefix),
+      storage: prefix ? [o.dq, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum] : [o.dq, i.q, i.k, i.v, i.dout, i.lse, dsum],
       params: DQ_PARAMS,
       values: { ...values, ...dtValues(op, { dq: o.dq, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
       workgroups: [s.B * s.NH, Math.ceil(s.T / tq.BR)],
     });
     const tk = pickTile(gpu, op, HS, DKV_TILES, dkvBytes);
     await launch(gpu, {
-      name: `attention_dkdv_hs${HS}_${tk.BR}x${tk.BC}`,
-      wgsl: dkdvWgsl(HS, tk),
-      storage: [o.dk, o.dv, dpk, dpv, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum],
+      name: `attention_dkdv_hs${HS}_${tk.BR}x${tk.BC}${nopre}`,
+      wgsl: dkdvWgsl(HS, tk, prefix),
+      storage: prefix
+        ? [o.dk, o.dv, dpk, dpv, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum]
+        : [o.dk, o.dv, i.q, i.k, i.v, i.dout, i.lse, dsum],
       params: DKV_PARAMS,
       values: { ...values, ...dtValues(op, { dk: o.dk, dv: o.dv, dpk, dpv, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
       workgroups: [s.B * s.NKV, Math.ceil((s.P + s.T) / tk.BR)],
     });
   } finally {
     dsum.dispose();
-    for (const t of none) t.dispose();
   }
 }

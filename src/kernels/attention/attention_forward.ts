@@ -211,6 +211,22 @@ fn rawb_${name}(base: u32, d4: u32) -> vec4<u32> {
 fn ldv_${name}(base: u32, d4: u32) -> vec4<f32> { return decb(rawb_${name}(base, d4), p.dt_${name}); }`;
 }
 
+/**
+ * Without a prefix (P = 0) the prefix tensors are not bound at all: a dispatch then stays within
+ * browsers' storage-buffer limits (8 or 10 per stage). the code that would touch them is still
+ * generated but never runs (every combined key index is >= P); these stand in for their loads
+ * and stores.
+ */
+export const rowLoadStub = (name: string): string =>
+  `fn raw_${name}(base: u32, d4: u32) -> vec4<u32> { return vec4<u32>(); }
+fn rawb_${name}(base: u32, d4: u32) -> vec4<u32> { return vec4<u32>(); }
+fn ldv_${name}(base: u32, d4: u32) -> vec4<f32> { return vec4<f32>(); }`;
+export const rowStoreStub = (name: string): string => `fn stv_${name}(base: u32, d4: u32, v: vec4<f32>) {}`;
+
+/** the row loaders of these bindings: real ones, or stubs for absent prefix tensors */
+export const rowLoads = (names: readonly string[], HS: number, prefix: boolean): string =>
+  names.map((n) => (!prefix && (n === 'pk' || n === 'pv') ? rowLoadStub(n) : rowLoad(n, HS))).join('\n');
+
 /** WGSL stv_<name>(base, d4, v): stores v to elements base+4*d4 .. +3 of a row, whole words, stopping at HS. */
 export function rowStore(name: string, HS: number): string {
   const HS4 = Math.ceil(HS / 4);
@@ -334,7 +350,7 @@ const fwdBytes = (t: Tile, HS4: number) => 16 * (t.BR * HS4 + t.BC * HS4 + (t.BC
 
 const FWD_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['out', 'q', 'k', 'v', 'pk', 'pv'])];
 
-function forwardWgsl(HS: number, tile: Tile): string {
+function forwardWgsl(HS: number, tile: Tile, prefix: boolean): string {
   // KM swizzles the k tile, PM the p^T tile
   const { HS4, BR, BC, RG, CG, NT, NV, KM, PM, acc, col } = queryTile(HS, tile);
   const cols = (f: (i: number) => string) =>
@@ -343,11 +359,11 @@ function forwardWgsl(HS: number, tile: Tile): string {
       .join('\n      ');
   const rows = (f: (r: number) => string, sep = '\n    ') => R4.map(f).join(sep);
   return /* wgsl */ `
-${header([raw('out', true), { name: 'lse', type: 'f32', access: 'read_write' }, raw('q'), raw('k'), raw('v'), raw('pk'), raw('pv')], FWD_PARAMS)}
+${header([raw('out', true), { name: 'lse', type: 'f32', access: 'read_write' }, raw('q'), raw('k'), raw('v'), ...(prefix ? [raw('pk'), raw('pv')] : [])], FWD_PARAMS)}
 ${VEC_HELPERS}
 ${PACK16}
 ${KEEP}
-${['q', 'k', 'v', 'pk', 'pv'].map((n) => rowLoad(n, HS)).join('\n')}
+${rowLoads(['q', 'k', 'v', 'pk', 'pv'], HS, prefix)}
 ${rowStore('out', HS)}
 var<workgroup> sq: array<vec4<f32>, ${BR * HS4}>;  // q tile * scale*log2(e): [row][d4]
 var<workgroup> skv: array<vec4<f32>, ${BC * HS4}>; // k tile [key][d4 ^ (key & ${KM})], then v tile [key][d4]
@@ -441,22 +457,16 @@ export async function attentionForward(
   expectDtype(op, 'lse', o.lse, ['f32']);
   if (s.B * s.T === 0) return;
   const tile = pickTile(gpu, op, s.HS, FWD_TILES, fwdBytes);
-  // without a prefix, scratch words stand in for pk and pv (bound, never read: P = 0). binding
-  // k and v twice instead would break when they share a buffer with out (one arena): WebGPU then
-  // needs every binding of that buffer writable, and two writable bindings may not overlap.
-  const none = s.P > 0 ? [] : [gpu.scratch.take([1], 'f32', 'attention_no_pk'), gpu.scratch.take([1], 'f32', 'attention_no_pv')];
-  const pk = none[0] ?? i.pk!;
-  const pv = none[1] ?? i.pv!;
-  try {
-    await launch(gpu, {
-      name: `attention_forward_hs${s.HS}_${tile.BR}x${tile.BC}`,
-      wgsl: forwardWgsl(s.HS, tile),
-      storage: [o.out, o.lse, i.q, i.k, i.v, pk, pv],
-      params: FWD_PARAMS,
-      values: { ...paramValues(s, opts), ...dtValues(op, { out: o.out, q: i.q, k: i.k, v: i.v, pk, pv }) },
-      workgroups: [s.B * s.NH, Math.ceil(s.T / tile.BR)],
-    });
-  } finally {
-    for (const t of none) t.dispose();
-  }
+  // without a prefix the kernel binds no pk/pv (rowLoadStub); their dtype codes are unused
+  const prefix = s.P > 0;
+  const pk = i.pk ?? i.k;
+  const pv = i.pv ?? i.v;
+  await launch(gpu, {
+    name: `attention_forward_hs${s.HS}_${tile.BR}x${tile.BC}${prefix ? '' : '_nopre'}`,
+    wgsl: forwardWgsl(s.HS, tile, prefix),
+    storage: prefix ? [o.out, o.lse, i.q, i.k, i.v, pk, pv] : [o.out, o.lse, i.q, i.k, i.v],
+    params: FWD_PARAMS,
+    values: { ...paramValues(s, opts), ...dtValues(op, { out: o.out, q: i.q, k: i.k, v: i.v, pk, pv }) },
+    workgroups: [s.B * s.NH, Math.ceil(s.T / tile.BR)],
+  });
 }
