@@ -19,12 +19,12 @@ export interface TimeOptions {
 }
 
 /**
- * Median GPU milliseconds per call of `fn` (which records dispatches). Each timed region runs
- * `inner` calls back to back: one call between CPU round trips lets an idle GPU drop its clocks,
- * which under-reports a short kernel. With timestamp queries a region is one compute pass;
- * without, wall clock around a synced region.
+ * GPU milliseconds per call of `fn` (which records dispatches), one value per timed region. Each
+ * region runs `inner` calls back to back: one call between CPU round trips lets an idle GPU drop
+ * its clocks, which under-reports a short kernel. With timestamp queries a region is one compute
+ * pass; without, wall clock around a synced region.
  */
-export async function timeGpu(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptions = {}): Promise<number> {
+export async function timePasses(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptions = {}): Promise<number[]> {
   const { warmup = 3, reps = 7, inner = 10 } = opts;
   for (let i = 0; i < warmup; i++) await fn();
   await gpu.sync();
@@ -41,8 +41,14 @@ export async function timeGpu(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptio
   } finally {
     timer?.dispose();
   }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)]!;
+  return times;
+}
+
+export const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** Median GPU milliseconds per call of `fn` (see timePasses). */
+export async function timeGpu(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptions = {}): Promise<number> {
+  return median(await timePasses(gpu, fn, opts));
 }
 
 /**

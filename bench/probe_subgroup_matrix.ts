@@ -18,7 +18,7 @@ import { Gpu } from '../src/gpu/device.ts';
 import { roundTo } from '../src/gpu/dtype.ts';
 import { DeviceLostError } from '../src/gpu/errors.ts';
 import type { Tensor } from '../src/gpu/tensor.ts';
-import { GpuTimer } from '../src/gpu/timing.ts';
+import { median, timePasses } from './lib.ts';
 import {
   fmtTile,
   matmulSubgroup,
@@ -355,30 +355,6 @@ function call(gpu: Gpu, c: Candidate, o: Operands): Promise<void> {
   );
 }
 
-/** GPU milliseconds per product of `passes` timed passes of PER_PASS products, after 2 warm-up calls. */
-async function timePasses(gpu: Gpu, fn: () => Promise<void>, passes: number): Promise<number[]> {
-  for (let i = 0; i < 2; i++) await fn();
-  await gpu.sync();
-  const times: number[] = [];
-  const timer = gpu.features.timestamps ? new GpuTimer(gpu) : null;
-  try {
-    for (let r = 0; r < passes; r++) {
-      const t0 = performance.now();
-      timer?.begin();
-      for (let i = 0; i < PER_PASS; i++) await fn();
-      if (timer) times.push((await timer.end()) / PER_PASS);
-      else {
-        await gpu.sync();
-        times.push((performance.now() - t0) / PER_PASS);
-      }
-    }
-  } finally {
-    timer?.dispose();
-  }
-  return times;
-}
-
-const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 const tflops = (ms: number): string => ((2 * SIZE ** 3) / (ms * 1e-3) / 1e12).toFixed(1);
 
 async function kernels(gpuIn: Gpu): Promise<Row[]> {
@@ -445,7 +421,7 @@ async function kernels(gpuIn: Gpu): Promise<Row[]> {
     for (const x of ok) {
       if (x.row.note) continue;
       try {
-        const ts = await timePasses(gpu, () => call(gpu, x.c, big.ops), perRound);
+        const ts = await timePasses(gpu, () => call(gpu, x.c, big.ops), { warmup: 2, reps: perRound, inner: PER_PASS });
         x.times.push(...ts);
         x.rounds.push(median(ts));
       } catch (e) {
