@@ -14,7 +14,7 @@ import { byteSize, decode, encode, type TensorDType } from './dtype.ts';
 import { DeviceLostError, EngramError, GpuValidationError, LimitError, OutOfMemoryError } from './errors.ts';
 import { PipelineCache, type Pipeline } from './pipelines.ts';
 import { ScratchPool } from './buffers.ts';
-import { STORAGE_USAGE, Tensor, fmtShape, numel, type TensorOwner } from './tensor.ts';
+import { STORAGE_USAGE, Tensor, numel, type TensorOwner } from './tensor.ts';
 
 export interface GpuFeatures {
   f16: boolean;
@@ -176,7 +176,7 @@ export class Gpu {
     const e = await this.device.popErrorScope();
     if (e) {
       t.dispose();
-      throw new OutOfMemoryError(`out of GPU memory allocating ${fmtShape(t)} (${bytes} bytes): ${e.message}`);
+      throw new OutOfMemoryError(`out of GPU memory allocating ${t} (${bytes} bytes): ${e.message}`);
     }
     return t;
   }
@@ -319,7 +319,7 @@ export class Gpu {
 
   /** Uploads values (rounded to the tensor's dtype). Ordered after everything recorded before. */
   write(t: Tensor, values: ArrayLike<number>): void {
-    if (values.length !== t.size) throw new EngramError(`write to ${fmtShape(t)}: got ${values.length} values, need ${t.size}`);
+    if (values.length !== t.size) throw new EngramError(`write to ${t}: got ${values.length} values, need ${t.size}`);
     this.flush();
     const bytes = encode(values, t.dtype);
     this.device.queue.writeBuffer(t.buffer, t.offset, bytes, 0, Math.min(bytes.byteLength, t.byteLength));

@@ -62,5 +62,3 @@ export class Tensor {
 }
 
 export const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
-
-export const fmtShape = (t: Tensor): string => `${t.label}[${t.shape.join(',')}]:${t.dtype}`;

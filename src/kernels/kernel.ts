@@ -129,7 +129,7 @@ export function resolveAliasing(name: string, wgsl: string, storage: readonly Te
     if (writable.has(k)) {
       storage.forEach((u, j) => {
         if (j !== k && u.buffer === t.buffer && u.offset < t.offset + t.byteLength && t.offset < u.offset + u.byteLength) {
-          throw new ShapeError(`${name}: output ${fmt(t)} overlaps ${fmt(u)} in the same buffer; use separate tensors`);
+          throw new ShapeError(`${name}: output ${t} overlaps ${u} in the same buffer; use separate tensors`);
         }
       });
     } else if (storage.some((u, j) => writable.has(j) && u.buffer === t.buffer)) {
@@ -162,17 +162,16 @@ export function grid1d(gpu: Gpu, groups: number): [number, number] {
 
 // ---------------------------------------------------------------- shape checks
 
-const fmt = (t: Tensor) => `${t.label}[${t.shape.join(',')}]:${t.dtype}`;
 
 /** Throws a ShapeError naming the op and the tensor unless t has exactly `shape` (-1 = any). */
 export function expectShape(op: string, what: string, t: Tensor, shape: readonly number[]): void {
   const ok = t.shape.length === shape.length && shape.every((d, i) => d < 0 || d === t.shape[i]);
-  if (!ok) throw new ShapeError(`${op}: ${what} ${fmt(t)} should have shape [${shape.map((d) => (d < 0 ? '*' : d)).join(',')}]`);
+  if (!ok) throw new ShapeError(`${op}: ${what} ${t} should have shape [${shape.map((d) => (d < 0 ? '*' : d)).join(',')}]`);
 }
 
 /** Throws a ShapeError unless t's dtype is one of `dtypes`; narrows t.dtype for the caller. */
 export function expectDtype<D extends StorageType>(op: string, what: string, t: Tensor, dtypes: readonly D[]): asserts t is Tensor & { readonly dtype: D } {
-  if (!(dtypes as readonly StorageType[]).includes(t.dtype)) throw new ShapeError(`${op}: ${what} ${fmt(t)} must be one of ${dtypes.join('/')}`);
+  if (!(dtypes as readonly StorageType[]).includes(t.dtype)) throw new ShapeError(`${op}: ${what} ${t} must be one of ${dtypes.join('/')}`);
 }
 
 /** t's dtype when it is a float type (f32/f16/bf16); a ShapeError naming the op otherwise. */
@@ -187,19 +186,19 @@ const FLOAT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
 export function expectPackable(op: string, what: string, t: Tensor): void {
   const inner = t.shape[t.shape.length - 1] ?? 1;
   if (isPacked(t.dtype) && inner % 2 !== 0) {
-    throw new ShapeError(`${op}: ${what} ${fmt(t)} is ${t.dtype} with an odd innermost dimension (${inner}); use f32 or an even size`);
+    throw new ShapeError(`${op}: ${what} ${t} is ${t.dtype} with an odd innermost dimension (${inner}); use f32 or an even size`);
   }
 }
 
 /** Throws a ShapeError unless a and b are different bytes (an output must not overlap an input). */
 export function expectDisjoint(op: string, a: Tensor, b: Tensor): void {
   if (a.buffer === b.buffer && a.offset < b.offset + b.byteLength && b.offset < a.offset + a.byteLength) {
-    throw new ShapeError(`${op}: ${fmt(a)} and ${fmt(b)} overlap; use separate tensors`);
+    throw new ShapeError(`${op}: ${a} and ${b} overlap; use separate tensors`);
   }
 }
 
 export function expectSameShape(op: string, a: Tensor, b: Tensor): void {
   if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
-    throw new ShapeError(`${op}: ${fmt(a)} and ${fmt(b)} must have the same shape`);
+    throw new ShapeError(`${op}: ${a} and ${b} must have the same shape`);
   }
 }

@@ -225,7 +225,7 @@ export async function embeddingForward(gpu: Gpu, o: { out: Tensor }, i: { W: Ten
   expectShape(op, 'out', o.out, [...i.ids.shape, C]);
   expectDtype(op, 'out', o.out, DTYPES);
   if (o.out.dtype !== 'f32' && C % 2 !== 0) {
-    throw new ShapeError(`${op}: out ${o.out.label}[${o.out.shape.join(',')}]:${o.out.dtype} has an odd row size C = ${C}; use f32 or an even C`);
+    throw new ShapeError(`${op}: out ${o.out} has an odd row size C = ${C}; use f32 or an even C`);
   }
   expectDisjoint(op, o.out, i.W);
   expectDisjoint(op, o.out, i.ids);

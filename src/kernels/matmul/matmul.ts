@@ -479,13 +479,12 @@ export function matmulFlops(M: number, N: number, K: number, batch = 1): number 
 const FLOAT: readonly DType[] = ['f32', 'f16', 'bf16'];
 
 function matmulDims(op: string, out: Tensor, a: Tensor, b: Tensor, bias: Tensor | undefined, transA: boolean, transB: boolean): MatmulDims {
-  const fmt = (t: Tensor) => `${t.label}[${t.shape.join(',')}]:${t.dtype}`;
   for (const [what, t] of [
     ['a', a],
     ['b', b],
     ['out', out],
   ] as const) {
-    if (t.shape.length !== 2 && t.shape.length !== 3) throw new ShapeError(`${op}: ${what} ${fmt(t)} must be 2-D or 3-D`);
+    if (t.shape.length !== 2 && t.shape.length !== 3) throw new ShapeError(`${op}: ${what} ${t} must be 2-D or 3-D`);
     expectDtype(op, what, t, FLOAT);
   }
   const [ar, ac] = a.shape.slice(-2) as [number, number];
@@ -494,13 +493,13 @@ function matmulDims(op: string, out: Tensor, a: Tensor, b: Tensor, bias: Tensor 
   const [K2, N] = transB ? [bc, br] : [br, bc];
   if (K !== K2) {
     throw new ShapeError(
-      `${op}: inner dimensions differ: op(a) of ${fmt(a)}${transA ? ' (transA)' : ''} is [${M},${K}], ` +
-        `op(b) of ${fmt(b)}${transB ? ' (transB)' : ''} is [${K2},${N}]`,
+      `${op}: inner dimensions differ: op(a) of ${a}${transA ? ' (transA)' : ''} is [${M},${K}], ` +
+        `op(b) of ${b}${transB ? ' (transB)' : ''} is [${K2},${N}]`,
     );
   }
   const ba = a.shape.length === 3 ? a.shape[0]! : null;
   const bb = b.shape.length === 3 ? b.shape[0]! : null;
-  if (ba !== null && bb !== null && ba !== bb) throw new ShapeError(`${op}: batch sizes differ: ${fmt(a)} and ${fmt(b)}`);
+  if (ba !== null && bb !== null && ba !== bb) throw new ShapeError(`${op}: batch sizes differ: ${a} and ${b}`);
   const batch = ba ?? bb;
   expectShape(op, 'out', out, batch === null ? [M, N] : [batch, M, N]);
   if (bias) {
@@ -620,13 +619,13 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(workgroup_id) wid:
 function rows2d(op: string, what: string, t: Tensor, inner: number): Tensor {
   const last = t.shape[t.shape.length - 1];
   if (t.shape.length < 1 || last !== inner) {
-    throw new ShapeError(`${op}: ${what} ${t.label}[${t.shape.join(',')}]:${t.dtype} should have shape [...,${inner}]`);
+    throw new ShapeError(`${op}: ${what} ${t} should have shape [...,${inner}]`);
   }
   return t.reshape([t.size / Math.max(inner, 1), inner]);
 }
 
 function linearDims(op: string, x: Tensor, w: Tensor): { N: number; K: number } {
-  if (w.shape.length !== 2) throw new ShapeError(`${op}: w ${w.label}[${w.shape.join(',')}]:${w.dtype} must be [out features, in features]`);
+  if (w.shape.length !== 2) throw new ShapeError(`${op}: w ${w} must be [out features, in features]`);
   const [N, K] = w.shape as [number, number];
   rows2d(op, 'x', x, K);
   return { N, K };

@@ -108,7 +108,7 @@ export interface RopeOptions {
 async function rope(gpu: Gpu, op: string, dir: 'forward' | 'backward', out: Tensor, x: Tensor, table: Tensor, opts: RopeOptions): Promise<void> {
   const outName = dir === 'forward' ? 'out' : 'dx';
   const xName = dir === 'forward' ? 'x' : 'dout';
-  if (x.shape.length !== 4) throw new ShapeError(`${op}: ${xName} ${x.label}[${x.shape.join(',')}]:${x.dtype} should have shape [B,T,NH,HS]`);
+  if (x.shape.length !== 4) throw new ShapeError(`${op}: ${xName} ${x} should have shape [B,T,NH,HS]`);
   const [B, T, NH, HS] = x.shape as [number, number, number, number];
   expectShape(op, outName, out, x.shape);
   expectDtype(op, xName, x, DTYPES);
@@ -116,7 +116,7 @@ async function rope(gpu: Gpu, op: string, dir: 'forward' | 'backward', out: Tens
   if (HS % 2 !== 0) throw new ShapeError(`${op}: head size HS = ${HS} of ${x.label}[${x.shape.join(',')}] must be even`);
   const packed = x.dtype !== 'f32' || out.dtype !== 'f32';
   if (packed && HS % 4 !== 0) {
-    throw new ShapeError(`${op}: ${x.label}[${x.shape.join(',')}]:${x.dtype} -> ${out.label}:${out.dtype}: f16/bf16 need HS % 4 == 0 (HS = ${HS})`);
+    throw new ShapeError(`${op}: ${x} -> ${out.label}:${out.dtype}: f16/bf16 need HS % 4 == 0 (HS = ${HS})`);
   }
   const H = HS / 2;
   const Tmax = table.shape[0] ?? 0;

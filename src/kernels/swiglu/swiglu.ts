@@ -175,7 +175,7 @@ function dims(op: string, x: GateUp): { N: number; H: number; rows: number[]; p:
 
 function expectPackedEven(op: string, H: number, ts: readonly Tensor[]): void {
   if (ts.some((t) => t.dtype !== 'f32') && H % 2 !== 0) {
-    const list = ts.map((t) => `${t.label}[${t.shape.join(',')}]:${t.dtype}`).join(', ');
+    const list = ts.map(String).join(', ');
     throw new ShapeError(`${op}: H = ${H} is odd and ${list} include f16/bf16; use f32 or an even H`);
   }
 }
