@@ -120,6 +120,8 @@ export interface Launch {
  * it too): a kernel that works in place binds the tensor once and reads it through its output.
  */
 export function resolveAliasing(name: string, wgsl: string, storage: readonly Tensor[]): string {
+  // the common case, every tensor in its own buffer, needs no scan of the source
+  if (new Set(storage.map((t) => t.buffer)).size === storage.length) return wgsl;
   const writable = new Set<number>();
   storage.forEach((_, k) => {
     if (new RegExp(`@binding\\(${k + 1}\\) var<storage, read_write>`).test(wgsl)) writable.add(k);
