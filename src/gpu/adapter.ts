@@ -16,6 +16,25 @@ export const DEFAULT_DAWN_TOGGLES = [
   'disable-dawn-features=timestamp_quantization',
 ];
 
+/**
+ * Dawn keeps one value per flag name (a later 'enable-dawn-features=x' replaces an earlier
+ * one), so the comma lists of the toggle flags are merged: ENGRAM_DAWN_TOGGLES=
+ * 'enable-dawn-features=disable_robustness' adds to the defaults instead of dropping them.
+ * other flags keep their last value.
+ */
+export function mergeDawnFlags(flags: readonly string[]): string[] {
+  const merged = new Map<string, string[]>();
+  for (const f of flags) {
+    const eq = f.indexOf('=');
+    const key = eq < 0 ? f : f.slice(0, eq);
+    const value = eq < 0 ? '' : f.slice(eq + 1);
+    const list = key === 'enable-dawn-features' || key === 'disable-dawn-features';
+    const prev = list ? (merged.get(key) ?? []) : [];
+    merged.set(key, [...prev, ...(list ? value.split(',').filter((v) => v && !prev.includes(v)) : [value])]);
+  }
+  return [...merged].map(([k, v]) => (v.length === 1 && v[0] === '' ? k : `${k}=${v.join(',')}`));
+}
+
 const PIN = Symbol.for('engram.dawn.gpu');
 type Pinned = { [PIN]?: GPU };
 
@@ -42,7 +61,7 @@ export async function gpuEntry(opts: AdapterOptions = {}): Promise<GPU> {
   }
   Object.assign(globalThis, mod.globals);
   const env = (process.env['ENGRAM_DAWN_TOGGLES'] ?? '').split(/[\s]+/).filter(Boolean);
-  const gpu = mod.create([...DEFAULT_DAWN_TOGGLES, ...(opts.toggles ?? []), ...env]);
+  const gpu = mod.create(mergeDawnFlags([...DEFAULT_DAWN_TOGGLES, ...(opts.toggles ?? []), ...env]));
   pinned[PIN] = gpu;
   return gpu;
 }

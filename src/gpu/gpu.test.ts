@@ -8,11 +8,27 @@ import { header, launch } from '../kernels/kernel.ts';
 import { rmsnormForward } from '../kernels/rmsnorm/rmsnorm.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { Rng } from '../testing/rng.ts';
+import { mergeDawnFlags } from './adapter.ts';
 import { Arena } from './buffers.ts';
 import { Gpu } from './device.ts';
 import { DTYPES, roundTo } from './dtype.ts';
 import { DeviceLostError, ShaderCompileError, ShapeError } from './errors.ts';
 import { GpuTimer } from './timing.ts';
+
+test('Dawn flags: toggle lists merge, other flags keep the last value', () => {
+  const flags = mergeDawnFlags([
+    'enable-dawn-features=vulkan_enable_f16_on_nvidia,allow_unsafe_apis',
+    'disable-dawn-features=timestamp_quantization',
+    'adapter=A',
+    'enable-dawn-features=disable_robustness,allow_unsafe_apis',
+    'adapter=B',
+  ]);
+  assert.deepEqual(flags, [
+    'enable-dawn-features=vulkan_enable_f16_on_nvidia,allow_unsafe_apis,disable_robustness',
+    'disable-dawn-features=timestamp_quantization',
+    'adapter=B',
+  ]);
+});
 
 test('adapter: real limits and features are requested', async () => {
   const gpu = await testGpu();
