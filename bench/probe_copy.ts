@@ -17,7 +17,7 @@ import type { Tensor } from '../src/gpu/tensor.ts';
 import { COPY_PER_THREAD, copy } from '../src/kernels/copy/copy.ts';
 import { grid1d } from '../src/kernels/kernel.ts';
 import { Rng } from '../src/testing/rng.ts';
-import { median, timePasses } from './lib.ts';
+import { median, timePasses, warmUp } from './lib.ts';
 
 const MIB = Number(process.env['PROBE_MIB'] ?? 1024);
 const SECONDS = Number(process.env['PROBE_SECONDS'] ?? 2);
@@ -88,11 +88,7 @@ async function main(): Promise<void> {
   }
 
   console.log(`before warm-up: ${smi()}`);
-  const t0 = performance.now();
-  while (performance.now() - t0 < SECONDS * 1000) {
-    for (let i = 0; i < 20; i++) await copy(gpu, dst, src);
-    await gpu.sync();
-  }
+  await warmUp(gpu, () => copy(gpu, dst, src), SECONDS);
   console.log(`after warm-up:  ${smi()}`);
 
   const gbps = (ms: number) => (2 * bytes) / ms / 1e6;

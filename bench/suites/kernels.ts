@@ -14,7 +14,7 @@ import { MATMUL_CONFIGS, configFits, configName, matmul, matmulFlops } from '../
 import { SUBGROUP_TILES, fmtTile, matmulSubgroup, subgroupMatmulSupported } from '../../src/kernels/matmul/matmul_subgroup.ts';
 import type { DType } from '../../src/gpu/dtype.ts';
 import { Rng } from '../../src/testing/rng.ts';
-import { runTorch, timeGpu } from '../lib.ts';
+import { runTorch, timeGpu, warmUp } from '../lib.ts';
 
 /** copy bandwidth (bytes read + written) for each vec4-per-thread variant, 1 GiB f32 */
 async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number>> {
@@ -24,6 +24,7 @@ async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number
   const src = await gpu.tensorFrom(new Rng(1).uniforms(n), [n], 'f32', 'copy_src');
   const dst = await gpu.tensor([n], 'f32', 'copy_dst');
   const out: Record<string, number> = {};
+  await warmUp(gpu, () => copy(gpu, dst, src), quick ? 0.1 : 2);
   for (const per of COPY_PER_THREAD) {
     const ms = await timeGpu(gpu, () => copy(gpu, dst, src, per), { reps: 7, inner: 10 });
     out[`copy_x${per}_GBps`] = (2 * bytes) / ms / 1e6;
@@ -52,7 +53,7 @@ async function matmulTFLOPs(gpu: Gpu, n: number, notes: Record<string, string>):
     const per: string[] = [];
     let best = 0;
     for (const config of MATMUL_CONFIGS) {
-      if (!configFits(gpu, config, false, false)) continue;
+      if (!configFits(gpu, config)) continue;
       const ms = await timeGpu(gpu, () => matmul(gpu, { out: c }, { a, b }, { config }), { reps: 5, inner: 5 });
       const tf = flops / ms / 1e9;
       per.push(`${configName(config)} ${tf.toFixed(1)}`);

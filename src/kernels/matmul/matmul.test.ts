@@ -125,7 +125,7 @@ for (const { dtype, config, shape } of SWEEP) {
   const { M, N, K, transA = false, transB = false } = shape;
   test(`matmul ${dtype} ${configName(config)} ${tname(transA, transB)} ${M}x${N}x${K}`, async (t) => {
     const gpu = await testGpu();
-    if (!configFits(gpu, config, transA, transB)) {
+    if (!configFits(gpu, config)) {
       t.diagnostic(`${configName(config)} does not fit this device's workgroup memory; not run`);
       return;
     }

@@ -84,8 +84,8 @@ export interface MatmulConfig {
  * G changed nothing measurable at 4096^3 (g1, g4, g8: 32.4 each in an earlier version).
  */
 export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
-  { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 8, G: 8 },
-  { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8, U: 4, G: 8 },
+  { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
+  { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8, U: 8, G: 8 },
   { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4, U: 16, G: 8 },
   { BM: 64, BN: 128, BK: 16, TM: 4, TN: 8, U: 16, G: 8 },
   { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4, U: 16, G: 8 },
@@ -107,21 +107,9 @@ export function configName(c: MatmulConfig): string {
 
 export const threadsOf = (c: MatmulConfig): number => (c.BM / c.TM) * (c.BN / c.TN);
 
-/**
- * Stage row strides in vec4s. an operand contiguous along k (a without transA, b with transB)
- * is staged k-major, [x][k], with rows padded by 4 floats (an odd stride in vec4s spreads
- * rows over the banks); otherwise x-major, [k][x].
- */
-function strides(c: MatmulConfig, transA: boolean, transB: boolean): { SA: number; SB: number; sizeA: number; sizeB: number } {
-  const SA = transA ? c.BM / 4 : c.BK / 4 + 1;
-  const SB = transB ? c.BK / 4 + 1 : c.BN / 4;
-  return { SA, SB, sizeA: transA ? c.BK * SA : c.BM * SA, sizeB: transB ? c.BN * SB : c.BK * SB };
-}
-
-/** Bytes of workgroup memory a config takes for the given operand layouts (two stages each). */
-export function workgroupBytes(c: MatmulConfig, transA: boolean, transB: boolean): number {
-  const { sizeA, sizeB } = strides(c, transA, transB);
-  return 2 * (sizeA + sizeB) * 16;
+/** Bytes of workgroup memory a config takes: two stages of each operand's slab, any layout. */
+export function workgroupBytes(c: MatmulConfig): number {
+  return 2 * (c.BM + c.BN) * c.BK * 4;
 }
 
 function checkConfig(c: MatmulConfig): void {
@@ -141,10 +129,10 @@ function checkConfig(c: MatmulConfig): void {
 }
 
 /** Whether `c` fits this device's workgroup memory and invocation limits. */
-export function configFits(gpu: Gpu, c: MatmulConfig, transA: boolean, transB: boolean): boolean {
+export function configFits(gpu: Gpu, c: MatmulConfig): boolean {
   const smem = gpu.limits['maxComputeWorkgroupStorageSize'] ?? 16384;
   const inv = gpu.limits['maxComputeInvocationsPerWorkgroup'] ?? 256;
-  return workgroupBytes(c, transA, transB) <= smem && threadsOf(c) <= inv;
+  return workgroupBytes(c) <= smem && threadsOf(c) <= inv;
 }
 
 /**
@@ -153,7 +141,7 @@ export function configFits(gpu: Gpu, c: MatmulConfig, transA: boolean, transB: b
  * smallest tile that fits.
  */
 export function chooseConfig(gpu: Gpu, d: { M: number; N: number; batch: number; transA: boolean; transB: boolean }): MatmulConfig {
-  const fits = MATMUL_CONFIGS.filter((c) => configFits(gpu, c, d.transA, d.transB));
+  const fits = MATMUL_CONFIGS.filter((c) => configFits(gpu, c));
   if (fits.length === 0) throw new LimitError(`matmul: no tile config fits this device's workgroup limits`);
   const groups = (c: MatmulConfig) => Math.ceil(d.M / c.BM) * Math.ceil(d.N / c.BN) * d.batch;
   const big = fits.find((c) => groups(c) >= MIN_WORKGROUPS);
@@ -172,12 +160,14 @@ interface Operand {
   direct: boolean;
   /** vec4 global loads (the contiguous dimension is a multiple of 4) */
   vec: boolean;
-  /** stage row stride in vec4s */
-  stride: number;
-  /** the stage's first vec4 in S */
-  origin: number;
-  /** vec4s per stage */
-  size: number;
+  /** threads along the operand's output dimension (TY for a, TX for b) */
+  T: number;
+  /** stage indexed [stage][thread][slot] (a stored along k); else [stage][slot][thread] */
+  threadMajor: boolean;
+  /** the thread's results along that dimension (TM or TN) */
+  F: number;
+  /** b staged [n][k] with a packed output: a thread's columns come in pairs (see colOf) */
+  pairs: boolean;
 }
 
 /** Everything that specializes a tiled kernel. */
@@ -253,8 +243,22 @@ function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string;
     const u = `(lid + ${i * threads}u)`;
     // each unit's (k, x) and stage slot never change: computed once. consecutive threads take
     // consecutive units along the contiguous dimension, so a warp's loads cover whole sectors.
-    if (o.direct) decl.push(`let ${r}x = (${u} % ${BX / 4}u) * 4u; let ${r}k = ${u} / ${BX / 4}u; let ${r}s = ${r}k * ${o.stride}u + (${r}x >> 2u);`);
-    else decl.push(`let ${r}k = (${u} % ${c.BK / 4}u) * 4u; let ${r}x = ${u} / ${c.BK / 4}u; let ${r}s = ${r}x * ${o.stride}u + (${r}k >> 2u);`);
+    // the unit's place in the stage, [row][slot] (see the header): a vec4 along x at one k goes
+    // to the thread holding its 4 x; a vec4 along k at one x to the thread holding that x.
+    const T = o.T;
+    if (o.direct) {
+      decl.push(`let ${r}x = (${u} % ${BX / 4}u) * 4u; let ${r}k = ${u} / ${BX / 4}u;`);
+      decl.push(`let ${r}o = (${r}x >> 2u) % ${T}u; let ${r}i = ${r}k * ${o.F / 4}u + (${r}x >> 2u) / ${T}u;`);
+    } else {
+      decl.push(`let ${r}k = (${u} % ${c.BK / 4}u) * 4u; let ${r}x = ${u} / ${c.BK / 4}u;`);
+      // which of the thread's rows (a: rowOf) or columns (b: colOf) x is
+      const slot = isA
+        ? [`(${r}x >> 2u) % ${T}u`, `(${r}x / ${4 * T}u) * 4u + (${r}x & 3u)`]
+        : o.pairs
+          ? [`(${r}x >> 1u) % ${T}u`, `(${r}x / ${2 * T}u) * 2u + (${r}x & 1u)`]
+          : [`${r}x % ${T}u`, `${r}x / ${T}u`];
+      decl.push(`let ${r}o = ${slot[0]}; let ${r}i = (${slot[1]}) * ${c.BK / 4}u + (${r}k >> 2u);`);
+    }
     decl.push(`var ${r}: vec4<f32>;`);
     // a last round that not every thread takes part in (units not a multiple of threads)
     const live = total % threads !== 0 && i === iters - 1 ? `${u} < ${total}u` : '';
@@ -271,7 +275,8 @@ function slabCode(o: Operand, c: MatmulConfig, threads: number): { decl: string;
       });
       fetch.push(lines.join('\n      '));
     }
-    store.push((st) => `${live ? `if (${live}) ` : ''}{ S[${o.origin}u + ${st} * ${o.size}u + ${r}s] = ${r}; }`);
+    const slotAt = o.threadMajor ? `[${r}o][${r}i]` : `[${r}i][${r}o]`;
+    store.push((st) => `${live ? `if (${live}) ` : ''}{ S${o.name}[${st}]${slotAt} = ${r}; }`);
   }
   const ind = '\n      ';
   return { decl: decl.join('\n  '), fetch: fetch.join(ind), store: (st) => store.map((f) => f(st)).join(ind) };
@@ -284,14 +289,13 @@ export function tiledWgsl(s: TiledSpec): string {
   const TX = c.BN / c.TN; // threads along n
   const TY = c.BM / c.TM; // threads along m
   const threads = TX * TY;
-  const { SA, SB, sizeA, sizeB } = strides(c, s.transA, s.transB);
-  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, stride: SA, origin: 0, size: sizeA };
-  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, stride: SB, origin: 2 * sizeA, size: sizeB };
+  const packedOut = s.out !== 'f32';
+  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, T: TY, threadMajor: !s.transA, F: c.TM, pairs: false };
+  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, T: TX, threadMajor: false, F: c.TN, pairs: packedOut };
   const la = slabCode(opA, c, threads);
   const lb = slabCode(opB, c, threads);
-  const xa = opA.direct; // a staged [k][m]: vec4s along m; else [m][k]: vec4s along k
-  const xb = opB.direct; // b staged [k][n]: vec4s along n; else [n][k]: vec4s along k
-  const packedOut = s.out !== 'f32';
+  const xa = opA.direct; // a's slots hold vec4s along m (4 rows at one k); else along k
+  const xb = opB.direct; // b's slots hold vec4s along n (4 columns at one k); else along k
   const gn = c.TN / 4; // accumulator vec4s per row
   const comp = (i: number) => 'xyzw'[i & 3]!;
 
@@ -308,14 +312,17 @@ export function tiledWgsl(s: TiledSpec): string {
   const accDecl: string[] = [];
   for (let r = 0; r < c.TM; r++) for (let q = 0; q < gn; q++) accDecl.push(`var acc_${r}_${q} = vec4<f32>();`);
 
-  // the product of one group of 4 k: fragment loads, then TM * TN / 4 vec4 fmas per k
+  // the product of one group of 4 k: fragment loads, then TM * TN / 4 vec4 fmas per k.
+  // slot(kq, off): slot kq * per + off of the thread's stage row; a constant when the k loop is
+  // fully unrolled (U = BK), so robustness clamps nothing and the offsets fold into the loads
+  const unrolled = c.U === c.BK;
+  const slot = (g: number, per: number, off: number) => (unrolled ? `${g * per + off}u` : `(kq + ${g}u) * ${per}u + ${off}u`);
   const group = (g: number): string => {
     const l: string[] = [];
-    const kq = `kq + ${g}u`; // vec4 column of a k-major stage
-    if (xa) for (let kk = 0; kk < 4; kk++) for (let h = 0; h < c.TM / 4; h++) l.push(`let a${kk}_${h} = S[ab + (${kq}) * ${4 * SA}u + ${kk * SA + h * TY}u];`);
-    else for (let r = 0; r < c.TM; r++) l.push(`let a${r} = S[ab + ${kq} + ${rowOf(r) * SA}u];`);
-    if (xb) for (let kk = 0; kk < 4; kk++) for (let q = 0; q < gn; q++) l.push(`let b${kk}_${q} = S[bb + (${kq}) * ${4 * SB}u + ${kk * SB + q * TX}u];`);
-    else for (let j = 0; j < c.TN; j++) l.push(`let b${j} = S[bb + ${kq} + ${colOf(j).k * SB}u];`);
+    if (xa) for (let kk = 0; kk < 4; kk++) for (let h = 0; h < c.TM / 4; h++) l.push(`let a${kk}_${h} = Sa[st][${slot(g, c.TM, kk * (c.TM / 4) + h)}][ty];`);
+    else for (let r = 0; r < c.TM; r++) l.push(`let a${r} = Sa[st][ty][${slot(g, 1, r * (c.BK / 4))}];`);
+    if (xb) for (let kk = 0; kk < 4; kk++) for (let q = 0; q < gn; q++) l.push(`let b${kk}_${q} = Sb[st][${slot(g, c.TN, kk * gn + q)}][tx];`);
+    else for (let j = 0; j < c.TN; j++) l.push(`let b${j} = Sb[st][${slot(g, 1, j * (c.BK / 4))}][tx];`);
     for (let kk = 0; kk < 4; kk++) {
       for (let q = 0; q < gn; q++) {
         if (!xb) l.push(`let b${kk}_${q} = vec4<f32>(${[0, 1, 2, 3].map((j) => `b${4 * q + j}.${comp(kk)}`).join(', ')});`);
@@ -328,10 +335,9 @@ export function tiledWgsl(s: TiledSpec): string {
     return `{\n        ${l.join('\n        ')}\n      }`;
   };
   const groups = Array.from({ length: c.U / 4 }, (_, g) => group(g)).join('\n      ');
-  // ab / bb: this thread's first fragment in the stage being multiplied
-  const ab = xa ? 'ty' : `ty * ${4 * SA}u`;
-  const bb = xb ? 'tx' : `tx * ${colStep * SB}u`;
-  const innerCode = `for (var kq = 0u; kq < ${c.BK / 4}u; kq += ${c.U / 4}u) {
+  const innerCode = unrolled
+    ? groups
+    : `for (var kq = 0u; kq < ${c.BK / 4}u; kq += ${c.U / 4}u) {
       ${groups}
     }`;
 
@@ -374,8 +380,9 @@ export function tiledWgsl(s: TiledSpec): string {
   return /* wgsl */ `
 ${decls.join('\n')}
 
-// two stages of a (${xa ? '[k][m]' : '[m][k]'}, ${sizeA} vec4s each) then two of b (${xb ? '[k][n]' : '[n][k]'}, ${sizeB} each)
-var<workgroup> S: array<vec4<f32>, ${2 * (sizeA + sizeB)}>;
+// two stages of each operand: a [stage]${xa ? '[slot][ty]' : '[ty][slot]'}, slots of vec4s along ${xa ? 'm' : 'k'}; b [stage][slot][tx], along ${xb ? 'n' : 'k'}
+var<workgroup> Sa: array<${xa ? `array<array<vec4<f32>, ${TY}>, ${(c.TM * c.BK) / 4}>` : `array<array<vec4<f32>, ${(c.TM * c.BK) / 4}>, ${TY}>`}, 2>;
+var<workgroup> Sb: array<array<array<vec4<f32>, ${TX}>, ${(c.TN * c.BK) / 4}>, 2>;
 
 @compute @workgroup_size(${threads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -413,8 +420,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       ${lb.fetch}
     }
     if (t > 0u) {
-      let ab = ((t - 1u) & 1u) * ${sizeA}u + ${ab};
-      let bb = ${2 * sizeA}u + ((t - 1u) & 1u) * ${sizeB}u + ${bb};
+      let st = (t - 1u) & 1u;
       ${innerCode.replaceAll('\n', '\n  ')}
     }
     if (fill) {
@@ -550,9 +556,9 @@ async function matmulTiled(
 ): Promise<void> {
   const config = opts.config ?? chooseConfig(gpu, { M: d.M, N: d.N, batch: d.batch, transA, transB });
   checkConfig(config);
-  if (!configFits(gpu, config, transA, transB)) {
+  if (!configFits(gpu, config)) {
     throw new LimitError(
-      `matmul: tile config ${configName(config)} needs ${workgroupBytes(config, transA, transB)} bytes of workgroup memory and ` +
+      `matmul: tile config ${configName(config)} needs ${workgroupBytes(config)} bytes of workgroup memory and ` +
         `${threadsOf(config)} threads; this device allows ${gpu.limits['maxComputeWorkgroupStorageSize']} and ${gpu.limits['maxComputeInvocationsPerWorkgroup']}`,
     );
   }
