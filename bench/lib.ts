@@ -11,7 +11,10 @@ import { GpuTimer } from '../src/gpu/timing.ts';
 export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 
 export interface TimeOptions {
+  /** calls before timing (compiles pipelines) */
   warmup?: number;
+  /** then keep calling for this long before timing: clocks up (see warmUp); default 500 */
+  warmupMs?: number;
   /** timed regions; the result is the median region */
   reps?: number;
   /** calls back to back in one timed region (keeps the GPU busy and its clocks up) */
@@ -21,13 +24,15 @@ export interface TimeOptions {
 /**
  * GPU milliseconds per call of `fn` (which records dispatches), one value per timed region. Each
  * region runs `inner` calls back to back: one call between CPU round trips lets an idle GPU drop
- * its clocks, which under-reports a short kernel. With timestamp queries a region is one compute
- * pass; without, wall clock around a synced region.
+ * its clocks, which under-reports a short kernel; so does a GPU that idled while the CPU
+ * prepared inputs (warmupMs). With timestamp queries a region is one compute pass; without,
+ * wall clock around a synced region.
  */
 export async function timePasses(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptions = {}): Promise<number[]> {
-  const { warmup = 3, reps = 7, inner = 10 } = opts;
+  const { warmup = 3, warmupMs = 500, reps = 7, inner = 10 } = opts;
   for (let i = 0; i < warmup; i++) await fn();
   await gpu.sync();
+  if (warmupMs > 0) await warmUp(gpu, fn, warmupMs / 1000);
   const times: number[] = [];
   const timer = gpu.features.timestamps ? new GpuTimer(gpu) : null;
   try {
@@ -45,14 +50,14 @@ export async function timePasses(gpu: Gpu, fn: () => Promise<void>, opts: TimeOp
 }
 
 /**
- * Runs `fn` back to back for `seconds` (synced every 20 calls). A GPU that has been idle runs
+ * Runs `fn` back to back for `seconds` (synced every 5 calls). A GPU that has been idle runs
  * at lower clocks for a while: on an H100 the first copy measured ran at 1.8 TB/s, the same
  * copy after two seconds of load at 3.0 TB/s. Suites call this before their first timing.
  */
 export async function warmUp(gpu: Gpu, fn: () => Promise<void>, seconds = 2): Promise<void> {
   const t0 = performance.now();
   while (performance.now() - t0 < seconds * 1000) {
-    for (let i = 0; i < 20; i++) await fn();
+    for (let i = 0; i < 5; i++) await fn();
     await gpu.sync();
   }
 }
