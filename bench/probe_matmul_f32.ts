@@ -28,11 +28,14 @@ interface Candidate {
 // U < BK keeps a k loop in the inner product (run-time slot indices: clamped under robustness)
 const extra: MatmulConfig[] = [
   { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 8, G: 8 },
-  { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 4, G: 8 },
   { BM: 64, BN: 256, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
-  { BM: 256, BN: 64, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
-  { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 1 },
-  { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4, U: 16, G: 8 },
+  // 128 threads: several workgroups per SM, a barrier stalls fewer warps
+  { BM: 128, BN: 64, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
+  { BM: 64, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
+  { BM: 128, BN: 64, BK: 32, TM: 8, TN: 8, U: 32, G: 8 },
+  { BM: 64, BN: 128, BK: 32, TM: 8, TN: 8, U: 32, G: 8 },
+  { BM: 64, BN: 64, BK: 32, TM: 8, TN: 8, U: 32, G: 8 },
+  { BM: 128, BN: 128, BK: 24, TM: 8, TN: 8, U: 24, G: 8 },
 ];
 
 const CANDIDATES: Candidate[] = [
