@@ -16,24 +16,25 @@
 //   dout and dx are flattened into M.
 //
 // thread mapping (the tiled path): one workgroup of TY x TX = (BM/TM) x (BN/TN) threads per
-// BM x BN output tile; each thread keeps TM x TN results in registers: rows 4 adjacent,
-// repeated every TY*4, columns 4 adjacent, repeated every TX*4 (vec4 accumulators). K is walked
-// BK at a time through workgroup memory, double-buffered: iteration t fetches slab t from global
-// memory into registers, multiplies slab t-1, then stores slab t (one barrier per slab; the
-// fetch latency hides behind the math). every global load is 4 elements adjacent in memory
-// (a vec4 of f32, or of 4 packed 16-bit values as vec2<u32>, when the contiguous dimension is
-// a multiple of 4; else 4 guarded scalar loads).
-// stages: each operand is staged along its output dimension, S[stage][k * F/4 + h][t], the
-// vec4 of elements 4 (h T + t) .. +3 at k (F = TM, T = TY for a; F = TN, T = TX for b). an
-// operand stored along its output dimension goes in as vec4 stores; one stored along k (a,
-// b with transB) is loaded in 4 x 4 blocks and transposed in registers (see blockCode).
-// (transposing by scalar stores, dealt x-first, ran nn at 29 TFLOP/s against 39 for staging
-// a along k.) the inner loop reads, per k, TM/4 vec4s of a (a warp's 2 ty:
-// broadcast) and TN/4 of b (16 consecutive vec4s: no conflict) for TM*TN fmas. with the slab
-// fully unrolled (U = BK) every read is S[stage][constant][thread]: robust WGSL (Dawn clamps
-// run-time indices) clamps the two run-time indices once per slab, and the constant offsets
-// fold into the load instructions. (a flat array with run-time offsets cost ~10% on an H100:
-// 35 against 39.6 TFLOP/s with Dawn's robustness toggled off.)
+// BM x BN output tile; each thread keeps TM x TN results in registers (vec4s of 4 of its
+// columns). K is walked BK at a time through workgroup memory, double-buffered: iteration t
+// fetches slab t from global memory into registers, multiplies slab t-1, then stores slab t
+// (one barrier per slab; the fetch latency hides behind the math). every global load and stage
+// store is a vec4 of 4 elements adjacent in memory (vec4 loads of 4 f32, or of 4 packed 16-bit
+// values as vec2<u32>, when the contiguous dimension is a multiple of 4; else 4 guarded scalar
+// loads); an operand is staged in vec4s along the dimension it is stored along.
+// stages are indexed [stage][slot][thread], or [stage][thread][slot] for a stored along k:
+// the thread coordinate is ty for a, tx for b, and the slots are that thread's fragment of
+// the slab (its TM rows or TN columns by BK k, in vec4s). with the slab fully unrolled
+// (U = BK) every read in the inner loop is S[stage][constant][thread] (or [thread][constant]):
+// robust WGSL (Dawn clamps run-time indices) clamps the two run-time indices once per slab and
+// the constant offsets fold into the load instructions. (one flat array with run-time offsets
+// cost ~10% on an H100: 35 against 39.6 TFLOP/s with Dawn's robustness toggled off. staging a
+// along m by scalar transposing stores cost more: nn fell from 39 to 29.)
+// thread rows are 4 adjacent rows repeated every TY*4 (a warp's reads of a broadcast); thread
+// columns are 4 adjacent repeated every TX*4 for b stored along n, or tx + c*TX (pairs when out
+// is packed) for b stored along k, so that the 16 tx of a warp read 16 consecutive vec4s. a
+// warp's stage stores are conflict-free but for b stored along k (4-way).
 // tiles are visited in groups of G tile rows (as Triton's GROUP_M) for L2 reuse; the tile index
 // spans the grid's x and y (grid1d), the batch index is z (at most 65535 on most devices).
 // measured: MATMUL_CONFIGS.
@@ -77,12 +78,11 @@ export interface MatmulConfig {
 
 /**
  * Candidate configurations, largest tile first (benchmarks time each; see chooseConfig).
- * f32 TFLOP/s at 4096^3 on one H100 through Dawn/Vulkan, nn / nt / tn / tt layouts (stages
- * along k for a and along n for b, a version before the current one): m128n128k16t8x8u16g8
- * 39.1 / 37.1 / 40.7 / 40.3 (u8: 34.9, u4: 32.4 nn), m128n128k8t8x8u8g8 33.2, m64n256 37.9,
- * m256n64 36.5, m128n64k16t8x4u16g8 32.7 (nn). workgroup memory: 2 (BM + BN) BK 4 bytes,
- * 32 KiB for the first. G changed nothing measurable at 4096^3. bench/probe_matmul_f32.ts
- * times them; the kernels suite's notes have the current numbers.
+ * f32 TFLOP/s at 4096^3 on one H100 through Dawn/Vulkan, nn / nt / tn / tt layouts:
+ * m128n128k16t8x8u16g8 39.1 / 37.1 / 40.7 / 40.3 (u8: 34.9, u4: 32.4 nn; g1 the same),
+ * m128n128k8t8x8u8g8 33.2, m64n256 37.9, m256n64 36.5, m128n64k16t8x4u16g8 32.7 (nn).
+ * workgroup memory: 2 (BM + BN) BK 4 bytes, 32 KiB for the first. bench/probe_matmul_f32.ts
+ * times candidates; the kernels suite's notes have the current numbers.
  */
 export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
   { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
@@ -118,8 +118,6 @@ function checkConfig(c: MatmulConfig): void {
     (c.TM === 4 || c.TM === 8) &&
     (c.TN === 4 || c.TN === 8) &&
     c.BM % c.TM === 0 &&
-    c.BM % 32 === 0 &&
-    c.BN % 32 === 0 &&
     c.BN % c.TN === 0 &&
     c.BK % 8 === 0 &&
     c.BK > 0 &&
@@ -128,7 +126,7 @@ function checkConfig(c: MatmulConfig): void {
     c.BK % c.U === 0 &&
     c.G >= 1 &&
     Number.isInteger(c.G);
-  if (!ok) throw new LimitError(`matmul: bad tile config ${JSON.stringify(c)} (TM, TN in {4, 8}; BM % TM = BN % TN = BM % 32 = BN % 32 = BK % 8 = BK % U = U % 4 = 0)`);
+  if (!ok) throw new LimitError(`matmul: bad tile config ${JSON.stringify(c)} (TM, TN in {4, 8}; BM % TM = BN % TN = BK % 8 = BK % U = U % 4 = 0)`);
 }
 
 /** Whether `c` fits this device's workgroup memory and invocation limits. */
@@ -165,8 +163,12 @@ interface Operand {
   vec: boolean;
   /** threads along the operand's output dimension (TY for a, TX for b) */
   T: number;
+  /** stage indexed [stage][thread][slot] (a stored along k); else [stage][slot][thread] */
+  threadMajor: boolean;
   /** the thread's results along that dimension (TM or TN) */
   F: number;
+  /** b staged [n][k] with a packed output: a thread's columns come in pairs (see colOf) */
+  pairs: boolean;
 }
 
 /** Everything that specializes a tiled kernel. */
@@ -217,77 +219,63 @@ function inputDecl(binding: number, name: string, dtype: DType, vec: boolean): s
   return `${at} var<storage, read> ${name}: array<u32>;\nfn ld_${name}(i: u32) -> f32 { return ${ld}; }`;
 }
 
-/** element (k, x) of an operand as a global element index */
-function elementAt(o: Operand, k: string, x: string): string {
-  return o.direct ? `base${o.name} + (${k}) * ${o.name === 'a' ? 'p.M' : 'p.N'} + ${x}` : `base${o.name} + (${x}) * p.K + ${k}`;
-}
-
 /**
- * Loads register `r` with the 4 elements adjacent in memory from (gk, gx): along x ('x', an
- * operand stored along its output dimension) or along k ('k'). out-of-range elements read as 0.
+ * One unit of an operand's slab: 4 elements adjacent in memory (4 x at one k for an operand
+ * stored along x, its output dimension m or n; else 4 k at one x), loaded from global memory
+ * into register r (st null) or stored into stage st. unit u of the slab (u < BX BK / 4) is,
+ * stored along x, x = 4 (u % (BX/4)), k = u / (BX/4); else k = 4 (u % (BK/4)), x = u / (BK/4):
+ * consecutive units are adjacent in memory, so a warp's loads cover whole sectors. its place in
+ * the stage is the slot of the thread that reads it (see the header).
  */
-function loadUnit(o: Operand, r: string, gk: string, gx: string, live: string, along: 'x' | 'k'): string {
-  const D = o.name === 'a' ? 'p.M' : 'p.N';
-  const and = (...cs: string[]) => [live, ...cs].filter(Boolean).join(' && ');
-  if (o.vec) {
-    // the contiguous dimension is a multiple of 4: a vec4 is wholly in range or out
-    return `${r} = vec4<f32>(); if (${and(`${gk} < p.K`, `${gx} < ${D}`)}) { ${r} = ld4_${o.name}((${elementAt(o, gk, gx)}) >> 2u); }`;
-  }
-  return [0, 1, 2, 3]
-    .map((j) => {
-      const [kj, xj] = along === 'x' ? [gk, `${gx} + ${j}u`] : [`${gk} + ${j}u`, gx];
-      return `${r}[${j}] = 0.0; if (${and(`${kj} < p.K`, `${xj} < ${D}`)}) { ${r}[${j}] = ld_${o.name}(${elementAt(o, kj, xj)}); }`;
-    })
-    .join('\n      ');
-}
-
-/**
- * One quad of an operand's slab: 4 vec4 loads from global memory into registers r_0..r_3
- * (st null), or their stores into stage `st`. the stage always holds vec4s along x (the
- * operand's output dimension), S[st][k * F/4 + h][t] = elements x = 4 (h T + t) .. +3 at k
- * (see the header). quad q of an operand stored along x is the vec4s along x at
- * x = 4 (q % (BX/4)), k = q / (BX/4) + j BK/4 for j < 4: consecutive quads are consecutive
- * vec4s (whole sectors per warp load, consecutive stage vec4s). for an operand stored along
- * k it is a 4 x 4 block, 4 k at each of 4 adjacent x, loaded along k and transposed in
- * registers into 4 vec4s along x; blocks are dealt 8 x-blocks at a time per k-block, so that
- * a warp's loads cover each row's slab segment whole and each quarter-warp's stores go to 8
- * consecutive vec4s (no bank conflict).
- */
-function quadCode(o: Operand, c: MatmulConfig, q: string, st: string | null): string {
-  const BX = o.name === 'a' ? c.BM : c.BN;
-  const x0 = o.name === 'a' ? 'm0' : 'n0';
-  const KB = c.BK / 4;
+function unitCode(o: Operand, c: MatmulConfig, u: string, r: string, st: string | null): string {
+  const isA = o.name === 'a';
+  const BX = isA ? c.BM : c.BN;
+  const D = isA ? 'p.M' : 'p.N';
+  const x0 = isA ? 'm0' : 'n0';
   const T = o.T;
-  const H = o.F / 4;
   const l: string[] = [];
+  if (o.direct) l.push(`let ${r}x = (${u} % ${BX / 4}u) * 4u; let ${r}k = ${u} / ${BX / 4}u;`);
+  else l.push(`let ${r}k = (${u} % ${c.BK / 4}u) * 4u; let ${r}x = ${u} / ${c.BK / 4}u;`);
+  if (st === null) {
+    // element (k, x) as a global element index
+    const at = (k: string, x: string) => (o.direct ? `base${o.name} + (${k}) * ${D} + ${x}` : `base${o.name} + (${x}) * p.K + ${k}`);
+    const gk = `k0 + ${r}k`;
+    const gx = `${x0} + ${r}x`;
+    if (o.vec) {
+      // the contiguous dimension is a multiple of 4: a vec4 is wholly in range or out
+      l.push(`${r} = vec4<f32>(); if (${gk} < p.K && ${gx} < ${D}) { ${r} = ld4_${o.name}((${at(gk, gx)}) >> 2u); }`);
+    } else {
+      for (let j = 0; j < 4; j++) {
+        const [kj, xj] = o.direct ? [gk, `${gx} + ${j}u`] : [`${gk} + ${j}u`, gx];
+        l.push(`${r}[${j}] = 0.0; if (${kj} < p.K && ${xj} < ${D}) { ${r}[${j}] = ld_${o.name}(${at(kj, xj)}); }`);
+      }
+    }
+    return l.join('\n        ');
+  }
+  // the unit's place: a vec4 along x at one k goes to the thread holding its 4 x; a vec4
+  // along k at one x to the thread holding that x (a: rowOf, b: colOf)
   if (o.direct) {
-    l.push(`let qx = (${q} % ${BX / 4}u) * 4u; let qk = ${q} / ${BX / 4}u;`);
-    if (st === null) {
-      for (let j = 0; j < 4; j++) l.push(loadUnit(o, `r_${j}`, `k0 + qk + ${j * KB}u`, `${x0} + qx`, '', 'x'));
-    } else {
-      l.push(`let qt = (qx >> 2u) % ${T}u; let qs = qk * ${H}u + (qx >> 2u) / ${T}u;`);
-      for (let j = 0; j < 4; j++) l.push(`S${o.name}[${st}][qs + ${j * KB * H}u][qt] = r_${j};`);
-    }
+    l.push(`S${o.name}[${st}][${r}k * ${o.F / 4}u + (${r}x >> 2u) / ${T}u][(${r}x >> 2u) % ${T}u] = ${r};`);
   } else {
-    l.push(`let qxb = (${q} % 8u) + (${q} / ${8 * KB}u) * 8u; let qk = ((${q} / 8u) % ${KB}u) * 4u;`);
-    if (st === null) {
-      for (let j = 0; j < 4; j++) l.push(loadUnit(o, `r_${j}`, `k0 + qk`, `${x0} + qxb * 4u + ${j}u`, '', 'k'));
-    } else {
-      l.push(`let qt = qxb % ${T}u; let qs = qk * ${H}u + qxb / ${T}u;`);
-      for (let kk = 0; kk < 4; kk++) l.push(`S${o.name}[${st}][qs + ${kk * H}u][qt] = vec4<f32>(r_0[${kk}], r_1[${kk}], r_2[${kk}], r_3[${kk}]);`);
-    }
+    const [t, j] = isA
+      ? [`(${r}x >> 2u) % ${T}u`, `(${r}x / ${4 * T}u) * 4u + (${r}x & 3u)`]
+      : o.pairs
+        ? [`(${r}x >> 1u) % ${T}u`, `(${r}x / ${2 * T}u) * 2u + (${r}x & 1u)`]
+        : [`${r}x % ${T}u`, `${r}x / ${T}u`];
+    const i = `(${j}) * ${c.BK / 4}u + (${r}k >> 2u)`;
+    l.push(o.threadMajor ? `S${o.name}[${st}][${t}][${i}] = ${r};` : `S${o.name}[${st}][${i}][${t}] = ${r};`);
   }
   return l.join('\n        ');
 }
 
 /**
- * The slab loads of both operands, as quads (quadCode) dealt over the threads: quads
- * 0 .. QA-1 are a's, QA .. QA+QB-1 b's; thread lid takes quads lid, lid + threads, ... so a
- * thread holds one quad (16 registers) per round, and with 128 x 128 x 16 tiles and 256
- * threads each thread loads exactly one quad per slab, a's in warps 0-3 and b's in warps
- * 4-7. (threads holding an a block and b vec4s besides, 24 registers, ran nn at 30 TFLOP/s
- * on an H100.) returns the register declarations, the fetch of slab k0, the store into
- * stage st.
+ * The slab loads of both operands, dealt over the threads as quads of 4 units of one
+ * operand: quads 0 .. QA-1 are a's, QA .. QA+QB-1 b's (Q = BX BK / 16), quad q being units
+ * q + j Q, j < 4. thread lid takes quads lid, lid + threads, ...: it holds one quad (16
+ * registers) per round, and with 128 x 128 x 16 tiles and 256 threads each thread loads
+ * exactly one quad per slab, a's in warps 0-3 and b's in warps 4-7 (on an H100 this took tn
+ * from 40.7 to 42.2 TFLOP/s against every thread loading 2 units of each). returns the
+ * register declarations, the fetch of slab k0 and the store into stage st.
  */
 function loadPlan(opA: Operand, opB: Operand, c: MatmulConfig, threads: number): { decl: string; fetch: string; store: (st: string) => string } {
   const QA = (c.BM * c.BK) / 16;
@@ -300,14 +288,10 @@ function loadPlan(opA: Operand, opB: Operand, c: MatmulConfig, threads: number):
     const g = `(lid + ${i * threads}u)`;
     const regs = [0, 1, 2, 3].map((j) => `rq${i}_${j}`);
     decl.push(`var ${regs.join(': vec4<f32>; var ')}: vec4<f32>;`);
-    // inside a branch the quad's registers are r_0..r_3
-    const body = (o: Operand, q: string, st: string | null) => {
-      const code = quadCode(o, c, q, st);
-      if (st !== null) return `${regs.map((r, j) => `let r_${j} = ${r};`).join(' ')}\n        ${code}`;
-      return `${regs.map((_, j) => `var r_${j}: vec4<f32>;`).join(' ')}\n        ${code}\n        ${regs.map((r, j) => `${r} = r_${j};`).join(' ')}`;
-    };
+    const quad = (o: Operand, q: string, Q: number, st: string | null) =>
+      regs.map((r, j) => `{ ${unitCode(o, c, `(${q} + ${j * Q}u)`, r, st)} }`).join('\n        ');
     const branch = (st: string | null) =>
-      `if (${g} < ${QA}u) {\n        ${body(opA, g, st)}\n      } else if (${g} < ${QA + QB}u) {\n        ${body(opB, `(${g} - ${QA}u)`, st)}\n      }`;
+      `if (${g} < ${QA}u) {\n        ${quad(opA, g, QA, st)}\n      } else if (${g} < ${QA + QB}u) {\n        ${quad(opB, `(${g} - ${QA}u)`, QB, st)}\n      }`;
     fetch.push(branch(null));
     stores.push((st) => branch(st));
   }
@@ -323,18 +307,22 @@ export function tiledWgsl(s: TiledSpec): string {
   const TY = c.BM / c.TM; // threads along m
   const threads = TX * TY;
   const packedOut = s.out !== 'f32';
-  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, T: TY, F: c.TM };
-  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, T: TX, F: c.TN };
+  const opA: Operand = { name: 'a', direct: s.transA, vec: s.vecA, T: TY, threadMajor: !s.transA, F: c.TM, pairs: false };
+  const opB: Operand = { name: 'b', direct: !s.transB, vec: s.vecB, T: TX, threadMajor: false, F: c.TN, pairs: packedOut };
   const loads = loadPlan(opA, opB, c, threads);
-  const gm = c.TM / 4; // a vec4s per k
-  const gn = c.TN / 4; // b vec4s per k, accumulator vec4s per row
+  const xa = opA.direct; // a's slots hold vec4s along m (4 rows at one k); else along k
+  const xb = opB.direct; // b's slots hold vec4s along n (4 columns at one k); else along k
+  const gn = c.TN / 4; // accumulator vec4s per row
   const comp = (i: number) => 'xyzw'[i & 3]!;
 
-  // thread rows: 4 adjacent rows, repeated every TY*4; thread columns: 4 adjacent columns,
-  // repeated every TX*4 (a packed output's pairs are whole). the a slots a warp reads
-  // broadcast (two ty), the b slots are 16 consecutive vec4s (16 tx).
+  // thread rows: 4 adjacent rows, repeated every TY*4 (a warp's reads of a stage broadcast).
+  // thread columns: with b staged [k][n], 4 adjacent columns repeated every TX*4; with b
+  // staged [n][k], adjacent threads take adjacent columns (rows of the stage: no bank
+  // conflicts), in pairs when the output is packed so that a thread owns whole words.
   const rowOf = (r: number) => (r >> 2) * TY * 4 + (r & 3); // + ty * 4
-  const colOf = (j: number) => (j >> 2) * TX * 4 + (j & 3); // + tx * 4
+  const colOf = (j: number): { k: number; m: number } =>
+    xb ? { k: (j >> 2) * TX * 4 + (j & 3), m: 4 } : packedOut ? { k: (j >> 1) * TX * 2 + (j & 1), m: 2 } : { k: j * TX, m: 1 }; // + tx * m
+  const colStep = colOf(0).m;
 
   // accumulators: acc_<row>_<q>, the thread's columns 4q..4q+3 of one row
   const accDecl: string[] = [];
@@ -347,11 +335,17 @@ export function tiledWgsl(s: TiledSpec): string {
   const slot = (g: number, per: number, off: number) => (unrolled ? `${g * per + off}u` : `(kq + ${g}u) * ${per}u + ${off}u`);
   const group = (g: number): string => {
     const l: string[] = [];
+    if (xa) for (let kk = 0; kk < 4; kk++) for (let h = 0; h < c.TM / 4; h++) l.push(`let a${kk}_${h} = Sa[st][${slot(g, c.TM, kk * (c.TM / 4) + h)}][ty];`);
+    else for (let r = 0; r < c.TM; r++) l.push(`let a${r} = Sa[st][ty][${slot(g, 1, r * (c.BK / 4))}];`);
+    if (xb) for (let kk = 0; kk < 4; kk++) for (let q = 0; q < gn; q++) l.push(`let b${kk}_${q} = Sb[st][${slot(g, c.TN, kk * gn + q)}][tx];`);
+    else for (let j = 0; j < c.TN; j++) l.push(`let b${j} = Sb[st][${slot(g, 1, j * (c.BK / 4))}][tx];`);
     for (let kk = 0; kk < 4; kk++) {
-      for (let h = 0; h < gm; h++) l.push(`let a${kk}_${h} = Sa[st][${slot(g, c.TM, kk * gm + h)}][ty];`);
-      for (let q = 0; q < gn; q++) l.push(`let b${kk}_${q} = Sb[st][${slot(g, c.TN, kk * gn + q)}][tx];`);
+      for (let q = 0; q < gn; q++) {
+        if (!xb) l.push(`let b${kk}_${q} = vec4<f32>(${[0, 1, 2, 3].map((j) => `b${4 * q + j}.${comp(kk)}`).join(', ')});`);
+      }
       for (let r = 0; r < c.TM; r++) {
-        for (let q = 0; q < gn; q++) l.push(`acc_${r}_${q} = fma(vec4<f32>(a${kk}_${r >> 2}.${comp(r)}), b${kk}_${q}, acc_${r}_${q});`);
+        const a = xa ? `a${kk}_${r >> 2}.${comp(r)}` : `a${r}.${comp(kk)}`;
+        for (let q = 0; q < gn; q++) l.push(`acc_${r}_${q} = fma(vec4<f32>(${a}), b${kk}_${q}, acc_${r}_${q});`);
       }
     }
     return `{\n        ${l.join('\n        ')}\n      }`;
@@ -365,7 +359,7 @@ export function tiledWgsl(s: TiledSpec): string {
 
   // epilogue: scale, bias, store (or accumulate) with per-element guards
   const epi: string[] = [];
-  for (let j = 0; j < c.TN; j++) epi.push(`let col${j} = n0 + ${colOf(j)}u + tx * 4u;`);
+  for (let j = 0; j < c.TN; j++) epi.push(`let col${j} = n0 + ${colOf(j).k}u + tx * ${colStep}u;`);
   if (s.bias) {
     for (let q = 0; q < gn; q++) {
       const bv = [0, 1, 2, 3].map((j) => `select(0.0, ld_bias(min(col${4 * q + j}, p.N - 1u)), col${4 * q + j} < p.N)`);
@@ -402,9 +396,9 @@ export function tiledWgsl(s: TiledSpec): string {
   return /* wgsl */ `
 ${decls.join('\n')}
 
-// two stages of each operand, [stage][k * F/4 + h][t]: vec4s along m (a) and n (b)
-var<workgroup> Sa: array<array<array<vec4<f32>, ${TY}>, ${c.BK * gm}>, 2>;
-var<workgroup> Sb: array<array<array<vec4<f32>, ${TX}>, ${c.BK * gn}>, 2>;
+// two stages of each operand: a [stage]${xa ? '[slot][ty]' : '[ty][slot]'}, slots of vec4s along ${xa ? 'm' : 'k'}; b [stage][slot][tx], along ${xb ? 'n' : 'k'}
+var<workgroup> Sa: array<${xa ? `array<array<vec4<f32>, ${TY}>, ${(c.TM * c.BK) / 4}>` : `array<array<vec4<f32>, ${(c.TM * c.BK) / 4}>, ${TY}>`}, 2>;
+var<workgroup> Sb: array<array<array<vec4<f32>, ${TX}>, ${(c.TN * c.BK) / 4}>, 2>;
 
 @compute @workgroup_size(${threads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
