@@ -23,29 +23,30 @@ interface Candidate {
   config: MatmulConfig;
   transA: boolean;
   transB: boolean;
+  /** matmul's pretranspose option (default: its own choice) */
+  pre?: boolean;
 }
 
 // U < BK keeps a k loop in the inner product (run-time slot indices: clamped under robustness)
 const extra: MatmulConfig[] = [
   { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 8, G: 8 },
   { BM: 64, BN: 256, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
-  // 128 threads: several workgroups per SM, a barrier stalls fewer warps
   { BM: 128, BN: 64, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
-  { BM: 64, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
-  { BM: 128, BN: 64, BK: 32, TM: 8, TN: 8, U: 32, G: 8 },
-  { BM: 64, BN: 128, BK: 32, TM: 8, TN: 8, U: 32, G: 8 },
-  { BM: 64, BN: 64, BK: 32, TM: 8, TN: 8, U: 32, G: 8 },
-  { BM: 128, BN: 128, BK: 24, TM: 8, TN: 8, U: 24, G: 8 },
 ];
 
+const first = MATMUL_CONFIGS[0]!;
 const CANDIDATES: Candidate[] = [
   ...[...MATMUL_CONFIGS.slice(0, 2), ...extra].map((config) => ({ config, transA: false, transB: false })),
-  { config: MATMUL_CONFIGS[0]!, transA: false, transB: true },
-  { config: MATMUL_CONFIGS[0]!, transA: true, transB: false },
-  { config: MATMUL_CONFIGS[0]!, transA: true, transB: true },
+  { config: first, transA: false, transB: true },
+  { config: first, transA: true, transB: false },
+  { config: first, transA: true, transB: true },
+  // the kernel itself on operands stored along k
+  { config: first, transA: false, transB: false, pre: false },
+  { config: first, transA: false, transB: true, pre: false },
+  { config: first, transA: true, transB: true, pre: false },
 ];
 
-const nameOf = (c: Candidate) => `${configName(c.config)} ${c.transA ? 't' : 'n'}${c.transB ? 't' : 'n'}`;
+const nameOf = (c: Candidate) => `${configName(c.config)} ${c.transA ? 't' : 'n'}${c.transB ? 't' : 'n'}${c.pre === false ? ' (no pretranspose)' : ''}`;
 
 function smi(): string {
   try {
@@ -66,7 +67,7 @@ async function check(gpu: Gpu, c: Candidate): Promise<number> {
   const ta = await gpu.tensorFrom(a, c.transA ? [K, M] : [M, K], 'f32', 'a');
   const tb = await gpu.tensorFrom(b, c.transB ? [Nn, K] : [K, Nn], 'f32', 'b');
   const out = await gpu.tensor([M, Nn], 'f32', 'out');
-  await matmul(gpu, { out }, { a: ta, b: tb }, { config: c.config, transA: c.transA, transB: c.transB });
+  await matmul(gpu, { out }, { a: ta, b: tb }, { config: c.config, transA: c.transA, transB: c.transB, ...(c.pre !== undefined ? { pretranspose: c.pre } : {}) });
   const got = (await gpu.read(out)) as Float32Array;
   const want = matmulRef(a, b, { M, N: Nn, K }, { transA: c.transA, transB: c.transB });
   let num = 0;
@@ -100,7 +101,7 @@ async function main(): Promise<void> {
       console.log(`${nameOf(cand)}: failed ${(e as Error).message.split('\n')[0]}`);
     }
   }
-  const run = (cand: Candidate) => matmul(gpu, { out: c }, { a, b }, { config: cand.config, transA: cand.transA, transB: cand.transB });
+  const run = (cand: Candidate) => matmul(gpu, { out: c }, { a, b }, { config: cand.config, transA: cand.transA, transB: cand.transB, ...(cand.pre !== undefined ? { pretranspose: cand.pre } : {}) });
   console.log(`before warm-up: ${smi()}`);
   await warmUp(gpu, () => run(live[0]!), SECONDS);
   console.log(`after warm-up:  ${smi()}`);

@@ -14,3 +14,4 @@ export { clipGrads, gradNorm, type GradNormOptions } from './gradnorm/gradnorm.t
 export { scanExclusive, segmentStarts, sortPairs, type SortOptions } from './sort/sort.ts';
 export { linearBackward, linearForward, matmul, matmulFlops, type MatmulOptions } from './matmul/matmul.ts';
 export { matmulSubgroup } from './matmul/matmul_subgroup.ts';
+export { transpose } from './transpose/transpose.ts';

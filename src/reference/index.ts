@@ -11,5 +11,6 @@ export * from './rmsnorm.ts';
 export * from './rope.ts';
 export * from './sort.ts';
 export * from './swiglu.ts';
+export * from './transpose.ts';
 export * from './xent.ts';
 export { dot, gradCheck } from './fd.ts';

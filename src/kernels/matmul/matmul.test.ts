@@ -26,6 +26,7 @@ interface Case {
   config?: MatmulConfig;
   /** output dtype (default: the input dtype, or f32 when N is odd) */
   out?: DType;
+  pretranspose?: boolean;
 }
 
 /** uploads seeded inputs rounded to `dtype`, runs matmul, compares with the float64 reference */
@@ -56,6 +57,7 @@ async function check(dtype: DType, c: Case): Promise<void> {
     accumulate: c.accumulate ?? false,
     alpha: c.alpha ?? 1,
     ...(c.config ? { config: c.config } : {}),
+    ...(c.pretranspose !== undefined ? { pretranspose: c.pretranspose } : {}),
   });
   const want = ref.matmul(
     a,
@@ -107,6 +109,16 @@ for (const dtype of DTYPES) {
   test(`matmul ${dtype} accumulate into f32`, () => check(dtype, { M: 20, N: 28, K: 12, accumulate: true, transA: true, out: 'f32' }));
   if (dtype === 'f32') test(`matmul ${dtype} accumulate, bias, batched`, () => check(dtype, { M: 8, N: 12, K: 16, batch: 2, accumulate: true, bias: true, transB: true, out: 'f32' }));
   if (dtype === 'f16') test(`matmul ${dtype} accumulate into ${dtype} (pairs)`, () => check(dtype, { M: 9, N: 16, K: 8, accumulate: true }));
+  if (dtype === 'f32') {
+    // operands stored along k transposed first (what large products do): batched, broadcast, odd sizes
+    test(`matmul ${dtype} pretransposed nn, nt, tt`, async () => {
+      await check(dtype, { M: 67, N: 129, K: 33, pretranspose: true });
+      await check(dtype, { M: 36, N: 68, K: 20, batch: 3, transB: true, bias: true, pretranspose: true });
+      await check(dtype, { M: 20, N: 12, K: 40, batch: 2, batchB: false, transA: true, transB: true, accumulate: true, pretranspose: true });
+      const gpu = await testGpu();
+      assert.equal(gpu.scratch.outstanding, 0, 'scratch given back');
+    });
+  }
   test(`matmul ${dtype} large magnitudes`, () => check(dtype, { M: 40, N: 24, K: 64, scale: dtype === 'f16' ? 12 : 300 }));
 }
 
