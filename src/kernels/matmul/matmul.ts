@@ -79,11 +79,12 @@ export interface MatmulConfig {
 
 /**
  * Candidate configurations, largest tile first (benchmarks time each; see chooseConfig).
- * f32 TFLOP/s at 4096^3 on one H100 through Dawn/Vulkan, nn / nt / tn / tt layouts:
- * m128n128k16t8x8u16g8 39.1 / 37.1 / 40.7 / 40.3 (u8: 34.9, u4: 32.4 nn; g1 the same),
- * m128n128k8t8x8u8g8 33.2, m64n256 37.9, m256n64 36.5, m128n64k16t8x4u16g8 32.7 (nn).
- * workgroup memory: 2 (BM + BN) BK 4 bytes, 32 KiB for the first. bench/probe_matmul_f32.ts
- * times candidates; the kernels suite's notes have the current numbers.
+ * f32 TFLOP/s at 4096^3 on one H100 through Dawn/Vulkan (bench/probe_matmul_f32.ts), the
+ * kernel itself in the nn / nt / tn / tt layouts: m128n128k16t8x8u16g8 38.4 / 36.1 / 42.1 /
+ * 39.9, so matmul() transposes f32 operands stored along k first (choosePretranspose): nn
+ * 41.2, nt 40.5, tt 41.3. with the pretranspose, nn: m128n128k8t8x8u8g8 41.5, u8 instead of
+ * u16 32.3, m64n256k16t8x8 28.7, m128n64k16t8x8 (128 threads) 29.2, m128n64k16t8x4 32.3.
+ * workgroup memory: 2 (BM + BN) BK 4 bytes, 32 KiB for the first.
  */
 export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
   { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, U: 16, G: 8 },
