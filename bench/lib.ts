@@ -147,7 +147,9 @@ export function runTorch(script: string, args: string[] = []): { results: Record
     return { results: {}, note: `torch baseline not run: ${why}` };
   }
   const last = r.stdout.trim().split('\n').pop() ?? '{}';
-  return { results: JSON.parse(last) as Record<string, number> };
+  // a script that measured something but not everything says what failed on stderr
+  const failed = (r.stderr || '').split('\n').filter((l) => /failed/.test(l));
+  return { results: JSON.parse(last) as Record<string, number>, ...(failed.length ? { note: failed.join(' | ') } : {}) };
 }
 
 export function table(results: Record<string, number>): string {

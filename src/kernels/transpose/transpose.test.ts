@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import * as ref from '../../reference/transpose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { transpose } from './transpose.ts';
+import { swapAxes, transpose } from './transpose.ts';
 
 test('reference transpose: a known 2x3 case, and twice is the identity', () => {
   assert.deepEqual([...ref.transpose([1, 2, 3, 4, 5, 6], 1, 2, 3)], [1, 4, 2, 5, 3, 6]);
@@ -43,4 +43,18 @@ test('transpose rejects a wrong output shape, 16-bit dtypes and overlaps', async
   await assert.rejects(transpose(gpu, { out: bad }, { x: h }), /transpose: x h\[4,6\]:f16 must be one of f32\/u32\/i32/);
   await assert.rejects(transpose(gpu, { out: x.reshape([6, 4]) }, { x }), /overlap/);
   for (const t of [x, bad, h]) t.dispose();
+});
+
+test('swapAxes [R, C, E] -> [C, R, E], odd sizes', async () => {
+  const gpu = await testGpu();
+  for (const [R, C, E] of [[1, 1, 1], [7, 5, 3], [33, 8, 64]] as const) {
+    const v = new Rng(R * C * E).normals(R * C * E);
+    const x = await gpu.tensorFrom(v, [R, C, E], 'f32', 'x');
+    const out = await gpu.tensor([C, R, E], 'f32', 'out');
+    await swapAxes(gpu, { out }, { x });
+    assert.deepEqual([...(await gpu.read(out))], [...ref.swapAxes(new Float64Array(new Float32Array(v)), R, C, E)]);
+    if (R !== C) await assert.rejects(swapAxes(gpu, { out: x }, { x }), /swapAxes: out x\[\d+,\d+,\d+\]:f32 must be/);
+    x.dispose();
+    out.dispose();
+  }
 });

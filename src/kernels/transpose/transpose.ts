@@ -1,19 +1,21 @@
 // transpose of the last two dimensions, 32-bit elements (f32, u32, i32), batched.
 //
-//   forward   out (..., C, R) = x (..., R, C)^T       leading dims are the batch (flattened)
-//   backward  dx = transpose(dout): the same kernel
+//   transpose  out (..., C, R) = x (..., R, C)^T       leading dims are the batch (flattened)
+//   swapAxes   out (C, R, E) = x (R, C, E)              rows of E elements move whole
+//   each is its own backward (dx = the same op on dout).
 //
 // thread mapping: one 32 x 8 workgroup per 32 x 32 tile of x, each thread moving 4 elements
 // of a column of the tile; the tile passes through workgroup memory with rows padded to 33
 // words (a column read hits 32 banks), so that both the reads of x and the writes of out are
 // 128-byte rows per warp. grid (C/32, R/32, batch); a batch past 65535 is split over launches.
-// numerics: a bit copy. matmul uses it to hand its tiled kernel operands in the layout it runs
+// swapAxes: one thread per 32-bit word, consecutive threads on consecutive words of a row of
+// E (coalesced when E is not tiny), 2-D grid. numerics: a bit copy. matmul uses it to hand its tiled kernel operands in the layout it runs
 // fastest (see matmul.ts, choosePretranspose).
 
 import type { Gpu } from '../../gpu/device.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, launch, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, grid1d, launch, type ParamSpec } from '../kernel.ts';
 
 const PARAMS: ParamSpec = [
   ['R', 'u32'],
@@ -76,4 +78,43 @@ export async function transpose(gpu: Gpu, o: { out: Tensor }, i: { x: Tensor }):
       workgroups: [Math.ceil(C / 32), Math.ceil(R / 32), Math.min(maxZ, batch - b0)],
     });
   }
+}
+
+const SWAP_PARAMS: ParamSpec = [
+  ['R', 'u32'],
+  ['C', 'u32'],
+  ['E', 'u32'],
+  ['row', 'u32'], // threads per grid row
+];
+
+const SWAP_WGSL = /* wgsl */ `
+struct Params { R: u32, C: u32, E: u32, row: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  let i = g.x + g.y * p.row;          // word of out: (c, r, e)
+  if (i >= p.R * p.C * p.E) { return; }
+  let e = i % p.E;
+  let r = (i / p.E) % p.R;
+  let c = i / (p.E * p.R);
+  out[i] = x[(r * p.C + c) * p.E + e];
+}`;
+
+/** out (C, R, E) = x (R, C, E): the first two dimensions swapped (32-bit dtypes). */
+export async function swapAxes(gpu: Gpu, o: { out: Tensor }, i: { x: Tensor }): Promise<void> {
+  const op = 'swapAxes';
+  const { out } = o;
+  const { x } = i;
+  expectDtype(op, 'x', x, ['f32', 'u32', 'i32']);
+  if (x.shape.length !== 3) throw new ShapeError(`${op}: x ${x} must be 3-D (R, C, E)`);
+  const [R, C, E] = x.shape as [number, number, number];
+  if (out.dtype !== x.dtype || out.shape.length !== 3 || out.shape[0] !== C || out.shape[1] !== R || out.shape[2] !== E) {
+    throw new ShapeError(`${op}: out ${out} must be [${C},${R},${E}]:${x.dtype} for x ${x}`);
+  }
+  expectDisjoint(op, out, x);
+  if (x.size === 0) return;
+  const [gx, gy] = grid1d(gpu, Math.ceil(x.size / 256));
+  await launch(gpu, { name: 'swap_axes_u32', wgsl: SWAP_WGSL, storage: [out, x], params: SWAP_PARAMS, values: { R, C, E, row: gx * 256 }, workgroups: [gx, gy] });
 }
