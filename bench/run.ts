@@ -12,6 +12,7 @@ export type Suite = (gpu: Gpu, args: string[]) => Promise<SuiteOutput>;
 
 const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   kernels: () => import('./suites/kernels.ts'),
+  memory: () => import('./suites/memory.ts'),
 };
 
 async function main(): Promise<void> {

@@ -16,3 +16,8 @@ export {
   ShapeError,
 } from './gpu/errors.ts';
 export * as kernels from './kernels/index.ts';
+export { MemoryLayer, type MemoryLayerConfig } from './model/memory_layer.ts';
+export { ValueTable, type ValueTableOptions } from './model/value_table.ts';
+export { memoryStats, tokenReads, type MemoryReadStats } from './model/memory_stats.ts';
+export { type Param } from './model/param.ts';
+export { AdamW, type OptimizerConfig } from './train/optimizer.ts';

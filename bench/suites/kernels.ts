@@ -17,7 +17,7 @@ import { Rng } from '../../src/testing/rng.ts';
 import { runTorch, timeGpu, warmUp } from '../lib.ts';
 
 /** copy bandwidth (bytes read + written) for each vec4-per-thread variant, 1 GiB f32 */
-async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number>> {
+export async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number>> {
   const max = Math.min(1 << 30, gpu.device.limits.maxStorageBufferBindingSize);
   const bytes = quick ? 1 << 24 : Math.floor(max / 16) * 16;
   const n = bytes / 4;

@@ -155,6 +155,9 @@ export class Gpu {
   destroyBuffer(buffer: GPUBuffer): void {
     const rec = this.live.get(buffer);
     if (!rec) return;
+    // commands recorded but not submitted may use it: a destroyed buffer would invalidate the
+    // whole submit, so they go first (the GPU finishes them before the memory is reused)
+    if (this.encoder) this.flush();
     this.live.delete(buffer);
     this.liveBytes -= rec.bytes;
     const left = (this.byLabel.get(rec.label) ?? 0) - rec.bytes;

@@ -14,4 +14,9 @@ export { clipGrads, gradNorm, type GradNormOptions } from './gradnorm/gradnorm.t
 export { scanExclusive, segmentStarts, sortPairs, type SortOptions } from './sort/sort.ts';
 export { linearBackward, linearForward, matmul, matmulFlops, type MatmulOptions } from './matmul/matmul.ts';
 export { matmulSubgroup } from './matmul/matmul_subgroup.ts';
-export { transpose } from './transpose/transpose.ts';
+export { swapAxes, transpose } from './transpose/transpose.ts';
+export { fillNormal, fillUniform } from './init/init.ts';
+export { topkBackward, topkForward } from './topk/topk.ts';
+export { productTopkBackward, productTopkForward } from './topk/product_topk.ts';
+export { chunkRows, membagBackward, membagForward, type ValueChunks } from './membag/membag.ts';
+export { clearRows, markRows } from './rowmask/rowmask.ts';

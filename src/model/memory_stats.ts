@@ -7,7 +7,7 @@
 //   entropy  mean over (token, head) of the entropy of its k read weights, in nats (log k
 //            when the softmax is flat, 0 when one slot takes all)
 
-export interface MemoryStats {
+export interface MemoryReadStats {
   usage: number;
   kl: number;
   entropy: number;
@@ -15,7 +15,7 @@ export interface MemoryStats {
   reads: number;
 }
 
-export function memoryStats(slots: ArrayLike<number>, weights: ArrayLike<number>, N: number, k: number): MemoryStats {
+export function memoryStats(slots: ArrayLike<number>, weights: ArrayLike<number>, N: number, k: number): MemoryReadStats {
   if (slots.length !== weights.length || slots.length % k !== 0) {
     throw new Error(`memoryStats: ${slots.length} slots and ${weights.length} weights for groups of k = ${k}`);
   }

@@ -12,5 +12,8 @@ export * from './rope.ts';
 export * from './sort.ts';
 export * from './swiglu.ts';
 export * from './transpose.ts';
+export * from './init.ts';
+export * from './topk.ts';
+export * from './membag.ts';
 export * from './xent.ts';
 export { dot, gradCheck } from './fd.ts';

@@ -215,3 +215,46 @@ test('adamw: wrong shapes, dtypes and options throw, naming the op and the tenso
 function shapeErr(re: RegExp) {
   return (e: unknown) => e instanceof ShapeError && re.test(e.message);
 }
+
+test('adamw with a row mask: masked-in rows step, the others keep every bit (f32, and bf16 with a master)', async () => {
+  const gpu = await testGpu();
+  const [R, W] = [5, 3];
+  const mask = [1, 0, 0, 1, 1];
+  const h = { lr: 1e-2, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, step: 3 };
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const rng = new Rng(dtype === 'f32' ? 1 : 2);
+    const p0 = roundTo(rng.normals(R * W), dtype);
+    const g = rng.normals(R * W);
+    const m0 = rng.normals(R * W, 0.1);
+    const v0 = Float64Array.from(rng.normals(R * W, 0.1), Math.abs);
+    const t = {
+      p: await gpu.tensorFrom(p0, [R, W], dtype, 'p'),
+      g: await gpu.tensorFrom(g, [R, W], 'f32', 'g'),
+      m: await gpu.tensorFrom(m0, [R, W], 'f32', 'm'),
+      v: await gpu.tensorFrom(v0, [R, W], 'f32', 'v'),
+      ...(dtype === 'bf16' ? { master: await gpu.tensorFrom(p0, [R, W], 'f32', 'master') } : {}),
+    };
+    const tmask = await gpu.tensorFrom(mask, [R], 'u32', 'mask');
+    await adamwStep(gpu, [{ params: [{ ...t, rows: { mask: tmask, width: W } }], lr: h.lr, weightDecay: h.weightDecay }], h);
+    const [p, m, v] = [Float64Array.from(p0), Float64Array.from(m0), Float64Array.from(v0)];
+    for (let r = 0; r < R; r++) {
+      if (!mask[r]) continue;
+      const sl = (a: Float64Array) => a.subarray(r * W, (r + 1) * W);
+      ref.adamwStep(sl(p), g.subarray(r * W, (r + 1) * W), sl(m), sl(v), h);
+    }
+    assertClose(`${dtype} p`, await gpu.read(t.p), roundTo(p, dtype), TOL[dtype]);
+    assertClose(`${dtype} m`, await gpu.read(t.m), m, TOL.f32);
+    const gotV = await gpu.read(t.v);
+    const gotP = await gpu.read(t.p);
+    for (let i = 0; i < R * W; i++) {
+      if (mask[Math.floor(i / W)]) continue;
+      assert.equal(gotP[i], Math.fround(p0[i]!), `row ${Math.floor(i / W)} kept p`);
+      assert.equal(gotV[i], Math.fround(v0[i]!), `row ${Math.floor(i / W)} kept v`);
+    }
+    await assert.rejects(
+      adamwStep(gpu, [{ params: [{ ...t, rows: { mask: tmask, width: 4 } }], lr: 1, weightDecay: 0 }], h),
+      /rows.width 4 must divide p\[5,3\]:\w+ into whole rows/,
+    );
+    for (const x of [...Object.values(t), tmask]) x.dispose();
+  }
+});

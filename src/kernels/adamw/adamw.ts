@@ -18,6 +18,10 @@
 // two consecutive elements, so f16/bf16 parameters are written a whole word at a time; an odd
 // tail leaves the padding half of the last word as it was. bias corrections are folded into
 // two f32 uniforms on the host (in float64). no reductions: results are deterministic.
+// sparse rows (`rows`): a parameter seen as rows of `width` elements, with a u32 mask per row;
+// only elements of rows whose mask is nonzero are updated (moments, decay and all), the others
+// keep every bit (a lazy Adam, as torch's SparseAdam: the bias corrections still use the global
+// step). the memory value table's sparse mode uses it (train/optimizer.ts).
 
 import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
@@ -37,6 +41,8 @@ export interface AdamwParam {
   v: Tensor;
   /** optional f32 master copy of p: updated in its place, then written rounded into p */
   master?: Tensor;
+  /** update only the rows (of `width` elements) whose u32 mask entry is nonzero */
+  rows?: { mask: Tensor; width: number };
 }
 
 export interface AdamwGroup {
@@ -67,9 +73,10 @@ const PARAMS: ParamSpec = [
   ['rbc2', 'f32'], // 1 / sqrt(1 - b2^t)
   ['eps', 'f32'],
   ['gscale', 'f32'],
+  ['width', 'u32'], // row width when masked
 ];
 
-function adamwWgsl(dtype: DType, master: boolean, gpuScale: boolean): string {
+function adamwWgsl(dtype: DType, master: boolean, gpuScale: boolean, rows: boolean): string {
   const packed = dtype !== 'f32';
   const bindings: BindingDecl[] = [
     { name: 'param', type: dtype, access: 'read_write' }, // p (the uniforms are `p`)
@@ -79,6 +86,7 @@ function adamwWgsl(dtype: DType, master: boolean, gpuScale: boolean): string {
     ...(master ? [{ name: 'master', type: 'f32' as const, access: 'read_write' as const }] : []),
     { name: 'g', type: 'f32', access: 'read' },
     ...(gpuScale ? [{ name: 'gs', type: 'f32' as const, access: 'read' as const }] : []),
+    ...(rows ? [{ name: 'mask', type: 'u32' as const, access: 'read' as const }] : []),
   ];
   // the value the update starts from: the master copy, or p itself
   const load = (j: string) => (master ? `master[${j}]` : `ld_param(${j})`);
@@ -101,9 +109,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (i >= p.n) { return; }
   let gs = p.gscale${gpuScale ? ' * gs[0]' : ''};
   let two = i + 1u < p.n;
-  let a = update(i, ${load('i')}, gs);
+  ${
+    rows
+      ? `// masked rows: an element of a row left out keeps its value (rewritten as it was)
+  let on_a = mask[i / p.width] != 0u;
+  let on_b = two && mask[(i + 1u) / p.width] != 0u;
+  if (!on_a && !on_b) { return; }
+  var a = ${load('i')};
+  if (on_a) { a = update(i, a, gs); }
+  var b = ${packed ? 'ld_param(i + 1u)' : '0.0'};
+  if (two) { b = ${load('i + 1u')}; }
+  if (on_b) { b = update(i + 1u, b, gs); }`
+      : `let a = update(i, ${load('i')}, gs);
   var b = ${packed ? 'ld_param(i + 1u)' : '0.0'};  ${packed ? '// an odd tail: the padding half keeps its bits' : ''}
-  if (two) { b = update(i + 1u, ${load('i + 1u')}, gs); }
+  if (two) { b = update(i + 1u, ${load('i + 1u')}, gs); }`
+  }
   ${master ? 'master[i] = a;\n  if (two) { master[i + 1u] = b; }' : ''}
   ${packed ? 'st2_param(i, a, b);' : 'param[i] = a;\n  if (two) { param[i + 1u] = b; }'}
 }`;
@@ -144,6 +164,15 @@ export async function adamwStep(gpu: Gpu, groups: readonly AdamwGroup[], opts: A
       }
       const writes = t.master ? [t.p, t.m, t.v, t.master] : [t.p, t.m, t.v];
       const reads = gpuScale ? [t.g, gradScale] : [t.g];
+      if (t.rows) {
+        const { mask, width } = t.rows;
+        if (!(Number.isInteger(width) && width > 0 && t.p.size % width === 0)) {
+          throw new EngramError(`${op}: ${at}.rows.width ${width} must divide ${t.p} into whole rows`);
+        }
+        expectShape(op, `${at}.rows.mask`, mask, [t.p.size / width]);
+        expectDtype(op, `${at}.rows.mask`, mask, ['u32']);
+        reads.push(mask);
+      }
       // a written tensor may share a buffer (an arena) with the others, not their bytes
       for (const [j, w] of writes.entries()) for (const x of [...writes.slice(j + 1), ...reads]) expectDisjoint(op, w, x);
       if (t.p.size > 0) jobs.push({ grp, t, dtype, storage: [...writes, ...reads] });
@@ -155,8 +184,8 @@ export async function adamwStep(gpu: Gpu, groups: readonly AdamwGroup[], opts: A
     const n = t.p.size;
     const [x, y] = grid1d(gpu, Math.ceil(n / 2 / WG));
     await launch(gpu, {
-      name: `adamw_${dtype}${t.master ? '_master' : ''}${gpuScale ? '_gpuscale' : ''}`,
-      wgsl: adamwWgsl(dtype, !!t.master, gpuScale),
+      name: `adamw_${dtype}${t.master ? '_master' : ''}${gpuScale ? '_gpuscale' : ''}${t.rows ? '_rows' : ''}`,
+      wgsl: adamwWgsl(dtype, !!t.master, gpuScale, !!t.rows),
       storage,
       params: PARAMS,
       values: {
@@ -171,6 +200,7 @@ export async function adamwStep(gpu: Gpu, groups: readonly AdamwGroup[], opts: A
         rbc2: 1 / Math.sqrt(bc2),
         eps,
         gscale: gpuScale ? 1 : gradScale,
+        width: t.rows?.width ?? 1,
       },
       workgroups: [x, y],
     });

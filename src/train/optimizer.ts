@@ -1,0 +1,151 @@
+// the optimizer of memory-layer models (spec §5, Memory Layers at Scale): one fused AdamW, with
+// the memory value table as its own parameter group.
+//
+//   groups   'model' (lr, weight decay) and 'values' (valueLr, 10x lr by default; the same
+//            weight decay), both scaled by the caller's schedule factor each step
+//   clipping the global gradient norm of each group separately (max-norm 1.0 by default), on
+//            the GPU: gradNorm writes the clip coefficient, adamwStep reads it (no readback)
+//   state    f32 moments m, v per parameter; an f32 master copy of f16/bf16 parameters (the
+//            bf16 value table: an update of 1e-3 relative vanishes in 8 bits of mantissa)
+// dense semantics, as the paper: rows of the value table that no token read still move
+// (momentum tail and decoupled weight decay) every step.
+// sparseValues: only the value rows read since the last step are updated (the table must track
+// reads: ValueTable trackReads); the mask is cleared after each step. how it departs from dense
+// AdamW: an unread row keeps its value and its moments exactly (no weight decay, no momentum
+// tail), and its moments are not decayed for the steps it missed, while the bias corrections
+// use the global step count (as torch.optim.SparseAdam: a "lazy" Adam). the gradient norm and
+// clipping are unchanged (unread rows have zero gradient either way).
+
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { adamwStep, type AdamwParam } from '../kernels/adamw/adamw.ts';
+import { addForward } from '../kernels/add/add.ts';
+import { fill } from '../kernels/copy/copy.ts';
+import { gradNorm } from '../kernels/gradnorm/gradnorm.ts';
+import { clearRows } from '../kernels/rowmask/rowmask.ts';
+import type { Param } from '../model/param.ts';
+
+export interface OptimizerConfig {
+  /** peak learning rate of the model group */
+  lr: number;
+  /** peak learning rate of the value table (spec: value_fixed_lr 1e-3 against 1e-4); default 10 lr */
+  valueLr?: number;
+  /** decoupled weight decay, every group (spec: 0.1) */
+  weightDecay?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  /** max global gradient norm per group (spec: 1.0); Infinity turns clipping off */
+  maxNorm?: number;
+  /** update only the value rows read since the last step (see the header) */
+  sparseValues?: boolean;
+}
+
+interface State {
+  param: Param;
+  m: Tensor;
+  v: Tensor;
+  master?: Tensor;
+}
+
+export class AdamW {
+  private steps = 0;
+  private readonly norm: Record<Param['group'], { norm: Tensor; scale: Tensor }>;
+
+  private constructor(
+    private readonly gpu: Gpu,
+    private readonly states: State[],
+    private readonly cfg: Required<OptimizerConfig>,
+    norm: AdamW['norm'],
+  ) {
+    this.norm = norm;
+  }
+
+  static async create(gpu: Gpu, params: readonly Param[], config: OptimizerConfig): Promise<AdamW> {
+    const cfg: Required<OptimizerConfig> = {
+      valueLr: 10 * config.lr,
+      weightDecay: 0.1,
+      beta1: 0.9,
+      beta2: 0.95,
+      eps: 1e-8,
+      maxNorm: 1.0,
+      sparseValues: false,
+      ...config,
+    };
+    if (cfg.sparseValues) {
+      const blind = params.find((p) => p.group === 'values' && !p.rowMask);
+      if (blind) throw new EngramError(`AdamW: sparseValues needs the rows read: '${blind.name}' has no read mask (create the ValueTable with trackReads: true)`);
+    }
+    if (!(cfg.lr >= 0 && cfg.valueLr >= 0)) throw new EngramError(`AdamW: learning rates must be >= 0 (lr ${cfg.lr}, valueLr ${cfg.valueLr})`);
+    if (!(cfg.maxNorm > 0)) throw new EngramError(`AdamW: maxNorm must be positive (Infinity: no clipping), got ${cfg.maxNorm}`);
+    const states: State[] = [];
+    for (const param of params) {
+      const m = await gpu.tensor(param.value.shape, 'f32', `${param.name}.adam_m`);
+      const v = await gpu.tensor(param.value.shape, 'f32', `${param.name}.adam_v`);
+      await fill(gpu, m, 0);
+      await fill(gpu, v, 0);
+      const s: State = { param, m, v };
+      if (param.value.dtype !== 'f32') {
+        s.master = await gpu.tensor(param.value.shape, 'f32', `${param.name}.master`);
+        await copyToF32(gpu, s.master, param.value);
+      }
+      states.push(s);
+    }
+    const pair = async (g: string) => ({ norm: await gpu.tensor([1], 'f32', `${g}.grad_norm`), scale: await gpu.tensor([1], 'f32', `${g}.clip_scale`) });
+    return new AdamW(gpu, states, cfg, { model: await pair('model'), values: await pair('values') });
+  }
+
+  /** steps taken */
+  get step(): number {
+    return this.steps;
+  }
+
+  /** One step: clip each group by its own norm, then AdamW with lr and valueLr times `lrScale`. */
+  async update(lrScale = 1): Promise<void> {
+    const { gpu, cfg } = this;
+    this.steps++;
+    for (const group of ['model', 'values'] as const) {
+      const mine = this.states.filter((s) => s.param.group === group);
+      if (mine.length === 0) continue;
+      const n = this.norm[group];
+      const clip = Number.isFinite(cfg.maxNorm);
+      await gradNorm(gpu, clip ? n : { norm: n.norm }, mine.map((s) => s.param.grad), clip ? { maxNorm: cfg.maxNorm } : {});
+      const sparse = group === 'values' && cfg.sparseValues;
+      const params: AdamwParam[] = mine.map((s) => ({
+        p: s.param.value,
+        g: s.param.grad,
+        m: s.m,
+        v: s.v,
+        ...(s.master ? { master: s.master } : {}),
+        ...(sparse ? { rows: s.param.rowMask! } : {}),
+      }));
+      const lr = (group === 'values' ? cfg.valueLr : cfg.lr) * lrScale;
+      await adamwStep(gpu, [{ params, lr, weightDecay: cfg.weightDecay }], {
+        step: this.steps,
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        ...(clip ? { gradScale: n.scale } : {}),
+      });
+      const masks = mine.flatMap((s) => (s.param.rowMask ? [s.param.rowMask.mask] : []));
+      if (masks.length) clearRows(gpu, masks);
+    }
+  }
+
+  /** The global gradient norms of the last update, per group (before clipping). */
+  async gradNorms(): Promise<Record<Param['group'], number>> {
+    const read = async (t: Tensor) => (await this.gpu.read(t))[0]!;
+    return { model: await read(this.norm.model.norm), values: await read(this.norm.values.norm) };
+  }
+
+  dispose(): void {
+    for (const s of this.states) for (const t of [s.m, s.v, s.master]) t?.dispose();
+    for (const g of Object.values(this.norm)) for (const t of Object.values(g)) t.dispose();
+  }
+}
+
+/** master (f32) = value (f16/bf16), on the GPU: 1 * value + 0 * value */
+async function copyToF32(gpu: Gpu, master: Tensor, value: Tensor): Promise<void> {
+  await addForward(gpu, { out: master }, { a: value, b: value }, 1, 0);
+}
