@@ -585,6 +585,15 @@ async function dwPasses(gpu: Gpu, dw: Tensor, i: { values: ValueChunks; idx: Ten
   }
 }
 
+/**
+ * dv (N,d) += w[t,j] * dout[t] at rows idx[t,j] (f32 chunks), sort-and-segment-sum; the value
+ * gradient of membagBackward, and with w = 1 the embedding backward (embedding.ts). unchecked:
+ * callers validate.
+ */
+export async function scatterAddRows(gpu: Gpu, dv: ValueChunks, i: { idx: Tensor; w: Tensor; dout: Tensor }): Promise<void> {
+  return dvPasses(gpu, dv, i, floatDtype('scatterAddRows', 'dout', i.dout));
+}
+
 async function dvPasses(gpu: Gpu, dv: ValueChunks, i: { idx: Tensor; w: Tensor; dout: Tensor }, gdt: DType): Promise<void> {
   const [T, B] = i.idx.shape as [number, number];
   const { dim: C, rows: N, rowsPerChunk: R, chunks } = dv;
