@@ -8,7 +8,7 @@ import { roundTo, type DType } from '../gpu/dtype.ts';
 import { pkmBackward, pkmForward, type PkmShape } from '../reference/pkm.ts';
 import { TOL, assertClose } from '../testing/allclose.ts';
 import { testGpu } from '../testing/gpu.ts';
-import { Rng } from '../testing/rng.ts';
+import { randomPkm } from '../testing/pkm.ts';
 import { MemoryLayer } from './memory_layer.ts';
 import { ValueTable } from './value_table.ts';
 
@@ -16,21 +16,8 @@ async function check(gated: boolean, dtype: DType, T: number, chunkRowsWanted: n
   const gpu = await testGpu();
   const p: PkmShape = { d: 8, H: 2, n: 5, k: 3, dk: 6, gated, qkNorm };
   const { d, H, n, k, dk } = p;
-  const rng = new Rng(gated ? 11 : 12);
-  const W = {
-    Wq: rng.normals(H * dk * d, 0.5),
-    bq: rng.normals(H * dk, 0.1),
-    keys: rng.normals(2 * H * n * (dk / 2)),
-    values: roundTo(rng.normals(n * n * d), dtype),
-    Ws: rng.normals(d * d, 0.5),
-    bs: rng.normals(d, 0.1),
-    Wo: rng.normals(d * d, 0.5),
-    bo: rng.normals(d, 0.1),
-    gq: rng.normals(dk / 2, 0.3, 1),
-    gk: rng.normals(dk / 2, 0.3, 1),
-  };
-  const x = rng.normals(T * d);
-  const g = rng.normals(T * d);
+  const { W, x, g } = randomPkm(p, T, gated ? 11 : 12);
+  W.values = roundTo(W.values, dtype);
   // a binding of chunkRowsWanted f32 rows: the table (and its f32 gradient) split in chunks
   const table = await ValueTable.create(gpu, { rows: n * n, dim: d, dtype, maxBindingBytes: chunkRowsWanted * d * 4 });
   assert.equal(table.params.length, Math.ceil((n * n) / chunkRowsWanted));

@@ -1,32 +1,16 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { randomPkm } from '../testing/pkm.ts';
 import { Rng } from '../testing/rng.ts';
 import { dot, gradCheck } from './fd.ts';
 import { pkmBackward, pkmForward, type PkmShape, type PkmWeights } from './pkm.ts';
 
-function setup(p: PkmShape, T: number, seed: number) {
-  const rng = new Rng(seed);
-  const { d, H, n, dk } = p;
-  const W = {
-    Wq: rng.normals(H * dk * d, 0.5),
-    bq: rng.normals(H * dk, 0.1),
-    keys: rng.normals(2 * H * n * (dk / 2)),
-    values: rng.normals(n * n * d),
-    Ws: rng.normals(d * d, 0.5),
-    bs: rng.normals(d, 0.1),
-    Wo: rng.normals(d * d, 0.5),
-    bo: rng.normals(d, 0.1),
-    gq: rng.normals(dk / 2, 0.3, 1),
-    gk: rng.normals(dk / 2, 0.3, 1),
-  } satisfies Record<string, Float64Array>;
-  return { W, x: rng.normals(T * d), g: rng.normals(T * d) };
-}
 
 for (const [gated, qkNorm] of [[true, false], [false, false], [true, true]] as const) {
   test(`reference memory layer (${gated ? 'Memory+' : 'plain'}${qkNorm ? ', qk-norm' : ''}) backward matches finite differences`, () => {
     const p: PkmShape = { d: 6, H: 2, n: 5, k: 3, dk: 4, gated, qkNorm };
     const T = 3;
-    const { W, x, g } = setup(p, T, gated ? 1 : 2);
+    const { W, x, g } = randomPkm(p, T, gated ? 1 : 2);
     const { cache } = pkmForward(x, T, W, p);
     const grads = pkmBackward(g, cache, W, p);
     const inputs: Record<string, Float64Array> = { x, Wq: W.Wq, bq: W.bq, keys: W.keys, values: W.values };
