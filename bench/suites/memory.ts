@@ -5,9 +5,11 @@
 //   copy_GBps                                       the same 1 GiB copy as the kernels suite
 //   memory_read_fwd_{bf16,f32}_GBps                 membagForward: value rows read + output written
 //   memory_read_bwd_{bf16,f32}_ms                   membagBackward: dweights and the dense value gradient
-//   memory_layer_fwd_tok_s, memory_layer_fwdbwd_tok_s   the whole Memory+ layer (bf16 table)
+//   memory_layer_fwd_tok_s, memory_layer_fwdbwd_tok_s   the whole Memory+ layer (bf16 table, f32 products)
+//   memory_layer_fwd_f16_tok_s, memory_layer_fwdbwd_f16_tok_s   the same with f16 forward products
 // and from bench/torch/memory.py, on the same slots and weights: torch_embedding_bag_fwd_{bf16,f32}_GBps,
 // torch_embedding_bag_fwdbwd_f32_ms, torch_memory_layer_fwd_tok_s, torch_memory_layer_fwdbwd_tok_s.
+//   memory_layer_f16_same_slot_fraction, memory_layer_f16_out_rel_err   f16 against f32 forward
 // notes: the layer's time per stage (forward and backward), each stage timed alone at the
 // layer's shapes. `--quick` runs small sizes (a smoke run on a CPU adapter).
 
@@ -71,9 +73,11 @@ async function readBench(gpu: Gpu, s: Sizes, idx: Tensor, w: Tensor, dtype: DTyp
 }
 
 /** the whole layer, forward and forward + backward; per-stage times into notes */
-async function layerBench(gpu: Gpu, s: Sizes, out: Record<string, number>, notes: Record<string, string>): Promise<void> {
+async function layerBench(gpu: Gpu, s: Sizes, forwardDtype: 'f32' | 'f16', out: Record<string, number>, notes: Record<string, string>): Promise<void> {
   const table = await ValueTable.create(gpu, { rows: s.n * s.n, dim: s.d, dtype: 'bf16', seed: 1 });
-  const layer = await MemoryLayer.create(gpu, 'mem', { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk, gated: true }, table, 3);
+  const cfg = { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk, gated: true, forwardDtype };
+  const layer = await MemoryLayer.create(gpu, 'mem', cfg, table, 3);
+  const sfx = forwardDtype === 'f16' ? '_f16' : '';
   const x = await gpu.tensor([s.T, s.d], 'f32', 'x');
   const dout = await gpu.tensor([s.T, s.d], 'f32', 'dout');
   await fillNormal(gpu, x, { std: 1, seed: 10 });
@@ -120,14 +124,48 @@ async function layerBench(gpu: Gpu, s: Sizes, out: Record<string, number>, notes
     }
     layer.stageHook = null;
     timer.dispose();
-    notes['memory_layer_stages_ms'] = [...per].map(([k, v]) => `${k} ${median(v).toFixed(3)}`).join('; ');
+    notes[`memory_layer${sfx}_stages_ms`] = [...per].map(([k, v]) => `${k} ${median(v).toFixed(3)}`).join('; ');
   }
-  out['memory_layer_fwd_tok_s'] = s.T / (fwd / 1e3);
-  out['memory_layer_fwdbwd_tok_s'] = s.T / (fwdbwd / 1e3);
-  notes['memory_layer'] = `T=${s.T} d=${s.d} n=${s.n} heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, f32 activations: fwd ${fwd.toFixed(3)} ms, fwd+bwd ${fwdbwd.toFixed(3)} ms`;
+  out[`memory_layer_fwd${sfx}_tok_s`] = s.T / (fwd / 1e3);
+  out[`memory_layer_fwdbwd${sfx}_tok_s`] = s.T / (fwdbwd / 1e3);
+  notes[`memory_layer${sfx}`] =
+    `T=${s.T} d=${s.d} n=${s.n} heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, f32 activations, ${forwardDtype} forward products: ` +
+    `fwd ${fwd.toFixed(3)} ms, fwd+bwd ${fwdbwd.toFixed(3)} ms`;
   x.dispose();
   dout.dispose();
   layer.dispose();
+  table.dispose();
+}
+
+/**
+ * How far the f16 forward products move the layer at these sizes: two layers with the same
+ * weights (same seeds), one with f32 and one with f16 forward operands, on the same input:
+ * the fraction of reads that pick the same slot, and the output's norm-wise relative error.
+ */
+async function f16Accuracy(gpu: Gpu, s: Sizes, out: Record<string, number>): Promise<void> {
+  const table = await ValueTable.create(gpu, { rows: s.n * s.n, dim: s.d, dtype: 'bf16', seed: 1 });
+  const cfg = { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk, gated: true };
+  const a = await MemoryLayer.create(gpu, 'mem32', { ...cfg, forwardDtype: 'f32' }, table, 3);
+  const b = await MemoryLayer.create(gpu, 'mem16', { ...cfg, forwardDtype: 'f16' }, table, 3);
+  const x = await gpu.tensor([s.T, s.d], 'f32', 'x');
+  await fillNormal(gpu, x, { std: 1, seed: 10 });
+  const ya = await a.forward(x);
+  const yb = await b.forward(x);
+  const [sa, sb] = [await gpu.read(a.lastRead()!.slots), await gpu.read(b.lastRead()!.slots)];
+  let same = 0;
+  for (let i = 0; i < sa.length; i++) if (sa[i] === sb[i]) same++;
+  const [va, vb] = [await gpu.read(ya), await gpu.read(yb)];
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < va.length; i++) {
+    num += (va[i]! - vb[i]!) ** 2;
+    den += va[i]! ** 2;
+  }
+  out['memory_layer_f16_same_slot_fraction'] = same / sa.length;
+  out['memory_layer_f16_out_rel_err'] = Math.sqrt(num / den);
+  for (const t of [x, ya, yb]) t.dispose();
+  a.dispose();
+  b.dispose();
   table.dispose();
 }
 
@@ -154,7 +192,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   for (const dtype of ['bf16', 'f32'] as const) await section(`read_${dtype}`, () => readBench(gpu, s, tIdx, tW, dtype, results));
   tIdx.dispose();
   tW.dispose();
-  await section('layer', () => layerBench(gpu, s, results, notes));
+  await section('layer', () => layerBench(gpu, s, 'f32', results, notes));
+  await section('layer_f16', () => layerBench(gpu, s, 'f16', results, notes));
+  await section('f16_accuracy', () => f16Accuracy(gpu, s, results));
   if (!quick) {
     // the same slots and weights for PyTorch
     const dir = mkdtempSync(join(tmpdir(), 'engram-memory-'));

@@ -18,7 +18,12 @@
 // atomics), the softmax and the picks into the half top-k values, the dense score gradient
 // (zero off the selected entries) into q and the sub-keys (two batched matmuls), and Wq.
 // numerics: activations and parameters f32 here; the value table may be f32/f16/bf16; every
-// reduction accumulates in f32 in a fixed order (deterministic).
+// reduction accumulates in f32 in a fixed order (deterministic). forwardDtype 'f16' rounds the
+// operands of the forward's matrix products (x, the weights, the query halves and sub-keys,
+// the gated read) to f16, accumulating in f32 into f32 outputs: the tensor-core path where the
+// adapter has subgroup matrices. the backward's products stay f32: gradients of a language
+// model loss are small enough to underflow f16 (its smallest normal is 6e-5) without loss
+// scaling.
 // init (spec §4): keys U(+-1/sqrt(dk)) with the full dk; Wq Xavier-uniform; Ws, Wo N(0, d^-0.5);
 // biases zero.
 
@@ -54,6 +59,8 @@ export interface MemoryLayerConfig {
   gated?: boolean;
   /** RMS-normalised query halves and sub-keys (see the header), default false */
   qkNorm?: boolean;
+  /** operand dtype of the forward's matrix products (see the header), default 'f32' */
+  forwardDtype?: 'f32' | 'f16';
 }
 
 /** what forward keeps for backward */
@@ -79,6 +86,7 @@ export class MemoryLayer {
   readonly k: number;
   readonly dk: number;
   readonly gated: boolean;
+  readonly forwardDtype: 'f32' | 'f16';
   /** wraps every stage of forward and backward when set (benchmarks time them one by one) */
   stageHook: ((stage: string, run: () => Promise<void>) => Promise<void>) | null = null;
   private saved: Saved | null = null;
@@ -104,15 +112,17 @@ export class MemoryLayer {
     this.k = c.topk;
     this.dk = c.keyDim;
     this.gated = c.gated;
+    this.forwardDtype = c.forwardDtype;
   }
 
   static async create(gpu: Gpu, name: string, config: MemoryLayerConfig, table: ValueTable, seed = 0): Promise<MemoryLayer> {
-    const c: Required<MemoryLayerConfig> = { heads: 4, nKeys: 1024, topk: 32, keyDim: 512, gated: true, qkNorm: false, ...config };
+    const c: Required<MemoryLayerConfig> = { heads: 4, nKeys: 1024, topk: 32, keyDim: 512, gated: true, qkNorm: false, forwardDtype: 'f32', ...config };
     const { d, heads: H, nKeys: n, topk: k, keyDim: dk } = c;
     const bad = (what: string) => new EngramError(`MemoryLayer '${name}': ${what} (config ${JSON.stringify(c)})`);
     if (!(d > 0 && H > 0 && n > 0 && k > 0)) throw bad('d, heads, nKeys and topk must be positive');
     if (dk % 2 !== 0 || dk < 2) throw bad('keyDim must be even: each query half has keyDim/2 elements');
     if (k > n) throw bad(`topk ${k} exceeds nKeys ${n}`);
+    if (c.forwardDtype === 'f16' && (d % 2 !== 0 || (dk / 2) % 2 !== 0)) throw bad('f16 forward operands are packed in pairs: d and keyDim/2 must be even');
     if (table.rows !== n * n) throw bad(`the value table has ${table.rows} rows; nKeys^2 = ${n * n} slots`);
     if (table.dim !== d) throw bad(`the value table is ${table.dim} wide; value rows must be d = ${d} wide`);
     const p = (suffix: string, shape: number[]) => createParam(gpu, `${name}.${suffix}`, shape, 'f32');
@@ -168,8 +178,19 @@ export class MemoryLayer {
     const scores = gpu.scratch.take([T, H, k], 'f32', 'mem_sel_scores');
     const y = await t([T, d], 'f32', 'y');
     let normKept: Saved['norm'];
+    // the forward's product operands: f32 as they are, or f16 copies (scratch, freed below)
+    const casts: Tensor[] = [];
+    const op = async (u: Tensor): Promise<Tensor> => {
+      if (this.forwardDtype === 'f32') return u;
+      const h = gpu.scratch.take(u.shape, 'f16', `${u.label}.f16`);
+      casts.push(h);
+      await addForward(gpu, { out: h }, { a: u, b: u }, 1, 0);
+      return h;
+    };
     try {
-      await this.stage('fwd.query', () => linearForward(gpu, { y: q }, { x, w: this.wq.value, b: this.bq.value }));
+      const x16 = await op(x);
+      const wq16 = await op(this.wq.value);
+      await this.stage('fwd.query', () => linearForward(gpu, { y: q }, { x: x16, w: wq16, b: this.bq.value }));
       await this.stage('fwd.query_halves', () => swapAxes(gpu, { out: qh }, { x: q.reshape([T, G, dk / 2]) }));
       let qs = qh;
       let ks = this.keys.value;
@@ -189,26 +210,31 @@ export class MemoryLayer {
         });
         [qs, ks, alpha] = [norm.qn, norm.kn, (dk / 2) ** -0.5];
       }
-      await this.stage('fwd.subkey_scores', () => matmul(gpu, { out: s }, { a: qs, b: ks.reshape([G, n, dk / 2]) }, { transB: true, alpha }));
+      const qs16 = await op(qs);
+      const ks16 = await op(ks);
+      await this.stage('fwd.subkey_scores', () => matmul(gpu, { out: s }, { a: qs16, b: ks16.reshape([G, n, dk / 2]) }, { transB: true, alpha }));
       await this.stage('fwd.topk_halves', () => topkForward(gpu, { values: halfVal, indices: halfIdx }, { scores: s }));
       await this.stage('fwd.topk_product', () => productTopkForward(gpu, { slots, weights, pick, scores }, { values: halfVal, indices: halfIdx }, n));
       if (this.table.tracksReads) await this.stage('fwd.mark_reads', () => this.table.markReads(gpu, slots));
       const bag = { idx: slots.reshape([T, H * k]), w: weights.reshape([T, H * k]) };
       await this.stage('fwd.read', () => membagForward(gpu, { out: y }, { values: this.table.values, ...bag }));
+      this.saved = { x, qh, halfIdx, slots, weights, pick, ...(normKept ? { norm: normKept } : {}) };
+      if (!this.gate) return y;
+      const z = await t([T, d], 'f32', 'z');
+      const gatedIn = await t([T, d], 'f32', 'gated_in');
+      const out = await t([T, d], 'f32', 'out');
+      Object.assign(this.saved, { y, z, gatedIn });
+      const gate = this.gate;
+      const ws16 = await op(gate.ws.value);
+      const wo16 = await op(gate.wo.value);
+      await this.stage('fwd.gate_ws', () => linearForward(gpu, { y: z }, { x: x16, w: ws16, b: gate.bs.value }));
+      await this.stage('fwd.gate_silu', () => swigluForward(gpu, { out: gatedIn }, { g: z, u: y }));
+      const gated16 = await op(gatedIn);
+      await this.stage('fwd.gate_wo', () => linearForward(gpu, { y: out }, { x: gated16, w: wo16, b: gate.bo.value }));
+      return out;
     } finally {
-      for (const u of [q, s, halfVal, scores]) u.dispose();
+      for (const u of [q, s, halfVal, scores, ...casts]) u.dispose();
     }
-    this.saved = { x, qh, halfIdx, slots, weights, pick, ...(normKept ? { norm: normKept } : {}) };
-    if (!this.gate) return y;
-    const z = await t([T, d], 'f32', 'z');
-    const gatedIn = await t([T, d], 'f32', 'gated_in');
-    const out = await t([T, d], 'f32', 'out');
-    const gate = this.gate;
-    await this.stage('fwd.gate_ws', () => linearForward(gpu, { y: z }, { x, w: gate.ws.value, b: gate.bs.value }));
-    await this.stage('fwd.gate_silu', () => swigluForward(gpu, { out: gatedIn }, { g: z, u: y }));
-    await this.stage('fwd.gate_wo', () => linearForward(gpu, { y: out }, { x: gatedIn, w: gate.wo.value, b: gate.bo.value }));
-    Object.assign(this.saved, { y, z, gatedIn });
-    return out;
   }
 
   /**
