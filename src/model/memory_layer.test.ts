@@ -49,6 +49,9 @@ async function check(gated: boolean, dtype: DType, T: number, chunkRowsWanted: n
   assertClose('out', await gpu.read(out), ref.out, tf);
   const stats = await layer.stats();
   assert.ok(stats.usage > 0 && stats.usage <= 1 && stats.reads === T * H);
+  const reads = await layer.tokenReads(T - 1);
+  assert.deepEqual(reads.map((r) => r.slot), [...ref.cache.slots.slice((T - 1) * H * k, T * H * k)]);
+  await assert.rejects(layer.tokenReads(T), /token \d+ is not in 0\.\.\d+/);
   const dx = await layer.backward(tg);
   const want = pkmBackward(g, ref.cache, W, p);
   assertClose('dx', await gpu.read(dx), want.dx, tf);

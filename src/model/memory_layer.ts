@@ -40,7 +40,7 @@ import { swigluBackward, swigluForward } from '../kernels/swiglu/swiglu.ts';
 import { productTopkBackward, productTopkForward } from '../kernels/topk/product_topk.ts';
 import { topkBackward, topkForward } from '../kernels/topk/topk.ts';
 import { swapAxes } from '../kernels/transpose/transpose.ts';
-import { memoryStats, type MemoryReadStats } from './memory_stats.ts';
+import { memoryStats, tokenReads, type MemoryReadStats } from './memory_stats.ts';
 import { createParam, disposeParams, type Param } from './param.ts';
 import type { ValueTable } from './value_table.ts';
 
@@ -315,6 +315,15 @@ export class MemoryLayer {
   /** The slots and weights (T, H, k) of the last forward, while they are kept. */
   lastRead(): { slots: Tensor; weights: Tensor } | null {
     return this.saved ? { slots: this.saved.slots, weights: this.saved.weights } : null;
+  }
+
+  /** Token t's reads in the last forward (while it is kept): head, slot and weight, best first per head. */
+  async tokenReads(t: number): Promise<{ head: number; slot: number; weight: number }[]> {
+    const r = this.lastRead();
+    if (!r) throw new EngramError(`MemoryLayer '${this.name}': no forward to report on (tokenReads() goes between forward() and backward())`);
+    const T = r.slots.shape[0]!;
+    if (!(Number.isInteger(t) && t >= 0 && t < T)) throw new EngramError(`MemoryLayer '${this.name}': token ${t} is not in 0..${T - 1}`);
+    return tokenReads(await this.gpu.read(r.slots), await this.gpu.read(r.weights), t, this.H, this.k);
   }
 
   /** The read health metrics (memory_stats.ts) of the last forward, while it is kept. */
