@@ -1,0 +1,336 @@
+// a Llama-style decoder with Memory+ layers (config.ts), forward and backward on the GPU.
+//
+//   h = embed(ids)                                                   ids (B, T) u32, h (B T, d)
+//   per block:  h = h + Wo attn(rope(Wq n1), rope(Wk n1), Wv n1)     n1 = RMSNorm(h) (input_layernorm)
+//               h = h + FFN(n2)                                      n2 = RMSNorm(h) (post_attention_layernorm)
+//               FFN = Wdown (silu(Wgate n2) * Wup n2), or the block's memory layer
+//   logits = Whead RMSNorm(h);  loss = mean cross-entropy against targets (IGNORE_INDEX skipped)
+// parameters carry Hugging Face Llama names and layouts (model.layers.{i}.self_attn.q_proj.weight,
+// ...; nn.Linear (out, in)), so that a dense checkpoint maps onto LlamaForCausalLM; a memory
+// block's parameters are its MemoryLayer's, the value table is shared by all of them. attention
+// is causal with grouped-query heads; RoPE in HF's rotate-half layout. init: N(0, 0.02) for
+// embeddings and projections, 1 for the norms (the memory layers init as their spec says).
+// numerics: f32 activations and parameters; every reduction accumulates in f32, deterministic.
+// backward: activation gradients overwrite, parameter gradients add (+=): call zeroGrads between
+// optimizer steps; gradient accumulation is several forward/backward pairs between them.
+
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { addForward } from '../kernels/add/add.ts';
+import { attentionBackward, attentionForward } from '../kernels/attention/attention.ts';
+import { fill } from '../kernels/copy/copy.ts';
+import { embeddingBackward, embeddingForward } from '../kernels/embedding/embedding.ts';
+import { fillNormal } from '../kernels/init/init.ts';
+import { linearBackward, linearForward } from '../kernels/matmul/matmul.ts';
+import { rmsnormBackward, rmsnormForward } from '../kernels/rmsnorm/rmsnorm.ts';
+import { createRopeTable, ropeBackward, ropeForward } from '../kernels/rope/rope.ts';
+import { swigluBackward, swigluForward } from '../kernels/swiglu/swiglu.ts';
+import { xentBackward, xentForward } from '../kernels/xent/xent.ts';
+import type { ModelConfig } from './config.ts';
+import { MemoryLayer } from './memory_layer.ts';
+import { createParam, disposeParams, type Param } from './param.ts';
+import { ValueTable } from './value_table.ts';
+
+interface Block {
+  inNorm: Param;
+  q: Param;
+  k: Param;
+  v: Param;
+  o: Param;
+  postNorm: Param;
+  ffn: { gate: Param; up: Param; down: Param } | null;
+  memory: MemoryLayer | null;
+}
+
+/** what a block's forward keeps for its backward */
+interface BlockSaved {
+  h: Tensor;
+  n1: Tensor;
+  r1: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  att: Tensor;
+  lse: Tensor;
+  h1: Tensor;
+  n2: Tensor;
+  r2: Tensor;
+  g?: Tensor;
+  u?: Tensor;
+  s?: Tensor;
+}
+
+interface Saved {
+  B: number;
+  T: number;
+  ids: Tensor;
+  targets: Tensor;
+  blocks: BlockSaved[];
+  hL: Tensor;
+  nf: Tensor;
+  rf: Tensor;
+  logits: Tensor;
+  lse: Tensor;
+}
+
+export class Transformer {
+  private saved: Saved | null = null;
+
+  private constructor(
+    private readonly gpu: Gpu,
+    readonly config: ModelConfig,
+    readonly embed: Param,
+    readonly blocks: Block[],
+    readonly finalNorm: Param,
+    readonly head: Param | null,
+    readonly table: ValueTable | null,
+    private readonly rope: Tensor,
+  ) {}
+
+  static async create(gpu: Gpu, config: ModelConfig, seed = 0): Promise<Transformer> {
+    const { vocabSize: V, dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = config;
+    const HS = d / NH;
+    let k = 0;
+    const linear = async (name: string, shape: number[]) => {
+      const p = await createParam(gpu, name, shape, 'f32');
+      await fillNormal(gpu, p.value, { std: 0.02, seed: seed * 1000 + ++k });
+      return p;
+    };
+    const norm = async (name: string) => {
+      const p = await createParam(gpu, name, [d], 'f32');
+      await fill(gpu, p.value, 1);
+      return p;
+    };
+    const embed = await linear('model.embed_tokens.weight', [V, d]);
+    const mem = config.memory;
+    const table = mem ? await ValueTable.create(gpu, { rows: mem.nKeys * mem.nKeys, dim: d, dtype: mem.valueDtype, seed: seed * 1000 + 999 }) : null;
+    const blocks: Block[] = [];
+    for (let i = 0; i < config.layers; i++) {
+      const at = `model.layers.${i}`;
+      const useMemory = mem !== null && mem.layers.includes(i);
+      blocks.push({
+        inNorm: await norm(`${at}.input_layernorm.weight`),
+        q: await linear(`${at}.self_attn.q_proj.weight`, [NH * HS, d]),
+        k: await linear(`${at}.self_attn.k_proj.weight`, [NKV * HS, d]),
+        v: await linear(`${at}.self_attn.v_proj.weight`, [NKV * HS, d]),
+        o: await linear(`${at}.self_attn.o_proj.weight`, [d, NH * HS]),
+        postNorm: await norm(`${at}.post_attention_layernorm.weight`),
+        ffn: useMemory
+          ? null
+          : { gate: await linear(`${at}.mlp.gate_proj.weight`, [F, d]), up: await linear(`${at}.mlp.up_proj.weight`, [F, d]), down: await linear(`${at}.mlp.down_proj.weight`, [d, F]) },
+        memory:
+          useMemory && mem && table
+            ? await MemoryLayer.create(gpu, `${at}.memory`, { d, heads: mem.heads, nKeys: mem.nKeys, topk: mem.topk, keyDim: mem.keyDim, gated: mem.gated, qkNorm: mem.qkNorm }, table, seed * 1000 + 500 + i)
+            : null,
+      });
+    }
+    const finalNorm = await norm('model.norm.weight');
+    const head = config.tiedEmbeddings ? null : await linear('lm_head.weight', [V, d]);
+    const rope = await createRopeTable(gpu, config.maxSeqLen, HS, config.ropeTheta);
+    return new Transformer(gpu, config, embed, blocks, finalNorm, head, table, rope);
+  }
+
+  /** every trainable parameter: the model group, then the value table's chunks */
+  get params(): Param[] {
+    const out: Param[] = [this.embed];
+    for (const b of this.blocks) {
+      out.push(b.inNorm, b.q, b.k, b.v, b.o, b.postNorm);
+      if (b.ffn) out.push(b.ffn.gate, b.ffn.up, b.ffn.down);
+      if (b.memory) out.push(...b.memory.params);
+    }
+    out.push(this.finalNorm);
+    if (this.head) out.push(this.head);
+    if (this.table) out.push(...this.table.params);
+    return out;
+  }
+
+  /** the memory layers, in block order */
+  get memoryLayers(): MemoryLayer[] {
+    return this.blocks.flatMap((b) => (b.memory ? [b.memory] : []));
+  }
+
+  /**
+   * Mean cross-entropy of ids (B, T) predicting targets (B, T) (u32; IGNORE_INDEX skips a
+   * position). Keeps what backward needs; returns the loss as a [1] f32 tensor (the caller's).
+   */
+  async forward(ids: Tensor, targets: Tensor): Promise<Tensor> {
+    const { gpu, config: c } = this;
+    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
+    const [B, T] = ids.shape as [number, number];
+    if (T > c.maxSeqLen) throw new EngramError(`Transformer: sequence length ${T} exceeds maxSeqLen ${c.maxSeqLen}`);
+    if (targets.dtype !== 'u32' || targets.shape[0] !== B || targets.shape[1] !== T || targets.shape.length !== 2) {
+      throw new EngramError(`Transformer: targets ${targets} must be [${B}, ${T}]:u32 like ids`);
+    }
+    this.release();
+    const N = B * T;
+    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
+    const HS = d / NH;
+    const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
+    let h = take([N, d], 'h');
+    await embeddingForward(gpu, { out: h.reshape([B, T, d]) }, { W: this.embed.value, ids });
+    const saved: BlockSaved[] = [];
+    for (const blk of this.blocks) {
+      const n1 = take([N, d], 'n1');
+      const r1 = take([N], 'r1');
+      await rmsnormForward(gpu, { out: n1, rstd: r1 }, { x: h, w: blk.inNorm.value }, c.normEps);
+      const qp = take([N, NH * HS], 'q_proj');
+      const kp = take([N, NKV * HS], 'k_proj');
+      const v = take([N, NKV * HS], 'v');
+      await linearForward(gpu, { y: qp }, { x: n1, w: blk.q.value });
+      await linearForward(gpu, { y: kp }, { x: n1, w: blk.k.value });
+      await linearForward(gpu, { y: v }, { x: n1, w: blk.v.value });
+      const q = take([B, T, NH, HS], 'q');
+      const k = take([B, T, NKV, HS], 'k');
+      await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope });
+      await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope });
+      qp.dispose();
+      kp.dispose();
+      const att = take([B, T, NH, HS], 'att');
+      const lse = take([B, NH, T], 'att_lse');
+      await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]) });
+      const o = take([N, d], 'o');
+      await linearForward(gpu, { y: o }, { x: att.reshape([N, NH * HS]), w: blk.o.value });
+      const h1 = take([N, d], 'h1');
+      await addForward(gpu, { out: h1 }, { a: h, b: o });
+      o.dispose();
+      const n2 = take([N, d], 'n2');
+      const r2 = take([N], 'r2');
+      await rmsnormForward(gpu, { out: n2, rstd: r2 }, { x: h1, w: blk.postNorm.value }, c.normEps);
+      const s: BlockSaved = { h, n1, r1, q, k, v, att, lse, h1, n2, r2 };
+      let f: Tensor;
+      if (blk.memory) {
+        f = await blk.memory.forward(n2);
+      } else {
+        const ffn = blk.ffn!;
+        s.g = take([N, F], 'gate');
+        s.u = take([N, F], 'up');
+        s.s = take([N, F], 'swiglu');
+        await linearForward(gpu, { y: s.g }, { x: n2, w: ffn.gate.value });
+        await linearForward(gpu, { y: s.u }, { x: n2, w: ffn.up.value });
+        await swigluForward(gpu, { out: s.s }, { g: s.g, u: s.u });
+        f = take([N, d], 'ffn_out');
+        await linearForward(gpu, { y: f }, { x: s.s, w: ffn.down.value });
+      }
+      const h2 = take([N, d], 'h');
+      await addForward(gpu, { out: h2 }, { a: h1, b: f });
+      f.dispose();
+      saved.push(s);
+      h = h2;
+    }
+    const nf = take([N, d], 'nf');
+    const rf = take([N], 'rf');
+    await rmsnormForward(gpu, { out: nf, rstd: rf }, { x: h, w: this.finalNorm.value }, c.normEps);
+    const logits = take([N, V], 'logits');
+    await linearForward(gpu, { y: logits }, { x: nf, w: (this.head ?? this.embed).value });
+    const losses = take([N], 'losses');
+    const lse = take([N], 'xent_lse');
+    const loss = await gpu.tensor([1], 'f32', 'loss');
+    await xentForward(gpu, { losses, loss, lse }, { logits, targets: targets.reshape([N]) });
+    losses.dispose();
+    this.saved = { B, T, ids, targets, blocks: saved, hL: h, nf, rf, logits, lse };
+    return loss;
+  }
+
+  /** Gradients of the last forward's mean loss (times dloss), added into every parameter's grad. */
+  async backward(dloss = 1): Promise<void> {
+    const sv = this.saved;
+    if (!sv) throw new EngramError('Transformer: backward() without a forward() before it');
+    const { gpu, config: c } = this;
+    const { B, T } = sv;
+    const N = B * T;
+    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
+    const HS = d / NH;
+    const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
+    try {
+      const dlogits = take([N, V], 'dlogits');
+      await xentBackward(gpu, { dlogits }, { logits: sv.logits, targets: sv.targets.reshape([N]), lse: sv.lse }, { dloss });
+      const dnf = take([N, d], 'dnf');
+      const headP = this.head ?? this.embed;
+      await linearBackward(gpu, { dx: dnf, dw: headP.grad }, { dout: dlogits, x: sv.nf, w: headP.value });
+      dlogits.dispose();
+      let dh = take([N, d], 'dh');
+      await rmsnormBackward(gpu, { dx: dh, dw: this.finalNorm.grad }, { dout: dnf, x: sv.hL, w: this.finalNorm.value, rstd: sv.rf });
+      dnf.dispose();
+      const tmp = take([N, d], 'dtmp');
+      for (let i = this.blocks.length - 1; i >= 0; i--) {
+        const blk = this.blocks[i]!;
+        const s = sv.blocks[i]!;
+        // FFN (or memory): dh is the gradient of h2 = h1 + f
+        let dn2: Tensor;
+        if (blk.memory) {
+          dn2 = await blk.memory.backward(dh);
+        } else {
+          const ffn = blk.ffn!;
+          const ds = take([N, F], 'ds');
+          await linearBackward(gpu, { dx: ds, dw: ffn.down.grad }, { dout: dh, x: s.s!, w: ffn.down.value });
+          const dg = take([N, F], 'dg');
+          const du = take([N, F], 'du');
+          await swigluBackward(gpu, { dg, du }, { dout: ds, g: s.g!, u: s.u! });
+          ds.dispose();
+          dn2 = take([N, d], 'dn2');
+          await linearBackward(gpu, { dx: dn2, dw: ffn.gate.grad }, { dout: dg, x: s.n2, w: ffn.gate.value });
+          await linearBackward(gpu, { dx: tmp, dw: ffn.up.grad }, { dout: du, x: s.n2, w: ffn.up.value });
+          await addForward(gpu, { out: dn2 }, { a: dn2, b: tmp });
+          dg.dispose();
+          du.dispose();
+        }
+        await rmsnormBackward(gpu, { dx: tmp, dw: blk.postNorm.grad }, { dout: dn2, x: s.h1, w: blk.postNorm.value, rstd: s.r2 });
+        dn2.dispose();
+        await addForward(gpu, { out: dh }, { a: dh, b: tmp }); // dh1
+        // attention: dh1 is the gradient of h1 = h + o
+        const datt = take([N, NH * HS], 'datt');
+        await linearBackward(gpu, { dx: datt, dw: blk.o.grad }, { dout: dh, x: s.att.reshape([N, NH * HS]), w: blk.o.value });
+        const dq = take([B, T, NH, HS], 'dq');
+        const dk = take([B, T, NKV, HS], 'dk');
+        const dv = take([N, NKV * HS], 'dv');
+        const v4 = s.v.reshape([B, T, NKV, HS]);
+        await attentionBackward(gpu, { dq, dk, dv: dv.reshape([B, T, NKV, HS]) }, { dout: datt.reshape([B, T, NH, HS]), q: s.q, k: s.k, v: v4, out: s.att, lse: s.lse });
+        datt.dispose();
+        const dqp = take([N, NH * HS], 'dq_proj');
+        const dkp = take([N, NKV * HS], 'dk_proj');
+        await ropeBackward(gpu, { dx: dqp.reshape([B, T, NH, HS]) }, { dout: dq, table: this.rope });
+        await ropeBackward(gpu, { dx: dkp.reshape([B, T, NKV, HS]) }, { dout: dk, table: this.rope });
+        dq.dispose();
+        dk.dispose();
+        const dn1 = take([N, d], 'dn1');
+        await linearBackward(gpu, { dx: dn1, dw: blk.q.grad }, { dout: dqp, x: s.n1, w: blk.q.value });
+        await linearBackward(gpu, { dx: tmp, dw: blk.k.grad }, { dout: dkp, x: s.n1, w: blk.k.value });
+        await addForward(gpu, { out: dn1 }, { a: dn1, b: tmp });
+        await linearBackward(gpu, { dx: tmp, dw: blk.v.grad }, { dout: dv, x: s.n1, w: blk.v.value });
+        await addForward(gpu, { out: dn1 }, { a: dn1, b: tmp });
+        for (const u of [dqp, dkp, dv]) u.dispose();
+        await rmsnormBackward(gpu, { dx: tmp, dw: blk.inNorm.grad }, { dout: dn1, x: s.h, w: blk.inNorm.value, rstd: s.r1 });
+        dn1.dispose();
+        const dh0 = take([N, d], 'dh');
+        await addForward(gpu, { out: dh0 }, { a: dh, b: tmp });
+        dh.dispose();
+        dh = dh0;
+      }
+      tmp.dispose();
+      await embeddingBackward(gpu, { dW: this.embed.grad }, { dout: dh.reshape([B, T, d]), ids: sv.ids });
+      dh.dispose();
+    } finally {
+      this.release();
+    }
+  }
+
+  /** Frees what forward kept. */
+  release(): void {
+    const sv = this.saved;
+    if (!sv) return;
+    for (const s of sv.blocks) for (const t of Object.values(s)) (t as Tensor).dispose();
+    for (const t of [sv.hL, sv.nf, sv.rf, sv.logits, sv.lse]) t.dispose();
+    for (const m of this.memoryLayers) m.release();
+    this.saved = null;
+  }
+
+  dispose(): void {
+    this.release();
+    for (const m of this.memoryLayers) m.dispose();
+    const own = this.params.filter((p) => p.group === 'model' && !this.memoryLayers.some((m) => m.params.includes(p)));
+    disposeParams(own);
+    this.table?.dispose();
+    this.rope.dispose();
+  }
+}
