@@ -21,3 +21,5 @@ export { ValueTable, type ValueTableOptions } from './model/value_table.ts';
 export { memoryStats, tokenReads, type MemoryReadStats } from './model/memory_stats.ts';
 export { type Param } from './model/param.ts';
 export { AdamW, type OptimizerConfig } from './train/optimizer.ts';
+export { Transformer } from './model/transformer.ts';
+export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, type MemoryConfig } from './model/config.ts';

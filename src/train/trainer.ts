@@ -1,0 +1,55 @@
+// one optimizer step of a Transformer: gradient accumulation over micro-batches, the schedule's
+// learning-rate factor, AdamW (values as their own group), and the numbers a progress line
+// shows. the loss is read back once per step (after the last micro-batch is recorded).
+
+import type { Gpu } from '../gpu/device.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import type { Transformer } from '../model/transformer.ts';
+import { zeroGrads } from '../model/param.ts';
+import type { AdamW } from './optimizer.ts';
+import { lrFactor, type Schedule } from './schedule.ts';
+
+export interface Batch {
+  /** (B, T) u32 */
+  ids: Tensor;
+  /** (B, T) u32 */
+  targets: Tensor;
+}
+
+export interface StepResult {
+  step: number;
+  /** mean loss over the micro-batches */
+  loss: number;
+  lrFactor: number;
+  tokens: number;
+}
+
+export class Trainer {
+  constructor(
+    private readonly gpu: Gpu,
+    readonly model: Transformer,
+    readonly opt: AdamW,
+    readonly schedule: Schedule,
+  ) {}
+
+  /** Forward and backward over every micro-batch (gradients summed, each scaled by 1/count), then one update. */
+  async step(micro: readonly Batch[]): Promise<StepResult> {
+    const { gpu, model, opt } = this;
+    await zeroGrads(gpu, model.params);
+    const losses: Tensor[] = [];
+    let tokens = 0;
+    for (const b of micro) {
+      losses.push(await model.forward(b.ids, b.targets));
+      await model.backward(1 / micro.length);
+      tokens += b.ids.size;
+    }
+    const factor = lrFactor(opt.step + 1, this.schedule);
+    await opt.update(factor);
+    let loss = 0;
+    for (const l of losses) {
+      loss += (await gpu.read(l))[0]! / micro.length;
+      l.dispose();
+    }
+    return { step: opt.step, loss, lrFactor: factor, tokens };
+  }
+}
