@@ -23,3 +23,5 @@ export { type Param } from './model/param.ts';
 export { AdamW, type OptimizerConfig } from './train/optimizer.ts';
 export { Transformer } from './model/transformer.ts';
 export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, type MemoryConfig } from './model/config.ts';
+export { loadModel, saveModel } from './model/checkpoint.ts';
+export { Trainer, type Batch, type StepResult } from './train/trainer.ts';

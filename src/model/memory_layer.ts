@@ -24,6 +24,9 @@
 // adapter has subgroup matrices. the backward's products stay f32: gradients of a language
 // model loss are small enough to underflow f16 (its smallest normal is 6e-5) without loss
 // scaling.
+// parameter names follow the spec's code (lingua/product_key/memory.py): <name>.query_proj.{weight,bias},
+// <name>.keys, <name>.swilu_projection.{weight,bias} (Ws), <name>.value_proj.{weight,bias} (Wo), and
+// for qk-norm <name>.query_norm.weight, <name>.key_norm.weight.
 // init (spec §4): keys U(+-1/sqrt(dk)) with the full dk; Wq Xavier-uniform; Ws, Wo N(0, d^-0.5);
 // biases zero.
 
@@ -126,8 +129,8 @@ export class MemoryLayer {
     if (table.rows !== n * n) throw bad(`the value table has ${table.rows} rows; nKeys^2 = ${n * n} slots`);
     if (table.dim !== d) throw bad(`the value table is ${table.dim} wide; value rows must be d = ${d} wide`);
     const p = (suffix: string, shape: number[]) => createParam(gpu, `${name}.${suffix}`, shape, 'f32');
-    const wq = await p('wq', [H * dk, d]);
-    const bq = await p('bq', [H * dk]);
+    const wq = await p('query_proj.weight', [H * dk, d]);
+    const bq = await p('query_proj.bias', [H * dk]);
     const keys = await p('keys', [2 * H * n, dk / 2]);
     const xavier = Math.sqrt(6 / (d + H * dk));
     await fillUniform(gpu, wq.value, { lo: -xavier, hi: xavier, seed: seed * 16 + 1 });
@@ -135,7 +138,7 @@ export class MemoryLayer {
     await fill(gpu, bq.value, 0);
     let gate: MemoryLayer['gate'] = null;
     if (c.gated) {
-      gate = { ws: await p('ws', [d, d]), bs: await p('bs', [d]), wo: await p('wo', [d, d]), bo: await p('bo', [d]) };
+      gate = { ws: await p('swilu_projection.weight', [d, d]), bs: await p('swilu_projection.bias', [d]), wo: await p('value_proj.weight', [d, d]), bo: await p('value_proj.bias', [d]) };
       await fillNormal(gpu, gate.ws.value, { std: d ** -0.5, seed: seed * 16 + 3 });
       await fillNormal(gpu, gate.wo.value, { std: d ** -0.5, seed: seed * 16 + 4 });
       await fill(gpu, gate.bs.value, 0);
@@ -143,7 +146,7 @@ export class MemoryLayer {
     }
     let qkGains: MemoryLayer['qkGains'] = null;
     if (c.qkNorm) {
-      qkGains = { gq: await p('gq', [dk / 2]), gk: await p('gk', [dk / 2]) };
+      qkGains = { gq: await p('query_norm.weight', [dk / 2]), gk: await p('key_norm.weight', [dk / 2]) };
       await fill(gpu, qkGains.gq.value, 1);
       await fill(gpu, qkGains.gk.value, 1);
     }

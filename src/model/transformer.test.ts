@@ -13,8 +13,17 @@ import { Transformer } from './transformer.ts';
 
 /** the reference's name of a GPU parameter */
 function refName(name: string): string {
-  const m = /^(model\.layers\.\d+\.memory)\.(wq|bq|keys|ws|bs|wo|bo)$/.exec(name);
-  if (m) return `${m[1]}.${{ wq: 'Wq', bq: 'bq', keys: 'keys', ws: 'Ws', bs: 'bs', wo: 'Wo', bo: 'bo' }[m[2]!]}`;
+  const spec: Record<string, string> = {
+    'query_proj.weight': 'Wq',
+    'query_proj.bias': 'bq',
+    keys: 'keys',
+    'swilu_projection.weight': 'Ws',
+    'swilu_projection.bias': 'bs',
+    'value_proj.weight': 'Wo',
+    'value_proj.bias': 'bo',
+  };
+  const m = /^(model\.layers\.\d+)\.mlp\.(.+)$/.exec(name);
+  if (m && spec[m[2]!]) return `${m[1]}.memory.${spec[m[2]!]}`;
   return name;
 }
 

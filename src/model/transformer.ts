@@ -121,7 +121,7 @@ export class Transformer {
           : { gate: await linear(`${at}.mlp.gate_proj.weight`, [F, d]), up: await linear(`${at}.mlp.up_proj.weight`, [F, d]), down: await linear(`${at}.mlp.down_proj.weight`, [d, F]) },
         memory:
           useMemory && mem && table
-            ? await MemoryLayer.create(gpu, `${at}.memory`, { d, heads: mem.heads, nKeys: mem.nKeys, topk: mem.topk, keyDim: mem.keyDim, gated: mem.gated, qkNorm: mem.qkNorm }, table, seed * 1000 + 500 + i)
+            ? await MemoryLayer.create(gpu, `${at}.mlp`, { d, heads: mem.heads, nKeys: mem.nKeys, topk: mem.topk, keyDim: mem.keyDim, gated: mem.gated, qkNorm: mem.qkNorm }, table, seed * 1000 + 500 + i)
             : null,
       });
     }
