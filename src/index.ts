@@ -25,3 +25,4 @@ export { Transformer } from './model/transformer.ts';
 export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, type MemoryConfig } from './model/config.ts';
 export { loadModel, saveModel } from './model/checkpoint.ts';
 export { Trainer, type Batch, type StepResult } from './train/trainer.ts';
+export { Tokenizer, trainTokenizer, type TrainTokenizerOptions } from './data/tokenizer.ts';
