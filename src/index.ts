@@ -26,3 +26,5 @@ export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, ty
 export { loadModel, saveModel } from './model/checkpoint.ts';
 export { Trainer, type Batch, type StepResult } from './train/trainer.ts';
 export { Tokenizer, trainTokenizer, type TrainTokenizerOptions } from './data/tokenizer.ts';
+export { type KvCache } from './model/transformer.ts';
+export { generate, sample, type GenerateOptions, type SampleOptions } from './infer/generate.ts';

@@ -49,6 +49,14 @@ export class Tensor {
     return new Tensor(this.buffer, this.offset, shape, this.dtype, this.label, null);
   }
 
+  /** A view of this tensor's first numel(shape) elements (at most all of them), with that shape. */
+  leading(shape: readonly number[]): Tensor {
+    if (numel(shape) > this.size) {
+      throw new Error(`leading view of '${this.label}': [${shape.join(',')}] has ${numel(shape)} elements, tensor has ${this.size}`);
+    }
+    return new Tensor(this.buffer, this.offset, shape, this.dtype, this.label, null);
+  }
+
   /** Returns the memory to its owner. Views from reshape() own nothing. */
   dispose(): void {
     if (this.disposed) return;

@@ -61,6 +61,20 @@ interface BlockSaved {
   s?: Tensor;
 }
 
+/**
+ * Keys and values of every block for the positions decoded so far (batch 1): the next tokens'
+ * queries attend to them as attention's prefix (every cached position is before them), and to
+ * each other causally.
+ */
+export interface KvCache {
+  /** per block, (1, max, NKV, HS) f32 */
+  k: Tensor[];
+  v: Tensor[];
+  /** positions filled */
+  length: number;
+  max: number;
+}
+
 interface Saved {
   B: number;
   T: number;
@@ -313,6 +327,96 @@ export class Transformer {
     } finally {
       this.release();
     }
+  }
+
+  /** An empty cache for up to `max` positions (default maxSeqLen). */
+  async createCache(max = this.config.maxSeqLen): Promise<KvCache> {
+    const { gpu, config: c } = this;
+    if (!(Number.isInteger(max) && max > 0 && max <= c.maxSeqLen)) throw new EngramError(`Transformer: a cache of ${max} positions; 1..maxSeqLen ${c.maxSeqLen}`);
+    const HS = c.dim / c.heads;
+    const k: Tensor[] = [];
+    const v: Tensor[] = [];
+    for (let i = 0; i < this.blocks.length; i++) {
+      k.push(await gpu.tensor([1, max, c.kvHeads, HS], 'f32', `cache.k.${i}`));
+      v.push(await gpu.tensor([1, max, c.kvHeads, HS], 'f32', `cache.v.${i}`));
+    }
+    return { k, v, length: 0, max };
+  }
+
+  /**
+   * Logits (B T, V) of ids (B, T), for inference: nothing is kept for a backward. With a cache
+   * (B = 1), the ids continue the cached positions and their keys and values are appended.
+   */
+  async logits(ids: Tensor, cache?: KvCache): Promise<Tensor> {
+    const { gpu, config: c } = this;
+    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
+    const [B, T] = ids.shape as [number, number];
+    const P = cache?.length ?? 0;
+    if (cache && B !== 1) throw new EngramError(`Transformer: a KV cache decodes one sequence (B = 1), got B = ${B}`);
+    if (P + T > (cache?.max ?? c.maxSeqLen)) throw new EngramError(`Transformer: ${P} cached + ${T} new positions exceed ${cache?.max ?? c.maxSeqLen}`);
+    const N = B * T;
+    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
+    const HS = d / NH;
+    const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
+    let h = take([N, d], 'h');
+    await embeddingForward(gpu, { out: h.reshape([B, T, d]) }, { W: this.embed.value, ids });
+    for (const [i, blk] of this.blocks.entries()) {
+      const n1 = take([N, d], 'n1');
+      const r = take([N], 'rstd');
+      await rmsnormForward(gpu, { out: n1, rstd: r }, { x: h, w: blk.inNorm.value }, c.normEps);
+      const qp = take([N, NH * HS], 'q_proj');
+      const kp = take([N, NKV * HS], 'k_proj');
+      const v = take([B, T, NKV, HS], 'v');
+      await linearForward(gpu, { y: qp }, { x: n1, w: blk.q.value });
+      await linearForward(gpu, { y: kp }, { x: n1, w: blk.k.value });
+      await linearForward(gpu, { y: v.reshape([N, NKV * HS]) }, { x: n1, w: blk.v.value });
+      const q = take([B, T, NH, HS], 'q');
+      const k = take([B, T, NKV, HS], 'k');
+      await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0: P });
+      await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0: P });
+      const att = take([B, T, NH, HS], 'att');
+      const lse = take([B, NH, T], 'att_lse');
+      const prefix = cache && P > 0 ? { pk: cache.k[i]!.leading([1, P, NKV, HS]), pv: cache.v[i]!.leading([1, P, NKV, HS]) } : {};
+      await attentionForward(gpu, { out: att, lse }, { q, k, v, ...prefix });
+      if (cache) {
+        const row = NKV * HS * 4;
+        gpu.encode((enc) => {
+          enc.copyBufferToBuffer(k.buffer, k.offset, cache.k[i]!.buffer, cache.k[i]!.offset + P * row, T * row);
+          enc.copyBufferToBuffer(v.buffer, v.offset, cache.v[i]!.buffer, cache.v[i]!.offset + P * row, T * row);
+        });
+      }
+      const o = take([N, d], 'o');
+      await linearForward(gpu, { y: o }, { x: att.reshape([N, NH * HS]), w: blk.o.value });
+      const h1 = take([N, d], 'h1');
+      await addForward(gpu, { out: h1 }, { a: h, b: o });
+      await rmsnormForward(gpu, { out: n1, rstd: r }, { x: h1, w: blk.postNorm.value }, c.normEps);
+      let f: Tensor;
+      if (blk.memory) {
+        f = await blk.memory.forward(n1);
+        blk.memory.release();
+      } else {
+        const ffn = blk.ffn!;
+        const g = take([N, F], 'gate');
+        const u = take([N, F], 'up');
+        await linearForward(gpu, { y: g }, { x: n1, w: ffn.gate.value });
+        await linearForward(gpu, { y: u }, { x: n1, w: ffn.up.value });
+        const sw = take([N, F], 'swiglu');
+        await swigluForward(gpu, { out: sw }, { g, u });
+        f = take([N, d], 'ffn_out');
+        await linearForward(gpu, { y: f }, { x: sw, w: ffn.down.value });
+        for (const t of [g, u, sw]) t.dispose();
+      }
+      await addForward(gpu, { out: h }, { a: h1, b: f });
+      for (const u of [n1, r, qp, kp, v, q, k, att, lse, o, h1, f]) u.dispose();
+    }
+    const nf = take([N, d], 'nf');
+    const rf = take([N], 'rf');
+    await rmsnormForward(gpu, { out: nf, rstd: rf }, { x: h, w: this.finalNorm.value }, c.normEps);
+    const logits = take([N, V], 'logits');
+    await linearForward(gpu, { y: logits }, { x: nf, w: (this.head ?? this.embed).value });
+    for (const u of [h, nf, rf]) u.dispose();
+    if (cache) cache.length += T;
+    return logits;
   }
 
   /** Frees what forward kept. */
