@@ -358,7 +358,7 @@ export class Transformer {
     const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
     const HS = d / NH;
     const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
-    let h = take([N, d], 'h');
+    const h = take([N, d], 'h');
     await embeddingForward(gpu, { out: h.reshape([B, T, d]) }, { W: this.embed.value, ids });
     for (const [i, blk] of this.blocks.entries()) {
       const n1 = take([N, d], 'n1');
