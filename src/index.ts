@@ -28,3 +28,4 @@ export { Trainer, type Batch, type StepResult } from './train/trainer.ts';
 export { Tokenizer, trainTokenizer, type TrainTokenizerOptions } from './data/tokenizer.ts';
 export { type KvCache } from './model/transformer.ts';
 export { generate, sample, type GenerateOptions, type SampleOptions } from './infer/generate.ts';
+export { trainLoop, saveTraining, resumeTraining, type LoopOptions, type LogLine } from './train/loop.ts';

@@ -100,6 +100,8 @@ export class ScratchPool implements TensorOwner {
   private readonly free = new Map<number, GPUBuffer[]>();
   private readonly sizeOf = new Map<GPUBuffer, number>();
   private inUse = 0;
+  /** fill every buffer taken with NaN (ENGRAM_POISON_SCRATCH=1; tests) */
+  poison = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.['ENGRAM_POISON_SCRATCH'] === '1';
 
   constructor(private readonly gpu: Gpu) {}
 
@@ -108,6 +110,12 @@ export class ScratchPool implements TensorOwner {
     const bytes = this.gpu.checkBindable(shape, dtype, label);
     const cls = sizeClass(bytes);
     const buffer = this.free.get(cls)?.pop() ?? this.gpu.createBuffer('scratch', cls, STORAGE_USAGE);
+    if (this.poison) {
+      // tests: fill with NaN words, so that a kernel that reads scratch it did not write shows
+      // (new buffers are zero-filled by WebGPU and would hide it). recorded work goes first.
+      this.gpu.flush();
+      this.gpu.device.queue.writeBuffer(buffer, 0, new Uint32Array(cls / 4).fill(0x7fc00000));
+    }
     this.sizeOf.set(buffer, cls);
     this.inUse++;
     return new Tensor(buffer, 0, shape, dtype, label, this);

@@ -321,6 +321,14 @@ export class Gpu {
   // ---------------------------------------------------------------- transfer
 
   /** Uploads values (rounded to the tensor's dtype). Ordered after everything recorded before. */
+  /** Uploads raw bytes (the tensor's storage layout) into t, after the work recorded so far. */
+  writeBytes(t: Tensor, bytes: Uint8Array): void {
+    if (bytes.byteLength !== t.byteLength) throw new EngramError(`writeBytes to ${t}: got ${bytes.byteLength} bytes, need ${t.byteLength}`);
+    // recorded work (e.g. an initialisation of t) must not run after, and overwrite, this write
+    this.flush();
+    this.device.queue.writeBuffer(t.buffer, t.offset, bytes as Uint8Array<ArrayBuffer>);
+  }
+
   write(t: Tensor, values: ArrayLike<number>): void {
     if (values.length !== t.size) throw new EngramError(`write to ${t}: got ${values.length} values, need ${t.size}`);
     this.flush();

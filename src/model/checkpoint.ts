@@ -102,7 +102,7 @@ export async function loadModel(gpu: Gpu, dir: string): Promise<{ model: Transfo
   const model = await Transformer.create(gpu, config);
   try {
     const seen = new Set<string>();
-    const put = (t: Tensor, bytes: Uint8Array) => gpu.device.queue.writeBuffer(t.buffer, t.offset, bytes as Uint8Array<ArrayBuffer>);
+    const put = (t: Tensor, bytes: Uint8Array) => gpu.writeBytes(t, bytes);
     const expect = (name: string, dtype: DType, shape: readonly number[]): SafeTensor => {
       const st = tensors[name];
       if (!st) throw new CheckpointError(`${dir}: model.safetensors has no tensor '${name}' (the config wants [${shape.join(', ')}] ${SAFE[dtype]})`);

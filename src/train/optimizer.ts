@@ -139,6 +139,30 @@ export class AdamW {
     return { model: await read(this.norm.model.norm), values: await read(this.norm.values.norm) };
   }
 
+  /** The state to checkpoint: the step count and every f32 state tensor by `<param>.{m,v,master}`. */
+  stateTensors(): { step: number; tensors: Record<string, Tensor> } {
+    const tensors: Record<string, Tensor> = {};
+    for (const s of this.states) {
+      tensors[`${s.param.name}.m`] = s.m;
+      tensors[`${s.param.name}.v`] = s.v;
+      if (s.master) tensors[`${s.param.name}.master`] = s.master;
+    }
+    return { step: this.steps, tensors };
+  }
+
+  /** Restores a checkpointed state: the step and each tensor's f32 bytes (every one must be there). */
+  restore(step: number, bytes: (name: string) => Uint8Array | undefined): void {
+    const { tensors } = this.stateTensors();
+    for (const [name, t] of Object.entries(tensors)) {
+      const b = bytes(name);
+      if (!b || b.length !== t.byteLength) {
+        throw new EngramError(`AdamW.restore: optimizer state '${name}' is ${b ? `${b.length} bytes` : 'missing'}; ${t} needs ${t.byteLength}`);
+      }
+      this.gpu.writeBytes(t, b);
+    }
+    this.steps = step;
+  }
+
   dispose(): void {
     for (const s of this.states) for (const t of [s.m, s.v, s.master]) t?.dispose();
     for (const g of Object.values(this.norm)) for (const t of Object.values(g)) t.dispose();

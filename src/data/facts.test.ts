@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { EngramError } from '../gpu/errors.ts';
+import { Rng } from '../testing/rng.ts';
+import { FACT_RELATIONS, type Fact, loadFacts, questionText, questions, statements } from './facts.ts';
+
+const facts = loadFacts();
+const rngOf = (seed: number) => {
+  const r = new Rng(seed);
+  return () => r.next();
+};
+const find = (subject: string, relation: string) => facts.filter((f) => f.subject === subject && f.relation === relation);
+
+test('loadFacts: plausible counts and known facts from all three knowledge bases', () => {
+  const per = new Map<string, number>();
+  for (const f of facts) per.set(f.relation, (per.get(f.relation) ?? 0) + 1);
+  assert.ok(facts.length > 3000, `only ${facts.length} facts`);
+  assert.ok(per.get('capital')! >= 200, `${per.get('capital')} capitals`);
+  for (const r of FACT_RELATIONS) assert.ok((per.get(r) ?? 0) >= 90, `relation ${r}: ${per.get(r)} facts`);
+  assert.deepEqual(find('France', 'capital'), [{ subject: 'France', relation: 'capital', object: 'Paris' }]);
+  assert.deepEqual(find('Iron', 'atomic number').map((f) => f.object), ['26']);
+  assert.deepEqual(find('Iron', 'symbol').map((f) => f.object), ['Fe']);
+  assert.deepEqual(find('Iron', 'element category').map((f) => f.object), ['transition metal']);
+  assert.deepEqual(find('Mercury', 'standard state').map((f) => f.object), ['liquid']);
+  assert.deepEqual(find('Japan', 'continent').map((f) => f.object), ['Asia']); // country-json, name mapped
+  assert.deepEqual(find('France', 'currency').map((f) => f.object), ['Euro']);
+  assert.ok(find('France', 'borders').some((f) => f.object === 'Spain'));
+  assert.ok(find('Switzerland', 'official language').length >= 3);
+});
+
+test('loadFacts: deduplicated, deterministic order, returns copies', () => {
+  const keys = facts.map((f) => `${f.relation}|${f.subject}|${f.object}`);
+  assert.equal(new Set(keys).size, keys.length);
+  assert.deepEqual([...keys].sort(), [...keys].sort()); // sanity
+  const again = loadFacts();
+  assert.deepEqual(again, facts);
+  again[0]!.object = 'changed';
+  assert.notEqual(loadFacts()[0]!.object, 'changed');
+  for (const f of facts) {
+    assert.ok(f.subject !== '' && f.object !== '' && f.object.trim() === f.object, JSON.stringify(f));
+    assert.ok(FACT_RELATIONS.includes(f.relation));
+  }
+});
+
+test('statements: several distinct phrasings per fact, rng-ordered, well formed', () => {
+  const paris = find('France', 'capital')[0]!;
+  const s = statements(paris, rngOf(1));
+  assert.ok(s.length >= 3 && new Set(s).size === s.length, JSON.stringify(s));
+  assert.ok(s.includes('The capital of France is Paris.'));
+  assert.ok(s.includes('Paris is the capital of France.'));
+  assert.ok(s.includes("France's capital city is Paris."));
+  // another rng, another order, same set
+  const orders = new Set([1, 2, 3, 4, 5, 6].map((seed) => statements(paris, rngOf(seed)).join('|')));
+  assert.ok(orders.size > 1);
+  assert.deepEqual([...statements(paris, rngOf(7))].sort(), [...s].sort());
+  for (const f of facts) {
+    const all = statements(f, rngOf(3));
+    assert.ok(all.length >= 3 && new Set(all).size === all.length, JSON.stringify(f));
+    for (const t of all) {
+      assert.match(t, /^[A-Z0-9.+].*[^.]\.$/, t); // capitalized, one full stop
+      assert.ok(!t.includes('  ') && !t.includes('?'), t);
+    }
+  }
+});
+
+test('statements: articles, possessives and plural agreement', () => {
+  const one = (subject: string, relation: string, rx: RegExp) => {
+    const f = find(subject, relation)[0];
+    assert.ok(f !== undefined, `${subject} ${relation}`);
+    assert.ok(statements(f, rngOf(1)).some((t) => rx.test(t)), `${subject}: ${statements(f, rngOf(1)).join(' | ')}`);
+  };
+  one('United States', 'capital', /^The capital of the United States is Washington D\.C\.$/);
+  one('United States', 'capital', /^The United States' capital city is/);
+  one('Cayman Islands', 'currency', /^The Cayman Islands use the .* as their currency\.$/);
+  one('Netherlands', 'currency', /^The Netherlands uses the Euro as its currency\.$/);
+  one('Iron', 'element category', /^Iron is a transition metal\.$/);
+  one('Argon', 'element category', /^Chemists class argon as a noble gas\.$/);
+  one('Oxygen', 'standard state', /^At room temperature, oxygen is a gas\.$/);
+});
+
+test('statements: unknown relation is a clear error', () => {
+  assert.throws(() => statements({ subject: 'France', relation: 'motto', object: 'x' }, Math.random), (e: unknown) => {
+    return e instanceof EngramError && /unknown relation 'motto'/.test(e.message) && /capital/.test(e.message);
+  });
+});
+
+test('questions: one per single-valued fact, held-out phrasing, answer as the statements write it', () => {
+  const qs = questions(facts);
+  assert.ok(qs.length > 2500, `${qs.length} questions`);
+  const france = qs.find((q) => q.fact.subject === 'France' && q.fact.relation === 'capital')!;
+  assert.equal(france.prompt, 'Q: What is the capital of France?\nA:');
+  assert.equal(france.answer, ' Paris');
+  const fe = qs.find((q) => q.fact.subject === 'Iron' && q.fact.relation === 'atomic number')!;
+  assert.equal(fe.answer, ' 26');
+  assert.equal(qs.find((q) => q.fact.subject === 'France' && q.fact.relation === 'currency')!.answer, ' the Euro');
+  // several borders: no question; one border: asked
+  assert.ok(!qs.some((q) => q.fact.subject === 'France' && q.fact.relation === 'borders'));
+  assert.equal(qs.find((q) => q.fact.subject === 'Portugal' && q.fact.relation === 'borders')!.answer, ' Spain');
+  const perRelation = new Set(qs.map((q) => q.fact.relation));
+  for (const r of FACT_RELATIONS) assert.ok(perRelation.has(r), `no question for ${r}`);
+
+  const seen = new Set<string>();
+  for (const q of qs) {
+    assert.match(q.prompt, /^Q: [^\n]+\?\nA:$/);
+    assert.match(q.answer, /^ \S/);
+    const key = `${q.fact.subject}|${q.fact.relation}`;
+    assert.ok(!seen.has(key), `two questions for ${key}`);
+    seen.add(key);
+    const stem = questionText(q.fact);
+    assert.equal(q.prompt, `Q: ${stem}\nA:`);
+    const says = statements(q.fact, rngOf(1));
+    // the answer is written in the statements exactly as the answer has it ...
+    assert.ok(
+      says.some((t) => t.includes(q.answer.slice(1)) || t.includes(cap(q.answer.slice(1)))),
+      `${q.answer} not in ${says.join(' | ')}`,
+    );
+    // ... but the question's phrasing is in none of them
+    const bare = stem.replace(/\?$/, '').toLowerCase();
+    for (const t of says) assert.ok(!t.toLowerCase().includes(bare), `${stem} inside ${t}`);
+  }
+});
+
+test('questions: the question template of a relation is none of its statement templates', () => {
+  // render each relation's templates with a neutral subject and object and compare the frames
+  for (const r of FACT_RELATIONS) {
+    const f: Fact = { subject: 'Zzland', relation: r, object: 'Qqq' };
+    const frames = statements(f, rngOf(1)).map((t) => frame(t));
+    const q = frame(questionText(f));
+    for (const s of frames) assert.notEqual(s, q, r);
+    assert.ok(!frames.some((s) => s.startsWith(q.replace(/\?$/, ''))), r);
+  }
+});
+
+test('questions: subjects with several objects are skipped, input order kept', () => {
+  const some: Fact[] = [
+    { subject: 'A', relation: 'capital', object: 'X' },
+    { subject: 'B', relation: 'official language', object: 'L1' },
+    { subject: 'B', relation: 'official language', object: 'L2' },
+    { subject: 'C', relation: 'symbol', object: 'Cc' },
+  ];
+  assert.deepEqual(
+    questions(some).map((q) => q.fact.subject),
+    ['A', 'C'],
+  );
+  assert.deepEqual(questions([]), []);
+});
+
+function cap(s: string): string {
+  return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/** a sentence with its subject and object replaced by slots */
+function frame(t: string): string {
+  return t.replace(/zzland/gi, '<S>').replace(/(an? |the )?qqq/gi, '<O>');
+}

@@ -1,0 +1,162 @@
+// the training loop: batches drawn from a token stream, the Trainer's steps, periodic validation
+// with the memory layers' read statistics, checkpoints every N steps and on request (Ctrl-C),
+// and resumption that continues exactly where a run stopped.
+//
+// batches: micro-batch j of step s takes B windows of T + 1 tokens at offsets drawn from a hash
+// of (seed, s, j, b): a function of the step alone, so a resumed run sees the same batches as
+// an uninterrupted one, and with the model and optimizer state restored bit for bit its losses
+// are the same. a checkpoint folder (model/checkpoint.ts) gets optimizer.safetensors (AdamW's
+// moments and masters) and trainer.json (the step) besides the model.
+
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { decodeSafetensors, encodeSafetensors, type SafeTensor } from '../io/safetensors.ts';
+import { loadModel, saveModel } from '../model/checkpoint.ts';
+import type { MemoryReadStats } from '../model/memory_stats.ts';
+import type { Transformer } from '../model/transformer.ts';
+import { AdamW, type OptimizerConfig } from './optimizer.ts';
+import type { Schedule } from './schedule.ts';
+import { Trainer, type Batch } from './trainer.ts';
+
+export interface LoopOptions {
+  /** optimizer steps in all (a resumed run continues to this count) */
+  steps: number;
+  /** sequences per micro-batch and their length */
+  batch: number;
+  seqLen: number;
+  /** micro-batches per step (gradient accumulation), default 1 */
+  accum?: number;
+  schedule: Schedule;
+  seed?: number;
+  /** validate every this many steps (and at the end), default 0: never */
+  evalEvery?: number;
+  evalBatches?: number;
+  /** checkpoint folder; saved every saveEvery steps, at the end, and when `stop` turns true */
+  dir?: string;
+  saveEvery?: number;
+  /** files saved with every checkpoint (tokenizer.json, ...) */
+  files?: Record<string, Uint8Array | string>;
+  /** polled after each step: true saves a checkpoint and returns (Ctrl-C) */
+  stop?: () => boolean;
+  log?: (l: LogLine) => void;
+}
+
+export interface LogLine {
+  step: number;
+  steps: number;
+  loss: number;
+  lrFactor: number;
+  tokensPerSecond: number;
+  etaSeconds: number;
+  /** at validation steps */
+  valLoss?: number;
+  memory?: MemoryReadStats[];
+  saved?: string;
+}
+
+/** a 32-bit hash of four integers (counter-based: the batch offsets need no state) */
+function hash4(a: number, b: number, c: number, d: number): number {
+  let h = 0x811c9dc5;
+  for (const x of [a, b, c, d]) {
+    h = Math.imul(h ^ (x >>> 0), 0x01000193);
+    h ^= h >>> 15;
+    h = Math.imul(h, 0x2c1b3c6d);
+    h ^= h >>> 12;
+  }
+  return h >>> 0;
+}
+
+/** micro-batch j of step s: B windows of T + 1 tokens from `tokens` */
+async function batchAt(gpu: Gpu, tokens: Uint32Array, B: number, T: number, seed: number, s: number, j: number): Promise<Batch> {
+  const span = tokens.length - T - 1;
+  if (span < 1) throw new EngramError(`training data: ${tokens.length} tokens is too few for sequences of ${T} + 1`);
+  const ids = new Uint32Array(B * T);
+  const targets = new Uint32Array(B * T);
+  for (let b = 0; b < B; b++) {
+    const at = hash4(seed, s, j, b) % span;
+    ids.set(tokens.subarray(at, at + T), b * T);
+    targets.set(tokens.subarray(at + 1, at + T + 1), b * T);
+  }
+  return { ids: await gpu.tensorFrom(ids, [B, T], 'u32', 'ids'), targets: await gpu.tensorFrom(targets, [B, T], 'u32', 'targets') };
+}
+
+/** Saves model, optimizer state and step into `dir` (atomically). */
+export async function saveTraining(gpu: Gpu, dir: string, model: Transformer, opt: AdamW, files: Record<string, Uint8Array | string> = {}): Promise<void> {
+  const { step, tensors } = opt.stateTensors();
+  const st: Record<string, SafeTensor> = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    st[name] = { dtype: 'F32', shape: [...t.shape], data: new Uint8Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)) };
+  }
+  await saveModel(gpu, dir, model, { ...files, 'optimizer.safetensors': encodeSafetensors(st), 'trainer.json': JSON.stringify({ step }) + '\n' });
+}
+
+/** Loads a training checkpoint: the model, an optimizer with its state restored, and the other files. */
+export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig): Promise<{ model: Transformer; opt: AdamW; files: Record<string, Uint8Array> }> {
+  const { model, files } = await loadModel(gpu, dir);
+  const optBytes = files['optimizer.safetensors'];
+  const trainer = files['trainer.json'];
+  if (!optBytes || !trainer) {
+    model.dispose();
+    throw new EngramError(`${dir}: not a training checkpoint (no optimizer.safetensors / trainer.json); load it with loadModel to fine-tune from scratch`);
+  }
+  const { step } = JSON.parse(new TextDecoder().decode(trainer)) as { step: number };
+  const { tensors } = decodeSafetensors(optBytes, `${dir}/optimizer.safetensors`);
+  const opt = await AdamW.create(gpu, model.params, cfg);
+  opt.restore(step, (name) => tensors[name]?.data);
+  return { model, opt, files };
+}
+
+/** Trains from opt.step to o.steps; returns the step losses of this call. */
+export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: { train: Uint32Array; val?: Uint32Array }, o: LoopOptions): Promise<number[]> {
+  const { batch: B, seqLen: T, accum = 1, seed = 0, evalEvery = 0, evalBatches = 4, saveEvery = 0 } = o;
+  if (T > model.config.maxSeqLen) throw new EngramError(`trainLoop: seqLen ${T} exceeds the model's maxSeqLen ${model.config.maxSeqLen}`);
+  const trainer = new Trainer(gpu, model, opt, o.schedule);
+  const losses: number[] = [];
+  const t0 = performance.now();
+  let tokens = 0;
+  const first = opt.step;
+  while (opt.step < o.steps) {
+    const s = opt.step + 1;
+    const micro: Batch[] = [];
+    for (let j = 0; j < accum; j++) micro.push(await batchAt(gpu, data.train, B, T, seed, s, j));
+    const r = await trainer.step(micro);
+    for (const m of micro) for (const t of [m.ids, m.targets]) t.dispose();
+    losses.push(r.loss);
+    tokens += r.tokens;
+    const secs = (performance.now() - t0) / 1000;
+    const line: LogLine = {
+      step: r.step,
+      steps: o.steps,
+      loss: r.loss,
+      lrFactor: r.lrFactor,
+      tokensPerSecond: tokens / secs,
+      etaSeconds: (secs / (r.step - first)) * (o.steps - r.step),
+    };
+    const last = r.step === o.steps;
+    if (data.val && evalEvery > 0 && (r.step % evalEvery === 0 || last)) Object.assign(line, await validate(gpu, model, data.val, B, T, evalBatches));
+    const stop = o.stop?.() ?? false;
+    if (o.dir && ((saveEvery > 0 && r.step % saveEvery === 0) || last || stop)) {
+      await saveTraining(gpu, o.dir, model, opt, o.files);
+      line.saved = o.dir;
+    }
+    o.log?.(line);
+    if (stop) break;
+  }
+  return losses;
+}
+
+/** mean loss over fixed validation windows, and the memory layers' read statistics on the first */
+async function validate(gpu: Gpu, model: Transformer, val: Uint32Array, B: number, T: number, n: number): Promise<{ valLoss: number; memory: MemoryReadStats[] }> {
+  let sum = 0;
+  let memory: MemoryReadStats[] = [];
+  for (let j = 0; j < n; j++) {
+    const b = await batchAt(gpu, val, B, T, 0x5eed, 0, j);
+    const loss: Tensor = await model.forward(b.ids, b.targets);
+    if (j === 0) memory = await Promise.all(model.memoryLayers.map((m) => m.stats()));
+    model.release();
+    sum += (await gpu.read(loss))[0]!;
+    for (const t of [loss, b.ids, b.targets]) t.dispose();
+  }
+  return { valLoss: sum / n, memory };
+}
