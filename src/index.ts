@@ -29,3 +29,5 @@ export { Tokenizer, trainTokenizer, type TrainTokenizerOptions } from './data/to
 export { type KvCache } from './model/transformer.ts';
 export { generate, sample, type GenerateOptions, type SampleOptions } from './infer/generate.ts';
 export { trainLoop, saveTraining, resumeTraining, type LoopOptions, type LogLine } from './train/loop.ts';
+export { buildCorpus, writeCorpus, splitDocuments, DOC_SEPARATOR, CORPUS_SOURCES, GCIDE_PATH, type Corpus, type CorpusOptions, type CorpusSource } from './data/corpus.ts';
+export { loadFacts, statements, questions, questionText, FACT_RELATIONS, type Fact, type Question } from './data/facts.ts';

@@ -1,12 +1,21 @@
 // the engram command line: `engram <command> [options]`.
 
+import { parseArgs } from 'node:util';
 import { Gpu } from '../gpu/device.ts';
 
-const HELP = `usage: engram <command>
+const HELP = `usage: engram <command> [options]
 
 commands:
-  info     the WebGPU adapter engram will use: name, features, key limits
-  help     this text
+  info       the WebGPU adapter engram will use: name, features, key limits
+  data       build the corpus, train a tokenizer, write token files and held-out questions
+             --out data  --max-mb 4  --vocab 2048  --seed 0
+  train      train a model (or resume the run in --out)
+             --data data  --out runs/tiny  --config tiny|base|<file.json>  --steps 300  --batch 8
+             --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
+  generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
+             --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0
+  ask        held-out factual questions against a model: --model runs/tiny --data data --n 10
+  help       this text
 `;
 
 async function info(): Promise<void> {
@@ -25,11 +34,66 @@ async function info(): Promise<void> {
   }
 }
 
-const [cmd = 'help'] = process.argv.slice(2);
+const [cmd = 'help', ...rest] = process.argv.slice(2);
+const opt = (spec: Record<string, string>) => {
+  const { values } = parseArgs({ args: rest, options: Object.fromEntries(Object.keys(spec).map((k) => [k, { type: 'string' as const }])), strict: true });
+  const v = { ...spec, ...values } as Record<string, string>;
+  const num = (k: string) => {
+    const x = Number(v[k]);
+    if (!Number.isFinite(x)) throw new Error(`--${k}: expected a number, got '${v[k]}'`);
+    return x;
+  };
+  return { str: (k: string) => v[k]!, num };
+};
 switch (cmd) {
   case 'info':
     await info();
     break;
+  case 'data': {
+    const { dataCommand } = await import('./commands.ts');
+    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0' });
+    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed') });
+    break;
+  }
+  case 'train': {
+    const { trainCommand } = await import('./commands.ts');
+    const o = opt({ data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0' });
+    await trainCommand({
+      data: o.str('data'),
+      out: o.str('out'),
+      config: o.str('config'),
+      steps: o.num('steps'),
+      batch: o.num('batch'),
+      seq: o.num('seq'),
+      accum: o.num('accum'),
+      lr: o.num('lr'),
+      warmup: o.num('warmup'),
+      evalEvery: o.num('eval-every'),
+      saveEvery: o.num('save-every'),
+      seed: o.num('seed'),
+    });
+    break;
+  }
+  case 'generate': {
+    const { generateCommand } = await import('./commands.ts');
+    const o = opt({ model: 'runs/tiny', prompt: '', 'max-new': '64', temperature: '0.8', 'top-p': '0.95', 'top-k': '0', seed: '0' });
+    await generateCommand({
+      model: o.str('model'),
+      prompt: o.str('prompt'),
+      maxNew: o.num('max-new'),
+      temperature: o.num('temperature'),
+      topP: o.num('top-p'),
+      topK: o.num('top-k'),
+      seed: o.num('seed'),
+    });
+    break;
+  }
+  case 'ask': {
+    const { askCommand } = await import('./commands.ts');
+    const o = opt({ model: 'runs/tiny', data: 'data', n: '10' });
+    await askCommand({ model: o.str('model'), data: o.str('data'), n: o.num('n') });
+    break;
+  }
   case 'help':
   case '--help':
   case '-h':

@@ -373,14 +373,26 @@ function gcideChar(m: string, code: string): string {
 
 /** one dictd entry -> plain text: headword line without pronunciation/etymology, no markup, paragraphs reflowed */
 export function gcideEntry(raw: string): string {
-  const lines = raw.split('\n');
-  // an entry starts at its headword line, the first line not indented (the first entry's slice has text before it)
-  const start = lines.findIndex((l) => l !== '' && !/^\s/.test(l));
-  if (start < 0) return '';
+  // a headword line is not indented; an index slice may hold several entries (and the first one has text before it)
+  const blocks: string[][] = [];
+  // a few entries lack the newline after their last source tag: "[1913 Webster] Transgressor \\Trans*gress"or\\, n."
+  for (const l of raw.replace(/(\[[^\]\n]*(?:Webster|WordNet|PJC)[^\]\n]*\]) +(?=[^\s\\]+ \\)/g, '$1\n').split('\n')) {
+    if (l !== '' && !/^\s/.test(l)) blocks.push([l]);
+    else blocks[blocks.length - 1]?.push(l);
+  }
+  return blocks
+    .map(gcideBlock)
+    .filter((b) => b !== '')
+    .join('\n');
+}
+
+// where a definition comes from: [1913 Webster], [WordNet 1.5 +PJC], [Webster 1913 Suppl.]
+const SOURCE_TAG = /\s*\[[^\][]{0,40}(Webster|WordNet|PJC)[^\][]{0,40}\]/g;
+
+function gcideBlock(lines: string[]): string {
   const text = lines
-    .slice(start)
-    .filter((l) => !/^\s*\[[^\]]*\]\s*$/.test(l)) // source tags: [1913 Webster], [WordNet 1.5], [PJC]
     .join('\n')
+    .replace(SOURCE_TAG, '')
     .replace(/\[([^\]\s]{1,4})\]/g, gcideChar)
     .replace(/[{}]/g, '');
   const paragraphs = text.split(/\n\s*\n/).map((p) => p.split('\n').map((l) => l.trim()).join(' ').replace(/\s+/g, ' ').trim());

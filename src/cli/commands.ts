@@ -1,0 +1,209 @@
+// the commands behind `engram data | train | generate | ask`: corpus and tokens, training with a
+// progress line and checkpoints, streaming generation, and factual questions against a model.
+
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import { buildCorpus, writeCorpus } from '../data/corpus.ts';
+import { loadFacts, questions, type Question } from '../data/facts.ts';
+import { Tokenizer, trainTokenizer } from '../data/tokenizer.ts';
+import { generate } from '../infer/generate.ts';
+import { loadModel } from '../model/checkpoint.ts';
+import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import { Transformer } from '../model/transformer.ts';
+import { resumeTraining, trainLoop, type LogLine } from '../train/loop.ts';
+import { AdamW } from '../train/optimizer.ts';
+
+const EOT = '<|endoftext|>';
+
+/** `engram data`: corpus text, a tokenizer trained on it, token files and held-out questions */
+export async function dataCommand(o: { out: string; maxMb: number; vocab: number; seed: number }): Promise<void> {
+  const t0 = performance.now();
+  mkdirSync(o.out, { recursive: true });
+  const corpus = buildCorpus({ maxBytes: Math.round(o.maxMb * 2 ** 20), seed: o.seed });
+  const files = await writeCorpus(o.out, corpus);
+  console.log(`corpus: ${(corpus.bytes / 2 ** 20).toFixed(1)} MB, ${corpus.train.length} train / ${corpus.val.length} validation documents (${Object.entries(corpus.counts).map(([k, v]) => `${k} ${v}`).join(', ')})`);
+  const json = await trainTokenizer([files.train], { vocabSize: o.vocab, special: [EOT] });
+  writeFileSync(join(o.out, 'tokenizer.json'), json);
+  const tok = await Tokenizer.fromJson(json);
+  const eot = tok.tokenId(EOT)!;
+  for (const [split, docs] of [['train', corpus.train], ['val', corpus.val]] as const) {
+    const ids: number[] = [];
+    for (const d of docs) {
+      for (const id of tok.encode(d)) ids.push(id);
+      ids.push(eot);
+    }
+    writeFileSync(join(o.out, `${split}.bin`), new Uint8Array(Uint32Array.from(ids).buffer));
+    console.log(`${split}.bin: ${ids.length} tokens`);
+  }
+  writeFileSync(join(o.out, 'questions.json'), JSON.stringify(questions(loadFacts()), null, 1));
+  console.log(`data in ${o.out} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+function readTokens(path: string): Uint32Array {
+  if (!existsSync(path)) throw new EngramError(`${path} is missing: run 'engram data' first`);
+  const b = readFileSync(path);
+  return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+}
+
+/** model sizes the CLI knows by name; a JSON file gives any other */
+export const PRESETS: Record<string, (vocab: number) => unknown> = {
+  // a few minutes on a 2-core CPU (lavapipe): 4 blocks, one Memory+ layer in the middle
+  tiny: (vocab) => ({
+    vocabSize: vocab,
+    dim: 128,
+    layers: 4,
+    heads: 4,
+    kvHeads: 2,
+    ffnHidden: 344,
+    maxSeqLen: 128,
+    memory: { layers: [2], nKeys: 64, heads: 4, topk: 8, keyDim: 64, valueDtype: 'f32' },
+  }),
+  // a GPU run: 12 blocks of 768, three Memory+ layers (256^2 values) centred at stride 4
+  base: (vocab) => ({
+    vocabSize: vocab,
+    dim: 768,
+    layers: 12,
+    heads: 12,
+    kvHeads: 4,
+    ffnHidden: 2048,
+    maxSeqLen: 1024,
+    memory: { count: 3, stride: 4, nKeys: 256, heads: 4, topk: 32, keyDim: 384, valueDtype: 'bf16' },
+  }),
+};
+
+export interface TrainArgs {
+  data: string;
+  out: string;
+  config: string;
+  steps: number;
+  batch: number;
+  seq: number;
+  accum: number;
+  lr: number;
+  warmup: number;
+  evalEvery: number;
+  saveEvery: number;
+  seed: number;
+}
+
+/** `engram train`: trains (or resumes) into `out`, printing a progress line per step */
+export async function trainCommand(a: TrainArgs): Promise<void> {
+  const tokJson = readFileSync(join(a.data, 'tokenizer.json'), 'utf8');
+  const tok = await Tokenizer.fromJson(tokJson);
+  const train = readTokens(join(a.data, 'train.bin'));
+  const val = readTokens(join(a.data, 'val.bin'));
+  const gpu = await Gpu.create();
+  console.log(`adapter: ${gpu.adapterName}`);
+  const optCfg = { lr: a.lr };
+  let model: Transformer;
+  let opt: AdamW;
+  if (existsSync(join(a.out, 'trainer.json'))) {
+    ({ model, opt } = await resumeTraining(gpu, a.out, optCfg));
+    console.log(`resuming ${a.out} at step ${opt.step}`);
+  } else {
+    const preset = PRESETS[a.config];
+    const json: unknown = preset ? preset(tok.vocabSize) : JSON.parse(readFileSync(a.config, 'utf8'));
+    const config: ModelConfig = parseModelConfig(json);
+    if (config.vocabSize !== tok.vocabSize) throw new EngramError(`config vocabSize ${config.vocabSize} differs from the tokenizer's ${tok.vocabSize}`);
+    model = await Transformer.create(gpu, config, a.seed);
+    opt = await AdamW.create(gpu, model.params, optCfg);
+  }
+  const params = model.params.reduce((n, p) => n + p.value.size, 0);
+  console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
+  let stop = false;
+  const onInt = () => {
+    stop = true;
+    console.log('\nstopping: saving a checkpoint after this step (Ctrl-C again to quit at once)');
+    process.once('SIGINT', () => process.exit(130));
+  };
+  process.once('SIGINT', onInt);
+  const log = (l: LogLine) => {
+    const mem = l.memory?.length ? ` | memory usage ${l.memory.map((m) => `${(100 * m.usage).toFixed(1)}%`).join(' ')} KL ${l.memory.map((m) => m.kl.toFixed(2)).join(' ')}` : '';
+    const val = l.valLoss !== undefined ? ` | val ${l.valLoss.toFixed(3)}` : '';
+    console.log(
+      `step ${String(l.step).padStart(String(l.steps).length)}/${l.steps} loss ${l.loss.toFixed(3)} lr x${l.lrFactor.toFixed(2)} ${Math.round(l.tokensPerSecond)} tok/s eta ${Math.round(l.etaSeconds)} s${val}${mem}${l.saved ? ' | saved' : ''}`,
+    );
+  };
+  try {
+    await trainLoop(gpu, model, opt, { train, val }, {
+      steps: a.steps,
+      batch: a.batch,
+      seqLen: a.seq,
+      accum: a.accum,
+      schedule: { warmup: a.warmup, steps: a.steps, minRatio: 0.1 },
+      seed: a.seed,
+      evalEvery: a.evalEvery,
+      dir: a.out,
+      saveEvery: a.saveEvery,
+      files: { 'tokenizer.json': tokJson },
+      stop: () => stop,
+      log,
+    });
+  } finally {
+    process.removeListener('SIGINT', onInt);
+    opt.dispose();
+    model.dispose();
+    gpu.destroy();
+  }
+}
+
+async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; tok: Tokenizer }> {
+  const gpu = await Gpu.create();
+  const { model, files } = await loadModel(gpu, dir);
+  const tj = files['tokenizer.json'];
+  if (!tj) throw new EngramError(`${dir} has no tokenizer.json`);
+  return { gpu, model, tok: await Tokenizer.fromJson(new TextDecoder().decode(tj)) };
+}
+
+/** `engram generate`: the prompt's continuation, streamed to stdout */
+export async function generateCommand(a: { model: string; prompt: string; maxNew: number; temperature: number; topP: number; topK: number; seed: number }): Promise<void> {
+  const { gpu, model, tok } = await openModel(a.model);
+  try {
+    process.stdout.write(a.prompt);
+    let text = '';
+    const ids: number[] = [];
+    const eot = tok.tokenId(EOT);
+    await generate(gpu, model, Array.from(tok.encode(a.prompt)), {
+      maxNew: a.maxNew,
+      temperature: a.temperature,
+      topP: a.topP,
+      topK: a.topK,
+      seed: a.seed,
+      ...(eot !== undefined ? { stopIds: [eot] } : {}),
+      onToken: (id) => {
+        ids.push(id);
+        const now = tok.decode(ids);
+        process.stdout.write(now.slice(text.length));
+        text = now;
+      },
+    });
+    process.stdout.write('\n');
+  } finally {
+    model.dispose();
+    gpu.destroy();
+  }
+}
+
+/** `engram ask`: held-out factual questions, greedy answers, exact-match accuracy */
+export async function askCommand(a: { model: string; data: string; n: number }): Promise<number> {
+  const qs = JSON.parse(readFileSync(join(a.data, 'questions.json'), 'utf8')) as Question[];
+  const { gpu, model, tok } = await openModel(a.model);
+  let right = 0;
+  try {
+    const pick = qs.filter((_, i) => i % Math.max(1, Math.floor(qs.length / a.n)) === 0).slice(0, a.n);
+    for (const q of pick) {
+      const out = await generate(gpu, model, Array.from(tok.encode(q.prompt)), { maxNew: 8, temperature: 0, stopIds: [tok.tokenId(EOT) ?? -1] });
+      const answer = tok.decode(out).split('\n')[0]!.replace(EOT, '').trim();
+      const ok = answer.toLowerCase().startsWith(q.answer.trim().toLowerCase());
+      if (ok) right++;
+      console.log(`${ok ? '✓' : '✗'} ${q.prompt.replace(/\n/g, ' ')} ${answer}   (expected ${q.answer.trim()})`);
+    }
+    console.log(`${right}/${pick.length} answered exactly`);
+  } finally {
+    model.dispose();
+    gpu.destroy();
+  }
+  return right;
+}

@@ -1,0 +1,224 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { after, test } from 'node:test';
+import { EngramError } from '../gpu/errors.ts';
+import { Rng } from '../testing/rng.ts';
+import {
+  CORPUS_SOURCES,
+  type CorpusOptions,
+  DOC_SEPARATOR,
+  brownText,
+  buildCorpus,
+  gcideEntry,
+  splitDocuments,
+  writeCorpus,
+} from './corpus.ts';
+import { loadFacts, statements } from './facts.ts';
+
+// GCIDE is not installed on every machine: the tests use a path that does not exist, or a tiny dictionary of their own
+const NO_GCIDE = '/nonexistent/gcide.dict.dz';
+const dirs: string[] = [];
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+async function tempDir(): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), 'engram-corpus-'));
+  dirs.push(d);
+  return d;
+}
+
+const bytes = (docs: string[]) => docs.reduce((n, d) => n + Buffer.byteLength(d), 0);
+const full = buildCorpus({ gcidePath: NO_GCIDE });
+const all = [...full.train, ...full.val];
+
+test('buildCorpus: every source in full, counts per source, GCIDE skipped with a note when absent', () => {
+  assert.ok(full.counts['wordnet']! > 2000, JSON.stringify(full.counts));
+  assert.equal(full.counts['brown'], 500);
+  assert.ok(full.counts['facts']! > 300);
+  assert.equal(full.counts['gcide'], 0);
+  assert.equal(full.notes.length, 1);
+  assert.match(full.notes[0]!, /gcide: skipped.*nonexistent.*dict-gcide/);
+  assert.equal(all.length, Object.values(full.counts).reduce((a, b) => a + b, 0));
+  assert.equal(full.bytes, bytes(all));
+  assert.ok(full.bytes > 15e6 && full.bytes < 25e6, `${full.bytes} bytes`);
+  for (const d of all) {
+    assert.ok(d !== '' && d.trim() === d);
+    assert.ok(!d.includes('<|endoftext|>'));
+  }
+});
+
+test('buildCorpus: WordNet glosses, lemma and part of speech first, with examples', () => {
+  const wordnet = all.filter((d) => /^[^\n]+ \((noun|verb|adjective|adverb)\): /.test(d));
+  assert.ok(wordnet.length >= full.counts['wordnet']! - 1);
+  const text = wordnet.join('\n');
+  assert.ok(text.includes('\noverlordship (noun): the position of overlord\n'));
+  assert.ok(text.includes('peasanthood (noun): the state of being a peasant; "the same homely dress she wore in the days of her peasanthood"'));
+  assert.match(text, /\nstimulate, arouse, brace, energize \(verb\): cause to be alert and energetic;/);
+  assert.ok(!/_|\(a\)|\(p\)/.test(text.split('\n').map((l) => l.slice(0, l.indexOf(':'))).join('\n')));
+  const lines = wordnet[0]!.split('\n');
+  assert.equal(lines.length, 50);
+});
+
+test('buildCorpus: Brown corpus with tags stripped', () => {
+  const brown = all.filter((d) => d.includes('Fulton County Grand Jury') || d.includes('pottery'));
+  assert.ok(brown.length >= 2);
+  const jury = brown.find((d) => d.startsWith('The Fulton County Grand Jury said Friday'))!;
+  assert.ok(jury.startsWith(`The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary election produced "no evidence" that any irregularities took place.\n`));
+  // no "word/tag" left ("B.t.u./sq. ft." and phonemes like "/l/" are the text's own)
+  for (const d of all) assert.ok(!/\w\/(at|nn|nns|in|vbd|np|jj|cc|rb)(\s|$)|\.\/\.|,\/,/.test(d), d.slice(0, 200));
+  assert.equal(
+    brownText('\n\n\tThe/at jury/nn said/vbd ``/`` yes/rb \'\'/\'\' ,/, and/cc 1-1/2/cd (/( more/ap )/) ./.\n\tNext/ap one/cd ./.\n\n\n\tNew/jj paragraph/nn ;/. ;/. end/nn ./.\n'),
+    'The jury said "yes", and 1-1/2 (more). Next one.\nNew paragraph; end.',
+  );
+});
+
+test('buildCorpus: every fact is in train, in 2-3 phrasings in all', () => {
+  const lines = new Set(full.train.flatMap((d) => d.split('\n')));
+  const everywhere = new Map<string, number>();
+  for (const d of all) for (const l of d.split('\n')) everywhere.set(l, (everywhere.get(l) ?? 0) + 1);
+  for (const f of loadFacts()) {
+    const says = statements(f, () => 0);
+    assert.ok(says.some((s) => lines.has(s)), `${JSON.stringify(f)} not in train`);
+    const n = says.filter((s) => everywhere.has(s)).length;
+    assert.ok(n >= 2 && n <= 3, `${JSON.stringify(f)}: ${n} phrasings`);
+  }
+});
+
+test('buildCorpus: deterministic given the seed; another seed, another order and split', () => {
+  const o: CorpusOptions = { maxBytes: 1e6, gcidePath: NO_GCIDE };
+  const a = buildCorpus({ ...o, seed: 5 });
+  assert.deepEqual(buildCorpus({ ...o, seed: 5 }), a);
+  const b = buildCorpus({ ...o, seed: 6 });
+  assert.notDeepEqual(b.train, a.train);
+  assert.deepEqual(buildCorpus({ gcidePath: NO_GCIDE }), full);
+  // include order does not matter
+  assert.deepEqual(buildCorpus({ ...o, seed: 5, include: ['facts', 'brown', 'gcide', 'wordnet'] }), a);
+});
+
+test('buildCorpus: maxBytes is met roughly; facts first, the rest shared by size', () => {
+  for (const maxBytes of [3e5, 2e6, 5e6]) {
+    const c = buildCorpus({ maxBytes, gcidePath: NO_GCIDE });
+    // each source may overshoot by one document (a Brown file is ~12 KB)
+    assert.ok(c.bytes >= Math.min(maxBytes, full.bytes) && c.bytes <= maxBytes + 60e3, `${maxBytes}: ${c.bytes}`);
+  }
+  const small = buildCorpus({ maxBytes: 2e6, gcidePath: NO_GCIDE });
+  assert.equal(small.counts['facts'], full.counts['facts']);
+  assert.ok(small.counts['wordnet']! > 100 && small.counts['brown']! > 20, JSON.stringify(small.counts));
+  // fewer bytes than the facts: only facts, the first phrasing round first
+  const tiny = buildCorpus({ maxBytes: 5e4, gcidePath: NO_GCIDE });
+  assert.deepEqual(Object.entries(tiny.counts).filter(([, n]) => n > 0).map(([s]) => s), ['facts']);
+  assert.ok(tiny.bytes < 5e4 + 2e3);
+  const big = buildCorpus({ maxBytes: 1e12, gcidePath: NO_GCIDE });
+  assert.equal(big.bytes, full.bytes);
+});
+
+test('buildCorpus: split by document per source at valFraction', () => {
+  const total = all.length;
+  assert.ok(Math.abs(full.val.length / total - 0.02) < 0.005, `${full.val.length} / ${total}`);
+  const trainSet = new Set(full.train);
+  assert.ok(!full.val.some((d) => trainSet.has(d)));
+  const tenth = buildCorpus({ valFraction: 0.1, include: ['brown', 'wordnet'] });
+  const n = tenth.train.length + tenth.val.length;
+  assert.ok(Math.abs(tenth.val.length / n - 0.1) < 0.01, `${tenth.val.length} / ${n}`);
+  assert.equal(buildCorpus({ valFraction: 0, include: ['brown'] }).val.length, 0);
+  // a small budget still holds out at least one document per source
+  const small = buildCorpus({ maxBytes: 3e5, include: ['brown', 'wordnet'] });
+  assert.ok(small.val.length >= 2 && small.train.length > small.val.length);
+  // fact documents in val come from the second and third phrasing rounds only (checked above: all facts in train)
+  assert.ok(full.val.some((d) => d.split('\n').length === 20 && !/\((noun|verb)\):/.test(d)));
+});
+
+test('buildCorpus: GCIDE entries from a dictzip file and its index, markup removed', async () => {
+  const dir = await tempDir();
+  const entries = [
+    '00-database-short\n   A tiny test dictionary\n',
+    'Apple \\Ap"ple\\ ([a^]p"p\'l), n. [OE. appel, eppel, AS. [ae]ppel.]\n   1. The fleshy pome or fruit of a rosaceous tree ({Pyrus\n      malus}).\n      [1913 Webster]\n\n   2. Any tree of the genus {Pyrus}. [R.]\n      [1913 Webster]\n',
+    'Bluely \\Blue"ly\\, adv.\n   With a blue color. --Swift.\n   [1913 Webster]\n',
+    'Caf[\'e] \\Caf`[\'e]"\\, n.\n   A coffee house; a restaurant.\n   [Webster 1913 Suppl.]\n',
+  ];
+  let dict = '';
+  let index = '';
+  for (const e of entries) {
+    const word = e.slice(0, e.search(/[ \n]/));
+    index += `${word}\t${b64(Buffer.byteLength(dict))}\t${b64(Buffer.byteLength(e))}\n`;
+    if (word === 'Apple') index += `apple\t${b64(Buffer.byteLength(dict))}\t${b64(Buffer.byteLength(e))}\n`; // two headwords, one entry
+    dict += e;
+  }
+  await writeFile(join(dir, 'gcide.dict.dz'), gzipSync(dict));
+  await writeFile(join(dir, 'gcide.index'), index);
+  const c = buildCorpus({ include: ['gcide'], gcidePath: join(dir, 'gcide.dict.dz'), valFraction: 0 });
+  assert.deepEqual(c.notes, []);
+  assert.equal(c.counts['gcide'], 1);
+  assert.equal(
+    c.train[0],
+    'Apple, n. 1. The fleshy pome or fruit of a rosaceous tree (Pyrus malus).\n2. Any tree of the genus Pyrus. [R.]\n\n' +
+      'Bluely, adv. With a blue color. --Swift.\n\nCafé, n. A coffee house; a restaurant.',
+  );
+  assert.equal(gcideEntry('\n\n   tail of the entry before\n0 \\0\\ adj.\n   1. zero.\n        [WordNet 1.5]\n'), '0, adj. 1. zero.');
+  // a headword glued to the source tag before it starts a new entry; tags inside lines go too
+  assert.equal(
+    gcideEntry('Tame \\Tame\\, a.\n   Gentle. [1913 Webster] Tamer \\Tam"er\\, n.\n   One who tames. [WordNet\n   sense 1]\n'),
+    'Tame, a. Gentle.\nTamer, n. One who tames.',
+  );
+});
+
+test('writeCorpus: train.txt and val.txt round trip through DOC_SEPARATOR', async () => {
+  const dir = join(await tempDir(), 'nested', 'out');
+  const c = buildCorpus({ maxBytes: 2e5, seed: 3, gcidePath: NO_GCIDE });
+  const paths = await writeCorpus(dir, c);
+  assert.deepEqual(paths, { train: join(dir, 'train.txt'), val: join(dir, 'val.txt') });
+  const train = await readFile(paths.train, 'utf8');
+  assert.deepEqual(splitDocuments(train), c.train);
+  assert.deepEqual(splitDocuments(await readFile(paths.val, 'utf8')), c.val);
+  assert.equal(train.split('<|endoftext|>').length, c.train.length);
+  assert.ok(DOC_SEPARATOR.includes('<|endoftext|>'));
+  // an empty split is an empty file
+  const none = await writeCorpus(dir, { ...c, val: [] });
+  assert.equal(await readFile(none.val, 'utf8'), '');
+  assert.deepEqual(splitDocuments(''), []);
+});
+
+test('buildCorpus: bad options are clear errors', () => {
+  const bad: [unknown, RegExp][] = [
+    [{ maxBytes: 0 }, /maxBytes must be a positive number/],
+    [{ maxBytes: -5 }, /maxBytes/],
+    [{ maxBytes: NaN }, /maxBytes/],
+    [{ maxBytes: '1e6' }, /maxBytes/],
+    [{ valFraction: 1 }, /valFraction must be a number in \[0, 1\)/],
+    [{ valFraction: -0.1 }, /valFraction/],
+    [{ seed: 1.5 }, /seed must be an integer/],
+    [{ include: [] }, /include must be a non-empty array/],
+    [{ include: ['wikipedia'] }, /unknown source 'wikipedia'.*wordnet, brown, gcide, facts/],
+    [{ include: ['brown', 'brown'] }, /'brown' is given twice/],
+    [{ maxbytes: 5 }, /unknown option 'maxbytes'/],
+    [{ gcidePath: '' }, /gcidePath/],
+  ];
+  for (const [o, rx] of bad) {
+    assert.throws(
+      () => buildCorpus(o as CorpusOptions),
+      (e: unknown) => e instanceof EngramError && rx.test(e.message) && e.message.startsWith('buildCorpus: '),
+      JSON.stringify(o),
+    );
+  }
+  assert.deepEqual([...CORPUS_SOURCES], ['wordnet', 'brown', 'gcide', 'facts']);
+});
+
+test('buildCorpus: fast once the sources are read', () => {
+  const rng = new Rng(1);
+  const t = performance.now();
+  for (let i = 0; i < 3; i++) buildCorpus({ maxBytes: 1e6 + rng.int(1e6), seed: i, gcidePath: NO_GCIDE });
+  assert.ok(performance.now() - t < 3000, `${performance.now() - t} ms`);
+});
+
+function b64(n: number): string {
+  const digits = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  let s = '';
+  do {
+    s = digits[n % 64]! + s;
+    n = Math.floor(n / 64);
+  } while (n > 0);
+  return s;
+}
