@@ -158,7 +158,7 @@ async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; t
 }
 
 /** `engram generate`: the prompt's continuation, streamed to stdout */
-export async function generateCommand(a: { model: string; prompt: string; maxNew: number; temperature: number; topP: number; topK: number; seed: number }): Promise<void> {
+export async function generateCommand(a: { model: string; prompt: string; maxNew: number; temperature: number; topP: number; topK: number; seed: number; stop: string }): Promise<void> {
   const { gpu, model, tok } = await openModel(a.model);
   try {
     process.stdout.write(a.prompt);
@@ -175,9 +175,13 @@ export async function generateCommand(a: { model: string; prompt: string; maxNew
       onToken: (id) => {
         ids.push(id);
         const now = tok.decode(ids);
-        process.stdout.write(now.slice(text.length));
-        text = now;
+        // up to a stop string, which ends the text (it is not printed)
+        const cut = a.stop ? now.indexOf(a.stop) : -1;
+        const upto = cut >= 0 ? now.slice(0, cut) : now;
+        if (upto.length > text.length) process.stdout.write(upto.slice(text.length));
+        text = upto;
       },
+      shouldStop: () => a.stop !== '' && tok.decode(ids).includes(a.stop),
     });
     process.stdout.write('\n');
   } finally {

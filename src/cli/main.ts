@@ -13,7 +13,7 @@ commands:
              --data data  --out runs/tiny  --config tiny|base|<file.json>  --steps 300  --batch 8
              --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
-             --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0
+             --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
   ask        held-out factual questions against a model: --model runs/tiny --data data --n 10
   help       this text
 `;
@@ -76,7 +76,7 @@ switch (cmd) {
   }
   case 'generate': {
     const { generateCommand } = await import('./commands.ts');
-    const o = opt({ model: 'runs/tiny', prompt: '', 'max-new': '64', temperature: '0.8', 'top-p': '0.95', 'top-k': '0', seed: '0' });
+    const o = opt({ model: 'runs/tiny', prompt: '', 'max-new': '64', temperature: '0.8', 'top-p': '0.95', 'top-k': '0', seed: '0', stop: '' });
     await generateCommand({
       model: o.str('model'),
       prompt: o.str('prompt'),
@@ -85,6 +85,7 @@ switch (cmd) {
       topP: o.num('top-p'),
       topK: o.num('top-k'),
       seed: o.num('seed'),
+      stop: o.str('stop'),
     });
     break;
   }

@@ -37,6 +37,8 @@ test('greedy generation with the KV cache equals recomputing the sequence each s
   assert.deepEqual(fast, seq.slice(prompt.length));
   const stopped = await generate(gpu, model, prompt, { maxNew: 8, temperature: 0, stopIds: [fast[2]!] });
   assert.deepEqual(stopped, fast.slice(0, fast.indexOf(fast[2]!) + 1));
+  const three = await generate(gpu, model, prompt, { maxNew: 8, temperature: 0, shouldStop: (ids) => ids.length === 3 });
+  assert.deepEqual(three, fast.slice(0, 3));
   model.dispose();
   assert.equal(gpu.scratch.outstanding, 0);
 });

@@ -26,6 +26,8 @@ export interface GenerateOptions extends SampleOptions {
   stopIds?: readonly number[];
   /** called with each new token as soon as it is chosen (streaming) */
   onToken?: (id: number) => void;
+  /** polled after each new token with everything generated so far: true stops (e.g. a stop string appeared) */
+  shouldStop?: (ids: readonly number[]) => boolean;
 }
 
 /** a small seeded generator (mulberry32) for sampling */
@@ -94,7 +96,7 @@ export async function generate(gpu: Gpu, model: Transformer, prompt: readonly nu
       const id = sample(last, o, random);
       out.push(id);
       o.onToken?.(id);
-      if (o.stopIds?.includes(id)) break;
+      if (o.stopIds?.includes(id) || o.shouldStop?.(out)) break;
       next = [id];
     }
   } finally {
