@@ -86,6 +86,16 @@ export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdap
   return adapter;
 }
 
+/**
+ * Whether the adapter is a CPU implementation (Mesa's lavapipe/llvmpipe, SwiftShader, or one
+ * the browser calls a fallback adapter): a few cores, so kernels size their grids differently.
+ */
+export function isCpuAdapter(adapter: GPUAdapter): boolean {
+  const i = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+  if (i.isFallbackAdapter) return true;
+  return /llvmpipe|lavapipe|swiftshader/i.test([i.vendor, i.architecture, i.device, i.description].join(' '));
+}
+
 /** A one-line name for the adapter, e.g. 'NVIDIA H100 80GB HBM3 (nvidia hopper, vulkan)'. */
 export function describeAdapter(adapter: GPUAdapter): string {
   const i = adapter.info;

@@ -9,7 +9,7 @@
 //    the host and written with one writeBuffer right before the submit (queue order makes this
 //    safe even though the uniform buffer is reused by every flush).
 
-import { describeAdapter, releaseGpuEntry, requestAdapter, type AdapterOptions } from './adapter.ts';
+import { describeAdapter, isCpuAdapter, releaseGpuEntry, requestAdapter, type AdapterOptions } from './adapter.ts';
 import { byteSize, decode, encode, type TensorDType } from './dtype.ts';
 import { DeviceLostError, EngramError, GpuValidationError, LimitError, OutOfMemoryError } from './errors.ts';
 import { PipelineCache, type Pipeline } from './pipelines.ts';
@@ -57,6 +57,8 @@ export class Gpu {
   readonly scratch: ScratchPool;
   readonly limits: Readonly<Record<string, number>>;
   readonly adapterName: string;
+  /** a CPU implementation (lavapipe, SwiftShader): a few cores, not a hundred SMs */
+  readonly cpu: boolean;
   private readonly pending: EngramError[] = [];
   private lost: GPUDeviceLostInfo | null = null;
   private destroyed = false;
@@ -83,6 +85,7 @@ export class Gpu {
   ) {
     liveGpus++;
     this.adapterName = describeAdapter(adapter);
+    this.cpu = isCpuAdapter(adapter);
     const limits: Record<string, number> = {};
     for (const k in device.limits) limits[k] = (device.limits as unknown as Record<string, number>)[k]!;
     this.limits = limits;

@@ -6,7 +6,7 @@ import * as ref from '../../reference/matmul.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { MATMUL_CONFIGS, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig } from './matmul.ts';
+import { MATMUL_CONFIGS, chooseConfig, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig } from './matmul.ts';
 
 interface Case {
   M: number;
@@ -278,4 +278,14 @@ test('matmul routes f16 products to tensor cores where the adapter has subgroup 
     await assert.rejects(matmul(gpu, { out }, { a, b }, { path: 'subgroup' }), /chromium-experimental-subgroup-matrix/);
   }
   for (const t of [a, b, out]) t.dispose();
+});
+
+test('chooseConfig: a CPU adapter takes large tiles unless padding wastes more, a GPU enough workgroups', async () => {
+  const gpu = await testGpu();
+  const cpu = { ...gpu, cpu: true, limits: gpu.limits } as typeof gpu;
+  const big = MATMUL_CONFIGS.find((c) => configFits(gpu, c))!;
+  assert.equal(chooseConfig(cpu, { M: 1024, N: 344, batch: 1, transA: false, transB: true }), big);
+  assert.equal(configName(chooseConfig(cpu, { M: 20, N: 36, batch: 1, transA: false, transB: false })), 'm32n32k8t4x4u8g1');
+  const gpuLike = { ...gpu, cpu: false, limits: gpu.limits } as typeof gpu;
+  assert.equal(configName(chooseConfig(gpuLike, { M: 1024, N: 128, batch: 1, transA: false, transB: false })), 'm32n32k8t4x4u8g1');
 });
