@@ -114,7 +114,13 @@ export interface ResultFile {
 }
 
 /** Writes the result file and returns its path. */
-export function writeResults(suite: string, device: string, results: Record<string, number>, notes: Record<string, string> = {}): string {
+export function writeResults(
+  suite: string,
+  device: string,
+  results: Record<string, number>,
+  notes: Record<string, string> = {},
+  command = `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+): string {
   const now = new Date();
   const ymd = now.toISOString().slice(0, 10).replace(/-/g, '');
   const file: ResultFile = {
@@ -122,7 +128,7 @@ export function writeResults(suite: string, device: string, results: Record<stri
     device,
     date: now.toISOString(),
     commit: commit(),
-    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    command,
     results,
   };
   if (Object.keys(notes).length) file.notes = notes;

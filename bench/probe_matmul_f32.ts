@@ -6,14 +6,15 @@
 // in PROBE_ROUNDS round-robin rounds (the H100's clocks drift during a run and would favour
 // the first lines otherwise): GPU-timed regions of 10 products, median of 3 per round. each
 // line is first checked on a 384x320x200 product against the float64 reference. a table of
-// the median over rounds closes the run, with nvidia-smi's clocks before and after.
+// the median over rounds closes the run, with nvidia-smi's clocks before and after, and the
+// medians go to bench/results/matmul_f32_probe[_norobust]-<device>-<date>.json.
 
 import { execFileSync } from 'node:child_process';
 import { Gpu } from '../src/gpu/device.ts';
 import { MATMUL_CONFIGS, configFits, configName, matmul, matmulFlops, type MatmulConfig } from '../src/kernels/matmul/matmul.ts';
 import { matmul as matmulRef } from '../src/reference/matmul.ts';
 import { Rng } from '../src/testing/rng.ts';
-import { median, timePasses, warmUp } from './lib.ts';
+import { deviceName, median, timePasses, warmUp, writeResults } from './lib.ts';
 
 const N = Number(process.env['PROBE_SIZE'] ?? 4096);
 const ROUNDS = Number(process.env['PROBE_ROUNDS'] ?? 3);
@@ -119,6 +120,14 @@ async function main(): Promise<void> {
     return `${nameOf(x).padEnd(26)} median ${median(v).toFixed(1).padStart(5)}  rounds ${v.map((t) => t.toFixed(1)).join(' ')}`;
   });
   console.log(`\n== f32 matmul ${N}^3 TFLOP/s ==\n${rows.join('\n')}`);
+  // the result file: median TFLOP/s per candidate; a run with Dawn toggles gets its own suite name
+  const toggles = process.env['ENGRAM_DAWN_TOGGLES'] ?? '';
+  const metric = (x: Candidate) => `${configName(x.config)}_${x.transA ? 't' : 'n'}${x.transB ? 't' : 'n'}${x.pre === false ? '_nopre' : ''}_TFLOPs`;
+  const results = Object.fromEntries(live.map((x) => [metric(x), median(tf.get(x)!)]));
+  const suite = `matmul_f32_probe${/disable_robustness/.test(toggles) ? '_norobust' : ''}`;
+  const env = [toggles && `ENGRAM_DAWN_TOGGLES=${toggles}`, N !== 4096 && `PROBE_SIZE=${N}`].filter(Boolean).join(' ');
+  const path = writeResults(suite, deviceName(gpu), results, { size: `${N}^3`, ...(toggles ? { dawn_toggles: toggles } : {}) }, `${env ? `${env} ` : ''}node --import tsx bench/probe_matmul_f32.ts`);
+  console.log(`wrote ${path}`);
   for (const t of [a, b, c]) t.dispose();
   gpu.destroy();
 }
