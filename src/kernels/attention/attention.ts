@@ -29,9 +29,9 @@
 // pipeline per (kernel, HS, tile), and the tile is the largest whose workgroup memory fits the
 // device (at HS=64 an H100's 48 KiB and lavapipe's 32 KiB share the forward tile, 64x32, and get
 // different dq and dk/dv tiles; the test file passes on both).
-// measured on an H100 (Dawn/Vulkan), B=4 T=2048 NH=16 HS=64 causal: forward ~10 TFLOP/s (f32
-// 3.4-3.6 ms, bf16 3.2-3.3 ms), backward ~8 TFLOP/s (f32 11.1 ms, bf16 10.6 ms); f32 math on
-// CUDA cores only (no subgroup matrices).
+// speed: the kernels suite times B=4 T=2048 NH=16 HS=64 causal on an H100 (notes attention_f32,
+// attention_f16 of bench/results/kernels-nvidia-h100-80gb-hbm3-20261122.json); f32 math on CUDA cores
+// only (no subgroup matrices).
 
 export { attentionForward, MAX_HS, type AttentionOptions } from './attention_forward.ts';
 export { attentionBackward } from './attention_backward.ts';

@@ -28,9 +28,9 @@
 // the slab (its TM rows or TN columns by BK k, in vec4s). with the slab fully unrolled
 // (U = BK) every read in the inner loop is S[stage][constant][thread] (or [thread][constant]):
 // robust WGSL (Dawn clamps run-time indices) clamps the two run-time indices once per slab and
-// the constant offsets fold into the load instructions. (one flat array with run-time offsets
-// cost ~10% on an H100: 35 against 39.6 TFLOP/s with Dawn's robustness toggled off. staging a
-// along m by scalar transposing stores cost more: nn fell from 39 to 29.)
+// the constant offsets fold into the load instructions: with Dawn's robustness toggled off the
+// kernel runs at the same speed (matmul_f32_probe_norobust against matmul_f32_probe in
+// bench/results). staging a along m through transposing stores ran slower; not kept.
 // thread rows are 4 adjacent rows repeated every TY*4 (a warp's reads of a broadcast); thread
 // columns are 4 adjacent repeated every TX*4 for b stored along n, or tx + c*TX (pairs when out
 // is packed) for b stored along k, so that the 16 tx of a warp read 16 consecutive vec4s. a
@@ -79,11 +79,8 @@ export interface MatmulConfig {
 
 /**
  * Candidate configurations, largest tile first (benchmarks time each; see chooseConfig).
- * f32 TFLOP/s at 4096^3 on one H100 through Dawn/Vulkan (bench/probe_matmul_f32.ts), the
- * kernel itself in the nn / nt / tn / tt layouts: m128n128k16t8x8u16g8 38.4 / 36.1 / 42.1 /
- * 39.9, so matmul() transposes f32 operands stored along k first (choosePretranspose): nn
- * 41.2, nt 40.5, tt 41.3. with the pretranspose, nn: m128n128k8t8x8u8g8 41.5, u8 instead of
- * u16 32.3, m64n256k16t8x8 28.7, m128n64k16t8x8 (128 threads) 29.2, m128n64k16t8x4 32.3.
+ * bench/probe_matmul_f32.ts times them at 4096^3 in every layout, with and without the
+ * pretranspose (choosePretranspose); its H100 file is bench/results/matmul_f32_probe-*.json.
  * workgroup memory: 2 (BM + BN) BK 4 bytes, 32 KiB for the first.
  */
 export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
@@ -97,9 +94,9 @@ export const MATMUL_CONFIGS: readonly MatmulConfig[] = [
 
 /**
  * Workgroups a launch should have before a larger tile is preferred: about two per SM of a
- * 132-SM H100. on it, 1024^3 ran at 23-24 TFLOP/s in 64x64 to 128x64 tiles (64-256
- * workgroups) against 15 in 128x128 tiles (64 workgroups); 2048^3 (256 workgroups of 128x128)
- * ran fastest in 128x128 tiles. smaller GPUs are full with fewer.
+ * 132-SM H100, where a 1024^3 product ran faster in 64-wide tiles (64-256 workgroups) than
+ * in 128x128 ones (64 workgroups), and 2048^3 (256 workgroups of 128x128) fastest in 128x128
+ * tiles. smaller GPUs are full with fewer.
  */
 const MIN_WORKGROUPS = 256;
 
@@ -149,9 +146,8 @@ export function chooseConfig(gpu: Gpu, d: { M: number; N: number; batch: number;
   const groups = (c: MatmulConfig) => Math.ceil(d.M / c.BM) * Math.ceil(d.N / c.BN) * d.batch;
   if (gpu.cpu) {
     // a CPU adapter is busy with a handful of workgroups: the padded work over the tile's
-    // efficiency decides, efficiency ~ (BM BN)^0.3 (on lavapipe, 1024 x N x 128 ran at 2.1-2.3
-    // GFLOP/s in 128 x 128 tiles, 1.3-1.6 in 64-wide ones, 0.9-1.0 in the 32 x 32 tiles the
-    // GPU rule picks)
+    // efficiency decides, efficiency ~ (BM BN)^0.3 (on lavapipe the 128 x 128 tile did about
+    // twice the work per second of the 32 x 32 tile the GPU rule picks for such sizes)
     const cost = (c: MatmulConfig) => (Math.ceil(d.M / c.BM) * c.BM * Math.ceil(d.N / c.BN) * c.BN) / (c.BM * c.BN) ** 0.3;
     return fits.reduce((best, c) => (cost(c) < cost(best) ? c : best));
   }
@@ -283,8 +279,8 @@ function unitCode(o: Operand, c: MatmulConfig, u: string, r: string, st: string 
  * operand: quads 0 .. QA-1 are a's, QA .. QA+QB-1 b's (Q = BX BK / 16), quad q being units
  * q + j Q, j < 4. thread lid takes quads lid, lid + threads, ...: it holds one quad (16
  * registers) per round, and with 128 x 128 x 16 tiles and 256 threads each thread loads
- * exactly one quad per slab, a's in warps 0-3 and b's in warps 4-7 (on an H100 this took tn
- * from 40.7 to 42.2 TFLOP/s against every thread loading 2 units of each). returns the
+ * exactly one quad per slab, a's in warps 0-3 and b's in warps 4-7 (on an H100 the tn layout
+ * ran faster than with every thread loading 2 units of each operand). returns the
  * register declarations, the fetch of slab k0 and the store into stage st.
  */
 function loadPlan(opA: Operand, opB: Operand, c: MatmulConfig, threads: number): { decl: string; fetch: string; store: (st: string) => string } {
@@ -571,8 +567,8 @@ export async function matmul(
 
 /**
  * Which operands the tiled path transposes first, into scratch, so that its kernel reads both
- * along the output dimensions (the tn layout). on an H100 at 4096^3 f32 the kernel ran tn at
- * 41.8 TFLOP/s against nn 38.1, nt 35.9, tt 39.6 (bench/probe_matmul_f32.ts); a transpose
+ * along the output dimensions (the tn layout), where it runs fastest (the `_nopre` lines of
+ * bench/results/matmul_f32_probe-*.json against the tn line); a transpose
  * moves 8 bytes per element of the operand, which at ~3 TB/s is ~55/N of the product's time
  * for a (M x K, the product's other dimension N) and ~55/M for b: worth it from about 1024.
  * f32 operands only (16-bit ones are packed in pairs along their contiguous dimension).

@@ -21,9 +21,9 @@
 // numerics: f16 products, f32 accumulation in the tensor cores (order of the k sum is fixed by
 // the tile loop, so results are deterministic for a given tile config). no atomics.
 //
-// speed (H100, Dawn/Vulkan, 4096^3, default tile 128x128x64 with 4x2 subgroups, one stage):
-// ~210 TFLOP/s f32 out, ~216 f16 out, 207-213 with transposed operands or a bias
-// (bench/probe_subgroup_matrix.ts; cuBLAS does ~730 there).
+// speed: the kernels suite times every tile at 4096^3 against cuBLAS (its H100 file,
+// bench/results/kernels-nvidia-h100-80gb-hbm3-20261122.json, notes matmul_f16_4096); bench/probe_subgroup_matrix.ts
+// compares tiles, layouts and epilogues.
 //
 // wgsl facts this relies on (Dawn in webgpu 0.6.2; tint resolver tests, gpuweb proposal
 // subgroup-matrix.md and gpuweb PR #6275):
@@ -85,16 +85,15 @@ export interface SubgroupTile {
    * convert and guard the edges. 'reuse': the same through the idle vec4 staging arrays, several
    * tiles per barrier. 'buffer': tiles are always stored straight from the subgroup matrices,
    * into out (after a bias pre-pass) or into a padded f32 scratch buffer that an elementwise
-   * pass finishes into out. which wins depends on the tile: with the default tile at 4096^3
-   * f16 out ran at 218 TFLOP/s with 'scratch' and 199 with 'buffer' (H100), but with the
-   * 128x128x32 2x4 two-stage tile 'scratch' and 'reuse' ran at ~107 against ~160 stored direct.
+   * pass finishes into out. which wins depends on the tile (bench/probe_subgroup_matrix.ts
+   * times them): 'scratch' won with the default tile, storing direct with two-stage ones.
    */
   epilogue?: 'scratch' | 'reuse' | 'buffer';
 }
 
 /**
- * Tile configurations, fastest first as measured at 4096^3 (f16 in, f32 out) on an H100 through
- * Dawn/Vulkan (bench/probe_subgroup_matrix.ts): 211, 203, 200, 186, 162 and 98 TFLOP/s.
+ * Tile configurations, fastest first at 4096^3 (f16 in, f32 out) on an H100 through Dawn/Vulkan
+ * (the kernels suite's notes, matmul_f16_4096, list each one's TFLOP/s).
  */
 export const SUBGROUP_TILES: readonly SubgroupTile[] = [
   { BM: 128, BN: 128, BK: 64, WM: 4, WN: 2, stages: 1, pad: 8 },
