@@ -3,7 +3,7 @@
 export { copy, fill } from './copy/copy.ts';
 export { rmsnormBackward, rmsnormForward } from './rmsnorm/rmsnorm.ts';
 export { addColumnSums } from './reduce/reduce.ts';
-export { addBackward, addForward } from './add/add.ts';
+export { addBackward, addForward, scale } from './add/add.ts';
 export { checkIds, embeddingBackward, embeddingForward } from './embedding/embedding.ts';
 export { createRopeTable, ropeBackward, ropeForward, type RopeOptions } from './rope/rope.ts';
 export { swigluBackward, swigluForward, type GateUp, type GateUpGrad } from './swiglu/swiglu.ts';

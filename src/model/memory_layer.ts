@@ -33,7 +33,7 @@
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import { addForward } from '../kernels/add/add.ts';
+import { addForward, scale } from '../kernels/add/add.ts';
 import { fill } from '../kernels/copy/copy.ts';
 import { fillNormal, fillUniform } from '../kernels/init/init.ts';
 import { membagBackward, membagForward } from '../kernels/membag/membag.ts';
@@ -187,7 +187,7 @@ export class MemoryLayer {
       if (this.forwardDtype === 'f32') return u;
       const h = gpu.scratch.take(u.shape, 'f16', `${u.label}.f16`);
       casts.push(h);
-      await addForward(gpu, { out: h }, { a: u, b: u }, 1, 0);
+      await scale(gpu, { out: h }, { x: u });
       return h;
     };
     try {

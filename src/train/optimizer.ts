@@ -20,7 +20,7 @@ import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { adamwStep, type AdamwParam } from '../kernels/adamw/adamw.ts';
-import { addForward } from '../kernels/add/add.ts';
+import { scale } from '../kernels/add/add.ts';
 import { fill } from '../kernels/copy/copy.ts';
 import { gradNorm } from '../kernels/gradnorm/gradnorm.ts';
 import { clearRows } from '../kernels/rowmask/rowmask.ts';
@@ -88,7 +88,7 @@ export class AdamW {
       const s: State = { param, m, v };
       if (param.value.dtype !== 'f32') {
         s.master = await gpu.tensor(param.value.shape, 'f32', `${param.name}.master`);
-        await copyToF32(gpu, s.master, param.value);
+        await scale(gpu, { out: s.master }, { x: param.value });
       }
       states.push(s);
     }
@@ -167,9 +167,4 @@ export class AdamW {
     for (const s of this.states) for (const t of [s.m, s.v, s.master]) t?.dispose();
     for (const g of Object.values(this.norm)) for (const t of Object.values(g)) t.dispose();
   }
-}
-
-/** master (f32) = value (f16/bf16), on the GPU: 1 * value + 0 * value */
-async function copyToF32(gpu: Gpu, master: Tensor, value: Tensor): Promise<void> {
-  await addForward(gpu, { out: master }, { a: value, b: value }, 1, 0);
 }

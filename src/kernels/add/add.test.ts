@@ -5,7 +5,7 @@ import * as ref from '../../reference/add.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { addBackward, addForward } from './add.ts';
+import { addBackward, addForward, scale } from './add.ts';
 
 for (const dtype of DTYPES) {
   for (const shape of [[1, 2], [3, 7], [257, 130]]) {
@@ -41,4 +41,22 @@ test('add rejects mismatched sizes and partial overlaps', async () => {
   await assert.rejects(addForward(gpu, { out: a }, { a, b }), /addForward: a\[4,6\]:f32, b\[5,6\]:f32 and a\[4,6\]:f32 must have the same number/);
   a.dispose();
   b.dispose();
+});
+
+test('scale: a cast between every pair of dtypes, and in place', async () => {
+  const gpu = await testGpu();
+  const n = 37 * 2;
+  const v = new Rng(5).normals(n, 4);
+  for (const from of DTYPES) {
+    for (const to of DTYPES) {
+      const x = await gpu.tensorFrom(roundTo(v, from), [37, 2], from, 'x');
+      const out = await gpu.tensor([37, 2], to, 'out');
+      await scale(gpu, { out }, { x }, 1);
+      assertClose(`${from}->${to}`, await gpu.read(out), roundTo(roundTo(v, from), to), TOL[to]);
+      await scale(gpu, { out }, { x: out }, -0.5);
+      assertClose(`${to} *= -0.5`, await gpu.read(out), roundTo(roundTo(v, from), to).map((e) => -0.5 * e), TOL[to]);
+      x.dispose();
+      out.dispose();
+    }
+  }
 });
