@@ -90,7 +90,8 @@ export async function generate(gpu: Gpu, model: Transformer, prompt: readonly nu
       const ids = await gpu.tensorFrom(next, [1, next.length], 'u32', 'ids');
       const logits = await model.logits(ids, cache);
       const V = model.config.vocabSize;
-      const last = (await gpu.read(logits.leading([next.length, V]))).subarray((next.length - 1) * V);
+      // only the last position's row comes back
+      const last = new Float32Array(await gpu.readBytes(logits.buffer, logits.offset + (next.length - 1) * V * 4, V * 4));
       ids.dispose();
       logits.dispose();
       const id = sample(last, o, random);

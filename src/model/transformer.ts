@@ -178,65 +178,15 @@ export class Transformer {
     }
     this.release();
     const N = B * T;
-    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
-    const HS = d / NH;
     const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
-    let h = take([N, d], 'h');
-    await embeddingForward(gpu, { out: h.reshape([B, T, d]) }, { W: this.embed.value, ids });
+    let h = await this.embedIds(ids);
     const saved: BlockSaved[] = [];
     for (const blk of this.blocks) {
-      const n1 = take([N, d], 'n1');
-      const r1 = take([N], 'r1');
-      await rmsnormForward(gpu, { out: n1, rstd: r1 }, { x: h, w: blk.inNorm.value }, c.normEps);
-      const qp = take([N, NH * HS], 'q_proj');
-      const kp = take([N, NKV * HS], 'k_proj');
-      const v = take([N, NKV * HS], 'v');
-      await linearForward(gpu, { y: qp }, { x: n1, w: blk.q.value });
-      await linearForward(gpu, { y: kp }, { x: n1, w: blk.k.value });
-      await linearForward(gpu, { y: v }, { x: n1, w: blk.v.value });
-      const q = take([B, T, NH, HS], 'q');
-      const k = take([B, T, NKV, HS], 'k');
-      await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope });
-      await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope });
-      qp.dispose();
-      kp.dispose();
-      const att = take([B, T, NH, HS], 'att');
-      const lse = take([B, NH, T], 'att_lse');
-      await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]) });
-      const o = take([N, d], 'o');
-      await linearForward(gpu, { y: o }, { x: att.reshape([N, NH * HS]), w: blk.o.value });
-      const h1 = take([N, d], 'h1');
-      await addForward(gpu, { out: h1 }, { a: h, b: o });
-      o.dispose();
-      const n2 = take([N, d], 'n2');
-      const r2 = take([N], 'r2');
-      await rmsnormForward(gpu, { out: n2, rstd: r2 }, { x: h1, w: blk.postNorm.value }, c.normEps);
-      const s: BlockSaved = { h, n1, r1, q, k, v, att, lse, h1, n2, r2 };
-      let f: Tensor;
-      if (blk.memory) {
-        f = await blk.memory.forward(n2);
-      } else {
-        const ffn = blk.ffn!;
-        s.g = take([N, F], 'gate');
-        s.u = take([N, F], 'up');
-        s.s = take([N, F], 'swiglu');
-        await linearForward(gpu, { y: s.g }, { x: n2, w: ffn.gate.value });
-        await linearForward(gpu, { y: s.u }, { x: n2, w: ffn.up.value });
-        await swigluForward(gpu, { out: s.s }, { g: s.g, u: s.u });
-        f = take([N, d], 'ffn_out');
-        await linearForward(gpu, { y: f }, { x: s.s, w: ffn.down.value });
-      }
-      const h2 = take([N, d], 'h');
-      await addForward(gpu, { out: h2 }, { a: h1, b: f });
-      f.dispose();
-      saved.push(s);
-      h = h2;
+      const r = await this.block(blk, h, B, T, true);
+      saved.push(r.saved!);
+      h = r.h;
     }
-    const nf = take([N, d], 'nf');
-    const rf = take([N], 'rf');
-    await rmsnormForward(gpu, { out: nf, rstd: rf }, { x: h, w: this.finalNorm.value }, c.normEps);
-    const logits = take([N, V], 'logits');
-    await linearForward(gpu, { y: logits }, { x: nf, w: (this.head ?? this.embed).value });
+    const { nf, rf, logits } = await this.headLogits(h);
     const losses = take([N], 'losses');
     const lse = take([N], 'xent_lse');
     const loss = await gpu.tensor([1], 'f32', 'loss');
@@ -329,6 +279,105 @@ export class Transformer {
     }
   }
 
+  /** h (B T, d) = the embedding rows of ids (B, T) */
+  private async embedIds(ids: Tensor): Promise<Tensor> {
+    const [B, T] = ids.shape as [number, number];
+    const h = this.gpu.scratch.take([B * T, this.config.dim], 'f32', 'h');
+    await embeddingForward(this.gpu, { out: h.reshape([B, T, this.config.dim]) }, { W: this.embed.value, ids });
+    return h;
+  }
+
+  /** the final RMSNorm and the output projection of h (B T, d): logits (B T, V) */
+  private async headLogits(h: Tensor): Promise<{ nf: Tensor; rf: Tensor; logits: Tensor }> {
+    const { gpu, config: c } = this;
+    const N = h.shape[0]!;
+    const nf = gpu.scratch.take([N, c.dim], 'f32', 'nf');
+    const rf = gpu.scratch.take([N], 'f32', 'rf');
+    await rmsnormForward(gpu, { out: nf, rstd: rf }, { x: h, w: this.finalNorm.value }, c.normEps);
+    const logits = gpu.scratch.take([N, c.vocabSize], 'f32', 'logits');
+    await linearForward(gpu, { y: logits }, { x: nf, w: (this.head ?? this.embed).value });
+    return { nf, rf, logits };
+  }
+
+  /**
+   * One block on h (B T, d), returning the next h (the caller's). keep: every activation the
+   * backward needs stays in `saved` (h included; the memory layer keeps its own); otherwise
+   * they are freed here and h stays the caller's. cache: this block's keys and values of the
+   * P positions before, which the new queries attend to as a prefix; the new keys and values
+   * are appended at P.
+   */
+  private async block(
+    blk: Block,
+    h: Tensor,
+    B: number,
+    T: number,
+    keep: boolean,
+    cache?: { k: Tensor; v: Tensor; P: number },
+  ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
+    const { gpu, config: c } = this;
+    const N = B * T;
+    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = c;
+    const HS = d / NH;
+    const P = cache?.P ?? 0;
+    const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
+    const n1 = take([N, d], 'n1');
+    const r1 = take([N], 'r1');
+    await rmsnormForward(gpu, { out: n1, rstd: r1 }, { x: h, w: blk.inNorm.value }, c.normEps);
+    const qp = take([N, NH * HS], 'q_proj');
+    const kp = take([N, NKV * HS], 'k_proj');
+    const v = take([N, NKV * HS], 'v');
+    await linearForward(gpu, { y: qp }, { x: n1, w: blk.q.value });
+    await linearForward(gpu, { y: kp }, { x: n1, w: blk.k.value });
+    await linearForward(gpu, { y: v }, { x: n1, w: blk.v.value });
+    const q = take([B, T, NH, HS], 'q');
+    const k = take([B, T, NKV, HS], 'k');
+    await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0: P });
+    await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0: P });
+    qp.dispose();
+    kp.dispose();
+    const att = take([B, T, NH, HS], 'att');
+    const lse = take([B, NH, T], 'att_lse');
+    const prefix = cache && P > 0 ? { pk: cache.k.leading([1, P, NKV, HS]), pv: cache.v.leading([1, P, NKV, HS]) } : {};
+    await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix });
+    if (cache) {
+      const row = NKV * HS * 4;
+      gpu.encode((enc) => {
+        enc.copyBufferToBuffer(k.buffer, k.offset, cache.k.buffer, cache.k.offset + P * row, T * row);
+        enc.copyBufferToBuffer(v.buffer, v.offset, cache.v.buffer, cache.v.offset + P * row, T * row);
+      });
+    }
+    const o = take([N, d], 'o');
+    await linearForward(gpu, { y: o }, { x: att.reshape([N, NH * HS]), w: blk.o.value });
+    const h1 = take([N, d], 'h1');
+    await addForward(gpu, { out: h1 }, { a: h, b: o });
+    o.dispose();
+    const n2 = take([N, d], 'n2');
+    const r2 = take([N], 'r2');
+    await rmsnormForward(gpu, { out: n2, rstd: r2 }, { x: h1, w: blk.postNorm.value }, c.normEps);
+    const s: BlockSaved = { h, n1, r1, q, k, v, att, lse, h1, n2, r2 };
+    let f: Tensor;
+    if (blk.memory) {
+      f = await blk.memory.forward(n2);
+      if (!keep) blk.memory.release();
+    } else {
+      const ffn = blk.ffn!;
+      s.g = take([N, F], 'gate');
+      s.u = take([N, F], 'up');
+      s.s = take([N, F], 'swiglu');
+      await linearForward(gpu, { y: s.g }, { x: n2, w: ffn.gate.value });
+      await linearForward(gpu, { y: s.u }, { x: n2, w: ffn.up.value });
+      await swigluForward(gpu, { out: s.s }, { g: s.g, u: s.u });
+      f = take([N, d], 'ffn_out');
+      await linearForward(gpu, { y: f }, { x: s.s, w: ffn.down.value });
+    }
+    const h2 = take([N, d], 'h');
+    await addForward(gpu, { out: h2 }, { a: h1, b: f });
+    f.dispose();
+    if (keep) return { h: h2, saved: s };
+    for (const [name, t] of Object.entries(s)) if (name !== 'h') (t as Tensor).dispose();
+    return { h: h2, saved: null };
+  }
+
   /** An empty cache for up to `max` positions (default maxSeqLen). */
   async createCache(max = this.config.maxSeqLen): Promise<KvCache> {
     const { gpu, config: c } = this;
@@ -348,72 +397,19 @@ export class Transformer {
    * (B = 1), the ids continue the cached positions and their keys and values are appended.
    */
   async logits(ids: Tensor, cache?: KvCache): Promise<Tensor> {
-    const { gpu, config: c } = this;
+    const c = this.config;
     if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const [B, T] = ids.shape as [number, number];
     const P = cache?.length ?? 0;
     if (cache && B !== 1) throw new EngramError(`Transformer: a KV cache decodes one sequence (B = 1), got B = ${B}`);
     if (P + T > (cache?.max ?? c.maxSeqLen)) throw new EngramError(`Transformer: ${P} cached + ${T} new positions exceed ${cache?.max ?? c.maxSeqLen}`);
-    const N = B * T;
-    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
-    const HS = d / NH;
-    const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
-    const h = take([N, d], 'h');
-    await embeddingForward(gpu, { out: h.reshape([B, T, d]) }, { W: this.embed.value, ids });
+    let h = await this.embedIds(ids);
     for (const [i, blk] of this.blocks.entries()) {
-      const n1 = take([N, d], 'n1');
-      const r = take([N], 'rstd');
-      await rmsnormForward(gpu, { out: n1, rstd: r }, { x: h, w: blk.inNorm.value }, c.normEps);
-      const qp = take([N, NH * HS], 'q_proj');
-      const kp = take([N, NKV * HS], 'k_proj');
-      const v = take([B, T, NKV, HS], 'v');
-      await linearForward(gpu, { y: qp }, { x: n1, w: blk.q.value });
-      await linearForward(gpu, { y: kp }, { x: n1, w: blk.k.value });
-      await linearForward(gpu, { y: v.reshape([N, NKV * HS]) }, { x: n1, w: blk.v.value });
-      const q = take([B, T, NH, HS], 'q');
-      const k = take([B, T, NKV, HS], 'k');
-      await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0: P });
-      await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0: P });
-      const att = take([B, T, NH, HS], 'att');
-      const lse = take([B, NH, T], 'att_lse');
-      const prefix = cache && P > 0 ? { pk: cache.k[i]!.leading([1, P, NKV, HS]), pv: cache.v[i]!.leading([1, P, NKV, HS]) } : {};
-      await attentionForward(gpu, { out: att, lse }, { q, k, v, ...prefix });
-      if (cache) {
-        const row = NKV * HS * 4;
-        gpu.encode((enc) => {
-          enc.copyBufferToBuffer(k.buffer, k.offset, cache.k[i]!.buffer, cache.k[i]!.offset + P * row, T * row);
-          enc.copyBufferToBuffer(v.buffer, v.offset, cache.v[i]!.buffer, cache.v[i]!.offset + P * row, T * row);
-        });
-      }
-      const o = take([N, d], 'o');
-      await linearForward(gpu, { y: o }, { x: att.reshape([N, NH * HS]), w: blk.o.value });
-      const h1 = take([N, d], 'h1');
-      await addForward(gpu, { out: h1 }, { a: h, b: o });
-      await rmsnormForward(gpu, { out: n1, rstd: r }, { x: h1, w: blk.postNorm.value }, c.normEps);
-      let f: Tensor;
-      if (blk.memory) {
-        f = await blk.memory.forward(n1);
-        blk.memory.release();
-      } else {
-        const ffn = blk.ffn!;
-        const g = take([N, F], 'gate');
-        const u = take([N, F], 'up');
-        await linearForward(gpu, { y: g }, { x: n1, w: ffn.gate.value });
-        await linearForward(gpu, { y: u }, { x: n1, w: ffn.up.value });
-        const sw = take([N, F], 'swiglu');
-        await swigluForward(gpu, { out: sw }, { g, u });
-        f = take([N, d], 'ffn_out');
-        await linearForward(gpu, { y: f }, { x: sw, w: ffn.down.value });
-        for (const t of [g, u, sw]) t.dispose();
-      }
-      await addForward(gpu, { out: h }, { a: h1, b: f });
-      for (const u of [n1, r, qp, kp, v, q, k, att, lse, o, h1, f]) u.dispose();
+      const r = await this.block(blk, h, B, T, false, cache && { k: cache.k[i]!, v: cache.v[i]!, P });
+      h.dispose();
+      h = r.h;
     }
-    const nf = take([N, d], 'nf');
-    const rf = take([N], 'rf');
-    await rmsnormForward(gpu, { out: nf, rstd: rf }, { x: h, w: this.finalNorm.value }, c.normEps);
-    const logits = take([N, V], 'logits');
-    await linearForward(gpu, { y: logits }, { x: nf, w: (this.head ?? this.embed).value });
+    const { nf, rf, logits } = await this.headLogits(h);
     for (const u of [h, nf, rf]) u.dispose();
     if (cache) cache.length += T;
     return logits;
