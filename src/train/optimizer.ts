@@ -51,16 +51,14 @@ interface State {
 
 export class AdamW {
   private steps = 0;
-  private readonly norm: Record<Param['group'], { norm: Tensor; scale: Tensor }>;
 
   private constructor(
     private readonly gpu: Gpu,
     private readonly states: State[],
     private readonly cfg: Required<OptimizerConfig>,
-    norm: AdamW['norm'],
-  ) {
-    this.norm = norm;
-  }
+    /** per group: the global gradient norm and the clip coefficient gradNorm writes */
+    private readonly norm: Record<Param['group'], { norm: Tensor; scale: Tensor }>,
+  ) {}
 
   static async create(gpu: Gpu, params: readonly Param[], config: OptimizerConfig): Promise<AdamW> {
     const cfg: Required<OptimizerConfig> = {
