@@ -7,12 +7,16 @@ import { deviceName, table, writeResults } from './lib.ts';
 export interface SuiteOutput {
   results: Record<string, number>;
   notes?: Record<string, string>;
+  /** the device the figures belong to, when not the adapter (a CPU-only suite) */
+  device?: string;
 }
 export type Suite = (gpu: Gpu, args: string[]) => Promise<SuiteOutput>;
 
 const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   kernels: () => import('./suites/kernels.ts'),
   memory: () => import('./suites/memory.ts'),
+  train: () => import('./suites/train.ts'),
+  tokenizer: () => import('./suites/tokenizer.ts'),
 };
 
 async function main(): Promise<void> {
@@ -27,7 +31,7 @@ async function main(): Promise<void> {
   try {
     const { run } = await load();
     const out = await run(gpu, args);
-    const path = writeResults(name!, deviceName(gpu), out.results, out.notes);
+    const path = writeResults(name!, out.device ?? deviceName(gpu), out.results, out.notes);
     console.log(table(out.results));
     if (out.notes) for (const [k, v] of Object.entries(out.notes)) console.log(`note ${k}: ${v}`);
     console.log(`wrote ${path}`);

@@ -12,7 +12,9 @@ import { generate } from '../infer/generate.ts';
 import { loadModel } from '../model/checkpoint.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
-import { resumeTraining, trainLoop, type LogLine } from '../train/loop.ts';
+import { historyOf, resumeTraining, trainLoop } from '../train/loop.ts';
+import type { CurvePoint } from '../train/plot.ts';
+import { TrainProgress } from './progress.ts';
 import { AdamW } from '../train/optimizer.ts';
 
 const EOT = '<|endoftext|>';
@@ -99,8 +101,11 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
   const optCfg = { lr: a.lr };
   let model: Transformer;
   let opt: AdamW;
+  let history: CurvePoint[] = [];
   if (existsSync(join(a.out, 'trainer.json'))) {
-    ({ model, opt } = await resumeTraining(gpu, a.out, optCfg));
+    let files: Record<string, Uint8Array>;
+    ({ model, opt, files } = await resumeTraining(gpu, a.out, optCfg));
+    history = historyOf(files);
     console.log(`resuming ${a.out} at step ${opt.step}`);
   } else {
     const preset = PRESETS[a.config];
@@ -112,20 +117,14 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
   }
   const params = model.params.reduce((n, p) => n + p.value.size, 0);
   console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
+  const progress = new TrainProgress({ total: a.steps, start: opt.step });
   let stop = false;
   const onInt = () => {
     stop = true;
-    console.log('\nstopping: saving a checkpoint after this step (Ctrl-C again to quit at once)');
+    progress.message('stopping: saving a checkpoint after this step (Ctrl-C again to quit at once)');
     process.once('SIGINT', () => process.exit(130));
   };
   process.once('SIGINT', onInt);
-  const log = (l: LogLine) => {
-    const mem = l.memory?.length ? ` | memory usage ${l.memory.map((m) => `${(100 * m.usage).toFixed(1)}%`).join(' ')} KL ${l.memory.map((m) => m.kl.toFixed(2)).join(' ')}` : '';
-    const val = l.valLoss !== undefined ? ` | val ${l.valLoss.toFixed(3)}` : '';
-    console.log(
-      `step ${String(l.step).padStart(String(l.steps).length)}/${l.steps} loss ${l.loss.toFixed(3)} lr x${l.lrFactor.toFixed(2)} ${Math.round(l.tokensPerSecond)} tok/s eta ${Math.round(l.etaSeconds)} s${val}${mem}${l.saved ? ' | saved' : ''}`,
-    );
-  };
   try {
     await trainLoop(gpu, model, opt, { train, val }, {
       steps: a.steps,
@@ -138,10 +137,12 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
       dir: a.out,
       saveEvery: a.saveEvery,
       files: { 'tokenizer.json': tokJson },
+      history,
       stop: () => stop,
-      log,
+      log: (l) => progress.update(l),
     });
   } finally {
+    progress.stop();
     process.removeListener('SIGINT', onInt);
     opt.dispose();
     model.dispose();

@@ -57,8 +57,12 @@ export class Gpu {
   readonly scratch: ScratchPool;
   readonly limits: Readonly<Record<string, number>>;
   readonly adapterName: string;
-  /** a CPU implementation (lavapipe, SwiftShader): a few cores, not a hundred SMs */
-  readonly cpu: boolean;
+  /**
+   * a CPU implementation (lavapipe, SwiftShader): a few cores, not a hundred SMs. kernels pick
+   * CPU mappings (no barriers, a row per thread) when set; tests clear it to run the GPU
+   * mappings on a CPU adapter (pipeline names differ, so the cache stays right).
+   */
+  cpu: boolean;
   private readonly pending: EngramError[] = [];
   private lost: GPUDeviceLostInfo | null = null;
   private destroyed = false;
@@ -77,6 +81,8 @@ export class Gpu {
   /** dispatches recorded and submits made since creation (for tests, timing and profiling) */
   dispatches = 0;
   flushes = 0;
+  /** called with the kernel's name before each dispatch is recorded (see profiler.ts) */
+  beforeDispatch: ((kernel: string) => void) | null = null;
 
   private constructor(
     readonly device: GPUDevice,
@@ -249,6 +255,7 @@ export class Gpu {
       if (s instanceof Tensor && s.isDisposed) throw new EngramError(`kernel '${p.name}': tensor '${s.label}' was disposed`);
       entries.push({ binding: i + 1, resource: s instanceof Tensor ? s.binding() : s });
     });
+    this.beforeDispatch?.(p.name);
     const pass = this.currentPass();
     pass.setPipeline(p.pipeline);
     pass.setBindGroup(0, this.device.createBindGroup({ label: p.name, layout: p.layout, entries }));

@@ -10,7 +10,7 @@ import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { Rng } from '../testing/rng.ts';
-import { resumeTraining, trainLoop, type LogLine } from './loop.ts';
+import { historyOf, resumeTraining, trainLoop, type LogLine } from './loop.ts';
 import { AdamW } from './optimizer.ts';
 
 test('a run stopped after 3 steps and resumed from its checkpoint has the losses of an uninterrupted 6-step run', async () => {
@@ -47,8 +47,15 @@ test('a run stopped after 3 steps and resumed from its checkpoint has the losses
     assert.equal(firstHalf.length, 3);
     const r = await resumeTraining(gpu, join(dir, 'ck'), optCfg);
     assert.equal(r.opt.step, 3);
-    const secondHalf = await trainLoop(gpu, r.model, r.opt, { train }, opts);
+    // the checkpoint holds the loss history and its plot
+    assert.deepEqual(historyOf(r.files).map((p) => p.loss), firstHalf);
+    assert.deepEqual([...r.files['loss.png']!.subarray(1, 4)], [...Buffer.from('PNG')]);
+    const secondHalf = await trainLoop(gpu, r.model, r.opt, { train }, { ...opts, dir: join(dir, 'ck'), history: historyOf(r.files) });
     assert.deepEqual([...firstHalf, ...secondHalf], full);
+    const after = await resumeTraining(gpu, join(dir, 'ck'), optCfg);
+    assert.deepEqual(historyOf(after.files).map((p) => p.step), [1, 2, 3, 4, 5, 6], 'the resumed run carries the history on');
+    after.opt.dispose();
+    after.model.dispose();
     for (const x of [o1, o2, r.opt]) x.dispose();
     for (const x of [m1, m2, r.model]) x.dispose();
   } finally {

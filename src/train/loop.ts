@@ -6,7 +6,9 @@
 // of (seed, s, j, b): a function of the step alone, so a resumed run sees the same batches as
 // an uninterrupted one, and with the model and optimizer state restored bit for bit its losses
 // are the same. a checkpoint folder (model/checkpoint.ts) gets optimizer.safetensors (AdamW's
-// moments and masters) and trainer.json (the step) besides the model.
+// moments and masters), trainer.json (the step), history.json (every step's loss and the
+// validation losses, carried over on resume) and loss.png (that history drawn, plot.ts) besides
+// the model.
 
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
@@ -16,6 +18,7 @@ import { loadModel, saveModel } from '../model/checkpoint.ts';
 import type { MemoryReadStats } from '../model/memory_stats.ts';
 import type { Transformer } from '../model/transformer.ts';
 import { AdamW, type OptimizerConfig } from './optimizer.ts';
+import { lossCurvePng, type CurvePoint } from './plot.ts';
 import type { Schedule } from './schedule.ts';
 import { Trainer, type Batch } from './trainer.ts';
 
@@ -37,6 +40,10 @@ export interface LoopOptions {
   saveEvery?: number;
   /** files saved with every checkpoint (tokenizer.json, ...) */
   files?: Record<string, Uint8Array | string>;
+  /** the loss history of the steps before this call (historyOf() of the resumed checkpoint) */
+  history?: readonly CurvePoint[];
+  /** draw the history into loss.png at every save (default true) */
+  plot?: boolean;
   /** polled after each step: true saves a checkpoint and returns (Ctrl-C) */
   stop?: () => boolean;
   log?: (l: LogLine) => void;
@@ -91,6 +98,12 @@ export async function saveTraining(gpu: Gpu, dir: string, model: Transformer, op
   await saveModel(gpu, dir, model, { ...files, 'optimizer.safetensors': encodeSafetensors(st), 'trainer.json': JSON.stringify({ step }) + '\n' });
 }
 
+/** The loss history a checkpoint holds (history.json), or none. */
+export function historyOf(files: Record<string, Uint8Array>): CurvePoint[] {
+  const h = files['history.json'];
+  return h ? (JSON.parse(new TextDecoder().decode(h)) as CurvePoint[]) : [];
+}
+
 /** Loads a training checkpoint: the model, an optimizer with its state restored, and the other files. */
 export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig): Promise<{ model: Transformer; opt: AdamW; files: Record<string, Uint8Array> }> {
   const { model, files } = await loadModel(gpu, dir);
@@ -116,6 +129,7 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
   const t0 = performance.now();
   let tokens = 0;
   const first = opt.step;
+  const history = (o.history ?? []).filter((p) => p.step <= first);
   while (opt.step < o.steps) {
     const s = opt.step + 1;
     const micro: Batch[] = [];
@@ -135,9 +149,12 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
     };
     const last = r.step === o.steps;
     if (data.val && evalEvery > 0 && (r.step % evalEvery === 0 || last)) Object.assign(line, await validate(gpu, model, data.val, B, T, evalBatches));
+    history.push({ step: r.step, loss: r.loss, ...(line.valLoss !== undefined ? { valLoss: line.valLoss } : {}) });
     const stop = o.stop?.() ?? false;
     if (o.dir && ((saveEvery > 0 && r.step % saveEvery === 0) || last || stop)) {
-      await saveTraining(gpu, o.dir, model, opt, o.files);
+      const files: Record<string, Uint8Array | string> = { ...o.files, 'history.json': JSON.stringify(history) };
+      if (o.plot ?? true) files['loss.png'] = await lossCurvePng(history, { title: `training loss, step ${r.step}` });
+      await saveTraining(gpu, o.dir, model, opt, files);
       line.saved = o.dir;
     }
     o.log?.(line);

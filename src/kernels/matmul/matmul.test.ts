@@ -6,7 +6,8 @@ import * as ref from '../../reference/matmul.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { MATMUL_CONFIGS, chooseConfig, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig } from './matmul.ts';
+import { MATMUL_CONFIGS, chooseConfig, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig, type MatmulPath } from './matmul.ts';
+import { cpuMatmulLanes } from './matmul_cpu.ts';
 
 interface Case {
   M: number;
@@ -27,6 +28,7 @@ interface Case {
   /** output dtype (default: the input dtype, or f32 when N is odd) */
   out?: DType;
   pretranspose?: boolean;
+  path?: MatmulPath;
 }
 
 /** uploads seeded inputs rounded to `dtype`, runs matmul, compares with the float64 reference */
@@ -58,6 +60,7 @@ async function check(dtype: DType, c: Case): Promise<void> {
     alpha: c.alpha ?? 1,
     ...(c.config ? { config: c.config } : {}),
     ...(c.pretranspose !== undefined ? { pretranspose: c.pretranspose } : {}),
+    ...(c.path ? { path: c.path } : {}),
   });
   const want = ref.matmul(
     a,
@@ -121,6 +124,30 @@ for (const dtype of DTYPES) {
   }
   test(`matmul ${dtype} large magnitudes`, () => check(dtype, { M: 40, N: 24, K: 64, scale: dtype === 'f16' ? 12 : 300 }));
 }
+
+// a CPU adapter takes the cpu path for f32 outputs (matmul_cpu.ts): the tiled kernel's f32
+// layouts again, forced, so that both run here
+for (const [transA, transB] of trans) {
+  test(`matmul f32 tiled ${tname(transA, transB)} (vec4 and scalar loads)`, async () => {
+    await check('f32', { ...VEC, transA, transB, path: 'tiled' });
+    await check('f32', { ...SCALAR[0]!, transA, transB, path: 'tiled' });
+  });
+}
+
+// the cpu path at sizes around its tile (16 rows x 8 lanes x 8 columns on lavapipe): partial
+// tiles, a broadcast operand, bias with accumulate, 16-bit inputs
+test('matmul cpu path: tile edges, batches, bias, accumulate, 16-bit inputs', async (t) => {
+  const gpu = await testGpu();
+  if (cpuMatmulLanes(gpu) === null) {
+    t.diagnostic(`adapter '${gpu.adapterName}' has no fixed subgroup size of 4, 8 or 16: the cpu path does not apply`);
+    return;
+  }
+  await check('f32', { M: 33, N: 65, K: 7, path: 'cpu' });
+  await check('f32', { M: 16, N: 64, K: 64, transA: true, transB: true, path: 'cpu' });
+  await check('f32', { M: 17, N: 130, K: 3, batch: 2, batchA: false, transB: true, bias: true, accumulate: true, alpha: 0.25, path: 'cpu' });
+  await check('bf16', { M: 31, N: 9, K: 12, transA: true, out: 'f32', path: 'cpu' });
+  await check('f16', { M: 5, N: 70, K: 33, batch: 3, bias: true, out: 'f32', path: 'cpu' });
+});
 
 // the other configs (the small tests above run the smallest), at sizes around their tiles:
 // partial tiles in M, N and K, whole tiles, both load kinds and all four layouts among them
@@ -263,10 +290,13 @@ test('matmul routes f16 products to tensor cores where the adapter has subgroup 
   const gpu = await testGpu();
   const d = { batch: 1, M: 256, N: 256, K: 256, sA: 0, sB: 0 };
   const tc = gpu.features.subgroupMatrix.length > 0;
-  assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f32' }, {}), tc ? 'subgroup' : 'tiled');
-  assert.equal(choosePath(gpu, d, { a: 'f32', b: 'f32', out: 'f32' }, {}), 'tiled');
-  assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f32' }, { alpha: 2 }), 'tiled');
-  assert.equal(choosePath(gpu, { ...d, K: 250 }, { a: 'f16', b: 'f16', out: 'f32' }, {}), 'tiled');
+  // a CPU adapter with fixed-size subgroups takes every f32-output product (matmul_cpu.ts)
+  const f32Path = gpu.cpu && cpuMatmulLanes(gpu) !== null ? 'cpu' : 'tiled';
+  assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f32' }, {}), tc ? 'subgroup' : f32Path);
+  assert.equal(choosePath(gpu, d, { a: 'f32', b: 'f32', out: 'f32' }, {}), f32Path);
+  assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f16' }, { alpha: 2 }), 'tiled');
+  assert.equal(choosePath(gpu, { ...d, K: 250 }, { a: 'f16', b: 'f16', out: 'f16' }, {}), 'tiled');
+  if (gpu.adapterName.startsWith('llvmpipe')) assert.equal(f32Path, 'cpu', 'lavapipe has 8-lane subgroups');
   const a = await gpu.tensorFrom(new Rng(5).normals(64 * 32), [64, 32], 'f16', 'a');
   const b = await gpu.tensorFrom(new Rng(6).normals(32 * 16), [32, 16], 'f16', 'b');
   const out = await gpu.tensor([64, 16], 'f32', 'out');

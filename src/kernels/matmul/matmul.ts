@@ -45,8 +45,9 @@
 // into them is a read-modify-write of whole pairs (each pair belongs to one thread), but
 // gradients are normally f32. db is a deterministic two-stage column sum (no atomics).
 //
-// paths: matmul() asks choosePath() which implementation to run. there is one today, 'tiled';
-// a tensor-core path through subgroup matrices (matmul_subgroup.ts) plugs in there.
+// paths: matmul() asks choosePath() which implementation to run: 'tiled' (this file), 'subgroup'
+// (tensor cores through subgroup matrices, matmul_subgroup.ts) or 'cpu' (subgroup broadcasts
+// without workgroup memory, for CPU adapters such as lavapipe: matmul_cpu.ts).
 
 import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
@@ -54,6 +55,7 @@ import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 import { addColumnSums } from '../reduce/reduce.ts';
+import { cpuMatmulLanes, matmulCpu } from './matmul_cpu.ts';
 import { matmulSubgroup, subgroupMatmulSupported } from './matmul_subgroup.ts';
 import { transpose } from '../transpose/transpose.ts';
 
@@ -455,8 +457,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 // ---------------------------------------------------------------- dispatcher
 
-/** Implementations matmul() can run: CUDA-core style tiles, or tensor cores through subgroup matrices. */
-export type MatmulPath = 'tiled' | 'subgroup';
+/** Implementations matmul() can run: CUDA-core style tiles, tensor cores through subgroup matrices, or the CPU adapters' kernel. */
+export type MatmulPath = 'tiled' | 'subgroup' | 'cpu';
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -489,11 +491,14 @@ export interface MatmulDims {
  * Picks the implementation for a problem: the tensor-core path (matmul_subgroup.ts) whenever the
  * adapter has subgroup matrices and the call fits it (f16 a and b, f32/f16 out, alpha 1, a
  * batched unless b is too, contiguous dimensions multiples of 8: subgroupMatmulSupported()
- * says), else the tiled kernel. a forced tile config means the tiled path.
+ * says); on a CPU adapter with fixed-size subgroups, the cpu kernel for f32 outputs; else the
+ * tiled kernel. a forced tile config means the tiled path.
  */
 export function choosePath(gpu: Gpu, d: MatmulDims, dtypes: { a: DType; b: DType; out: DType }, opts: MatmulOptions): MatmulPath {
   if (opts.path) return opts.path;
-  if (opts.config || (opts.alpha ?? 1) !== 1) return 'tiled';
+  if (opts.config) return 'tiled';
+  if (gpu.cpu && dtypes.out === 'f32' && cpuMatmulLanes(gpu) !== null) return 'cpu';
+  if ((opts.alpha ?? 1) !== 1) return 'tiled';
   if (d.batch > 1 && d.sA === 0) return 'tiled'; // the subgroup kernel broadcasts b only
   const q = { M: d.M, N: d.N, K: d.K, dtypes, transA: opts.transA ?? false, transB: opts.transB ?? false, batch: d.batch };
   return subgroupMatmulSupported(gpu, q) ? 'subgroup' : 'tiled';
@@ -561,6 +566,10 @@ export async function matmul(
     case 'subgroup': {
       const inputs = i.bias ? { a: i.a, b: i.b, bias: i.bias } : { a: i.a, b: i.b };
       return matmulSubgroup(gpu, { out: o.out }, inputs, { transA, transB, accumulate: opts.accumulate ?? false });
+    }
+    case 'cpu': {
+      const bias = i.bias ? floatDtype(op, 'bias', i.bias) : null;
+      return matmulCpu(gpu, o.out, i, d, { transA, transB, accumulate: opts.accumulate ?? false, alpha: opts.alpha ?? 1, dtypes: { a: dtypes.a, b: dtypes.b, bias } });
     }
   }
 }

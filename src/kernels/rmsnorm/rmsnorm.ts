@@ -6,7 +6,10 @@
 //
 // thread mapping: forward and dx use one workgroup of WG threads per row; each thread walks the
 // row two elements at a time (so f16/bf16 outputs are written a whole word at a time) and the
-// row's sum is reduced in workgroup memory. dw is a deterministic two-stage column reduction:
+// row's sum is reduced in workgroup memory. on a CPU adapter (gpu.cpu) each thread owns a whole
+// row instead, CPU_ROWS rows per workgroup: there a workgroup's threads are the SIMD lanes of one
+// CPU thread, a barrier costs a coroutine switch per group of lanes and idle threads still cost
+// (a 128-wide row took 37 ms per 1024 rows on lavapipe with 256 threads per row). dw is a deterministic two-stage column reduction:
 // a (C/WG, ceil(N/ROWS)) grid writes per-chunk partial sums to scratch, then addColumnSums
 // (reduce/reduce.ts) adds the chunks in order. no atomics, so results are bitwise reproducible.
 // numerics: f32 accumulation; x, w, out, dout and dx may be stored in f32/f16/bf16; rstd and
@@ -19,6 +22,10 @@ import { addColumnSums } from '../reduce/reduce.ts';
 
 const WG = 256;
 const ROWS = 64; // rows per dw partial chunk
+const CPU_ROWS = 8; // rows per workgroup on a CPU adapter, one per thread
+
+/** threads per row T and rows per workgroup R: WG x 1 on a GPU, 1 x CPU_ROWS on a CPU adapter */
+const layout = (cpu: boolean) => (cpu ? { T: 1, R: CPU_ROWS } : { T: WG, R: 1 });
 
 const PARAMS: ParamSpec = [
   ['N', 'u32'],
@@ -26,8 +33,11 @@ const PARAMS: ParamSpec = [
   ['eps', 'f32'],
 ];
 
-/** the row-sum reduction over the workgroup, shared by forward and backward */
-const ROW_REDUCE = /* wgsl */ `
+/** the row-sum reduction over the workgroup, shared by forward and backward (T threads per row) */
+const rowReduce = (T: number) =>
+  T === 1
+    ? 'fn row_sum(lid: u32, v: f32) -> f32 { return v; }'
+    : /* wgsl */ `
 var<workgroup> red: array<f32, ${WG}>;
 fn row_sum(lid: u32, v: f32) -> f32 {
   red[lid] = v;
@@ -41,13 +51,22 @@ fn row_sum(lid: u32, v: f32) -> f32 {
   return r;
 }`;
 
+/** the entry point's first lines: the row n this thread works on (returning past the end) and its lane lid in the row */
+const rowStart = (T: number, R: number) => /* wgsl */ `
+@compute @workgroup_size(${T * R})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+  let n = (wid.x + wid.y * nwg.x) * ${R}u + ${T === 1 ? 'l.x' : '0u'};
+  if (n >= p.N) { return; }  // uniform per workgroup when T > 1: barriers stay safe
+  let lid = ${T === 1 ? '0u' : 'l.x'};`;
+
 /** stores a pair (c, c+1) of row `base`, or the lone last element of an odd f32 row */
 const storePair = (name: string, packed: boolean, a: string, b: string) =>
   packed
     ? `st2_${name}(base + c, ${a}, ${b});`
     : `if (c + 1u < p.C) { st2_${name}(base + c, ${a}, ${b}); } else { st_${name}(base + c, ${a}); }`;
 
-function forwardWgsl(out: Tensor, x: Tensor, w: Tensor): string {
+function forwardWgsl(out: Tensor, x: Tensor, w: Tensor, cpu: boolean): string {
+  const { T, R } = layout(cpu);
   return /* wgsl */ `
 ${header(
   [
@@ -58,22 +77,18 @@ ${header(
   ],
   PARAMS,
 )}
-${ROW_REDUCE}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
-  let n = wid.x + wid.y * nwg.x;
-  if (n >= p.N) { return; }  // uniform per workgroup: barriers stay safe
-  let lid = l.x;
+${rowReduce(T)}
+${rowStart(T, R)}
   let base = n * p.C;
   var ss = 0.0;
-  for (var c = 2u * lid; c < p.C; c += ${2 * WG}u) {
+  for (var c = 2u * lid; c < p.C; c += ${2 * T}u) {
     let a = ld_x(base + c);
     ss += a * a;
     if (c + 1u < p.C) { let b = ld_x(base + c + 1u); ss += b * b; }
   }
   let r = inverseSqrt(row_sum(lid, ss) / f32(p.C) + p.eps);
   if (lid == 0u) { rstd[n] = r; }
-  for (var c = 2u * lid; c < p.C; c += ${2 * WG}u) {
+  for (var c = 2u * lid; c < p.C; c += ${2 * T}u) {
     let c1 = min(c + 1u, p.C - 1u);
     let a = ld_x(base + c) * r * ld_w(c);
     let b = ld_x(base + c1) * r * ld_w(c1);
@@ -82,7 +97,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
-function backwardDxWgsl(dx: Tensor, dout: Tensor, x: Tensor, w: Tensor): string {
+function backwardDxWgsl(dx: Tensor, dout: Tensor, x: Tensor, w: Tensor, cpu: boolean): string {
+  const { T, R } = layout(cpu);
   return /* wgsl */ `
 ${header(
   [
@@ -94,18 +110,14 @@ ${header(
   ],
   PARAMS,
 )}
-${ROW_REDUCE}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
-  let n = wid.x + wid.y * nwg.x;
-  if (n >= p.N) { return; }
-  let lid = l.x;
+${rowReduce(T)}
+${rowStart(T, R)}
   let base = n * p.C;
   var s = 0.0;
-  for (var c = lid; c < p.C; c += ${WG}u) { s += ld_dout(base + c) * ld_w(c) * ld_x(base + c); }
+  for (var c = lid; c < p.C; c += ${T}u) { s += ld_dout(base + c) * ld_w(c) * ld_x(base + c); }
   let r = rstd[n];
   let k = row_sum(lid, s) * r * r * r / f32(p.C);
-  for (var c = 2u * lid; c < p.C; c += ${2 * WG}u) {
+  for (var c = 2u * lid; c < p.C; c += ${2 * T}u) {
     let c1 = min(c + 1u, p.C - 1u);
     let a = r * ld_w(c) * ld_dout(base + c) - ld_x(base + c) * k;
     let b = r * ld_w(c1) * ld_dout(base + c1) - ld_x(base + c1) * k;
@@ -153,12 +165,12 @@ export async function rmsnormForward(gpu: Gpu, o: { out: Tensor; rstd: Tensor },
   expectDtype(op, 'rstd', o.rstd, ['f32']);
   expectPackable(op, 'out', o.out);
   await launch(gpu, {
-    name: `rmsnorm_forward_${o.out.dtype}_${i.x.dtype}_${i.w.dtype}`,
-    wgsl: forwardWgsl(o.out, i.x, i.w),
+    name: `rmsnorm_forward_${o.out.dtype}_${i.x.dtype}_${i.w.dtype}${gpu.cpu ? '_cpu' : ''}`,
+    wgsl: forwardWgsl(o.out, i.x, i.w, gpu.cpu),
     storage: [o.out, o.rstd, i.x, i.w],
     params: PARAMS,
     values: { N, C, eps },
-    workgroups: grid1d(gpu, N),
+    workgroups: grid1d(gpu, Math.ceil(N / layout(gpu.cpu).R)),
   });
 }
 
@@ -179,12 +191,12 @@ export async function rmsnormBackward(
   expectPackable(op, 'dx', o.dx);
   const values = { N, C, eps: 0 };
   await launch(gpu, {
-    name: `rmsnorm_backward_dx_${o.dx.dtype}_${i.dout.dtype}_${i.x.dtype}_${i.w.dtype}`,
-    wgsl: backwardDxWgsl(o.dx, i.dout, i.x, i.w),
+    name: `rmsnorm_backward_dx_${o.dx.dtype}_${i.dout.dtype}_${i.x.dtype}_${i.w.dtype}${gpu.cpu ? '_cpu' : ''}`,
+    wgsl: backwardDxWgsl(o.dx, i.dout, i.x, i.w, gpu.cpu),
     storage: [o.dx, i.dout, i.x, i.w, i.rstd],
     params: PARAMS,
     values,
-    workgroups: grid1d(gpu, N),
+    workgroups: grid1d(gpu, Math.ceil(N / layout(gpu.cpu).R)),
   });
   const P = Math.ceil(N / ROWS);
   const part = gpu.scratch.take([P, C], 'f32', 'rmsnorm_dw_partial');
