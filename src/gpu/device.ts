@@ -44,6 +44,8 @@ export interface MemoryStats {
   buffers: number;
   /** bytes by allocation label */
   byLabel: ReadonlyMap<string, number>;
+  /** the most bytes live at once since creation or the last resetPeak() */
+  peak: number;
 }
 
 const UNIFORM_STAGING_BYTES = 1 << 18;
@@ -69,6 +71,7 @@ export class Gpu {
   private readonly live = new Map<GPUBuffer, { bytes: number; label: string }>();
   private readonly byLabel = new Map<string, number>();
   private liveBytes = 0;
+  private peakBytes = 0;
 
   // recording state
   private encoder: GPUCommandEncoder | null = null;
@@ -157,6 +160,7 @@ export class Gpu {
     });
     this.live.set(buffer, { bytes: size, label });
     this.liveBytes += size;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     this.byLabel.set(label, (this.byLabel.get(label) ?? 0) + size);
     return buffer;
   }
@@ -177,7 +181,12 @@ export class Gpu {
 
   /** Byte accounting of live buffers. */
   memory(): MemoryStats {
-    return { bytes: this.liveBytes, buffers: this.live.size, byLabel: new Map(this.byLabel) };
+    return { bytes: this.liveBytes, buffers: this.live.size, byLabel: new Map(this.byLabel), peak: this.peakBytes };
+  }
+
+  /** Starts a new peak measurement at the bytes live now (memory().peak). */
+  resetPeak(): void {
+    this.peakBytes = this.liveBytes;
   }
 
   /** Allocates a standalone tensor, failing here (not later) if the device is out of memory. */

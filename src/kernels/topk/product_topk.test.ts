@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { Gpu } from '../../gpu/device.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import * as ref from '../../reference/topk.ts';
@@ -10,6 +11,24 @@ import { productTopkBackward, productTopkForward } from './product_topk.ts';
 import { topkForward } from './topk.ts';
 
 type Data = 'normal' | 'ties';
+/** 'adapter': the adapter's default mapping (a (t, h) per thread on a CPU adapter); 'gpu': the workgroup sort forced */
+type Mapping = 'adapter' | 'gpu';
+
+/** runs fn with the mapping chosen (gpu.cpu is restored afterwards) */
+async function withMapping<T>(gpu: Gpu, mapping: Mapping, fn: () => Promise<T>): Promise<T> {
+  const cpu = gpu.cpu;
+  if (mapping === 'gpu') gpu.cpu = false;
+  try {
+    return await fn();
+  } finally {
+    gpu.cpu = cpu;
+  }
+}
+
+/** a tensor's raw bits (NaN payloads and -0 kept) */
+async function bits(gpu: Gpu, t: Tensor): Promise<number[]> {
+  return Array.from(new Uint32Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)));
+}
 
 /** half-scores [2H, T, n]: normals, or small integers (many equal candidate sums) */
 function halfScores(rng: Rng, size: number, data: Data): Float64Array {
@@ -34,10 +53,13 @@ async function outputs(T: number, H: number, k: number): Promise<Outputs> {
 }
 
 /** forward (slots, pick, scores exact; weights 1e-5) and backward (1e-4) against the reference */
-async function checkProduct(T: number, H: number, n: number, k: number, data: Data, seed: number): Promise<void> {
+async function checkProduct(T: number, H: number, n: number, k: number, data: Data, seed: number, cheapHalves = false): Promise<void> {
   const gpu = await testGpu();
   const rng = new Rng(seed);
-  const half = ref.topk(halfScores(rng, 2 * H * T * n, data), 2 * H * T, n, k);
+  // cheapHalves (k = n = 2, for huge T): small integers and indices [0, 1] or [1, 0], unsorted (the reference topk takes seconds there)
+  const half = cheapHalves
+    ? { values: Float64Array.from(rng.ints(2 * H * T * k, 3)), indices: Uint32Array.from({ length: 2 * H * T * k }, (_, i) => (i % 2) ^ (i >> 1) % 2) }
+    : ref.topk(halfScores(rng, 2 * H * T * n, data), 2 * H * T, n, k);
   const want = ref.productTopk(half.values, half.indices, T, H, k, n);
   const values = await gpu.tensorFrom(half.values, [2 * H, T, k], 'f32', 'values');
   const indices = await gpu.tensorFrom(half.indices, [2 * H, T, k], 'u32', 'indices');
@@ -67,13 +89,71 @@ const CASES: [T: number, H: number, n: number, k: number][] = [
   [7, 3, 100, 32],
   [3, 2, 64, 64],
 ];
+// every case with the adapter's mapping; k = 5 and 32 with the GPU mapping forced too
 for (const [T, H, n, k] of CASES) {
-  for (const data of ['normal', 'ties'] as const) {
-    test(`productTopk ${data} T=${T} H=${H} n=${n} k=${k}`, () => checkProduct(T, H, n, k, data, T * 1000 + n * 10 + k));
+  for (const mapping of ['adapter', 'gpu'] as const) {
+    if (mapping === 'gpu' && k !== 5 && k !== 32) continue;
+    for (const data of ['normal', 'ties'] as const) {
+      test(`productTopk ${data} T=${T} H=${H} n=${n} k=${k} (${mapping} mapping)`, async () => withMapping(await testGpu(), mapping, () => checkProduct(T, H, n, k, data, T * 1000 + n * 10 + k)));
+    }
   }
 }
 
-test('productTopk: one workgroup per (t, h) past 65535 (2-D grid)', () => checkProduct(33000, 2, 3, 2, 'ties', 17));
+test('productTopk: past 65535 workgroups (2-D grid; T*H not a multiple of a CPU workgroup)', async () => {
+  await checkProduct(65536 * 8 + 1, 1, 2, 2, 'ties', 17, true); // a (t, h) per thread, 8 per workgroup on a CPU adapter
+  await withMapping(await testGpu(), 'gpu', () => checkProduct(33000, 2, 3, 2, 'ties', 17));
+});
+
+/** f32 bit patterns of half values: NaNs, infinities, -0/+0 and small integers (many equal sums) */
+const SPECIAL_BITS = [0x7fc00000, 0xffc00000, 0xff800000, 0x7f800000, 0x80000000, 0, 0x3f800000, 0xbf800000, 0x40000000, 0x3f800000, 0x40400000, 0xc0000000];
+
+test('productTopk: the CPU and GPU mappings agree bitwise (ties, NaNs, infinities, -0/+0; forward and backward)', async () => {
+  const gpu = await testGpu();
+  const rng = new Rng(7);
+  for (const [T, H, n, k, special] of [
+    [37, 3, 64, 8, false], // the memory layer's shape
+    [37, 3, 64, 8, true],
+    [11, 2, 37, 5, true],
+    [9, 1, 3, 1, true],
+    [5, 2, 100, 32, false],
+    [5, 2, 100, 32, true],
+  ] as const) {
+    const G = 2 * H * T;
+    // half values: ties (small integers with -0/+0), or all the special patterns; indices: k distinct of n per half row
+    const vb = special ? Uint32Array.from(rng.ints(G * k, SPECIAL_BITS.length), (i) => SPECIAL_BITS[i]!) : new Uint32Array(Float32Array.from(rng.ints(G * k, 5), (v) => (v === 4 ? -0 : v - 1)).buffer);
+    const idx: number[] = [];
+    for (let r = 0; r < G; r++) {
+      const perm = Array.from({ length: n }, (_, i) => i);
+      for (let j = 0; j < k; j++) {
+        const x = j + rng.int(n - j);
+        [perm[j], perm[x]] = [perm[x]!, perm[j]!];
+        idx.push(perm[j]!);
+      }
+    }
+    const values = await gpu.tensor([2 * H, T, k], 'f32', 'values');
+    gpu.flush();
+    gpu.device.queue.writeBuffer(values.buffer, values.offset, vb); // exact bits (NaN payloads)
+    const indices = await gpu.tensorFrom(idx, [2 * H, T, k], 'u32', 'indices');
+    const dw = await gpu.tensorFrom(rng.normals(T * H * k), [T, H, k], 'f32', 'dweights');
+    const run = (mapping: Mapping) =>
+      withMapping(gpu, mapping, async () => {
+        const o = await outputs(T, H, k);
+        const dvalues = await gpu.tensor([2 * H, T, k], 'f32', 'dvalues');
+        await productTopkForward(gpu, o, { values, indices }, n);
+        await productTopkBackward(gpu, { dvalues }, { weights: o.weights, pick: o.pick, dweights: dw });
+        const out: Record<string, number[]> = {};
+        for (const [name, t] of [...Object.entries(o), ['dvalues', dvalues] as const]) out[name] = await bits(gpu, t);
+        for (const t of [...Object.values(o), dvalues]) t.dispose();
+        return out;
+      });
+    const cpu = await run('adapter');
+    const gpuMapped = await run('gpu');
+    for (const name of Object.keys(cpu)) assert.deepEqual(cpu[name], gpuMapped[name], `T=${T} H=${H} n=${n} k=${k} special=${special}: ${name}`);
+    const want = ref.productTopk(new Float32Array(vb.buffer), idx, T, H, k, n);
+    assert.deepEqual(cpu['slots'], Array.from(want.slots), `T=${T} H=${H} n=${n} k=${k} special=${special}: slots vs reference`);
+    for (const t of [values, indices, dw]) t.dispose();
+  }
+});
 
 /** the k best of all n^2 slots of one (t, h), from its full half rows s1, s2 (n each) */
 function bruteSlots(s1: ArrayLike<number>, s2: ArrayLike<number>, n: number, k: number): number[] {
@@ -85,6 +165,7 @@ function bruteSlots(s1: ArrayLike<number>, s2: ArrayLike<number>, n: number, k: 
 
 test('productTopk end to end: topkForward then productTopkForward = the top-k of all n^2 slots', async () => {
   const gpu = await testGpu();
+  // the layer's use: both kernels in the adapter's mapping (a CPU adapter's CPU mappings)
   for (const [T, H, n, k, data] of [
     [5, 2, 37, 8, 'normal'],
     [5, 2, 37, 8, 'ties'],
@@ -116,7 +197,11 @@ test('productTopk end to end: topkForward then productTopkForward = the top-k of
   }
 });
 
-test('productTopk: equal scores go to the lower slot', async () => {
+for (const mapping of ['adapter', 'gpu'] as const) {
+  test(`productTopk: equal scores go to the lower slot (${mapping} mapping)`, async () => withMapping(await testGpu(), mapping, checkEqualScores));
+}
+
+async function checkEqualScores(): Promise<void> {
   const gpu = await testGpu();
   // halves (n = 3, k = 2) as topk gives them: values [1, 1] at indices [0, 2] and [1, 2];
   // all four candidates score 2; slots 1, 2, 7, 8 -> 1 (a=0,b=0) and 2 (a=0,b=1)
@@ -128,7 +213,7 @@ test('productTopk: equal scores go to the lower slot', async () => {
   assert.deepEqual(Array.from(await gpu.read(o.pick)), [0, 1]);
   assert.deepEqual(Array.from(await gpu.read(o.weights)), [0.5, 0.5]);
   for (const t of [values, indices, o.slots, o.weights, o.pick, o.scores]) t.dispose();
-});
+}
 
 test('productTopk: shape, dtype and limit errors', async () => {
   const gpu = await testGpu();

@@ -31,12 +31,39 @@
 // backward thread mapping: one workgroup of 64 threads per (t, h): w, dw, pick go to workgroup
 // memory; every thread forms sum_i w_i dw_i in the same order; thread a sums dS_j over
 // j = 0..k-1 in order for both halves. no float atomics; bitwise reproducible.
+//
+// CPU mapping (gpu.cpu; pipeline names end in _cpu; see topk.ts): a (t, h) per thread, CPU_ROWS
+// per workgroup, no workgroup memory, no barriers. forward: the k*k candidates are scanned
+// (a outer, b inner) and the best K = nextPow2(k) held sorted in 3K private registers (order
+// key, slot, pick; padding = key 0, below every number) by insertChainWgsl, with the sort's
+// comparison (key desc, then slot asc: the scan is not in slot order). the same total order
+// gives the same selection; the softmax is the same f32 expressions (m = the best score, the
+// sum over j = 0..k-1 in order, exp(s - m) / sum), so the outputs are bitwise the same.
+// backward: the thread zeroes its two dvalues rows, forms sum_i w_i dw_i in order, then adds
+// dS_j for j = 0..k-1 in order into dvalues[(2h,t), a_j] and dvalues[(2h+1,t), b_j]: each
+// entry sees the same f32 adds from 0 in the same order as the GPU mapping.
 
 import type { Gpu } from '../../gpu/device.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
-import { ORDER_KEY_WGSL, TOPK_MAX_K, TOPK_MAX_N, expectSortFits, nextPow2, selectDeclsWgsl, selectTopWgsl, sortSize, sortThreads } from './topk.ts';
+import {
+  CPU_ROWS,
+  ORDER_KEY_WGSL,
+  TOPK_MAX_K,
+  TOPK_MAX_N,
+  cpuRowStart,
+  expectSortFits,
+  heldDeclsWgsl,
+  insertChainWgsl,
+  nextPow2,
+  selectDeclsWgsl,
+  selectTopWgsl,
+  sortSize,
+  sortThreads,
+  unrollWgsl,
+  type HeldField,
+} from './topk.ts';
 
 const PARAMS: ParamSpec = [
   ['T', 'u32'],
@@ -110,6 +137,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
+/** CPU mapping: a (t, h) per thread, the best K = nextPow2(k) candidates held in registers */
+function forwardCpuWgsl(K: number): string {
+  const fields: HeldField[] = [
+    { reg: 'hk', pad: '0u', cand: 'key' },
+    { reg: 'hs', pad: '0xffffffffu', cand: 'slot' },
+    { reg: 'hp', pad: '0xffffffffu', cand: 'c' },
+  ];
+  return /* wgsl */ `
+${header(
+  [
+    { name: 'slots', type: 'u32', access: 'read_write' },
+    { name: 'weights', type: 'f32', access: 'read_write' },
+    { name: 'pick', type: 'u32', access: 'read_write' },
+    { name: 'scores', type: 'f32', access: 'read_write' },
+    { name: 'values', type: 'f32', access: 'read' },
+    { name: 'indices', type: 'u32', access: 'read' },
+  ],
+  PARAMS,
+)}
+${ORDER_KEY_WGSL}
+${cpuRowStart('p.T * p.H')}
+  let g = row;  // t * H + h
+  let t = g / p.H;
+  let h = g - t * p.H;
+  let r1 = (2u * h * p.T + t) * p.k;  // first element of the half rows (2h, t) and (2h+1, t)
+  let r2 = r1 + p.T * p.k;
+  ${heldDeclsWgsl(K, fields)}
+  for (var a = 0u; a < p.k; a++) {
+    let va = values[r1 + a];
+    let sa = indices[r1 + a] * p.n;
+    for (var b = 0u; b < p.k; b++) {
+      let key = order_key(bitcast<u32>(va + values[r2 + b]));
+      let slot = sa + indices[r2 + b];
+      let c = (a << 16u) | b;
+      ${insertChainWgsl(K, fields, (j) => `(key > hk${j} || (key == hk${j} && slot < hs${j}))`)}
+    }
+  }
+  let m = order_value(hk0);
+  var sum = 0.0;
+  ${unrollWgsl(K, 'p.k', (j) => `sum += exp(order_value(hk${j}) - m);`)}
+  let o = g * p.k;
+  ${unrollWgsl(K, 'p.k', (j) => `let s = order_value(hk${j}); slots[o + ${j}u] = hs${j}; pick[o + ${j}u] = hp${j}; scores[o + ${j}u] = s; weights[o + ${j}u] = exp(s - m) / sum;`)}
+}`;
+}
+
 const BWD_WG = TOPK_MAX_K;
 
 const BACKWARD_WGSL = /* wgsl */ `
@@ -154,6 +226,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   dvalues[r1 + p.T * p.k + lid] = sb;
 }`;
 
+/** CPU mapping: a (t, h) per thread; its dvalues rows are zeroed, then dS_j added in order j */
+const BACKWARD_CPU_WGSL = /* wgsl */ `
+${header(
+  [
+    { name: 'dvalues', type: 'f32', access: 'read_write' },
+    { name: 'weights', type: 'f32', access: 'read' },
+    { name: 'pick', type: 'u32', access: 'read' },
+    { name: 'dweights', type: 'f32', access: 'read' },
+  ],
+  PARAMS,
+)}
+${cpuRowStart('p.T * p.H')}
+  let g = row;  // t * H + h
+  let t = g / p.H;
+  let h = g - t * p.H;
+  let r1 = (2u * h * p.T + t) * p.k;
+  let r2 = r1 + p.T * p.k;
+  let o = g * p.k;
+  for (var a = 0u; a < p.k; a++) {
+    dvalues[r1 + a] = 0.0;
+    dvalues[r2 + a] = 0.0;
+  }
+  var wdw = 0.0;
+  for (var j = 0u; j < p.k; j++) { wdw += weights[o + j] * dweights[o + j]; }
+  for (var j = 0u; j < p.k; j++) {
+    let dS = weights[o + j] * (dweights[o + j] - wdw);
+    let c = pick[o + j];
+    if ((c >> 16u) < p.k) { dvalues[r1 + (c >> 16u)] += dS; }
+    if ((c & 0xffffu) < p.k) { dvalues[r2 + (c & 0xffffu)] += dS; }
+  }
+}`;
+
 /** G = 2H, T, k of half top-k tensors [2H, T, k]; checks the limits */
 function halfShape(op: string, what: string, t: Tensor): { H: number; T: number; k: number } {
   expectShape(op, what, t, [-1, -1, -1]);
@@ -189,13 +293,14 @@ export async function productTopkForward(gpu: Gpu, o: { slots: Tensor; weights: 
   const P = sortSize(k * k);
   expectSortFits(gpu, op, P, `k*k = ${k * k} candidates`);
   if (T === 0) return;
+  const K = nextPow2(k);
   await launch(gpu, {
-    name: `product_topk_forward_${P}`,
-    wgsl: forwardWgsl(P),
+    name: gpu.cpu ? `product_topk_forward_k${K}_cpu` : `product_topk_forward_${P}`,
+    wgsl: gpu.cpu ? forwardCpuWgsl(K) : forwardWgsl(P),
     storage: [o.slots, o.weights, o.pick, o.scores, i.values, i.indices],
     params: PARAMS,
-    values: { T, H, k, n, lK: Math.log2(nextPow2(k)) },
-    workgroups: grid1d(gpu, T * H),
+    values: { T, H, k, n, lK: Math.log2(K) },
+    workgroups: grid1d(gpu, gpu.cpu ? Math.ceil((T * H) / CPU_ROWS) : T * H),
   });
 }
 
@@ -214,11 +319,11 @@ export async function productTopkBackward(gpu: Gpu, o: { dvalues: Tensor }, i: {
   for (const r of [i.weights, i.pick, i.dweights]) expectDisjoint(op, o.dvalues, r);
   if (T === 0) return;
   await launch(gpu, {
-    name: 'product_topk_backward',
-    wgsl: BACKWARD_WGSL,
+    name: gpu.cpu ? 'product_topk_backward_cpu' : 'product_topk_backward',
+    wgsl: gpu.cpu ? BACKWARD_CPU_WGSL : BACKWARD_WGSL,
     storage: [o.dvalues, i.weights, i.pick, i.dweights],
     params: PARAMS,
     values: { T, H, k, n: 0, lK: 0 },
-    workgroups: grid1d(gpu, T * H),
+    workgroups: grid1d(gpu, gpu.cpu ? Math.ceil((T * H) / CPU_ROWS) : T * H),
   });
 }

@@ -23,6 +23,20 @@
 // backward thread mapping: one workgroup per row: the row is zeroed in workgroup memory, thread 0
 // adds the k entries in order (deterministic even with repeated indices; an index >= n is
 // dropped), and the row is written out coalesced. no float atomics anywhere.
+//
+// CPU mapping (gpu.cpu; pipeline names end in _cpu): on a CPU adapter a workgroup's threads are
+// the SIMD lanes of one CPU thread and every barrier is a coroutine switch, so the sort above
+// costs far more than its comparisons. there each thread owns a row, CPU_ROWS rows per
+// workgroup, no workgroup memory, no barriers. forward: the best K = nextPow2(k) entries are
+// held sorted (best first) in 2K private registers (order key, index; padding = key 0, index
+// 0xffffffff, below every number) while the row is scanned once in index order; an element is
+// inserted only if its key beats the K-th held key, by an unrolled chain of selects
+// (insertChainWgsl; constant register names, which llvmpipe keeps in registers). since the
+// scan goes in index order, an element beats a held entry iff its key is strictly greater:
+// the same (key desc, index asc) order as the sort, so the result is bitwise the same. the
+// first k held entries are written out (values re-read as the scores' own bits, NaN -> -inf).
+// backward: the thread zeroes its dscores row, then adds the k entries in order into it
+// (f32 adds from 0 in the same order as the GPU mapping: bitwise the same).
 
 import type { Gpu } from '../../gpu/device.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
@@ -35,6 +49,8 @@ export const TOPK_MAX_N = 4096;
 export const TOPK_MAX_K = 64;
 /** fewest padded entries: tiny rows share one pipeline */
 const MIN_P = 64;
+/** rows (threads) per workgroup of the CPU mappings: one SIMD group of lavapipe's */
+export const CPU_ROWS = 8;
 
 export const nextPow2 = (x: number): number => 2 ** Math.ceil(Math.log2(Math.max(1, x)));
 /** padded entries of a workgroup sort of m entries */
@@ -142,6 +158,55 @@ export function selectTopWgsl(P: number, lK: string): string {
   }`;
 }
 
+// ---------------------------------------------------------------- CPU mapping helpers
+
+/** a field of the held entries of a CPU mapping: registers `${reg}0..${reg}{K-1}`, their padding value, the candidate's value */
+export interface HeldField {
+  reg: string;
+  pad: string;
+  cand: string;
+}
+
+/** WGSL: the registers of K held entries, initialised to padding */
+export function heldDeclsWgsl(K: number, fields: readonly HeldField[]): string {
+  const out: string[] = [];
+  for (let j = 0; j < K; j++) for (const f of fields) out.push(`var ${f.reg}${j} = ${f.pad};`);
+  return out.join('\n  ');
+}
+
+/**
+ * WGSL statements: insert the candidate into the K held entries (sorted best first), dropping
+ * the K-th, if it beats it. `beats(j)` is a WGSL bool: the candidate ranks before held entry j.
+ * branch-free below the guard: entry j takes entry j-1 when the candidate beats j-1, else the
+ * candidate when it beats j, else stays; the beats are evaluated on old values (j descending).
+ */
+export function insertChainWgsl(K: number, fields: readonly HeldField[], beats: (j: number) => string): string {
+  const set = (j: number, pick: (f: HeldField) => string) => fields.map((f) => `${f.reg}${j} = ${pick(f)};`).join(' ');
+  const lines: string[] = [];
+  for (let j = K - 1; j >= 1; j--) {
+    lines.push(`let c${j - 1} = ${beats(j - 1)};`);
+    // c{K-1} is the guard: true here
+    const keep = (f: HeldField) => (j === K - 1 ? f.cand : `select(${f.reg}${j}, ${f.cand}, c${j})`);
+    lines.push(set(j, (f) => `select(${keep(f)}, ${f.reg}${j - 1}, c${j - 1})`));
+  }
+  lines.push(set(0, (f) => (K === 1 ? f.cand : `select(${f.reg}0, ${f.cand}, c0)`)));
+  return `if (${beats(K - 1)}) {\n      ${lines.join('\n      ')}\n    }`;
+}
+
+/** WGSL for j < K: `body(j)`, guarded by j < k (a uniform) where j > 0 (k >= 1) */
+export function unrollWgsl(K: number, k: string, body: (j: number) => string): string {
+  const out: string[] = [];
+  for (let j = 0; j < K; j++) out.push(j === 0 ? `{ ${body(j)} }` : `if (${j}u < ${k}) { ${body(j)} }`);
+  return out.join('\n  ');
+}
+
+/** WGSL: the first lines of a CPU mapping's entry point: `row`, this thread's row (returning past `count`) */
+export const cpuRowStart = (count: string) => /* wgsl */ `
+@compute @workgroup_size(${CPU_ROWS})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+  let row = (wid.x + wid.y * nwg.x) * ${CPU_ROWS}u + l.x;
+  if (row >= ${count}) { return; }  // no barriers: an early return is safe`;
+
 // ---------------------------------------------------------------- forward
 
 const FWD_PARAMS: ParamSpec = [
@@ -192,6 +257,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
+/** CPU mapping: a row per thread, the best K = nextPow2(k) held in registers during one scan */
+function forwardCpuWgsl(K: number): string {
+  const fields: HeldField[] = [
+    { reg: 'hk', pad: '0u', cand: 'key' },
+    { reg: 'hi', pad: '0xffffffffu', cand: 'e' },
+  ];
+  return /* wgsl */ `
+${header(
+  [
+    { name: 'values', type: 'u32', access: 'read_write' },
+    { name: 'indices', type: 'u32', access: 'read_write' },
+    { name: 'scores', type: 'u32', access: 'read' },
+  ],
+  FWD_PARAMS,
+)}
+${ORDER_KEY_WGSL}
+${cpuRowStart('p.rows')}
+  let base = row * p.n;
+  ${heldDeclsWgsl(K, fields)}
+  for (var e = 0u; e < p.n; e++) {
+    let key = order_key(scores[base + e]);
+    // e is above every held index: on equal keys the held entry stays first
+    ${insertChainWgsl(K, fields, (j) => `key > hk${j}`)}
+  }
+  let o = row * p.k;
+  ${unrollWgsl(K, 'p.k', (j) => `let bits = scores[base + hi${j}]; values[o + ${j}u] = select(bits, 0xff800000u, (bits & 0x7fffffffu) > 0x7f800000u); indices[o + ${j}u] = hi${j};`)}
+}`;
+}
+
 /** rows and row length of a (..., n) tensor whose partner is (..., k); checks the limits */
 function rowsOf(op: string, wide: Tensor, narrow: Tensor, wideName: string, narrowName: string): { rows: number; n: number; k: number } {
   if (wide.shape.length < 1) throw new ShapeError(`${op}: ${wideName} ${wide} must have at least one dimension (..., n)`);
@@ -218,13 +312,14 @@ export async function topkForward(gpu: Gpu, o: { values: Tensor; indices: Tensor
   const P = sortSize(n);
   expectSortFits(gpu, op, P, `scores ${i.scores} (n = ${n})`);
   if (rows === 0) return;
+  const K = nextPow2(k);
   await launch(gpu, {
-    name: `topk_forward_${P}`,
-    wgsl: forwardWgsl(P),
+    name: gpu.cpu ? `topk_forward_k${K}_cpu` : `topk_forward_${P}`,
+    wgsl: gpu.cpu ? forwardCpuWgsl(K) : forwardWgsl(P),
     storage: [o.values, o.indices, i.scores],
     params: FWD_PARAMS,
-    values: { rows, n, k, lK: Math.log2(nextPow2(k)) },
-    workgroups: grid1d(gpu, rows),
+    values: { rows, n, k, lK: Math.log2(K) },
+    workgroups: grid1d(gpu, gpu.cpu ? Math.ceil(rows / CPU_ROWS) : rows),
   });
 }
 
@@ -272,6 +367,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
+/** CPU mapping: a row per thread; the row is zeroed, then the k entries added in order */
+const BACKWARD_CPU_WGSL = /* wgsl */ `
+${header(
+  [
+    { name: 'dscores', type: 'f32', access: 'read_write' },
+    { name: 'indices', type: 'u32', access: 'read' },
+    { name: 'dvalues', type: 'f32', access: 'read' },
+  ],
+  BWD_PARAMS,
+)}
+${cpuRowStart('p.rows')}
+  let base = row * p.n;
+  for (var e = 0u; e < p.n; e++) { dscores[base + e] = 0.0; }
+  for (var j = 0u; j < p.k; j++) {
+    let ix = indices[row * p.k + j];
+    if (ix < p.n) { dscores[base + ix] += dvalues[row * p.k + j]; }
+  }
+}`;
+
 /** dense gradient of the scores: dscores (..., n) f32 = dvalues scattered to indices, 0 elsewhere (=, overwrites every element) */
 export async function topkBackward(gpu: Gpu, o: { dscores: Tensor }, i: { indices: Tensor; dvalues: Tensor }): Promise<void> {
   const op = 'topkBackward';
@@ -284,11 +398,11 @@ export async function topkBackward(gpu: Gpu, o: { dscores: Tensor }, i: { indice
   if (rows === 0) return;
   const P = sortSize(n);
   await launch(gpu, {
-    name: `topk_backward_${P}`,
-    wgsl: backwardWgsl(P),
+    name: gpu.cpu ? 'topk_backward_cpu' : `topk_backward_${P}`,
+    wgsl: gpu.cpu ? BACKWARD_CPU_WGSL : backwardWgsl(P),
     storage: [o.dscores, i.indices, i.dvalues],
     params: BWD_PARAMS,
     values: { rows, n, k },
-    workgroups: grid1d(gpu, rows),
+    workgroups: grid1d(gpu, gpu.cpu ? Math.ceil(rows / CPU_ROWS) : rows),
   });
 }
