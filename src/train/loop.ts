@@ -113,10 +113,25 @@ export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig
     model.dispose();
     throw new EngramError(`${dir}: not a training checkpoint (no optimizer.safetensors / trainer.json); load it with loadModel to fine-tune from scratch`);
   }
-  const { step } = JSON.parse(new TextDecoder().decode(trainer)) as { step: number };
-  const { tensors } = decodeSafetensors(optBytes, `${dir}/optimizer.safetensors`);
+  let step: unknown;
+  try {
+    step = (JSON.parse(new TextDecoder().decode(trainer)) as { step?: unknown } | null)?.step;
+  } catch {
+    step = undefined;
+  }
+  if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0) {
+    model.dispose();
+    throw new EngramError(`${dir}/trainer.json: expected {"step": <a non-negative integer>}, got ${new TextDecoder().decode(trainer).slice(0, 80)}`);
+  }
   const opt = await AdamW.create(gpu, model.params, cfg);
-  opt.restore(step, (name) => tensors[name]?.data);
+  try {
+    const { tensors } = decodeSafetensors(optBytes, `${dir}/optimizer.safetensors`);
+    opt.restore(step, (name) => tensors[name]?.data);
+  } catch (e) {
+    opt.dispose();
+    model.dispose();
+    throw e instanceof EngramError ? new EngramError(`${dir}: ${e.message}`) : e;
+  }
   return { model, opt, files };
 }
 
