@@ -22,25 +22,31 @@ const EOT = '<|endoftext|>';
 /** `engram data`: corpus text, a tokenizer trained on it, token files and held-out questions */
 export async function dataCommand(o: { out: string; maxMb: number; vocab: number; seed: number }): Promise<void> {
   const t0 = performance.now();
-  mkdirSync(o.out, { recursive: true });
   const corpus = buildCorpus({ maxBytes: Math.round(o.maxMb * 2 ** 20), seed: o.seed });
-  const files = await writeCorpus(o.out, corpus);
   console.log(`corpus: ${(corpus.bytes / 2 ** 20).toFixed(1)} MB, ${corpus.train.length} train / ${corpus.val.length} validation documents (${Object.entries(corpus.counts).map(([k, v]) => `${k} ${v}`).join(', ')})`);
-  const json = await trainTokenizer([files.train], { vocabSize: o.vocab, special: [EOT] });
-  writeFileSync(join(o.out, 'tokenizer.json'), json);
+  await writeTokenData(o.out, corpus, o.vocab);
+  writeFileSync(join(o.out, 'questions.json'), JSON.stringify(questions(loadFacts()), null, 1));
+  console.log(`data in ${o.out} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+/** train.txt / val.txt, a byte-level BPE tokenizer trained on train.txt, and the token files train.bin / val.bin (u32, documents ended by EOT) */
+export async function writeTokenData(dir: string, docs: { train: string[]; val: string[] }, vocab: number): Promise<Tokenizer> {
+  mkdirSync(dir, { recursive: true });
+  const files = await writeCorpus(dir, docs);
+  const json = await trainTokenizer([files.train], { vocabSize: vocab, special: [EOT] });
+  writeFileSync(join(dir, 'tokenizer.json'), json);
   const tok = await Tokenizer.fromJson(json);
   const eot = tok.tokenId(EOT)!;
-  for (const [split, docs] of [['train', corpus.train], ['val', corpus.val]] as const) {
+  for (const [split, list] of [['train', docs.train], ['val', docs.val]] as const) {
     const ids: number[] = [];
-    for (const d of docs) {
+    for (const d of list) {
       for (const id of tok.encode(d)) ids.push(id);
       ids.push(eot);
     }
-    writeFileSync(join(o.out, `${split}.bin`), new Uint8Array(Uint32Array.from(ids).buffer));
+    writeFileSync(join(dir, `${split}.bin`), new Uint8Array(Uint32Array.from(ids).buffer));
     console.log(`${split}.bin: ${ids.length} tokens`);
   }
-  writeFileSync(join(o.out, 'questions.json'), JSON.stringify(questions(loadFacts()), null, 1));
-  console.log(`data in ${o.out} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  return tok;
 }
 
 function readTokens(path: string): Uint32Array {
@@ -61,6 +67,17 @@ export const PRESETS: Record<string, (vocab: number) => unknown> = {
     ffnHidden: 344,
     maxSeqLen: 128,
     memory: { layers: [2], nKeys: 64, heads: 4, topk: 8, keyDim: 64, valueDtype: 'f32' },
+  }),
+  // the GPU demo: 6 blocks of 384, one Memory+ layer (128^2 slots) in the middle
+  small: (vocab) => ({
+    vocabSize: vocab,
+    dim: 384,
+    layers: 6,
+    heads: 6,
+    kvHeads: 2,
+    ffnHidden: 1024,
+    maxSeqLen: 256,
+    memory: { layers: [3], nKeys: 128, heads: 4, topk: 16, keyDim: 192, valueDtype: 'f32' },
   }),
   // a GPU run: 12 blocks of 768, three Memory+ layers (256^2 values) centred at stride 4
   base: (vocab) => ({
@@ -88,6 +105,8 @@ export interface TrainArgs {
   evalEvery: number;
   saveEvery: number;
   seed: number;
+  /** stop (saving a checkpoint) after this many minutes of training; 0: no limit */
+  maxMinutes?: number;
 }
 
 /** `engram train`: trains (or resumes) into `out`, printing a progress line per step */
@@ -118,6 +137,7 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
   const params = model.params.reduce((n, p) => n + p.value.size, 0);
   console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
   const progress = new TrainProgress({ total: a.steps, start: opt.step });
+  const started = performance.now();
   let stop = false;
   const onInt = () => {
     stop = true;
@@ -138,7 +158,7 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
       saveEvery: a.saveEvery,
       files: { 'tokenizer.json': tokJson },
       history,
-      stop: () => stop,
+      stop: () => stop || (a.maxMinutes !== undefined && a.maxMinutes > 0 && performance.now() - started > a.maxMinutes * 60000),
       log: (l) => progress.update(l),
     });
   } finally {
@@ -150,7 +170,7 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
   }
 }
 
-async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; tok: Tokenizer }> {
+export async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; tok: Tokenizer }> {
   const gpu = await Gpu.create();
   const { model, files } = await loadModel(gpu, dir);
   const tj = files['tokenizer.json'];
@@ -191,6 +211,16 @@ export async function generateCommand(a: { model: string; prompt: string; maxNew
   }
 }
 
+/** the model's greedy answer to a question: its first line, without a final full stop */
+export async function answer(gpu: Gpu, model: Transformer, tok: Tokenizer, q: Question): Promise<{ text: string; ok: boolean }> {
+  const eot = tok.tokenId(EOT);
+  const nl = tok.encode('\n');
+  const stopIds = [...(eot !== undefined ? [eot] : []), ...(nl.length === 1 ? [nl[0]!] : [])];
+  const out = await generate(gpu, model, Array.from(tok.encode(q.prompt)), { maxNew: 12, temperature: 0, stopIds });
+  const text = tok.decode(out).replace(EOT, '').split('\n')[0]!.trim().replace(/\.$/, '');
+  return { text, ok: text.toLowerCase() === q.answer.trim().replace(/\.$/, '').toLowerCase() };
+}
+
 /** `engram ask`: held-out factual questions, greedy answers, exact-match accuracy */
 export async function askCommand(a: { model: string; data: string; n: number }): Promise<number> {
   const qs = JSON.parse(readFileSync(join(a.data, 'questions.json'), 'utf8')) as Question[];
@@ -199,11 +229,9 @@ export async function askCommand(a: { model: string; data: string; n: number }):
   try {
     const pick = qs.filter((_, i) => i % Math.max(1, Math.floor(qs.length / a.n)) === 0).slice(0, a.n);
     for (const q of pick) {
-      const out = await generate(gpu, model, Array.from(tok.encode(q.prompt)), { maxNew: 8, temperature: 0, stopIds: [tok.tokenId(EOT) ?? -1] });
-      const answer = tok.decode(out).split('\n')[0]!.replace(EOT, '').trim();
-      const ok = answer.toLowerCase().startsWith(q.answer.trim().toLowerCase());
+      const { text, ok } = await answer(gpu, model, tok, q);
       if (ok) right++;
-      console.log(`${ok ? '✓' : '✗'} ${q.prompt.replace(/\n/g, ' ')} ${answer}   (expected ${q.answer.trim()})`);
+      console.log(`${ok ? '✓' : '✗'} ${q.prompt.replace(/\n/g, ' ')} ${text}   (expected ${q.answer.trim()})`);
     }
     console.log(`${right}/${pick.length} answered exactly`);
   } finally {

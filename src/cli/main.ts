@@ -15,6 +15,9 @@ commands:
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
   ask        held-out factual questions against a model: --model runs/tiny --data data --n 10
+  demo       all of it in one go: builds a fact drill, trains a small memory model for a few
+             minutes, asks it questions; --gpu for a bigger model on a GPU
+             --out demo  --gpu  --steps <n>  --max-minutes 7  --seed 0
   help       this text
 `;
 
@@ -93,6 +96,23 @@ switch (cmd) {
     const { askCommand } = await import('./commands.ts');
     const o = opt({ model: 'runs/tiny', data: 'data', n: '10' });
     await askCommand({ model: o.str('model'), data: o.str('data'), n: o.num('n') });
+    break;
+  }
+  case 'demo': {
+    const { demoCommand } = await import('./demo.ts');
+    const { values } = parseArgs({ args: rest, options: { out: { type: 'string' }, gpu: { type: 'boolean' }, steps: { type: 'string' }, 'max-minutes': { type: 'string' }, seed: { type: 'string' } }, strict: true });
+    const num = (k: string, v: string) => {
+      const x = Number(v);
+      if (!Number.isFinite(x) || x < 0) throw new Error(`--${k}: expected a non-negative number, got '${v}'`);
+      return x;
+    };
+    await demoCommand({
+      out: values.out ?? 'demo',
+      gpu: values.gpu ?? false,
+      steps: values.steps !== undefined ? num('steps', values.steps) : null,
+      maxMinutes: num('max-minutes', values['max-minutes'] ?? '7'),
+      seed: num('seed', values.seed ?? '0'),
+    });
     break;
   }
   case 'help':

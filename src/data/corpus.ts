@@ -110,7 +110,7 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */
-export async function writeCorpus(dir: string, c: Corpus): Promise<{ train: string; val: string }> {
+export async function writeCorpus(dir: string, c: Pick<Corpus, 'train' | 'val'>): Promise<{ train: string; val: string }> {
   await mkdir(dir, { recursive: true });
   const train = join(dir, 'train.txt');
   const val = join(dir, 'val.txt');
