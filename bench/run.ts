@@ -17,6 +17,7 @@ const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   memory: () => import('./suites/memory.ts'),
   train: () => import('./suites/train.ts'),
   tokenizer: () => import('./suites/tokenizer.ts'),
+  demo: () => import('./suites/demo.ts'),
 };
 
 async function main(): Promise<void> {

@@ -109,8 +109,8 @@ export interface TrainArgs {
   maxMinutes?: number;
 }
 
-/** `engram train`: trains (or resumes) into `out`, printing a progress line per step */
-export async function trainCommand(a: TrainArgs): Promise<void> {
+/** `engram train`: trains (or resumes) into `out`, with a progress bar; returns the mean training tokens per second */
+export async function trainCommand(a: TrainArgs): Promise<number> {
   const tokJson = readFileSync(join(a.data, 'tokenizer.json'), 'utf8');
   const tok = await Tokenizer.fromJson(tokJson);
   const train = readTokens(join(a.data, 'train.bin'));
@@ -145,6 +145,7 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
     process.once('SIGINT', () => process.exit(130));
   };
   process.once('SIGINT', onInt);
+  let tokS = 0;
   try {
     await trainLoop(gpu, model, opt, { train, val }, {
       steps: a.steps,
@@ -159,7 +160,10 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
       files: { 'tokenizer.json': tokJson },
       history,
       stop: () => stop || (a.maxMinutes !== undefined && a.maxMinutes > 0 && performance.now() - started > a.maxMinutes * 60000),
-      log: (l) => progress.update(l),
+      log: (l) => {
+        tokS = l.tokensPerSecond;
+        progress.update(l);
+      },
     });
   } finally {
     progress.stop();
@@ -168,6 +172,7 @@ export async function trainCommand(a: TrainArgs): Promise<void> {
     model.dispose();
     gpu.destroy();
   }
+  return tokS;
 }
 
 export async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; tok: Tokenizer }> {

@@ -35,7 +35,7 @@ const CPU_PLAN: Plan = { relations: ['capital'], facts: 120, vocab: 1024, config
 const GPU_PLAN: Plan = {
   relations: ['capital', 'continent', 'currency', 'symbol', 'atomic number', 'demonym'],
   facts: 2000,
-  vocab: 4096,
+  vocab: 2048,
   config: 'small',
   steps: 3000,
   batch: 32,
@@ -53,7 +53,19 @@ export interface DemoArgs {
   seed: number;
 }
 
-export async function demoCommand(a: DemoArgs): Promise<{ taught: number; heldOut: number }> {
+export interface DemoResult {
+  /** exact-match shares */
+  taught: number;
+  heldOut: number;
+  /** questions asked */
+  asked: { taught: number; heldOut: number };
+  /** mean training tokens per second */
+  trainTokS: number;
+  /** the plan, in words */
+  plan: string;
+}
+
+export async function demoCommand(a: DemoArgs): Promise<DemoResult> {
   const plan = a.gpu ? GPU_PLAN : CPU_PLAN;
   const t0 = performance.now();
   const data = join(a.out, 'data');
@@ -81,10 +93,11 @@ export async function demoCommand(a: DemoArgs): Promise<{ taught: number; heldOu
     seed: a.seed,
     maxMinutes: a.maxMinutes,
   };
-  await trainCommand(train);
+  const trainTokS = await trainCommand(train);
 
   console.log('3. ask: greedy answers, exact match');
   const { gpu, model, tok } = await openModel(run);
+  const asked = { taught: 0, heldOut: 0 };
   const score = async (qs: Question[], n: number, label: string): Promise<number> => {
     const pick = qs.filter((_, i) => i % Math.max(1, Math.floor(qs.length / n)) === 0).slice(0, n);
     let right = 0;
@@ -94,13 +107,16 @@ export async function demoCommand(a: DemoArgs): Promise<{ taught: number; heldOu
       if (i < 6) console.log(`   ${r.ok ? '✓' : '✗'} ${q.prompt.replace('\n', ' ')} ${r.text}${r.ok ? '' : `   (expected ${q.answer.trim()})`}`);
     }
     console.log(`   ${label}: ${right}/${pick.length} exact`);
+    asked[qs === drill.taught ? 'taught' : 'heldOut'] = pick.length;
     return right / Math.max(1, pick.length);
   };
   try {
     const taught = await score(drill.taught, plan.ask, 'taught (question form trained)');
     const heldOut = await score(drill.heldOut, plan.ask, 'held out (only read as statements)');
     console.log(`done in ${((performance.now() - t0) / 60000).toFixed(1)} min: ${run} (loss curve: ${join(run, 'loss.png')})`);
-    return { taught, heldOut };
+    const steps = a.steps ?? plan.steps;
+    const words = `${plan.facts} facts of ${plan.relations.join(', ')}, vocab ${plan.vocab}, model '${plan.config}', ${steps} steps of ${plan.batch} x ${plan.seq} tokens, lr ${plan.lr}`;
+    return { taught, heldOut, asked, trainTokS, plan: words };
   } finally {
     model.dispose();
     gpu.destroy();

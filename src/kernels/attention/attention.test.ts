@@ -15,14 +15,27 @@ interface Case extends ref.AttentionDims {
 
 // awkward shapes: a single token; T not a multiple of any tile (37) and over two query blocks
 // (130); two batch rows; grouped heads (4 over 2, 6 over 1) and plain multi-head; with and
-// without a prefix; HS 16 and 64; large scores; no causal mask. only HS 16 and 64 are used so
-// that lavapipe compiles few pipelines (dtypes are uniforms, not specializations).
+// without a prefix, one longer than a CPU chunk of 8 keys (11); HS 16 and 64; large scores; no
+// causal mask. only HS 16 and 64 are used so that lavapipe compiles few pipelines (dtypes are
+// uniforms, not specializations), and HS 6 (a half vec4 slot) on the adapter's mapping only.
 const CASES: Case[] = [
   { B: 1, T: 1, NH: 2, NKV: 1, HS: 16, P: 0 },
   { B: 2, T: 37, NH: 4, NKV: 2, HS: 64, P: 5 },
   { B: 1, T: 130, NH: 6, NKV: 1, HS: 16, P: 5 },
   { B: 1, T: 37, NH: 2, NKV: 2, HS: 64, P: 0, mag: 30 },
   { B: 1, T: 21, NH: 2, NKV: 1, HS: 16, P: 3, causal: false, scale: 0.3 },
+  { B: 1, T: 20, NH: 4, NKV: 2, HS: 16, P: 11 },
+  { B: 1, T: 10, NH: 2, NKV: 1, HS: 6, P: 2 },
+];
+
+// 'gpu' forces the tiled mapping on a CPU adapter too (its default there is the row-per-thread
+// one of attention_cpu.ts), on cases that share three pipeline sets: HS 16 with and without a
+// prefix (a single token; T over two blocks; no causal mask) and HS 64 with grouped heads
+const GPU_CASES: readonly (readonly [number, DType])[] = [
+  [0, 'f32'],
+  [1, 'f32'],
+  [2, 'bf16'],
+  [4, 'f16'],
 ];
 
 async function check(c: Case, dtype: DType): Promise<void> {
@@ -61,10 +74,25 @@ async function check(c: Case, dtype: DType): Promise<void> {
   for (const x of [...Object.values(t), ...Object.values(pre), ...Object.values(d), ...Object.values(dpre), out, lse]) x.dispose();
 }
 
+async function checkMapping(c: Case, dtype: DType, mapping: 'adapter' | 'gpu'): Promise<void> {
+  const gpu = await testGpu();
+  const cpu = gpu.cpu;
+  if (mapping === 'gpu') gpu.cpu = false;
+  try {
+    await check(c, dtype);
+  } finally {
+    gpu.cpu = cpu;
+  }
+}
+
 for (const c of CASES) {
   for (const dtype of DTYPES) {
-    test(`attention ${dtype} ${JSON.stringify(c)}`, () => check(c, dtype));
+    test(`attention ${dtype} ${JSON.stringify(c)} (adapter mapping)`, () => checkMapping(c, dtype, 'adapter'));
   }
+}
+for (const [i, dtype] of GPU_CASES) {
+  const c = CASES[i]!;
+  test(`attention ${dtype} ${JSON.stringify(c)} (gpu mapping)`, () => checkMapping(c, dtype, 'gpu'));
 }
 
 test('attention rejects wrong shapes and dtypes, naming the op and the tensors', async () => {

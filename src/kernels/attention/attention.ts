@@ -1,6 +1,7 @@
 // causal self-attention with grouped-query heads and an optional attend-to-all prefix,
-// flash style, forward and backward. the kernels live in attention_forward.ts and
-// attention_backward.ts; this module is the op's public face.
+// flash style, forward and backward. the kernels live in attention_forward.ts,
+// attention_backward.ts and attention_cpu.ts (shared pieces: attention_common.ts); this module
+// is the op's public face.
 //
 //   q (B,T,NH,HS)  k, v (B,T,NKV,HS)   the layout a fused qkv projection (B,T,(NH+2NKV)*HS)
 //                                      gives after a split and a reshape: row-major, head-major
@@ -20,7 +21,7 @@
 // 12, which needs maxStorageBuffersPerShaderStage >= 12 (Dawn on Vulkan/Metal/D3D12; browsers
 // often allow 8 or 10, and launch() then throws a LimitError naming the kernel).
 //
-// design (details in the two kernel files): online softmax over key tiles staged in workgroup
+// design (details in the kernel files): online softmax over key tiles staged in workgroup
 // memory, 4x4 register tiles per thread, never a T x T matrix; masked tiles are skipped. the
 // backward follows FlashAttention-2: D = rowsum(dout * out) first, then dq parallel over query
 // blocks and dk/dv parallel over key blocks (each walking the queries of every head in its
@@ -29,11 +30,15 @@
 // pipeline per (kernel, HS, tile), and the tile is the largest whose workgroup memory fits the
 // device (at HS=64 an H100's 48 KiB and lavapipe's 32 KiB share the forward tile, 64x32, and get
 // different dq and dk/dv tiles; the test file passes on both).
+// on a CPU adapter (gpu.cpu, lavapipe) the forward, dq and dk/dv kernels run barrier-free
+// mappings instead, a row per thread with keys or queries shared by subgroup broadcasts
+// (attention_cpu.ts; same results up to summation order); tests run both mappings there.
 // speed: the kernels suite times B=4 T=2048 NH=16 HS=64 causal on an H100 (notes attention_f32,
 // attention_f16 of bench/results/kernels-nvidia-h100-80gb-hbm3-20261122.json); f32 math on CUDA cores
 // only (no subgroup matrices).
 
-export { attentionForward, MAX_HS, type AttentionOptions } from './attention_forward.ts';
+export { MAX_HS, type AttentionOptions } from './attention_common.ts';
+export { attentionForward } from './attention_forward.ts';
 export { attentionBackward } from './attention_backward.ts';
 
 /**

@@ -24,6 +24,8 @@
 // forward or dq kernels, which wait on their k/v tiles directly).
 // numerics: f32 throughout; q is staged times scale*log2(e), so p = exp2(s' - lse*log2(e)) and
 // dk = ln(2) * sum ds q'. padded queries (t >= T) load as zeros and are masked.
+// on a CPU adapter (gpu.cpu) dq and dk/dv run the row-per-thread kernels of attention_cpu.ts
+// (same bindings and uniforms); attention_dsum serves both mappings.
 
 import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
@@ -32,12 +34,17 @@ import type { Tensor } from '../../gpu/tensor.ts';
 import { expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 import {
   C4,
+  DKV_PARAMS,
+  DQ_PARAMS,
   KEEP,
   PACK16,
   PARAMS,
   R4,
   VEC_HELPERS,
   attentionShape,
+  dkvBindings,
+  dkvStores,
+  dqBindings,
   dtParams,
   dtValues,
   keyTileIo,
@@ -52,17 +59,16 @@ import {
   rowLoad,
   rowLoads,
   rowStore,
-  rowStoreStub,
   swz,
   tileLoad,
   tileRegs,
   transpose4,
   type AttentionOptions,
   type Tile,
-} from './attention_forward.ts';
+} from './attention_common.ts';
+import { cpuLanes, cpuPlan } from './attention_cpu.ts';
 
 const F32_RW = (name: string) => ({ name, type: 'f32', access: 'read_write' }) as const;
-const F32_R = (name: string) => ({ name, type: 'f32', access: 'read' }) as const;
 
 // ---------------------------------------------------------------- D = rowsum(dout * out)
 
@@ -96,13 +102,12 @@ const DQ_TILES: readonly Tile[] = [
   { BR: 16, BC: 16 },
 ];
 const dqBytes = (t: Tile, HS4: number) => 16 * (2 * t.BR * HS4 + t.BC * HS4 + Math.max(t.BC * HS4, (t.BC * t.BR) / 4));
-const DQ_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['dq', 'q', 'k', 'v', 'pk', 'pv', 'dout'])];
 
 function dqWgsl(HS: number, tile: Tile, prefix: boolean): string {
   // KM swizzles the k and v tiles, PM the ds^T tile
   const { HS4, BR, BC, RG, CG, NT, NV, KM, PM, acc, col } = queryTile(HS, tile);
   return /* wgsl */ `
-${header([raw('dq', true), raw('q'), raw('k'), raw('v'), ...(prefix ? [raw('pk'), raw('pv')] : []), raw('dout'), F32_R('lse'), F32_R('dsum')], DQ_PARAMS)}
+${header(dqBindings(prefix), DQ_PARAMS)}
 ${VEC_HELPERS}
 ${PACK16}
 ${KEEP}
@@ -185,7 +190,6 @@ const DKV_TILES: readonly Tile[] = [
   { BR: 16, BC: 8 },
 ];
 const dkvBytes = (t: Tile, HS4: number) => 16 * (2 * t.BR * HS4 + 2 * t.BC * HS4 + (2 * t.BR * t.BC) / 4) + 8 * t.BC;
-const DKV_PARAMS: ParamSpec = [...PARAMS, ...dtParams(['dk', 'dv', 'dpk', 'dpv', 'q', 'k', 'v', 'pk', 'pv', 'dout'])];
 
 function dkdvWgsl(HS: number, tile: Tile, prefix: boolean): string {
   const HS4 = Math.ceil(HS / 4);
@@ -211,12 +215,12 @@ function dkdvWgsl(HS: number, tile: Tile, prefix: boolean): string {
     if (tid < ${BQ}u && t0 + tid < p.T) { wl = lse[(b * p.NH + h) * p.T + t0 + tid] * LOG2E; wd = dsum[(b * p.NH + h) * p.T + t0 + tid]; }
   }`;
   return /* wgsl */ `
-${header([raw('dk', true), raw('dv', true), ...(prefix ? [raw('dpk', true), raw('dpv', true)] : []), raw('q'), raw('k'), raw('v'), ...(prefix ? [raw('pk'), raw('pv')] : []), raw('dout'), F32_R('lse'), F32_R('dsum')], DKV_PARAMS)}
+${header(dkvBindings(prefix), DKV_PARAMS)}
 ${VEC_HELPERS}
 ${PACK16}
 ${KEEP}
 ${rowLoads(['q', 'k', 'v', 'pk', 'pv', 'dout'], HS, prefix)}
-${['dk', 'dv', 'dpk', 'dpv'].map((n) => (!prefix && n.startsWith('dp') ? rowStoreStub(n) : rowStore(n, HS))).join('\n')}
+${dkvStores(HS, prefix)}
 var<workgroup> sk: array<vec4<f32>, ${BK * HS4}>;   // k block [key][d4]
 var<workgroup> sv: array<vec4<f32>, ${BK * HS4}>;   // v block [key][d4]
 var<workgroup> sq: array<vec4<f32>, ${BQ * HS4}>;   // q tile * scale*log2(e): [query][d4 ^ (query & ${QM})]
@@ -371,24 +375,37 @@ export async function attentionBackward(
       values: { ...values, rows, ...dtValues(op, { dout: i.dout, out: i.out }) },
       workgroups: grid1d(gpu, Math.ceil(rows / DSUM_WG)),
     });
+    const dqStorage = prefix ? [o.dq, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum] : [o.dq, i.q, i.k, i.v, i.dout, i.lse, dsum];
+    const dqValues = { ...values, ...dtValues(op, { dq: o.dq, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) };
+    const dkvStorage = prefix
+      ? [o.dk, o.dv, dpk, dpv, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum]
+      : [o.dk, o.dv, i.q, i.k, i.v, i.dout, i.lse, dsum];
+    const dkvValues = { ...values, ...dtValues(op, { dk: o.dk, dv: o.dv, dpk, dpv, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) };
+    const S = cpuLanes(gpu);
+    if (S !== null) {
+      // the CPU mappings (attention_cpu.ts): the same bindings and uniforms, plus their own
+      const dq = cpuPlan('dq', s, S);
+      await launch(gpu, { ...dq, storage: dqStorage, values: { ...dqValues, ...dq.values } });
+      const dkv = cpuPlan('dkdv', s, S);
+      await launch(gpu, { ...dkv, storage: dkvStorage, values: { ...dkvValues, ...dkv.values } });
+      return;
+    }
     const tq = pickTile(gpu, op, HS, DQ_TILES, dqBytes);
     await launch(gpu, {
       name: `attention_dq_hs${HS}_${tq.BR}x${tq.BC}${nopre}`,
       wgsl: dqWgsl(HS, tq, prefix),
-      storage: prefix ? [o.dq, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum] : [o.dq, i.q, i.k, i.v, i.dout, i.lse, dsum],
+      storage: dqStorage,
       params: DQ_PARAMS,
-      values: { ...values, ...dtValues(op, { dq: o.dq, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
+      values: dqValues,
       workgroups: [s.B * s.NH, Math.ceil(s.T / tq.BR)],
     });
     const tk = pickTile(gpu, op, HS, DKV_TILES, dkvBytes);
     await launch(gpu, {
       name: `attention_dkdv_hs${HS}_${tk.BR}x${tk.BC}${nopre}`,
       wgsl: dkdvWgsl(HS, tk, prefix),
-      storage: prefix
-        ? [o.dk, o.dv, dpk, dpv, i.q, i.k, i.v, pk, pv, i.dout, i.lse, dsum]
-        : [o.dk, o.dv, i.q, i.k, i.v, i.dout, i.lse, dsum],
+      storage: dkvStorage,
       params: DKV_PARAMS,
-      values: { ...values, ...dtValues(op, { dk: o.dk, dv: o.dv, dpk, dpv, q: i.q, k: i.k, v: i.v, pk, pv, dout: i.dout }) },
+      values: dkvValues,
       workgroups: [s.B * s.NKV, Math.ceil((s.P + s.T) / tk.BR)],
     });
   } finally {
