@@ -21,7 +21,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const dir = mkdtempSync(join(tmpdir(), 'engram-demo-'));
   try {
     const t0 = performance.now();
-    const r = await demoCommand({ out: dir, gpu: onGpu, steps: null, maxMinutes: onGpu ? 5 : 7, seed: 0 });
+    const r = await demoCommand({ out: dir, gpu: onGpu, steps: null, maxMinutes: onGpu ? 5 : 8, seed: 0 });
     const minutes = (performance.now() - t0) / 60000;
     return {
       results: { demo_minutes: minutes, demo_taught_exact: r.taught, demo_held_out_exact: r.heldOut, demo_train_tok_s: r.trainTokS },

@@ -17,7 +17,7 @@ commands:
   ask        held-out factual questions against a model: --model runs/tiny --data data --n 10
   demo       all of it in one go: builds a fact drill, trains a small memory model for a few
              minutes, asks it questions; --gpu for a bigger model on a GPU
-             --out demo  --gpu  --steps <n>  --max-minutes 7  --seed 0
+             --out demo  --gpu  --steps <n>  --max-minutes 8  --seed 0
   help       this text
 `;
 
@@ -110,7 +110,7 @@ switch (cmd) {
       out: values.out ?? 'demo',
       gpu: values.gpu ?? false,
       steps: values.steps !== undefined ? num('steps', values.steps) : null,
-      maxMinutes: num('max-minutes', values['max-minutes'] ?? '7'),
+      maxMinutes: num('max-minutes', values['max-minutes'] ?? '8'),
       seed: num('seed', values.seed ?? '0'),
     });
     break;

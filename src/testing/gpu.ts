@@ -3,6 +3,7 @@
 
 import { after } from 'node:test';
 import { Gpu, type GpuOptions } from '../gpu/device.ts';
+import type { Tensor } from '../gpu/tensor.ts';
 
 let shared: Promise<Gpu> | null = null;
 
@@ -24,4 +25,23 @@ export function testGpu(opts: GpuOptions = {}): Promise<Gpu> {
     });
   }
   return shared;
+}
+
+/** a kernel mapping: the adapter's default (CPU mappings on a CPU adapter), or the GPU one forced */
+export type Mapping = 'adapter' | 'gpu';
+
+/** runs fn with the mapping chosen: 'gpu' clears gpu.cpu for its duration (see Gpu.cpu) */
+export async function withMapping<T>(gpu: Gpu, mapping: Mapping, fn: () => Promise<T>): Promise<T> {
+  const cpu = gpu.cpu;
+  if (mapping === 'gpu') gpu.cpu = false;
+  try {
+    return await fn();
+  } finally {
+    gpu.cpu = cpu;
+  }
+}
+
+/** a tensor's raw bits (NaN payloads and -0 kept) */
+export async function bits(gpu: Gpu, t: Tensor): Promise<number[]> {
+  return Array.from(new Uint32Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)));
 }

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import { DTYPES, roundTo } from '../../gpu/dtype.ts';
 import * as ref from '../../reference/rmsnorm.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
-import { testGpu } from '../../testing/gpu.ts';
+import { testGpu, withMapping } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { rmsnormBackward, rmsnormForward } from './rmsnorm.ts';
 
@@ -25,9 +25,7 @@ for (const mapping of ['adapter', 'gpu'] as const) {
       if (mapping === 'gpu' && (dtype === 'f16' || N === 1)) continue;
       test(`rmsnorm ${dtype} N=${N} C=${C} scale=${scale} (${mapping} mapping)`, async () => {
         const gpu = await testGpu();
-        const cpu = gpu.cpu;
-        if (mapping === 'gpu') gpu.cpu = false;
-        try {
+        await withMapping(gpu, mapping, async () => {
           const rng = new Rng(N * 1000 + C);
           const eps = 1e-5;
           const x = roundTo(rng.normals(N * C, scale), dtype);
@@ -51,9 +49,7 @@ for (const mapping of ['adapter', 'gpu'] as const) {
           assertClose('dx', await gpu.read(dx), b.dx, tol);
           assertClose('dw', await gpu.read(dw), b.dw.map((v, i) => v + dw0[i]!), tol);
           for (const t of [tx, tw, tg, out, rstd, dx, dw]) t.dispose();
-        } finally {
-          gpu.cpu = cpu;
-        }
+        });
       });
     }
   }

@@ -1,35 +1,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Gpu } from '../../gpu/device.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import * as ref from '../../reference/topk.ts';
 import { assertClose } from '../../testing/allclose.ts';
-import { testGpu } from '../../testing/gpu.ts';
+import { bits, testGpu, withMapping, type Mapping } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { productTopkBackward, productTopkForward } from './product_topk.ts';
 import { topkForward } from './topk.ts';
 
 type Data = 'normal' | 'ties';
-/** 'adapter': the adapter's default mapping (a (t, h) per thread on a CPU adapter); 'gpu': the workgroup sort forced */
-type Mapping = 'adapter' | 'gpu';
-
-/** runs fn with the mapping chosen (gpu.cpu is restored afterwards) */
-async function withMapping<T>(gpu: Gpu, mapping: Mapping, fn: () => Promise<T>): Promise<T> {
-  const cpu = gpu.cpu;
-  if (mapping === 'gpu') gpu.cpu = false;
-  try {
-    return await fn();
-  } finally {
-    gpu.cpu = cpu;
-  }
-}
-
-/** a tensor's raw bits (NaN payloads and -0 kept) */
-async function bits(gpu: Gpu, t: Tensor): Promise<number[]> {
-  return Array.from(new Uint32Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)));
-}
-
 /** half-scores [2H, T, n]: normals, or small integers (many equal candidate sums) */
 function halfScores(rng: Rng, size: number, data: Data): Float64Array {
   return data === 'ties' ? Float64Array.from(rng.ints(size, 4)) : Float64Array.from(rng.normals(size, 3), Math.fround);

@@ -4,30 +4,11 @@ import type { Gpu } from '../../gpu/device.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import * as ref from '../../reference/topk.ts';
-import { testGpu } from '../../testing/gpu.ts';
+import { bits, testGpu, withMapping, type Mapping } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { topkBackward, topkForward } from './topk.ts';
 
 type Data = 'normal' | 'ties';
-/** 'adapter': the adapter's default mapping (a row per thread on a CPU adapter); 'gpu': the workgroup sort forced */
-type Mapping = 'adapter' | 'gpu';
-
-/** runs fn with the mapping chosen (gpu.cpu is restored afterwards) */
-async function withMapping<T>(gpu: Gpu, mapping: Mapping, fn: () => Promise<T>): Promise<T> {
-  const cpu = gpu.cpu;
-  if (mapping === 'gpu') gpu.cpu = false;
-  try {
-    return await fn();
-  } finally {
-    gpu.cpu = cpu;
-  }
-}
-
-/** a tensor's raw bits (NaN payloads and -0 kept) */
-async function bits(gpu: Gpu, t: Tensor): Promise<number[]> {
-  return Array.from(new Uint32Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)));
-}
-
 /** an f32 tensor holding exactly these bits (gpu.write would go through JS numbers) */
 async function tensorOfBits(gpu: Gpu, b: Uint32Array<ArrayBuffer>, shape: number[], label: string): Promise<Tensor> {
   const t = await gpu.tensor(shape, 'f32', label);
