@@ -4,7 +4,7 @@ import { DTYPES, roundTo, type DType } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import * as ref from '../../reference/attention.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
-import { testGpu } from '../../testing/gpu.ts';
+import { testGpu, withMapping, type Mapping } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { attentionBackward, attentionFlops, attentionForward } from './attention.ts';
 
@@ -74,15 +74,8 @@ async function check(c: Case, dtype: DType): Promise<void> {
   for (const x of [...Object.values(t), ...Object.values(pre), ...Object.values(d), ...Object.values(dpre), out, lse]) x.dispose();
 }
 
-async function checkMapping(c: Case, dtype: DType, mapping: 'adapter' | 'gpu'): Promise<void> {
-  const gpu = await testGpu();
-  const cpu = gpu.cpu;
-  if (mapping === 'gpu') gpu.cpu = false;
-  try {
-    await check(c, dtype);
-  } finally {
-    gpu.cpu = cpu;
-  }
+async function checkMapping(c: Case, dtype: DType, mapping: Mapping): Promise<void> {
+  await withMapping(await testGpu(), mapping, () => check(c, dtype));
 }
 
 for (const c of CASES) {

@@ -20,7 +20,7 @@
 // (S = 8 on lavapipe: one AVX2 register), with no workgroup memory and no barrier.
 // thread mapping:
 //   forward, dq: a workgroup per (b, h, block of S*R queries), latest blocks first; lane l owns
-//     the R queries tb + r*S + l (R = 2 for HS <= 64, else 1: rowsPerLane): their q rows (and
+//     the R queries tb + r*S + l (R = 2 for HS <= 32, else 1: rowsPerLane): their q rows (and
 //     dout rows, lse, D) and their out (dq) accumulators live in registers. the visible keys go
 //     by in chunks of S combined keys (prefix keys first, then sequence keys up to the block's
 //     last query when causal): lane l loads key c0+l's k and v rows, and subgroupBroadcast
@@ -35,9 +35,8 @@
 //   vec4 registers (HS is a pipeline constant) except where noted at loadRow; the loops over
 //   keys, queries and heads are uniform per workgroup (the broadcasts need every lane). lanes
 //   past the end (t >= T, c >= P+T) compute on a clamped or zero row and store nothing.
-// speed (lavapipe, 2 cores, tiny model B=8 T=128 NH=4 NKV=2 HS=32, scripts/profile_step.ts,
-// 4 layers): forward 198-222 ms -> 68-80 ms with R = 1 here, dq 264-304 -> 90-107, dk/dv
-// 298-342 -> 113-117; R = 2 takes the forward and dq a further 1.3-1.5 times faster.
+// speed: scripts/profile_step.ts (a training step of the tiny model, per kernel) compares the
+// two mappings on lavapipe; these were several times faster than the tiled ones there.
 // numerics: f32; q is pre-multiplied by scale*log2(e) so that the softmax runs on exp2, as in
 // the GPU kernels. the forward's online softmax rescales once per chunk of S keys; a masked
 // score is -3e38 (exp2 gives exactly 0), a masked p is 0. lse = (m + log2(l)) ln(2); dk = ln(2)
@@ -85,13 +84,12 @@ export interface CpuPlan {
 /**
  * Query rows per lane of the forward and dq kernels: the k and v rows loaded for a chunk of keys
  * serve R rows of each lane, so more rows mean fewer loads per fma, but more registers and
- * longer compiles (LLVM's time grows with the unrolled code). lavapipe, 2 cores, B=8 T=128 NH=4
- * NKV=2 causal, per dispatch (first compile): HS=32 forward R=1 16.7 ms (4.2 s), R=2 11.6 ms
- * (5.8 s), R=4 10.0 ms (10.3 s); dq 20.4 (5.6 s), 13.8 (6.7 s), 11.3 (12.8 s); HS=64 forward
- * 16.8 / 11.9 ms, dq 21.3 / 17.0 ms at R=1 / 2. (the dk/dv kernel gained nothing from 2 or 4
- * keys a lane: it stays at one.)
+ * longer compiles (LLVM's time grows with the unrolled code). on lavapipe at HS=32, R=2 made
+ * both kernels markedly faster than R=1 for a little more compile time, and R=4 added little
+ * for twice the compile time; at HS=64 R=2's smaller gain did not pay its compile time. the
+ * dk/dv kernel gained nothing from 2 or 4 keys a lane.
  */
-const rowsPerLane = (HS: number): number => (HS <= 64 ? 2 : 1);
+const rowsPerLane = (HS: number): number => (HS <= 32 ? 2 : 1);
 
 export function cpuPlan(kernel: CpuKernel, s: AttentionShape, S: number): CpuPlan {
   const prefix = s.P > 0;
@@ -129,7 +127,8 @@ const slots = (HS: number): number[] => range(Math.ceil(HS / 4));
 // the compiler keeps rolled (its bound, p.slots, is a uniform), and so do the prefix rows of a
 // chunk (unrolled, they double the chunk's load code). the sequence rows of a chunk stay
 // unrolled: rolling them saved little (indexing a private array in a loop costs a ladder of
-// selects per access). first compiles at HS=64 with a prefix: 6 to 8 s per kernel (R = 1).
+// selects per access). still, a first compile takes seconds per kernel, more at HS=128 (the GPU
+// mappings' dq and dk/dv kernels take longer).
 
 /** WGSL: row `base` of tensor `name` (times `mul`) into `let ${v}<d>`, a vec4 a slot, by a rolled loop */
 const loadRow = (v: string, name: string, base: string, HS: number, mul = ''): string =>
