@@ -31,7 +31,7 @@ interface Plan {
 }
 
 /** sizes for a 2-core CPU (lavapipe trains the tiny model at a few hundred tokens per second): ~7 minutes of training */
-const CPU_PLAN: Plan = { relations: ['capital'], facts: 80, vocab: 1024, config: 'tiny', steps: 360, batch: 8, seq: 64, lr: 3e-3, warmup: 20, ask: 40 };
+const CPU_PLAN: Plan = { relations: ['capital'], facts: 80, vocab: 1024, config: 'tiny', steps: 520, batch: 8, seq: 64, lr: 3e-3, warmup: 20, ask: 40 };
 const GPU_PLAN: Plan = {
   relations: ['capital', 'continent', 'currency', 'symbol', 'atomic number', 'demonym'],
   facts: 2000,
