@@ -27,6 +27,7 @@ import type { DType } from '../../gpu/dtype.ts';
 import { LimitError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { header, launch, type ParamSpec } from '../kernel.ts';
+import type { MatmulDims } from './matmul.ts'; // types only: matmul.ts imports this file
 
 /** rows of op(a) per workgroup, and columns of op(b) per lane */
 const RM = 16;
@@ -102,22 +103,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }`;
 }
 
-/** Dims as matmul() validated them. */
-export interface CpuMatmulDims {
-  batch: number;
-  M: number;
-  N: number;
-  K: number;
-  sA: number;
-  sB: number;
-}
-
 /** Records the product (see the header); `out` must be f32. */
 export async function matmulCpu(
   gpu: Gpu,
   out: Tensor,
   i: { a: Tensor; b: Tensor; bias?: Tensor },
-  d: CpuMatmulDims,
+  d: MatmulDims,
   o: { transA: boolean; transB: boolean; accumulate: boolean; alpha: number; dtypes: { a: DType; b: DType; bias: DType | null } },
 ): Promise<void> {
   const S = cpuMatmulLanes(gpu);
