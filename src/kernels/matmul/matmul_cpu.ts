@@ -3,11 +3,12 @@
 // + bias, or out += ..., any transposes, a 2-D operand broadcast over the batch.
 //
 // why a separate kernel: lavapipe runs a workgroup's invocations as the SIMD lanes of one CPU
-// thread (S = 8 lanes of f32 with AVX2), and there every load from storage or workgroup memory
-// costs about the same per lane whether the lanes read one address, consecutive ones or
-// strided ones, about ten times a lane's multiply-add; a barrier splits the shader into
-// coroutines. bench/probe_cpu_matmul.ts measures these variants. so the kernel minimises loads
-// per multiply-add and has no workgroup memory and no barrier:
+// thread (S = 8 lanes of f32 with AVX2). there a load from storage or workgroup memory costs
+// about the same per lane whether the lanes read one address, consecutive ones or strided ones,
+// and about ten times a lane's multiply-add; a barrier splits the shader into coroutines.
+// bench/probe_cpu_matmul.ts measures this (bench/results/cpu_probe-llvmpipe-*.json) and the
+// tiled kernel, a barrier-free lane-per-columns kernel and this one on a small model's shapes.
+// so the kernel minimises loads per multiply-add and has no workgroup memory and no barrier:
 //
 // thread mapping: a workgroup is one subgroup of S lanes and computes an RM x (S CN) tile of
 // out. per k, lane l loads RM/S elements of op(a) (rows m0 + l + S i) and CN of op(b)
