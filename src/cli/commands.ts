@@ -9,6 +9,7 @@ import { buildCorpus, writeCorpus } from '../data/corpus.ts';
 import { loadFacts, questions, type Question } from '../data/facts.ts';
 import { Tokenizer, trainTokenizer } from '../data/tokenizer.ts';
 import { generate } from '../infer/generate.ts';
+import { greedyAnswer } from '../eval/facts.ts';
 import { loadModel } from '../model/checkpoint.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
@@ -218,11 +219,7 @@ export async function generateCommand(a: { model: string; prompt: string; maxNew
 
 /** the model's greedy answer to a question: its first line, without a final full stop */
 export async function answer(gpu: Gpu, model: Transformer, tok: Tokenizer, q: Question): Promise<{ text: string; ok: boolean }> {
-  const eot = tok.tokenId(EOT);
-  const nl = tok.encode('\n');
-  const stopIds = [...(eot !== undefined ? [eot] : []), ...(nl.length === 1 ? [nl[0]!] : [])];
-  const out = await generate(gpu, model, Array.from(tok.encode(q.prompt)), { maxNew: 12, temperature: 0, stopIds });
-  const text = tok.decode(out).replace(EOT, '').split('\n')[0]!.trim().replace(/\.$/, '');
+  const text = await greedyAnswer(gpu, model, tok, q.prompt, 12);
   return { text, ok: text.toLowerCase() === q.answer.trim().replace(/\.$/, '').toLowerCase() };
 }
 

@@ -15,6 +15,9 @@ commands:
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
   ask        held-out factual questions against a model: --model runs/tiny --data data --n 10
+  eval facts held-out factual questions from the knowledge bases, greedy answers scored by exact
+             match and token F1, per relation: --checkpoint runs/tiny  --relations capital,currency
+             --n <questions per relation, evenly spaced; default all>  --out <results.json>
   demo       all of it in one go: builds a fact drill, trains a small memory model for a few
              minutes, asks it questions; --gpu for a bigger model on a GPU
              --out demo  --gpu  --steps <n>  --max-minutes 8  --seed 0
@@ -96,6 +99,32 @@ switch (cmd) {
     const { askCommand } = await import('./commands.ts');
     const o = opt({ model: 'runs/tiny', data: 'data', n: '10' });
     await askCommand({ model: o.str('model'), data: o.str('data'), n: o.num('n') });
+    break;
+  }
+  case 'eval': {
+    const [what, ...args] = rest;
+    if (what !== 'facts') {
+      console.error(`engram eval: unknown evaluation '${what ?? ''}' (known: facts)\n\n${HELP}`);
+      process.exit(2);
+    }
+    const { values } = parseArgs({ args, options: { checkpoint: { type: 'string' }, relations: { type: 'string' }, n: { type: 'string' }, out: { type: 'string' } }, strict: true });
+    if (values.checkpoint === undefined) throw new Error('engram eval facts: --checkpoint <dir> is required');
+    let n: number | undefined;
+    if (values.n !== undefined) {
+      n = Number(values.n);
+      if (!Number.isInteger(n) || n <= 0) throw new Error(`--n: expected a positive integer, got '${values.n}'`);
+    }
+    const { openModel } = await import('./commands.ts');
+    const { evalFactsCommand } = await import('../eval/facts.ts');
+    await evalFactsCommand(
+      {
+        checkpoint: values.checkpoint,
+        ...(values.relations !== undefined ? { relations: values.relations.split(',').map((r) => r.trim()).filter((r) => r !== '') } : {}),
+        ...(n !== undefined ? { n } : {}),
+        ...(values.out !== undefined ? { out: values.out } : {}),
+      },
+      openModel,
+    );
     break;
   }
   case 'demo': {
