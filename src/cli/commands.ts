@@ -21,12 +21,13 @@ import { AdamW } from '../train/optimizer.ts';
 const EOT = '<|endoftext|>';
 
 /** `engram data`: corpus text, a tokenizer trained on it, token files and held-out questions */
-export async function dataCommand(o: { out: string; maxMb: number; vocab: number; seed: number }): Promise<void> {
+export async function dataCommand(o: { out: string; maxMb: number; vocab: number; seed: number; practice?: number }): Promise<void> {
   const t0 = performance.now();
-  const corpus = buildCorpus({ maxBytes: Math.round(o.maxMb * 2 ** 20), seed: o.seed });
+  const corpus = buildCorpus({ maxBytes: Math.round(o.maxMb * 2 ** 20), seed: o.seed, practice: o.practice ?? 0 });
   console.log(`corpus: ${(corpus.bytes / 2 ** 20).toFixed(1)} MB, ${corpus.train.length} train / ${corpus.val.length} validation documents (${Object.entries(corpus.counts).map(([k, v]) => `${k} ${v}`).join(', ')})`);
   await writeTokenData(o.out, corpus, o.vocab);
   writeFileSync(join(o.out, 'questions.json'), JSON.stringify(questions(loadFacts()), null, 1));
+  if (corpus.practised.length) writeFileSync(join(o.out, 'practised.json'), JSON.stringify(corpus.practised, null, 1));
   console.log(`data in ${o.out} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 }
 

@@ -8,7 +8,8 @@ const HELP = `usage: engram <command> [options]
 commands:
   info       the WebGPU adapter engram will use: name, features, key limits
   data       build the corpus, train a tokenizer, write token files and held-out questions
-             --out data  --max-mb 4  --vocab 2048  --seed 0
+             --out data  --max-mb 4  --vocab 2048  --seed 0  --practice 0 (share of facts also
+             trained in a practice question form; the held-out question templates never are)
   train      train a model (or resume the run in --out)
              --data data  --out runs/tiny  --config tiny|base|<file.json>  --steps 300  --batch 8
              --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
@@ -57,8 +58,8 @@ switch (cmd) {
     break;
   case 'data': {
     const { dataCommand } = await import('./commands.ts');
-    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0' });
-    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed') });
+    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0', practice: '0' });
+    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed'), practice: o.num('practice') });
     break;
   }
   case 'train': {

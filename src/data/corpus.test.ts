@@ -16,7 +16,7 @@ import {
   splitDocuments,
   writeCorpus,
 } from './corpus.ts';
-import { loadFacts, statements } from './facts.ts';
+import { loadFacts, questions, statements } from './facts.ts';
 
 // GCIDE is not installed on every machine: the tests use a path that does not exist, or a tiny dictionary of their own
 const NO_GCIDE = '/nonexistent/gcide.dict.dz';
@@ -85,6 +85,17 @@ test('buildCorpus: every fact is in train, in 2-3 phrasings in all', () => {
     const n = says.filter((s) => everywhere.has(s)).length;
     assert.ok(n >= 2 && n <= 3, `${JSON.stringify(f)}: ${n} phrasings`);
   }
+});
+
+test('buildCorpus: practice puts a share of the facts in a practice Q/A form into train, never a held-out question', () => {
+  const c = buildCorpus({ include: ['facts'], practice: 0.5, seed: 3 });
+  const asked = questions(loadFacts());
+  assert.ok(Math.abs(c.practised.length / asked.length - 0.5) < 0.05, `${c.practised.length} of ${asked.length} practised`);
+  const train = c.train.join('\n');
+  for (const q of c.practised.slice(0, 50)) assert.ok(train.includes(`${q.prompt}${q.answer}`), q.prompt);
+  const text = [...c.train, ...c.val].join('\n');
+  for (const q of asked) assert.ok(!text.includes(q.prompt), `held-out question in the corpus: ${q.prompt}`);
+  assert.equal(buildCorpus({ include: ['facts'], seed: 3 }).practised.length, 0, 'no practice by default');
 });
 
 test('buildCorpus: deterministic given the seed; another seed, another order and split', () => {
@@ -195,6 +206,7 @@ test('buildCorpus: bad options are clear errors', () => {
     [{ include: ['brown', 'brown'] }, /'brown' is given twice/],
     [{ maxbytes: 5 }, /unknown option 'maxbytes'/],
     [{ gcidePath: '' }, /gcidePath/],
+    [{ practice: 1.5 }, /practice must be a share in \[0, 1\]/],
   ];
   for (const [o, rx] of bad) {
     assert.throws(

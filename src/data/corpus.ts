@@ -11,7 +11,10 @@
 //            and its .index exist: Webster 1913 entries with pronunciations, etymologies, markup and source tags
 //            removed, grouped into ~4 KB documents; skipped otherwise (counts.gcide = 0 and a line in notes)
 //   facts    facts.ts: every fact in 2-3 different phrasings; phrasing round r holds the r-th phrasing of every fact
-//            that has one, shuffled and cut into documents of 20 statements (one per line)
+//            that has one, shuffled and cut into documents of 20 statements (one per line). with `practice` p > 0, a
+//            seeded share p of the askable facts also appears as "Q: <practice question>\nA: <answer>" (facts.ts
+//            practice(): a template that is neither a statement nor the held-out question) in round 0, so a model can
+//            learn the question form; the held-out question templates never appear.
 //
 // Budget (maxBytes): the fact documents come first (round 0 first, so every fact appears once before any appears
 // twice), then the other sources share what is left in proportion to their full sizes, each taking its documents
@@ -30,7 +33,7 @@ import { dirname, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
-import { loadFacts, statements } from './facts.ts';
+import { loadFacts, practice, statements, type Question } from './facts.ts';
 
 /** Put between documents in train.txt / val.txt; the tokenizer's special token, on a line of its own. */
 export const DOC_SEPARATOR = '\n\n<|endoftext|>\n\n';
@@ -53,6 +56,8 @@ export interface CorpusOptions {
   include?: CorpusSource[];
   /** the dictzip file of GCIDE (its .index must sit beside it); default GCIDE_PATH */
   gcidePath?: string;
+  /** share of the askable facts trained in a practice question form too, in [0, 1]; default 0 */
+  practice?: number;
 }
 
 export interface Corpus {
@@ -64,9 +69,11 @@ export interface Corpus {
   bytes: number;
   /** why an included source contributed nothing (e.g. GCIDE not installed) */
   notes: string[];
+  /** the practice questions in train (see `practice`); their facts' held-out questions test recall through a new template */
+  practised: Question[];
 }
 
-const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath']);
+const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice']);
 const WORDNET_LINES_PER_DOC = 50;
 const GCIDE_DOC_BYTES = 4000;
 const FACTS_PER_DOC = 20;
@@ -79,14 +86,15 @@ interface SourceDocs {
 
 /** builds the corpus (seconds: all sources in full take ~2-3 s here, most of it reading WordNet and GCIDE) */
 export function buildCorpus(o: CorpusOptions = {}): Corpus {
-  const { maxBytes, valFraction, seed, include, gcidePath } = checkOptions(o);
+  const { maxBytes, valFraction, seed, include, gcidePath, practice: share } = checkOptions(o);
   const notes: string[] = [];
+  const practised: Question[] = [];
   const sources = new Map<CorpusSource, SourceDocs>();
   for (const s of include) {
     const rng = sourceRng(seed, s);
     if (s === 'wordnet') sources.set(s, { docs: wordnetDocs() });
     else if (s === 'brown') sources.set(s, { docs: brownDocs() });
-    else if (s === 'facts') sources.set(s, factDocs(rng));
+    else if (s === 'facts') sources.set(s, factDocs(rng, share, sourceRng(seed + 3, s), practised));
     else {
       const g = gcideDocs(gcidePath);
       if (typeof g === 'string') notes.push(g);
@@ -106,7 +114,7 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
     docs.forEach((d, i) => (isVal[i] ? val : train).push(d));
   }
   const mix = new Rng(seed ^ 0x5bd1e995);
-  return { train: shuffle(train, mix), val: shuffle(val, mix), counts, bytes, notes };
+  return { train: shuffle(train, mix), val: shuffle(val, mix), counts, bytes, notes, practised };
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */
@@ -155,7 +163,11 @@ function checkOptions(o: CorpusOptions): Required<Omit<CorpusOptions, 'maxBytes'
   }
   const gcidePath = o.gcidePath ?? GCIDE_PATH;
   if (typeof gcidePath !== 'string' || gcidePath === '') throw new EngramError('buildCorpus: gcidePath must be a non-empty path');
-  return { maxBytes, valFraction, seed, include, gcidePath };
+  const practice = o.practice ?? 0;
+  if (typeof practice !== 'number' || !(practice >= 0 && practice <= 1)) {
+    throw new EngramError(`buildCorpus: practice must be a share in [0, 1], got ${String(o.practice)}`);
+  }
+  return { maxBytes, valFraction, seed, include, gcidePath, practice };
 }
 
 // ---- budget and split ----
@@ -405,13 +417,22 @@ function gcideBlock(lines: string[]): string {
 }
 
 /** every fact in 2-3 phrasings; round r = the r-th phrasing of each fact, shuffled, 20 statements per document */
-function factDocs(rng: Rng): SourceDocs {
+/** the fact statements in rounds of phrasings, and (a share of) practice Q/A lines in round 0, which `practised` receives */
+function factDocs(rng: Rng, share: number, pick: Rng, practised: Question[]): SourceDocs {
   const r = () => rng.next();
   const rounds: string[][] = [[], [], []];
-  for (const f of loadFacts()) {
+  const facts = loadFacts();
+  for (const f of facts) {
     const s = statements(f, r);
     const k = Math.min(s.length, 2 + rng.int(2));
     for (let j = 0; j < k; j++) rounds[j]!.push(s[j]!);
+  }
+  if (share > 0) {
+    for (const q of practice(facts)) {
+      if (pick.next() >= share) continue;
+      practised.push(q);
+      rounds[0]!.push(`${q.prompt}${q.answer}`);
+    }
   }
   const docs: string[] = [];
   const valOk: boolean[] = [];

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
-import { FACT_RELATIONS, type Fact, loadFacts, questionText, questions, statements } from './facts.ts';
+import { FACT_RELATIONS, type Fact, loadFacts, practice, questionText, questions, statements } from './facts.ts';
 
 const facts = loadFacts();
 const rngOf = (seed: number) => {
@@ -131,6 +131,22 @@ test('questions: the question template of a relation is none of its statement te
     const q = frame(questionText(f));
     for (const s of frames) assert.notEqual(s, q, r);
     assert.ok(!frames.some((s) => s.startsWith(q.replace(/\?$/, ''))), r);
+  }
+});
+
+test('practice: the same facts and answers as questions(), in a template that is neither a statement nor the held-out question', () => {
+  const qs = questions(facts);
+  const ps = practice(facts);
+  assert.equal(ps.length, qs.length);
+  ps.forEach((p, i) => {
+    assert.deepEqual([p.fact, p.answer], [qs[i]!.fact, qs[i]!.answer]);
+    assert.match(p.prompt, /^Q: .+\nA:$/);
+  });
+  for (const r of FACT_RELATIONS) {
+    const f: Fact = { subject: 'Zzland', relation: r, object: 'Qqq' };
+    const p = frame(practice([f])[0]!.prompt.slice(3, -3));
+    assert.notEqual(p, frame(questionText(f)), `${r}: the practice question is the held-out one`);
+    for (const t of statements(f, rngOf(1))) assert.notEqual(frame(t), p, r);
   }
 });
 

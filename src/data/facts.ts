@@ -61,6 +61,8 @@ interface RelationSpec {
   say: ((s: Names, o: string) => string)[];
   /** the question, without "Q: " and "\nA:"; used by no statement */
   ask: (s: Names) => string;
+  /** a second question, for training the question form (practice()); never the held-out `ask` */
+  practice: (s: Names) => string;
 }
 
 const the = (o: string) => `the ${o}`;
@@ -77,6 +79,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${o} serves as the capital of ${s.n}.`,
     ],
     ask: (s) => `What is the capital of ${s.n}?`,
+    practice: (s) => `Which city is the seat of government of ${s.n}?`,
   },
   continent: {
     kind: 'country',
@@ -86,6 +89,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${s.N} ${s.v('is', 'are')} part of ${o}.`,
     ],
     ask: (s) => `On which continent ${s.v('is', 'are')} ${s.n}?`,
+    practice: (s) => `Name the continent where ${s.n} ${s.v('lies', 'lie')}.`,
   },
   subregion: {
     kind: 'country',
@@ -96,6 +100,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${s.N} ${s.v('is', 'are')} in the part of the world known as ${o}.`,
     ],
     ask: (s) => `What subregion ${s.v('is', 'are')} ${s.n} in?`,
+    practice: (s) => `Name the part of the world ${s.n} ${s.v('belongs', 'belong')} to.`,
   },
   currency: {
     kind: 'country',
@@ -106,6 +111,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `In ${s.n}, people pay with ${o}.`,
     ],
     ask: (s) => `What money is used in ${s.n}?`,
+    practice: (s) => `Which currency do people pay with in ${s.n}?`,
   },
   'official language': {
     kind: 'country',
@@ -115,6 +121,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `In ${s.n}, ${o} has official status.`,
     ],
     ask: (s) => `What language is official in ${s.n}?`,
+    practice: (s) => `Name an official language of ${s.n}.`,
   },
   borders: {
     kind: 'country',
@@ -125,6 +132,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${cap(o)} is a neighbour of ${s.n}.`,
     ],
     ask: (s) => `Which country lies next to ${s.n}?`,
+    practice: (s) => `Name a country that shares a land border with ${s.n}.`,
   },
   demonym: {
     kind: 'country',
@@ -134,6 +142,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `The demonym for ${s.n} is ${o}.`,
     ],
     ask: (s) => `What is a citizen of ${s.n} called?`,
+    practice: (s) => `What do you call someone from ${s.n}?`,
   },
   'calling code': {
     kind: 'country',
@@ -143,6 +152,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${s.P} telephone country code is ${o}.`,
     ],
     ask: (s) => `What dialing prefix is used for calls to ${s.n}?`,
+    practice: (s) => `Which country code do you dial to reach ${s.n}?`,
   },
   'internet domain': {
     kind: 'country',
@@ -152,6 +162,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${s.P} top-level domain is ${o}.`,
     ],
     ask: (s) => `Which web address ending belongs to ${s.n}?`,
+    practice: (s) => `Which top-level domain is assigned to ${s.n}?`,
   },
   'national dish': {
     kind: 'country',
@@ -161,6 +172,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${cap(o)} is considered the national dish of ${s.n}.`,
     ],
     ask: (s) => `What food ${s.v('is', 'are')} ${s.n} best known for?`,
+    practice: (s) => `Name the national dish of ${s.n}.`,
   },
   religion: {
     kind: 'country',
@@ -171,6 +183,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${cap(o)} is the largest religion in ${s.n}.`,
     ],
     ask: (s) => `Which faith do most people in ${s.n} practise?`,
+    practice: (s) => `Name the largest religion in ${s.n}.`,
   },
   'independence year': {
     kind: 'country',
@@ -180,6 +193,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `In ${o}, ${s.n} achieved independence.`,
     ],
     ask: (s) => `In what year did ${s.n} become a sovereign state?`,
+    practice: (s) => `When did ${s.n} gain independence?`,
   },
   symbol: {
     kind: 'element',
@@ -189,6 +203,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${o} is the symbol of the element ${s.n}.`,
     ],
     ask: (s) => `How is ${s.n} abbreviated in chemical formulas?`,
+    practice: (s) => `Give the chemical symbol of ${s.n}.`,
   },
   'atomic number': {
     kind: 'element',
@@ -198,6 +213,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `${s.N} is element number ${o} in the periodic table.`,
     ],
     ask: (s) => `How many protons are in the nucleus of an atom of ${s.n}?`,
+    practice: (s) => `Give the atomic number of ${s.n}.`,
   },
   'element category': {
     kind: 'element',
@@ -208,6 +224,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `Chemists class ${s.n} as ${o}.`,
     ],
     ask: (s) => `What kind of element is ${s.n}?`,
+    practice: (s) => `Which group of elements does ${s.n} belong to?`,
   },
   'discovery year': {
     kind: 'element',
@@ -217,6 +234,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `In ${o}, ${s.n} was discovered.`,
     ],
     ask: (s) => `In which year was ${s.n} first found?`,
+    practice: (s) => `When was ${s.n} discovered?`,
   },
   'standard state': {
     kind: 'element',
@@ -227,6 +245,7 @@ const RELATIONS: Record<string, RelationSpec> = {
       (s, o) => `Under standard conditions ${s.n} exists as ${o}.`,
     ],
     ask: (s) => `Under normal conditions, is ${s.n} a solid, a liquid or a gas?`,
+    practice: (s) => `What is the state of ${s.n} at room temperature?`,
   },
 };
 
@@ -277,6 +296,17 @@ export function statements(f: Fact, rng: () => number): string[] {
     [out[i], out[j]] = [out[j]!, out[i]!];
   }
   return out;
+}
+
+/**
+ * practice questions: the question form a model may be trained on, "Q: <practice question>\nA: <answer>", one
+ * per askable fact (as questions() chooses them), in a template that is neither a statement nor the held-out one
+ */
+export function practice(facts: Fact[]): Question[] {
+  return questions(facts).map((q) => {
+    const r = spec(q.fact.relation);
+    return { ...q, prompt: `Q: ${r.practice(names(q.fact, r))}\nA:` };
+  });
 }
 
 /** The question stem (no "Q: ", no answer) that questions() asks about a fact. */
