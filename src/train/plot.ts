@@ -109,3 +109,65 @@ export async function writeLossCurve(path: string, points: readonly CurvePoint[]
   await writeFile(`${path}.tmp`, png);
   await rename(`${path}.tmp`, path);
 }
+
+export interface ScatterPoint {
+  x: number;
+  y: number;
+  label: string;
+}
+
+export interface ScatterOptions {
+  title?: string;
+  xTitle?: string;
+  yTitle?: string;
+  /** the y axis' range (default: from 0 to the data's maximum) and its d3 number format (e.g. '.0%') */
+  yDomain?: [number, number];
+  yFormat?: string;
+  width?: number;
+  height?: number;
+}
+
+/** label offsets in pixels from their points, taken in turn in order of x: above, below, further above */
+const LABEL_DY = [-9, 14, -23] as const;
+
+/** labelled points as a PNG, width x height pixels: x on a log scale (e.g. training FLOPs; SI
+ *  tick labels), y linear from 0; labels take turns above and below their points (neighbours
+ *  on a log axis crowd); points whose x is not positive and finite, or whose y is not finite, are
+ *  dropped */
+export async function scatterPng(points: readonly ScatterPoint[], opts: ScatterOptions = {}): Promise<Uint8Array> {
+  const kept = points.filter((p) => Number.isFinite(p.x) && p.x > 0 && Number.isFinite(p.y));
+  const values = [...kept].sort((a, b) => a.x - b.x).map((p, i) => ({ x: p.x, y: p.y, label: p.label, level: i % LABEL_DY.length }));
+  if (values.length === 0) throw new EngramError(`scatter: none of the ${points.length} points has a positive finite x and a finite y; nothing to draw`);
+  const x = { field: 'x', type: 'quantitative', title: opts.xTitle ?? 'x', scale: { type: 'log' }, axis: { format: '~s' } } as const;
+  const y = {
+    field: 'y',
+    type: 'quantitative',
+    title: opts.yTitle ?? 'y',
+    scale: opts.yDomain ? { domain: opts.yDomain } : { zero: true },
+    ...(opts.yFormat ? { axis: { format: opts.yFormat } } : {}),
+  } as const;
+  const text = { field: 'label', type: 'nominal' } as const;
+  const spec: TopLevelSpec = {
+    width: checkSize('width', opts.width ?? 800),
+    height: checkSize('height', opts.height ?? 450),
+    autosize: { type: 'fit', contains: 'padding' },
+    padding: 8,
+    background: 'white',
+    config: { font: 'Helvetica Neue, Helvetica, Arial, DejaVu Sans, Liberation Sans, sans-serif' },
+    title: opts.title ?? '',
+    data: { values },
+    layer: [
+      { mark: { type: 'point', filled: true, size: 60, color: SERIES[0].color }, encoding: { x, y } },
+      ...LABEL_DY.map((dy, level) => ({ transform: [{ filter: `datum.level == ${level}` }], mark: { type: 'text' as const, align: 'left' as const, dx: 6, dy, fontSize: 12 }, encoding: { x, y, text } })),
+    ],
+  };
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  let svg: string;
+  try {
+    svg = await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+  const png = new Resvg(svg, { fitTo: { mode: 'original' } }).render().asPng();
+  return new Uint8Array(png.buffer, png.byteOffset, png.byteLength);
+}
