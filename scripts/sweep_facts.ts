@@ -3,6 +3,8 @@
 //
 //   node --import tsx scripts/sweep_facts.ts --dir <sweep folder> [--minutes 9] [--quick]
 //       first call only: [--tokens 20e6] [--corpus-mb 8] [--vocab 8192] [--per-relation 10]
+//   node --import tsx scripts/sweep_facts.ts --plot bench/results/facts-<device>-<date>.json
+//       redraws a result file's plot (on a machine with fonts)
 //
 // data: the CLI's corpus (WordNet, Brown, GCIDE when installed, fact statements) with half of the
 // askable facts also in a practice question form (buildCorpus `practice`, plan.practice), so the
@@ -301,6 +303,11 @@ function parse(argv: string[]): Args {
 const lastValLoss = (h: readonly { valLoss?: number }[]): number => [...h].reverse().find((p) => p.valLoss !== undefined)?.valLoss ?? NaN;
 
 async function main(): Promise<void> {
+  const plotAt = process.argv.indexOf('--plot');
+  if (plotAt > 0 && process.argv[plotAt + 1]) {
+    console.log(`plot: ${await plotResults(process.argv[plotAt + 1]!)}`);
+    return;
+  }
   const a = parse(process.argv.slice(2));
   const started = performance.now();
   const deadline = started + a.minutes * 60_000;
@@ -455,16 +462,32 @@ async function writeResultFiles(device: string, plan: Plan, records: Partial<Rec
   if (inProgress) notes['in_progress'] = inProgress;
   if (plan.quick) notes['quick'] = '--quick: tiny models, corpus and step count on whatever adapter (a smoke run): not the sweep\'s metrics';
   const path = writeResults('facts', device, metricsOf(records), notes, command);
-  const points = done.map((n) => ({ x: records[n]!.trainTokens * records[n]!.flopsPerToken, y: records[n]!.em, label: n }));
+  const pngPath = await plotResults(path);
+  console.log(`results in ${path} and ${pngPath}`);
+}
+
+/**
+ * the plot of a result file (exact match against training FLOPs), written beside it as .png.
+ * `--plot <result.json>` redraws it on another machine: resvg draws text with the system's fonts,
+ * and a GPU host without fonts gets a plot without labels.
+ */
+async function plotResults(resultPath: string): Promise<string> {
+  const m = (JSON.parse(readFileSync(resultPath, 'utf8')) as { results: Record<string, number> }).results;
+  const points = RUNS.filter((n) => m[`qa_em_${n}`] !== undefined).map((n) => ({
+    x: m[`train_tokens_${n}`]! * m[`flops_per_token_${n}`]!,
+    y: m[`qa_em_${n}`]!,
+    label: n,
+  }));
   const png = await scatterPng(points, {
-    title: `held-out facts: exact match against training FLOPs (${plan.tokens} tokens per run)`, xTitle: 'training FLOPs (tokens x FLOPs per token)',
+    title: `held-out facts: exact match against training FLOPs (${m[`train_tokens_${RUNS[0]}`]} tokens per run)`,
+    xTitle: 'training FLOPs (tokens x FLOPs per token)',
     yTitle: 'exact match',
     yDomain: [0, Math.min(1, Math.max(0.05, 1.2 * Math.max(...points.map((p) => p.y))))],
     yFormat: '.1~%',
   });
-  const pngPath = path.replace(/\.json$/, '.png');
+  const pngPath = resultPath.replace(/\.json$/, '.png');
   writeFileSync(pngPath, png);
-  console.log(`results in ${path} and ${pngPath}`);
+  return pngPath;
 }
 
 // run only as a script (the test imports the pure parts)
