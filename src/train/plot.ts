@@ -55,6 +55,21 @@ function checkSize(name: string, v: number): number {
   return v;
 }
 
+/** the chart's size, padding, background and font (shared by every chart here) */
+function frame(opts: { width?: number; height?: number }) {
+  return {
+    width: checkSize('width', opts.width ?? 800),
+    height: checkSize('height', opts.height ?? 450),
+    autosize: { type: 'fit', contains: 'padding' },
+    padding: 8,
+    background: 'white',
+    // vega's default 'sans-serif' resolves in resvg to Arial or else the first system font (a
+    // serif one on many Linux machines): name the usual sans-serif fonts first. a machine with
+    // no fonts at all gets a chart without text (resvg draws none)
+    config: { font: 'Helvetica Neue, Helvetica, Arial, DejaVu Sans, Liberation Sans, sans-serif' },
+  } as const;
+}
+
 /** the chart as SVG text, exactly width x height */
 export async function lossCurveSvg(points: readonly CurvePoint[], opts: CurveOptions = {}): Promise<string> {
   const values = rows(points);
@@ -71,14 +86,7 @@ export async function lossCurveSvg(points: readonly CurvePoint[], opts: CurveOpt
   const x = { field: 'step', type: 'quantitative', title: 'step', scale: { nice: false } } as const;
   const y = { field: 'loss', type: 'quantitative', title: 'loss', scale: { zero: false } } as const;
   const spec: TopLevelSpec = {
-    width: checkSize('width', opts.width ?? 800),
-    height: checkSize('height', opts.height ?? 450),
-    autosize: { type: 'fit', contains: 'padding' },
-    padding: 8,
-    background: 'white',
-    // vega's default 'sans-serif' resolves in resvg to Arial or else the first system font (a
-    // serif one on many Linux machines): name the usual sans-serif fonts first
-    config: { font: 'Helvetica Neue, Helvetica, Arial, DejaVu Sans, Liberation Sans, sans-serif' },
+    ...frame(opts),
     title: opts.title ?? 'loss',
     data: { values },
     layer: [
@@ -148,12 +156,7 @@ export async function scatterPng(points: readonly ScatterPoint[], opts: ScatterO
   } as const;
   const text = { field: 'label', type: 'nominal' } as const;
   const spec: TopLevelSpec = {
-    width: checkSize('width', opts.width ?? 800),
-    height: checkSize('height', opts.height ?? 450),
-    autosize: { type: 'fit', contains: 'padding' },
-    padding: 8,
-    background: 'white',
-    config: { font: 'Helvetica Neue, Helvetica, Arial, DejaVu Sans, Liberation Sans, sans-serif' },
+    ...frame(opts),
     title: opts.title ?? '',
     data: { values },
     layer: [
