@@ -43,9 +43,8 @@
 // parameters, gradients and AdamW's two moments 16 B per parameter (1.6 GB dense; the bf16 table
 // 18 B per value with its f32 master: 0.9 GB more); saved activations per block and token ~11.3 K
 // floats (h, n1, q, att, h1, n2 of d; k, v of kvdim; gate, up, swiglu of F): 45 KB, x 12 blocks
-// x 8192 tokens = 4.4 GB; logits and their gradient N x V f32, 1.05 GB each. one dense step at
-// B = 1 (on lavapipe) peaked at 2.47 GB, 1.60 GB of it parameters and optimizer state: ~8.6 GB
-// at B = 8, ~9.5 GB with the memory layers, far from 80 GB. B = 8 also keeps the logits tensor
+// x 8192 tokens = 4.4 GB; logits and their gradient N x V f32, 1.05 GB each: an estimate of
+// ~8-10 GB, far from 80 GB (peak_gpu_bytes_<m> measures it). B = 8 also keeps the logits tensor
 // (N V 4 bytes) well under WebGPU's 2 GiB storage binding limit (B = 16 would need 2.1e9 bytes,
 // whose scratch size class does not fit in one binding). PyTorch (bf16 autocast) needs less.
 // `--quick` runs tiny models (a smoke run on a CPU adapter; torch on the CPU without CUDA): its

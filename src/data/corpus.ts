@@ -114,7 +114,7 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
     docs.forEach((d, i) => (isVal[i] ? val : train).push(d));
   }
   const mix = new Rng(seed ^ 0x5bd1e995);
-  return { train: shuffle(train, mix), val: shuffle(val, mix), counts, bytes, notes, practised };
+  return { train: mix.shuffle(train), val: mix.shuffle(val), counts, bytes, notes, practised };
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */
@@ -176,13 +176,6 @@ function sourceRng(seed: number, s: CorpusSource): Rng {
   return new Rng((seed * 0x9e3779b1 + (CORPUS_SOURCES.indexOf(s) + 1) * 0x85ebca6b) >>> 0);
 }
 
-function shuffle<T>(a: T[], rng: Rng): T[] {
-  for (let i = a.length - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
 
 /** applies maxBytes: facts first (in round order), the rest shared in proportion to the sources' sizes */
 function pick(sources: Map<CorpusSource, SourceDocs>, maxBytes: number, seed: number): Map<CorpusSource, SourceDocs> {
@@ -201,7 +194,7 @@ function pick(sources: Map<CorpusSource, SourceDocs>, maxBytes: number, seed: nu
   const total = sizes.reduce((a, b) => a + b, 0);
   rest.forEach(([s, { docs }], i) => {
     if (left >= total) return out.set(s, { docs: docs.slice() });
-    const order = shuffle(docs.slice(), sourceRng(seed + 2, s));
+    const order = sourceRng(seed + 2, s).shuffle(docs.slice());
     const share = total > 0 ? (left * sizes[i]!) / total : 0;
     return out.set(s, { docs: order.slice(0, takeWhileUnder(order, share)) });
   });
@@ -221,7 +214,7 @@ function chooseVal(n: number, valOk: boolean[] | undefined, valFraction: number,
   const isVal = new Array<boolean>(n).fill(false);
   let want = Math.round(n * valFraction);
   if (valFraction > 0 && n >= 2) want = Math.max(want, 1);
-  const candidates = shuffle([...Array(n).keys()].filter((i) => valOk?.[i] ?? true), rng);
+  const candidates = rng.shuffle([...Array(n).keys()].filter((i) => valOk?.[i] ?? true));
   for (const i of candidates.slice(0, Math.min(want, n - 1))) isVal[i] = true;
   return isVal;
 }
@@ -437,7 +430,7 @@ function factDocs(rng: Rng, share: number, pick: Rng, practised: Question[]): So
   const docs: string[] = [];
   const valOk: boolean[] = [];
   rounds.forEach((lines, j) => {
-    const d = group(shuffle(lines, rng), FACTS_PER_DOC);
+    const d = group(rng.shuffle(lines), FACTS_PER_DOC);
     docs.push(...d);
     valOk.push(...d.map(() => j > 0));
   });

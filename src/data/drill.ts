@@ -47,7 +47,7 @@ export function buildDrill(o: DrillOptions = {}): Drill {
   const rng = new Rng(seed);
   const uniform = () => rng.next();
   const all = loadFacts().filter((f) => relations.includes(f.relation));
-  shuffle(all, rng);
+  rng.shuffle(all);
   const facts = all.slice(0, o.limit ?? all.length);
   // questions() keeps the facts with one object per (subject, relation): the askable ones
   const qs = questions(facts);
@@ -57,7 +57,7 @@ export function buildDrill(o: DrillOptions = {}): Drill {
   const lines: string[] = [];
   for (const f of facts) lines.push(...statements(f, uniform));
   for (const q of taught) lines.push(`${q.prompt}${q.answer}`);
-  shuffle(lines, rng);
+  rng.shuffle(lines);
   const val = heldOut.map((q) => `${q.prompt}${q.answer}`);
   return { docs: group(lines), val: group(val), taught, heldOut };
 }
@@ -68,9 +68,3 @@ function group(lines: string[]): string[] {
   return docs;
 }
 
-function shuffle<T>(a: T[], rng: Rng): void {
-  for (let i = a.length - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-}

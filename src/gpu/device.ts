@@ -65,6 +65,11 @@ export class Gpu {
    * mappings on a CPU adapter (pipeline names differ, so the cache stays right).
    */
   cpu: boolean;
+  /**
+   * the adapter's subgroup size when it is fixed (subgroupMinSize = subgroupMaxSize; an adapter
+   * that does not say is taken as 32 wide), else null
+   */
+  readonly subgroupSize: number | null;
   private readonly pending: EngramError[] = [];
   private lost: GPUDeviceLostInfo | null = null;
   private destroyed = false;
@@ -95,6 +100,9 @@ export class Gpu {
     liveGpus++;
     this.adapterName = describeAdapter(adapter);
     this.cpu = isCpuAdapter(adapter);
+    const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+    const max = info.subgroupMaxSize ?? 32;
+    this.subgroupSize = (info.subgroupMinSize ?? max) === max && max > 0 ? max : null;
     const limits: Record<string, number> = {};
     for (const k in device.limits) limits[k] = (device.limits as unknown as Record<string, number>)[k]!;
     this.limits = limits;

@@ -154,6 +154,21 @@ export async function launch(gpu: Gpu, l: Launch): Promise<void> {
   gpu.dispatch(pipe, l.storage, params, l.workgroups);
 }
 
+/**
+ * The SIMD lanes S of barrier-free kernels written for CPU adapters (a workgroup = one subgroup
+ * of S lanes, sharing values through subgroup broadcasts): the subgroups feature with a fixed
+ * size of 4, 8 or 16, else null.
+ */
+export function simdLanes(gpu: Gpu): number | null {
+  const S = gpu.subgroupSize;
+  return gpu.features.subgroups && S !== null && [4, 8, 16].includes(S) ? S : null;
+}
+
+/** simdLanes() when gpu.cpu is set (kernels take their CPU mappings then), else null. */
+export function cpuLanes(gpu: Gpu): number | null {
+  return gpu.cpu ? simdLanes(gpu) : null;
+}
+
 /** Splits a large 1-D workgroup count into an (x, y) grid within the per-dimension limit. */
 export function grid1d(gpu: Gpu, groups: number): [number, number] {
   const max = gpu.device.limits.maxComputeWorkgroupsPerDimension;

@@ -31,7 +31,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { cpuLanes, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 import {
   C4,
   DKV_PARAMS,
@@ -66,7 +66,7 @@ import {
   type AttentionOptions,
   type Tile,
 } from './attention_common.ts';
-import { cpuLanes, cpuPlan } from './attention_cpu.ts';
+import { cpuPlan } from './attention_cpu.ts';
 
 const F32_RW = (name: string) => ({ name, type: 'f32', access: 'read_write' }) as const;
 

@@ -42,12 +42,10 @@
 // score is -3e38 (exp2 gives exactly 0), a masked p is 0. lse = (m + log2(l)) ln(2); dk = ln(2)
 // sum ds q' with q' the pre-multiplied q. results differ from the GPU mapping's only in the
 // order of the sums.
-// requires the subgroups feature with a fixed subgroup size of 4, 8 or 16 (cpuMatmulLanes); a
+// requires the subgroups feature with a fixed subgroup size of 4, 8 or 16 (cpuLanes() in kernel.ts); a
 // CPU adapter without them runs the GPU mappings.
 
-import type { Gpu } from '../../gpu/device.ts';
 import { header, type ParamSpec } from '../kernel.ts';
-import { cpuMatmulLanes } from '../matmul/matmul_cpu.ts';
 import {
   DKV_PARAMS,
   DQ_PARAMS,
@@ -63,11 +61,6 @@ import {
   rowStore,
   type AttentionShape,
 } from './attention_common.ts';
-
-/** The lanes S of the CPU mappings when gpu.cpu is set and the adapter has fixed-size subgroups; null: use the GPU mappings. */
-export function cpuLanes(gpu: Gpu): number | null {
-  return gpu.cpu ? cpuMatmulLanes(gpu) : null;
-}
 
 export type CpuKernel = 'forward' | 'dq' | 'dkdv';
 

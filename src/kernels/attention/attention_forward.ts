@@ -25,7 +25,7 @@
 import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, header, launch } from '../kernel.ts';
+import { cpuLanes, expectDtype, expectShape, header, launch } from '../kernel.ts';
 import {
   C4,
   FWD_PARAMS,
@@ -51,7 +51,7 @@ import {
   type AttentionOptions,
   type Tile,
 } from './attention_common.ts';
-import { cpuLanes, cpuPlan } from './attention_cpu.ts';
+import { cpuPlan } from './attention_cpu.ts';
 
 /** forward tiles (BR queries, BC keys), best first; workgroup memory BR*HS + BC*HS + BC*BR floats */
 const FWD_TILES: readonly Tile[] = [

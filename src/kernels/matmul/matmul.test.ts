@@ -7,7 +7,7 @@ import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { MATMUL_CONFIGS, chooseConfig, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig, type MatmulPath } from './matmul.ts';
-import { cpuMatmulLanes } from './matmul_cpu.ts';
+import { cpuLanes, simdLanes } from '../kernel.ts';
 
 interface Case {
   M: number;
@@ -138,7 +138,7 @@ for (const [transA, transB] of trans) {
 // tiles, a broadcast operand, bias with accumulate, 16-bit inputs
 test('matmul cpu path: tile edges, batches, bias, accumulate, 16-bit inputs', async (t) => {
   const gpu = await testGpu();
-  if (cpuMatmulLanes(gpu) === null) {
+  if (simdLanes(gpu) === null) {
     t.diagnostic(`adapter '${gpu.adapterName}' has no fixed subgroup size of 4, 8 or 16: the cpu path does not apply`);
     return;
   }
@@ -291,7 +291,7 @@ test('matmul routes f16 products to tensor cores where the adapter has subgroup 
   const d = { batch: 1, M: 256, N: 256, K: 256, sA: 0, sB: 0 };
   const tc = gpu.features.subgroupMatrix.length > 0;
   // a CPU adapter with fixed-size subgroups takes every f32-output product (matmul_cpu.ts)
-  const f32Path = gpu.cpu && cpuMatmulLanes(gpu) !== null ? 'cpu' : 'tiled';
+  const f32Path = cpuLanes(gpu) !== null ? 'cpu' : 'tiled';
   assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f32' }, {}), tc ? 'subgroup' : f32Path);
   assert.equal(choosePath(gpu, d, { a: 'f32', b: 'f32', out: 'f32' }, {}), f32Path);
   assert.equal(choosePath(gpu, d, { a: 'f16', b: 'f16', out: 'f16' }, { alpha: 2 }), 'tiled');

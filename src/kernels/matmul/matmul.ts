@@ -53,9 +53,9 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { cpuLanes, expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
 import { addColumnSums } from '../reduce/reduce.ts';
-import { cpuMatmulLanes, matmulCpu } from './matmul_cpu.ts';
+import { matmulCpu } from './matmul_cpu.ts';
 import { matmulSubgroup, subgroupMatmulSupported } from './matmul_subgroup.ts';
 import { transpose } from '../transpose/transpose.ts';
 
@@ -497,7 +497,7 @@ export interface MatmulDims {
 export function choosePath(gpu: Gpu, d: MatmulDims, dtypes: { a: DType; b: DType; out: DType }, opts: MatmulOptions): MatmulPath {
   if (opts.path) return opts.path;
   if (opts.config) return 'tiled';
-  if (gpu.cpu && dtypes.out === 'f32' && cpuMatmulLanes(gpu) !== null) return 'cpu';
+  if (dtypes.out === 'f32' && cpuLanes(gpu) !== null) return 'cpu';
   if ((opts.alpha ?? 1) !== 1) return 'tiled';
   if (d.batch > 1 && d.sA === 0) return 'tiled'; // the subgroup kernel broadcasts b only
   const q = { M: d.M, N: d.N, K: d.K, dtypes, transA: opts.transA ?? false, transB: opts.transB ?? false, batch: d.batch };

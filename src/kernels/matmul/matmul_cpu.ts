@@ -21,27 +21,18 @@
 // numerics: f32 accumulation in k order (bitwise reproducible); a, b, bias in f32/f16/bf16;
 // out f32 (16-bit outputs take the tiled path).
 //
-// requires the subgroups feature and a fixed subgroup size of 4, 8 or 16 (cpuMatmulLanes()).
+// requires the subgroups feature and a fixed subgroup size of 4, 8 or 16 (simdLanes() in kernel.ts).
 
 import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { LimitError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { header, launch, type ParamSpec } from '../kernel.ts';
+import { header, launch, simdLanes, type ParamSpec } from '../kernel.ts';
 import type { MatmulDims } from './matmul.ts'; // types only: matmul.ts imports this file
 
 /** rows of op(a) per workgroup, and columns of op(b) per lane */
 const RM = 16;
 const CN = 8;
-
-/** The adapter's fixed subgroup size when this path can use it (subgroups, 4/8/16 lanes), else null. */
-export function cpuMatmulLanes(gpu: Gpu): number | null {
-  if (!gpu.features.subgroups) return null;
-  const info = gpu.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
-  const min = info.subgroupMinSize;
-  const max = info.subgroupMaxSize;
-  return min !== undefined && min === max && [4, 8, 16].includes(max) ? max : null;
-}
 
 interface CpuSpec {
   S: number;
@@ -112,7 +103,7 @@ export async function matmulCpu(
   d: MatmulDims,
   o: { transA: boolean; transB: boolean; accumulate: boolean; alpha: number; dtypes: { a: DType; b: DType; bias: DType | null } },
 ): Promise<void> {
-  const S = cpuMatmulLanes(gpu);
+  const S = simdLanes(gpu);
   if (S === null) throw new LimitError(`matmul: the cpu path needs subgroups of a fixed size 4, 8 or 16 (adapter '${gpu.adapterName}')`);
   if (out.dtype !== 'f32') throw new LimitError(`matmul: the cpu path writes f32 only, out is ${out}`);
   const spec: CpuSpec = { S, transA: o.transA, transB: o.transB, a: o.dtypes.a, b: o.dtypes.b, bias: o.dtypes.bias, accumulate: o.accumulate };

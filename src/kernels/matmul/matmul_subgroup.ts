@@ -133,13 +133,6 @@ export function subgroupMatrixShape(gpu: Gpu): SubgroupMatrixConfig | null {
   return ok.find((c) => c.M === 16 && c.N === 16 && c.K === 16) ?? ok[0] ?? null;
 }
 
-/** Lanes per subgroup: the adapter's fixed subgroup size, or null if it varies or is unknown. */
-function subgroupSize(gpu: Gpu): number | null {
-  const info = gpu.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
-  const max = info.subgroupMaxSize ?? 32;
-  const min = info.subgroupMinSize ?? max;
-  return min === max && max > 0 ? max : null;
-}
 
 /** f16 elements of one stage of the staged a and b tiles (rows x (cols + pad), stored layout) */
 const stageHalves = (t: SubgroupTile, ta: boolean, tb: boolean): [number, number] => [
@@ -199,7 +192,7 @@ export function subgroupMatmulUnsupported(gpu: Gpu, q: SubgroupMatmulQuery): str
   if (!sm) return `adapter '${gpu.adapterName}' has '${FEATURE}' but no f16 x f16 -> f32 configuration`;
   if (!gpu.features.f16) return `adapter '${gpu.adapterName}' lacks the 'shader-f16' feature`;
   if (!gpu.features.subgroups) return `adapter '${gpu.adapterName}' lacks the 'subgroups' feature`;
-  const sg = subgroupSize(gpu);
+  const sg = gpu.subgroupSize;
   if (sg === null) return `adapter '${gpu.adapterName}' has a varying subgroup size`;
   const { M, N, K, dtypes, transA = false, transB = false } = q;
   if (dtypes.a !== 'f16' || dtypes.b !== 'f16') return `inputs must be f16 (got a ${dtypes.a}, b ${dtypes.b})`;
@@ -608,7 +601,7 @@ export async function matmulSubgroup(
   const maxWg = gpu.device.limits.maxComputeWorkgroupsPerDimension;
   if (batch > maxWg) throw new ShapeError(`${OP}: batch ${batch} exceeds ${maxWg} workgroups in z; fold it into M`);
   const sm = subgroupMatrixShape(gpu)!;
-  const sg = subgroupSize(gpu)!;
+  const sg = gpu.subgroupSize!;
   const alignedMN = M % tile.BM === 0 && N % tile.BN === 0;
   const edge = !alignedMN || K % tile.BK !== 0;
   const epilogue = tile.epilogue ?? 'scratch';
