@@ -2,7 +2,7 @@
 // bench/results/<suite>-<device-slug>-<YYYYMMDD>.json as README's "Benchmarks" section describes.
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Gpu } from '../src/gpu/device.ts';
@@ -135,7 +135,10 @@ export function writeResults(
   const dir = process.env['ENGRAM_BENCH_DIR'] ?? join(BENCH_DIR, 'results');
   mkdirSync(dir, { recursive: true });
   const path = join(dir, `${suite}-${deviceSlug(device)}-${ymd}.json`);
-  writeFileSync(path, JSON.stringify(file, null, 2) + '\n');
+  // through a temporary file and a rename: processes writing one suite's file at once (one per
+  // GPU) never leave it half-written
+  writeFileSync(`${path}.${process.pid}.tmp`, JSON.stringify(file, null, 2) + '\n');
+  renameSync(`${path}.${process.pid}.tmp`, path);
   return path;
 }
 

@@ -1,36 +1,41 @@
 // issue 5, "does memory beat compute?": five models trained on the same data, tokenizer, batches
 // and schedule for the same number of tokens, then asked held-out factual questions.
 //
-//   node --import tsx scripts/sweep_facts.ts --dir <sweep folder> [--minutes 9] [--quick]
-//       first call only: [--tokens 20e6] [--corpus-mb 8] [--vocab 8192] [--per-relation 10]
+//   node --import tsx scripts/sweep_facts.ts --dir <sweep folder> [--minutes 9] [--runs dense,memory] [--quick]
+//       first call only: [--tokens 20e6] [--corpus-mb 8] [--fact-repeats 1] [--batch 16] [--vocab 8192]
+//       [--per-relation 10]
 //   node --import tsx scripts/sweep_facts.ts --plot bench/results/facts-<device>-<date>.json
 //       redraws a result file's plot (on a machine with fonts)
 //
 // data: the CLI's corpus (WordNet, Brown, GCIDE when installed, fact statements) with half of the
 // askable facts also in a practice question form (buildCorpus `practice`, plan.practice), so the
 // models can learn to answer questions; the questions asked are the held-out templates, which
-// appear nowhere in training.
+// appear nowhere in training. --fact-repeats n puts the training split's fact lines in n times
+// (buildCorpus `factRepeats`): facts are seen n times as often as the rest of the text.
 //
 // runs, in order: dense (dim 512, 8 blocks); memory (dense with the middle block's FFN a plain
 // memory layer: no Ws/Wo gating, out = the read); memory_plus (3 Memory+ layers centred at stride
 // L/3); dense_2x and dense_4x (dense, width and depth grown to get close to 2x and 4x dense's
 // training FLOPs per token). memory tables 256^2 values (bf16). --quick: dim 32, 2 blocks, a tiny
-// table, a 0.3 MB corpus and a few steps (a smoke run on lavapipe; memory_plus gets 2 layers,
-// one per block, as 2 blocks cannot hold 3).
+// table, a 2 MB corpus (the fact statements alone take ~1.3 MB) and a few steps (a smoke run on
+// lavapipe; memory_plus gets 2 layers, one per block, as 2 blocks cannot hold 3).
 //
 // the folder: data/ (corpus, tokenizer, token files: built by the first call with the CLI's
 // pipeline), plan.json (the configs, token budget, batch, sequence, lr schedule, questions per
 // relation: written by the first call, read by every later one), runs/<run>/ (training
-// checkpoints), progress.json (per run: the step of its last checkpoint and the training wall
-// seconds up to it), records.json (the finished runs' measurements).
-// a call works through the runs in order: it resumes (or starts) the first unfinished one and
+// checkpoints; progress.json: the step of its last checkpoint and the training wall seconds up to
+// it; record.json: the finished run's measurements). a run's files are its own, so calls with
+// disjoint --runs may work at once, e.g. one process per GPU (scripts/on_gpu.sh); a call with
+// --minutes 0 only prepares the folder.
+// a call works through its runs in order: it resumes (or starts) the first unfinished one and
 // trains until its token budget is reached or the call's minutes are spent (then it saves and
 // exits, saying what is left); a run that reaches its budget is evaluated (validation loss from
 // its last validation, exact match and token F1 on a fixed, evenly spaced subset of the held-out
-// questions) unless too little time is left, in which case the next call evaluates it; then the
-// next run. after every finished run the result file bench/results/facts-<device>-<date>.json
-// (ENGRAM_BENCH_DIR overrides the folder) and its plot (.png beside it: exact match against
-// training FLOPs) are rewritten from all the records.
+// questions, and for memory runs the share of memory slots read on one validation batch) unless
+// too little time is left, in which case the next call evaluates it; then the next run. after
+// every finished run the result file bench/results/facts-<device>-<date>.json (ENGRAM_BENCH_DIR
+// overrides the folder) and its plot (.png beside it: exact match against training FLOPs) are
+// rewritten from all the records in the folder.
 
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,6 +64,8 @@ export interface Plan {
   corpusMb: number;
   /** share of the facts also trained in a practice question form (buildCorpus `practice`) */
   practice: number;
+  /** times the training split's fact lines appear (buildCorpus `factRepeats`) */
+  factRepeats: number;
   vocab: number;
   /** training tokens of every run: steps x batch x seq (the requested budget rounded up to whole steps) */
   tokens: number;
@@ -89,6 +96,8 @@ export interface RunRecord {
   questions: number;
   byRelation: Record<string, FactsScore>;
   evalSeconds: number;
+  /** memory runs: share of the memory slots read at least once on one validation batch, mean over the memory layers */
+  memoryUsage?: number;
   date: string;
 }
 
@@ -156,6 +165,8 @@ export interface PlanOptions {
   tokens?: number;
   corpusMb?: number;
   practice?: number;
+  factRepeats?: number;
+  batch?: number;
   perRelation?: number;
   seed?: number;
 }
@@ -163,7 +174,7 @@ export interface PlanOptions {
 /** the sweep's plan for a tokenizer of `o.vocab` ids (the token budget rounded up to whole steps) */
 export function makePlan(o: PlanOptions): Plan {
   const q = o.quick;
-  const batch = q ? 4 : 16;
+  const batch = o.batch ?? (q ? 4 : 16);
   const seq = q ? 64 : 256;
   const tokens = o.tokens ?? (q ? 40 * 4 * 64 : 20e6);
   const steps = Math.max(1, Math.ceil(tokens / (batch * seq)));
@@ -171,8 +182,9 @@ export function makePlan(o: PlanOptions): Plan {
   return {
     quick: q,
     seed: o.seed ?? 0,
-    corpusMb: o.corpusMb ?? (q ? 0.3 : 8),
+    corpusMb: o.corpusMb ?? (q ? 2 : 8),
     practice: o.practice ?? 0.5,
+    factRepeats: o.factRepeats ?? 1,
     vocab: o.vocab,
     tokens: steps * batch * seq,
     batch,
@@ -204,6 +216,7 @@ export function metricsOf(records: Partial<Record<RunName, RunRecord>>): Record<
       [`val_loss_${name}`]: r.valLoss,
       [`train_tokens_${name}`]: r.trainTokens,
       [`train_seconds_${name}`]: r.trainSeconds,
+      ...(r.memoryUsage !== undefined ? { [`memory_usage_${name}`]: r.memoryUsage } : {}),
     });
   }
   return out;
@@ -236,18 +249,29 @@ async function preparePlan(dir: string, o: PlanOptions & { vocabRequest: number 
   const planPath = join(dir, 'plan.json');
   if (existsSync(planPath)) {
     const plan = readJson<Plan>(planPath, null as unknown as Plan);
+    plan.factRepeats ??= 1;
     for (const r of plan.runs) r.config = parseModelConfig(r.config);
     if (plan.quick !== o.quick) console.log(`note: ${planPath} is a ${plan.quick ? '--quick' : 'full'} plan; it is used as it is`);
     return plan;
   }
   const data = join(dir, 'data');
-  const corpusMb = o.corpusMb ?? (o.quick ? 0.3 : 8);
-  const corpus = buildCorpus({ maxBytes: Math.round(corpusMb * 2 ** 20), seed: o.seed ?? 0, practice: o.practice ?? 0.5 });
+  const corpusMb = o.corpusMb ?? (o.quick ? 2 : 8);
+  const corpus = buildCorpus({ maxBytes: Math.round(corpusMb * 2 ** 20), seed: o.seed ?? 0, practice: o.practice ?? 0.5, factRepeats: o.factRepeats ?? 1 });
   console.log(`corpus: ${(corpus.bytes / 2 ** 20).toFixed(2)} MB, ${corpus.train.length} train / ${corpus.val.length} validation documents (${Object.entries(corpus.counts).map(([k, v]) => `${k} ${v}`).join(', ')})`);
   const tok = await writeTokenData(data, corpus, o.vocabRequest);
   const plan = makePlan({ ...o, corpusMb, vocab: tok.vocabSize });
   writeJson(planPath, plan);
   return plan;
+}
+
+/** the finished runs' records in the folder (runs/<run>/record.json) */
+function readRecords(dir: string): Partial<Record<RunName, RunRecord>> {
+  const out: Partial<Record<RunName, RunRecord>> = {};
+  for (const name of RUNS) {
+    const r = readJson<RunRecord | null>(join(dir, 'runs', name, 'record.json'), null);
+    if (r) out[name] = r;
+  }
+  return out;
 }
 
 function readTokens(path: string): Uint32Array {
@@ -261,8 +285,11 @@ interface Args {
   dir: string;
   minutes: number;
   quick: boolean;
+  runs: RunName[];
   tokens?: number;
   corpusMb?: number;
+  factRepeats?: number;
+  batch?: number;
   vocab: number;
   perRelation?: number;
 }
@@ -273,7 +300,10 @@ function parse(argv: string[]): Args {
     options: {
       dir: { type: 'string' },
       minutes: { type: 'string' },
+      runs: { type: 'string' },
       quick: { type: 'boolean' },
+      'fact-repeats': { type: 'string' },
+      batch: { type: 'string' },
       tokens: { type: 'string' },
       'corpus-mb': { type: 'string' },
       vocab: { type: 'string' },
@@ -281,22 +311,33 @@ function parse(argv: string[]): Args {
     },
     strict: true,
   });
-  if (!values.dir) throw new Error('usage: node --import tsx scripts/sweep_facts.ts --dir <sweep folder> [--minutes 9] [--quick] [--tokens 20e6] [--corpus-mb 8] [--vocab 8192] [--per-relation 10]');
-  const num = (k: string, v: string | undefined): number | undefined => {
+  if (!values.dir) throw new Error('usage: node --import tsx scripts/sweep_facts.ts --dir <sweep folder> [--minutes 9] [--runs dense,memory,...] [--quick] [--tokens 20e6] [--corpus-mb 8] [--fact-repeats 1] [--batch 16] [--vocab 8192] [--per-relation 10]');
+  const num = (k: string, v: string | undefined, zeroOk = false): number | undefined => {
     if (v === undefined) return undefined;
     const x = Number(v);
-    if (!(Number.isFinite(x) && x > 0)) throw new Error(`--${k}: expected a positive number, got '${v}'`);
+    if (!(Number.isFinite(x) && (x > 0 || (zeroOk && x === 0)))) throw new Error(`--${k}: expected a ${zeroOk ? 'non-negative' : 'positive'} number, got '${v}'`);
+    return x;
+  };
+  const runs = (values.runs ?? RUNS.join(',')).split(',').filter(Boolean);
+  const unknown = runs.filter((r) => !(RUNS as readonly string[]).includes(r));
+  if (unknown.length > 0 || runs.length === 0) throw new Error(`--runs: ${unknown.length ? `unknown run ${unknown.join(', ')}` : 'no runs'}; the runs are ${RUNS.join(', ')}`);
+  const int = (k: string, v: string | undefined) => {
+    const x = num(k, v);
+    if (x !== undefined && !Number.isInteger(x)) throw new Error(`--${k}: expected a whole number, got '${v}'`);
     return x;
   };
   const quick = values.quick ?? false;
   return {
     dir: values.dir,
-    minutes: num('minutes', values.minutes) ?? 9,
+    minutes: num('minutes', values.minutes, true) ?? 9,
     quick,
+    runs: runs as RunName[],
     vocab: num('vocab', values.vocab) ?? (quick ? 512 : 8192),
     ...(values.tokens !== undefined ? { tokens: num('tokens', values.tokens)! } : {}),
     ...(values['corpus-mb'] !== undefined ? { corpusMb: num('corpus-mb', values['corpus-mb'])! } : {}),
     ...(values['per-relation'] !== undefined ? { perRelation: Math.round(num('per-relation', values['per-relation'])!) } : {}),
+    ...(values['fact-repeats'] !== undefined ? { factRepeats: int('fact-repeats', values['fact-repeats'])! } : {}),
+    ...(values.batch !== undefined ? { batch: int('batch', values.batch)! } : {}),
   };
 }
 
@@ -320,7 +361,13 @@ async function main(): Promise<void> {
     ...(a.tokens !== undefined ? { tokens: a.tokens } : {}),
     ...(a.corpusMb !== undefined ? { corpusMb: a.corpusMb } : {}),
     ...(a.perRelation !== undefined ? { perRelation: a.perRelation } : {}),
+    ...(a.factRepeats !== undefined ? { factRepeats: a.factRepeats } : {}),
+    ...(a.batch !== undefined ? { batch: a.batch } : {}),
   });
+  if (a.minutes === 0) {
+    console.log(`prepared ${a.dir}: data and plan (--minutes 0 trains nothing)`);
+    return;
+  }
   const base = plan.runs[0]!.flopsPerToken;
   console.log(`plan: ${plan.tokens} training tokens per run (${plan.steps} steps of ${plan.batch} x ${plan.seq}), lr ${plan.lr}, warmup ${plan.warmup}, ${plan.perRelation} questions per relation`);
   for (const r of plan.runs) console.log(`  ${r.name.padEnd(11)} ${(r.flopsPerToken / 1e6).toFixed(2)} MFLOP/token (${(r.flopsPerToken / base).toFixed(2)}x dense): ${describe(r.config)}`);
@@ -331,25 +378,24 @@ async function main(): Promise<void> {
   const train = readTokens(join(data, 'train.bin'));
   const val = readTokens(join(data, 'val.bin'));
   const qs = selectQuestions(questions(loadFacts()), { perRelation: plan.perRelation });
-  const recordsPath = join(a.dir, 'records.json');
-  const progressPath = join(a.dir, 'progress.json');
-  const records = readJson<Partial<Record<RunName, RunRecord>>>(recordsPath, {});
-  const progress = readJson<Partial<Record<RunName, Progress>>>(progressPath, {});
+  const records = readRecords(a.dir);
   const gpu = await Gpu.create();
   const device = deviceName(gpu);
   console.log(`adapter: ${device}`);
   const command = `node --import tsx scripts/sweep_facts.ts ${process.argv.slice(2).join(' ')}`;
   // seconds an evaluation took (the last one), or a guess: what a call keeps for it after training
-  let evalGuess = Math.max(...Object.values(records).map((r) => r.evalSeconds), qs.length * (plan.quick ? 0.5 : 0.6));
+  let evalGuess = Math.max(...Object.values(records).map((r) => r.evalSeconds), qs.length * (plan.quick ? 0.5 : 0.05));
   let inProgress = '';
   try {
     for (const { name, config, flopsPerToken: fpt } of plan.runs) {
-      if (records[name]) continue;
+      if (records[name] || !a.runs.includes(name)) continue;
       if (left() <= 0) {
         inProgress = `${name}: not started`;
         break;
       }
       const runDir = join(a.dir, 'runs', name);
+      const progressPath = join(runDir, 'progress.json');
+      let progress = readJson<Progress | null>(progressPath, null);
       const optCfg = { lr: plan.lr };
       let model: Transformer;
       let opt: AdamW;
@@ -365,7 +411,7 @@ async function main(): Promise<void> {
         console.log(`${name}: starting, ${plan.steps} steps`);
       }
       try {
-        const prior = progress[name]?.trainSeconds ?? 0;
+        const prior = progress?.trainSeconds ?? 0;
         if (opt.step < plan.steps) {
           const t0 = performance.now();
           let lastLog = t0;
@@ -387,7 +433,7 @@ async function main(): Promise<void> {
               rate = l.tokensPerSecond;
               if (l.valLoss !== undefined) history.push({ step: l.step, valLoss: l.valLoss });
               if (l.saved) {
-                progress[name] = { step: l.step, trainSeconds: prior + (performance.now() - t0) / 1000 };
+                progress = { step: l.step, trainSeconds: prior + (performance.now() - t0) / 1000 };
                 writeJson(progressPath, progress);
               }
               const now = performance.now();
@@ -399,7 +445,7 @@ async function main(): Promise<void> {
           });
           if (opt.step < plan.steps) {
             const rest = plan.steps - opt.step;
-            inProgress = `${name}: step ${opt.step}/${plan.steps} (${((100 * opt.step) / plan.steps).toFixed(1)}% of its tokens), ${progress[name]?.trainSeconds.toFixed(0)} s of training so far`;
+            inProgress = `${name}: step ${opt.step}/${plan.steps} (${((100 * opt.step) / plan.steps).toFixed(1)}% of its tokens), ${progress?.trainSeconds.toFixed(0)} s of training so far`;
             console.log(`time is up: ${inProgress}; ${rest} steps left${rate > 0 ? `, ~${((rest * plan.batch * plan.seq) / rate / 60).toFixed(1)} min at ${Math.round(rate)} tok/s` : ''}`);
             break;
           }
@@ -410,6 +456,7 @@ async function main(): Promise<void> {
           break;
         }
         const e0 = performance.now();
+        const memoryUsage = await slotUsage(gpu, model, val, plan.batch, plan.seq);
         const ev = await evalFacts(gpu, model, tok, qs);
         const evalSeconds = (performance.now() - e0) / 1000;
         evalGuess = evalSeconds;
@@ -420,30 +467,60 @@ async function main(): Promise<void> {
           memoryParams,
           flopsPerToken: fpt,
           trainTokens: opt.step * plan.batch * plan.seq,
-          trainSeconds: progress[name]?.trainSeconds ?? 0,
+          trainSeconds: progress?.trainSeconds ?? 0,
           valLoss: lastValLoss(history),
           em: ev.em,
           f1: ev.f1,
           questions: ev.n,
           byRelation: ev.byRelation,
           evalSeconds,
+          ...(memoryUsage !== undefined ? { memoryUsage } : {}),
           date: new Date().toISOString(),
         };
-        writeJson(recordsPath, records);
+        writeJson(join(runDir, 'record.json'), records[name]);
         const r = records[name];
-        console.log(`${name}: done: val loss ${r.valLoss.toFixed(3)}, EM ${(100 * r.em).toFixed(1)}%, F1 ${(100 * r.f1).toFixed(1)}% on ${r.questions} questions (${evalSeconds.toFixed(0)} s), ${r.trainSeconds.toFixed(0)} s of training`);
-        await writeResultFiles(device, plan, records, '', command);
+        console.log(`${name}: done: val loss ${r.valLoss.toFixed(3)}, EM ${(100 * r.em).toFixed(1)}%, F1 ${(100 * r.f1).toFixed(1)}% on ${r.questions} questions (${evalSeconds.toFixed(0)} s), ${r.trainSeconds.toFixed(0)} s of training${memoryUsage !== undefined ? `, ${(100 * memoryUsage).toFixed(1)}% of memory slots read on a validation batch` : ''}`);
+        // the folder's records, this call's and any other process's
+        await writeResultFiles(device, plan, readRecords(a.dir), '', command);
       } finally {
         opt.dispose();
         model.dispose();
         gpu.scratch.trim();
       }
     }
-    if (inProgress) await writeResultFiles(device, plan, records, inProgress, command);
-    const done = RUNS.filter((n) => records[n]);
+    const all = readRecords(a.dir);
+    if (inProgress) await writeResultFiles(device, plan, all, inProgress, command);
+    const done = RUNS.filter((n) => all[n]);
     console.log(`${done.length}/${RUNS.length} runs finished${done.length < RUNS.length ? '; call again to go on' : ''}`);
   } finally {
     gpu.destroy();
+  }
+}
+
+/**
+ * the share of memory slots read at least once on one validation batch (B x T tokens from the
+ * start of val), mean over the model's memory layers; undefined for a dense model
+ */
+async function slotUsage(gpu: Gpu, model: Transformer, val: Uint32Array, B: number, T: number): Promise<number | undefined> {
+  if (model.memoryLayers.length === 0) return undefined;
+  const rows = Math.min(B, Math.floor((val.length - 1) / T));
+  const ids: number[] = [];
+  const targets: number[] = [];
+  for (let b = 0; b < rows; b++) for (let t = 0; t < T; t++) {
+    ids.push(val[b * T + t]!);
+    targets.push(val[b * T + t + 1]!);
+  }
+  const idsT = await gpu.tensorFrom(ids, [rows, T], 'u32', 'ids');
+  const targetsT = await gpu.tensorFrom(targets, [rows, T], 'u32', 'targets');
+  try {
+    (await model.forward(idsT, targetsT)).dispose();
+    let sum = 0;
+    for (const m of model.memoryLayers) sum += (await m.stats()).usage;
+    return sum / model.memoryLayers.length;
+  } finally {
+    model.release();
+    idsT.dispose();
+    targetsT.dispose();
   }
 }
 
@@ -453,10 +530,11 @@ async function writeResultFiles(device: string, plan: Plan, records: Partial<Rec
   if (done.length === 0) return;
   const base = plan.runs[0]!.flopsPerToken;
   const notes: Record<string, string> = {
-    plan: `every run: ${plan.tokens} training tokens (${plan.steps} steps of ${plan.batch} x ${plan.seq}) from the same ${plan.corpusMb} MB corpus and ${plan.vocab}-token tokenizer, same batches (seed ${plan.seed}), AdamW lr ${plan.lr} (values 10x), linear warmup ${plan.warmup} steps then linear decay to ${plan.minRatio}x; validation loss over ${plan.evalBatches} fixed batches at the last step; questions: ${plan.perRelation} per relation, evenly spaced (selectQuestions), greedy answers`,
+    plan: `every run: ${plan.tokens} training tokens (${plan.steps} steps of ${plan.batch} x ${plan.seq}) from the same ${plan.corpusMb} MB corpus (its training fact lines ${plan.factRepeats}x) and ${plan.vocab}-token tokenizer, same batches (seed ${plan.seed}), AdamW lr ${plan.lr} (values 10x), linear warmup ${plan.warmup} steps then linear decay to ${plan.minRatio}x; validation loss over ${plan.evalBatches} fixed batches at the last step; questions: ${plan.perRelation} per relation, evenly spaced (selectQuestions), greedy answers`,
     flops_per_token: 'bench/suites/train.ts flopsPerToken: 6 Nmm + 6 L T d at T = the training sequence length (a plain memory layer has no Ws/Wo projections)',
     ratios: plan.runs.map((r) => `${r.name} ${(r.flopsPerToken / base).toFixed(2)}x`).join(', '),
     train_seconds: 'wall seconds of training steps, validation and checkpoints, summed over the calls (not the evaluation, nor loading)',
+    memory_usage: 'memory runs: share of the memory slots read at least once (any weight) on one validation batch, mean over the memory layers',
   };
   for (const r of plan.runs) notes[`config_${r.name}`] = describe(r.config);
   if (inProgress) notes['in_progress'] = inProgress;

@@ -52,13 +52,17 @@ test('the plan: one token budget, batch, sequence and schedule for all five runs
   for (const r of p.runs) assert.equal(r.flopsPerToken, flopsPerToken(r.config, p.seq));
   const q = makePlan({ quick: true, vocab: 512 });
   assert.deepEqual([q.runs[0]!.config.dim, q.runs[0]!.config.layers], [32, 2]);
-  assert.ok(q.steps <= 100 && q.corpusMb <= 0.3);
+  assert.ok(q.steps <= 100 && q.corpusMb <= 2);
   // 2 blocks cannot hold 3 memory layers: one per block
   assert.deepEqual(q.runs.find((r) => r.name === 'memory_plus')!.config.memory?.layers, [0, 1]);
   assert.equal(makePlan({ quick: false, vocab: 8192, tokens: 1e6 }).tokens, 245 * 16 * 256);
+  assert.equal(p.factRepeats, 1);
+  const b = makePlan({ quick: false, vocab: 8192, tokens: 1e6, batch: 32, factRepeats: 4 });
+  assert.equal(b.tokens, 123 * 32 * 256);
+  assert.equal(b.factRepeats, 4);
 });
 
-test('metricsOf: the eight metrics of each finished run, none for the others', () => {
+test('metricsOf: the eight metrics of each finished run (nine with memory slot usage), none for the others', () => {
   const rec: RunRecord = { run: 'memory', params: 10, memoryParams: 4, flopsPerToken: 100, trainTokens: 1000, trainSeconds: 2, valLoss: 3, em: 0.25, f1: 0.5, questions: 4, byRelation: {}, evalSeconds: 1, date: '' };
   const m = metricsOf({ memory: rec });
   assert.deepEqual(m, {
@@ -71,6 +75,7 @@ test('metricsOf: the eight metrics of each finished run, none for the others', (
     train_tokens_memory: 1000,
     train_seconds_memory: 2,
   });
+  assert.equal(metricsOf({ memory: { ...rec, memoryUsage: 0.75 } })['memory_usage_memory'], 0.75);
 });
 
 test('scatterPng draws labelled points on a log x axis as a PNG of the requested size', async () => {

@@ -94,8 +94,62 @@ test('buildCorpus: practice puts a share of the facts in a practice Q/A form int
   const train = c.train.join('\n');
   for (const q of c.practised.slice(0, 50)) assert.ok(train.includes(`${q.prompt}${q.answer}`), q.prompt);
   const text = [...c.train, ...c.val].join('\n');
-  for (const q of asked) assert.ok(!text.includes(q.prompt), `held-out question in the corpus: ${q.prompt}`);
+  // every "Q: " in the text, up to the first "\nA:" after it: a held-out prompt in the text would be one of these
+  const prompts = new Set(asked.map((q) => q.prompt));
+  for (let i = text.indexOf('Q: '); i >= 0; i = text.indexOf('Q: ', i + 1)) {
+    const end = text.indexOf('\nA:', i);
+    const p = text.slice(i, end < 0 ? undefined : end + 3);
+    assert.ok(!prompts.has(p), `held-out question in the corpus: ${p}`);
+  }
   assert.equal(buildCorpus({ include: ['facts'], seed: 3 }).practised.length, 0, 'no practice by default');
+});
+
+test('buildCorpus: factRepeats n puts every train fact line n times into train; val and the other sources as with 1', () => {
+  const o: CorpusOptions = { include: ['facts', 'brown'], practice: 0.3, seed: 4, valFraction: 0.05 };
+  const one = buildCorpus(o);
+  const three = buildCorpus({ ...o, factRepeats: 3 });
+  const brown = new Set(buildCorpus({ include: ['brown'] }).train.concat(buildCorpus({ include: ['brown'] }).val));
+  const isFact = (d: string) => !brown.has(d);
+  // a practice pair "Q: ...\nA: ..." is two lines of text: counting text lines counts it too
+  const lineCounts = (docs: string[]) => {
+    const m = new Map<string, number>();
+    for (const d of docs.filter(isFact)) for (const l of d.split('\n')) m.set(l, (m.get(l) ?? 0) + 1);
+    return m;
+  };
+  const n1 = lineCounts(one.train);
+  const n3 = lineCounts(three.train);
+  assert.ok(n1.size > 20000, `${n1.size} fact lines`);
+  assert.ok([...n1.keys()].some((l) => l.startsWith('Q: ')) && [...n1.keys()].some((l) => l.startsWith('A: ')));
+  assert.equal(n3.size, n1.size);
+  for (const [l, n] of n1) assert.equal(n3.get(l), 3 * n, l);
+  // val is untouched, and none of its fact lines is trained on
+  assert.deepEqual(three.val, one.val);
+  const valLines = one.val.filter(isFact).flatMap((d) => d.split('\n'));
+  assert.ok(valLines.length > 100);
+  for (const l of valLines) assert.ok(!n3.has(l), `val line in train: ${l}`);
+  // the other documents, in the same order; the original fact documents are all there; copies are 20 lines a document
+  assert.deepEqual(three.train.filter((d) => !isFact(d)), one.train.filter((d) => !isFact(d)));
+  const docs1 = new Set(one.train);
+  const docs3 = new Set(three.train);
+  for (const d of one.train) assert.ok(docs3.has(d));
+  const extra = three.train.filter((d) => isFact(d) && !docs1.has(d));
+  assert.ok(extra.length >= 2 * one.train.filter(isFact).length - 4, `${extra.length} copies`);
+  for (const d of extra.slice(0, -2)) assert.ok(d.split('\n').filter((l) => !l.startsWith('A: ')).length <= 20);
+  // mixed in: the copies are spread through train, not appended
+  const copies = new Set(extra);
+  const at = three.train.map((d, i) => (copies.has(d) ? i : -1)).filter((i) => i >= 0);
+  assert.ok(at[0]! < three.train.length / 10 && at[at.length - 1]! > (three.train.length * 9) / 10, `${at[0]} .. ${at[at.length - 1]}`);
+  // what the corpus reports is what it holds
+  assert.equal(three.counts['facts'], one.counts['facts']! + extra.length);
+  assert.equal(three.counts['brown'], one.counts['brown']);
+  assert.equal(three.bytes, bytes([...three.train, ...three.val]));
+  assert.deepEqual(buildCorpus({ ...o, factRepeats: 3 }), three);
+  assert.deepEqual(buildCorpus({ ...o, factRepeats: 1 }), one);
+  // the budget is the base corpus's: repeats add to it
+  const small = buildCorpus({ ...o, maxBytes: 5e5 });
+  const small2 = buildCorpus({ ...o, maxBytes: 5e5, factRepeats: 2 });
+  assert.deepEqual(small2.val, small.val);
+  assert.ok(small2.bytes > small.bytes + 0.8 * bytes(small.train.filter(isFact)), `${small2.bytes} vs ${small.bytes}`);
 });
 
 test('buildCorpus: deterministic given the seed; another seed, another order and split', () => {
@@ -207,6 +261,12 @@ test('buildCorpus: bad options are clear errors', () => {
     [{ maxbytes: 5 }, /unknown option 'maxbytes'/],
     [{ gcidePath: '' }, /gcidePath/],
     [{ practice: 1.5 }, /practice must be a share in \[0, 1\]/],
+    [{ factRepeats: 0 }, /factRepeats must be an integer >= 1/],
+    [{ factRepeats: 1.5 }, /factRepeats must be an integer >= 1.*got 1\.5/],
+    [{ factRepeats: -1 }, /factRepeats/],
+    [{ factRepeats: 'x' }, /factRepeats.*got x/],
+    [{ factRepeats: NaN }, /factRepeats/],
+    [{ factrepeats: 2 }, /unknown option 'factrepeats'.*factRepeats/],
   ];
   for (const [o, rx] of bad) {
     assert.throws(

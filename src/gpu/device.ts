@@ -384,6 +384,46 @@ export class Gpu {
     }
   }
 
+  /**
+   * Reads several byte ranges of one buffer with a single copy-and-map round trip (one staging
+   * buffer holding the ranges back to back). Offsets and sizes must be multiples of 4
+   * (copyBufferToBuffer's alignment). Waits for all recorded work.
+   */
+  async readRanges(buffer: GPUBuffer, ranges: readonly { offset: number; size: number }[]): Promise<ArrayBuffer[]> {
+    if (ranges.length === 0) return [];
+    for (const r of ranges) {
+      if (!(Number.isInteger(r.offset) && Number.isInteger(r.size) && r.offset >= 0 && r.size >= 0) || r.offset % 4 !== 0 || r.size % 4 !== 0) {
+        throw new EngramError(`readRanges of '${buffer.label}': offset ${r.offset} and size ${r.size} must be non-negative multiples of 4 (copyBufferToBuffer alignment)`);
+      }
+      if (r.offset + r.size > buffer.size) {
+        throw new EngramError(`readRanges of '${buffer.label}': range [${r.offset}, ${r.offset + r.size}) runs past the buffer's ${buffer.size} bytes`);
+      }
+    }
+    const starts: number[] = [];
+    let total = 0;
+    for (const r of ranges) {
+      starts.push(total);
+      total += r.size;
+    }
+    const staging = this.createBuffer('readback', Math.max(4, total), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    try {
+      this.encode((enc) => {
+        ranges.forEach((r, i) => {
+          if (r.size > 0) enc.copyBufferToBuffer(buffer, r.offset, staging, starts[i]!, r.size);
+        });
+      });
+      this.flush();
+      await staging.mapAsync(GPUMapMode.READ);
+      const mapped = staging.getMappedRange();
+      const out = ranges.map((r, i) => mapped.slice(starts[i]!, starts[i]! + r.size));
+      staging.unmap();
+      this.throwPending();
+      return out;
+    } finally {
+      this.destroyBuffer(staging);
+    }
+  }
+
   // ---------------------------------------------------------------- lifetime
 
   /** Destroys the device and every buffer; lets a Node process exit. */

@@ -1,12 +1,14 @@
 // generation: greedy decoding with the KV cache equals greedy decoding that recomputes the whole
-// sequence every step (the cache changes nothing but the cost); sampling's options.
+// sequence every step (the cache changes nothing but the cost); sampling's options; batched greedy
+// decoding (right-padded, uncached) equals generate() per prompt, with stop ids and maxSeqLen;
+// Gpu.readRanges (the batched readback).
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
-import { generate, sample } from './generate.ts';
+import { generate, greedyBatch, sample } from './generate.ts';
 
 test('greedy generation with the KV cache equals recomputing the sequence each step (with a memory block)', async () => {
   const gpu = await testGpu();
@@ -53,4 +55,72 @@ test('sampling: greedy, top-k 1, top-p tiny pick the argmax; temperature spreads
   const seen = new Set(Array.from({ length: 200 }, () => sample(logits, { temperature: 1, topK: 3 }, rand)));
   assert.deepEqual([...seen].sort(), [0, 1, 2]);
   assert.throws(() => sample(logits, { topP: 0 }, rand), /topP 0/);
+});
+
+test('greedyBatch equals generate() greedy per prompt: padding, stop ids, maxSeqLen, rows finishing early', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({
+    vocabSize: 40,
+    dim: 16,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    ffnHidden: 24,
+    maxSeqLen: 24,
+    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
+  });
+  const model = await Transformer.create(gpu, config, 11);
+  try {
+    const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 31 + i * 17 + ((i * i) % 7)) % 40);
+    // 20 tokens + 6 new would pass maxSeqLen 24: that row stops after 5 (as generate() does); 25 tokens: nothing
+    const prompts = [tokens(1, 1), tokens(7, 2), tokens(20, 3), tokens(3, 4), tokens(12, 5), tokens(25, 6)];
+    const want: number[][] = [];
+    for (const p of prompts) want.push(await generate(gpu, model, p, { maxNew: 6, temperature: 0 }));
+    assert.deepEqual(want.map((w) => w.length), [6, 6, 5, 6, 6, 0]);
+    const flushes = gpu.flushes;
+    assert.deepEqual(await greedyBatch(gpu, model, prompts, { maxNew: 6 }), want);
+    // one submit per step for the whole batch (6 here); prompt by prompt it takes 29
+    assert.ok(gpu.flushes - flushes < 12, `${gpu.flushes - flushes} submits for 6 batched steps`);
+
+    // a stop id ends each row that produces it, the id included; the others run on
+    const stopId = want[1]![1]!;
+    const cut = want.map((w) => (w.includes(stopId) ? w.slice(0, w.indexOf(stopId) + 1) : w));
+    assert.ok(cut.some((c, i) => c.length < want[i]!.length));
+    assert.deepEqual(await greedyBatch(gpu, model, prompts, { maxNew: 6, stopIds: [stopId] }), cut);
+    for (const [i, p] of prompts.entries()) assert.deepEqual(await generate(gpu, model, p, { maxNew: 6, temperature: 0, stopIds: [stopId] }), cut[i]);
+
+    assert.deepEqual(await greedyBatch(gpu, model, [], { maxNew: 6 }), []);
+    assert.deepEqual(await greedyBatch(gpu, model, prompts.slice(0, 2), { maxNew: 0 }), [[], []]);
+    await assert.rejects(greedyBatch(gpu, model, [[1], []], { maxNew: 2 }), /prompt 1 is empty/);
+    await assert.rejects(greedyBatch(gpu, model, [[1, 40]], { maxNew: 2 }), /token id 40/);
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    model.dispose();
+  }
+});
+
+test('readRanges: several ranges of a buffer in one readback; misaligned ranges throw', async () => {
+  const gpu = await testGpu();
+  const t = await gpu.tensorFrom(Array.from({ length: 37 }, (_, i) => i * 1.5), [37], 'f32', 'ranges');
+  try {
+    const flushes = gpu.flushes;
+    const got = await gpu.readRanges(t.buffer, [
+      { offset: t.offset + 4 * 30, size: 4 * 7 },
+      { offset: t.offset, size: 4 },
+      { offset: t.offset + 8, size: 0 },
+      { offset: t.offset + 4 * 5, size: 4 * 10 },
+    ]);
+    assert.equal(gpu.flushes - flushes, 1);
+    assert.deepEqual(got.map((b) => [...new Float32Array(b)]), [
+      [30, 31, 32, 33, 34, 35, 36].map((i) => i * 1.5),
+      [0],
+      [],
+      [5, 6, 7, 8, 9, 10, 11, 12, 13, 14].map((i) => i * 1.5),
+    ]);
+    assert.deepEqual(await gpu.readRanges(t.buffer, []), []);
+    await assert.rejects(gpu.readRanges(t.buffer, [{ offset: t.offset + 2, size: 4 }]), /multiples of 4/);
+    await assert.rejects(gpu.readRanges(t.buffer, [{ offset: t.offset, size: 6 }]), /multiples of 4/);
+  } finally {
+    t.dispose();
+  }
 });

@@ -1,6 +1,20 @@
 // text generation: a prompt through the model once, then one token at a time against the KV
 // cache (Transformer.logits with a cache), sampling on the host from the last position's logits.
 //
+// greedyBatch: greedy continuations of many prompts at once (evaluation: ~1,000 short questions),
+// without a KV cache. Each step runs the whole batch (B active rows, T = the longest row so far,
+// shorter rows right-padded with token 0) through Transformer.logits and reads back, in one
+// readback, only the logits row of each row's last real position. Causal attention keeps padding
+// after a row's end from reaching that row's earlier positions, and every other op is per token,
+// so each row's logits are its own. No cache because the cache decodes one sequence (B = 1) and
+// rows grow at different lengths; recomputing the prefix costs O(T) more work per step, which is
+// cheap for short prompts and answers, and one step per new token for the whole batch (instead
+// of one per token per prompt) is what saves the time: per-step latency (submit + readback)
+// dominates small-batch decoding. Rows that finished are dropped from later steps.
+// The result equals generate()'s greedy output up to float differences between the cached and
+// uncached paths (different kernel shapes sum in different orders): where two logits nearly tie,
+// the chosen token, and so the rest of that row, can differ.
+//
 // sampling: temperature 0 is greedy (argmax, lowest id on ties); otherwise softmax(logits / T)
 // restricted to the topK most likely tokens and then to the smallest set whose probability
 // reaches topP (nucleus), renormalised, drawn with a seeded generator.
@@ -42,6 +56,13 @@ function rng(seed: number): () => number {
   };
 }
 
+/** the index of the largest logit, the lowest on ties (greedy decoding) */
+export function argmax(logits: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+  return best;
+}
+
 /** One token id from logits (V) under the options. */
 export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () => number): number {
   const { temperature = 1, topK = 0, topP = 1 } = o;
@@ -49,11 +70,7 @@ export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () =
     throw new EngramError(`sample: temperature ${temperature} (>= 0), topP ${topP} (in (0, 1]) and topK ${topK} (>= 0) out of range`);
   }
   const V = logits.length;
-  if (temperature === 0) {
-    let best = 0;
-    for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
-    return best;
-  }
+  if (temperature === 0) return argmax(logits);
   const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
   const keep = order.slice(0, topK > 0 ? Math.min(topK, V) : V);
   const m = logits[keep[0]!]!;
@@ -104,4 +121,69 @@ export async function generate(gpu: Gpu, model: Transformer, prompt: readonly nu
     for (const t of [...cache.k, ...cache.v]) t.dispose();
   }
   return out;
+}
+
+export interface GreedyBatchOptions {
+  /** new tokens at most, per prompt */
+  maxNew: number;
+  /** a row stops after producing any of these ids (it is included in the row's result) */
+  stopIds?: readonly number[];
+}
+
+/** the largest logits tensor one batched step builds (B * T * V f32); more active rows than fit are run in groups */
+const MAX_STEP_LOGITS_BYTES = 1 << 28;
+
+/**
+ * greedy continuations of several prompts at once (see the header): per prompt, up to maxNew new
+ * token ids (the prompt not included), exactly as generate(..., { temperature: 0 }) would stop:
+ * after a stop id, after maxNew tokens, or once the row's sequence would pass model.config.maxSeqLen.
+ */
+export async function greedyBatch(gpu: Gpu, model: Transformer, prompts: readonly (readonly number[])[], o: GreedyBatchOptions): Promise<number[][]> {
+  const { maxSeqLen, vocabSize: V } = model.config;
+  if (!(Number.isInteger(o.maxNew) && o.maxNew >= 0)) throw new EngramError(`greedyBatch: maxNew must be a non-negative integer, got ${o.maxNew}`);
+  for (const [i, p] of prompts.entries()) {
+    if (p.length === 0) throw new EngramError(`greedyBatch: prompt ${i} is empty; a prompt needs at least one token`);
+    const bad = p.find((id) => !(Number.isInteger(id) && id >= 0 && id < V));
+    if (bad !== undefined) throw new EngramError(`greedyBatch: prompt ${i} has token id ${bad}, outside the vocabulary [0, ${V})`);
+  }
+  const seqs = prompts.map((p) => [...p]);
+  const out: number[][] = prompts.map(() => []);
+  const stop = new Set(o.stopIds ?? []);
+  // as in generate(): a row takes another step while it has tokens left and its sequence fits
+  let active = seqs.map((_, r) => r).filter((r) => o.maxNew > 0 && seqs[r]!.length <= maxSeqLen);
+  while (active.length > 0) {
+    const T = Math.max(...active.map((r) => seqs[r]!.length));
+    const per = Math.max(1, Math.floor(MAX_STEP_LOGITS_BYTES / (T * V * 4)));
+    const next: number[] = [];
+    for (let g = 0; g < active.length; g += per) next.push(...(await lastLogitsArgmax(gpu, model, active.slice(g, g + per).map((r) => seqs[r]!), T)));
+    const still: number[] = [];
+    active.forEach((r, b) => {
+      const id = next[b]!;
+      out[r]!.push(id);
+      seqs[r]!.push(id);
+      if (!stop.has(id) && out[r]!.length < o.maxNew && seqs[r]!.length <= maxSeqLen) still.push(r);
+    });
+    active = still; // finished rows leave the batch
+  }
+  return out;
+}
+
+/** one uncached step for a group of rows padded to T: the argmax of each row's last real position's logits */
+async function lastLogitsArgmax(gpu: Gpu, model: Transformer, rows: readonly (readonly number[])[], T: number): Promise<number[]> {
+  const V = model.config.vocabSize;
+  const flat = new Uint32Array(rows.length * T); // zeros: the padding
+  rows.forEach((s, b) => flat.set(s, b * T));
+  const ids = await gpu.tensorFrom(flat, [rows.length, T], 'u32', 'ids');
+  try {
+    const logits = await model.logits(ids);
+    try {
+      const ranges = rows.map((s, b) => ({ offset: logits.offset + (b * T + s.length - 1) * V * 4, size: V * 4 }));
+      const back = await gpu.readRanges(logits.buffer, ranges);
+      return back.map((bytes) => argmax(new Float32Array(bytes)));
+    } finally {
+      logits.dispose();
+    }
+  } finally {
+    ids.dispose();
+  }
 }
