@@ -8,12 +8,13 @@
 # that cannot reach the other GPUs' nodes gets this one as its only, default, adapter. Container
 # runtimes expose a subset of a host's GPUs the same way.
 #
-# how: a private mount namespace (unshare; needs root or CAP_SYS_ADMIN) in which the other GPUs'
-# /dev/nvidiaN nodes are covered, by ENGRAM_GPU_HIDE=
-#   devfs (default)  a fresh /dev holding every entry of the real one except the other GPUs' nodes
-#   null             /dev/null bound over each other GPU's node (it opens, but is not a GPU)
-# and, with either, each other GPU's /proc/driver/nvidia/gpus/<bus id> folder covered by an empty
-# tmpfs. Nothing changes outside the namespace: other processes still see every GPU.
+# how: a private mount namespace (unshare; needs root or CAP_SYS_ADMIN) in which /dev/null is
+# bound over each other GPU's /dev/nvidiaN node (and an empty tmpfs over its
+# /proc/driver/nvidia/gpus/<bus id> folder): the driver opens the node, finds no GPU there and
+# lists only this one. (Removing the other nodes instead does not work: the driver, running as root,
+# creates a missing node again.) Nothing changes outside the namespace: other processes still
+# see every GPU. scripts/probe_gpu_select.sh checks this on a host: nvidia-smi shows where the
+# memory of a process started under each method went.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: scripts/on_gpu.sh <gpu index> <command> [args...]" >&2
@@ -29,28 +30,9 @@ exec unshare --mount --propagation private -- bash -c '
 set -euo pipefail
 gpu=$1
 shift
-others=()
-for d in /dev/nvidia[0-9]*; do [ "$d" = "/dev/nvidia$gpu" ] || others+=("$d"); done
-case "${ENGRAM_GPU_HIDE:-devfs}" in
-  null)
-    for d in "${others[@]}"; do mount --bind /dev/null "$d"; done ;;
-  devfs)
-    real=$(mktemp -d /tmp/on_gpu_dev.XXXXXX)
-    mount --bind /dev "$real"
-    mount -t tmpfs -o mode=755 on_gpu /dev
-    for e in "$real"/* "$real"/.[!.]*; do
-      [ -e "$e" ] || [ -L "$e" ] || continue
-      n=${e##*/}
-      skip=0
-      for d in "${others[@]}"; do [ "/dev/$n" = "$d" ] && skip=1; done
-      [ $skip = 1 ] && continue
-      if [ -L "$e" ]; then cp -P "$e" "/dev/$n"
-      elif [ -d "$e" ]; then mkdir "/dev/$n" && mount --rbind "$e" "/dev/$n"
-      else touch "/dev/$n" && mount --bind "$e" "/dev/$n"
-      fi
-    done ;;
-  *) echo "on_gpu.sh: ENGRAM_GPU_HIDE must be devfs or null" >&2; exit 2 ;;
-esac
+for d in /dev/nvidia[0-9]*; do
+  [ "$d" = "/dev/nvidia$gpu" ] || mount --bind /dev/null "$d"
+done
 for info in /proc/driver/nvidia/gpus/*/information; do
   [ -e "$info" ] || continue
   minor=$(sed -n "s/^Device Minor:[[:space:]]*//p" "$info")

@@ -23,8 +23,8 @@ try() {
 }
 try plain 3 env
 try cuda_visible_1 5 env CUDA_VISIBLE_DEVICES=1
-try on_gpu_1_devfs 7 env ENGRAM_GPU_HIDE=devfs bash scripts/on_gpu.sh 1
-try on_gpu_1_null 9 env ENGRAM_GPU_HIDE=null bash scripts/on_gpu.sh 1
+
+try on_gpu_1 9 bash scripts/on_gpu.sh 1
 echo "== both at once: on_gpu 0 (4 GiB) and on_gpu 1 (6 GiB)"
 bash scripts/on_gpu.sh 0 node --import tsx scripts/gpu_hold.ts 4 8 > /tmp/probe_a.log 2>&1 &
 a=$!
