@@ -4,8 +4,11 @@
 //   node --import tsx scripts/sweep_facts.ts --dir <sweep folder> [--minutes 9] [--runs dense,memory] [--quick]
 //       first call only: [--tokens 20e6] [--corpus-mb 8] [--fact-repeats 1] [--batch 16] [--vocab 8192]
 //       [--per-relation 10]
-//   node --import tsx scripts/sweep_facts.ts --plot bench/results/facts-<device>-<date>.json
-//       redraws a result file's plot (on a machine with fonts)
+//   node --import tsx scripts/sweep_facts.ts --plot bench/results/facts-<device>-<date>.json [<majority file>]
+//       redraws a result file's plot (on a machine with fonts), with the majority baseline of a
+//       --majority result file when the result file has none
+//   node --import tsx scripts/sweep_facts.ts --majority <questions per relation>
+//       the no-model baseline: bench/results/facts_majority-none-<date>.json
 //
 // data: the CLI's corpus (WordNet, Brown, GCIDE when installed, fact statements) with half of the
 // askable facts also in a practice question form (buildCorpus `practice`, plan.practice), so the
@@ -47,7 +50,7 @@ import { writeTokenData } from '../src/cli/commands.ts';
 import { buildCorpus } from '../src/data/corpus.ts';
 import { loadFacts, questions } from '../src/data/facts.ts';
 import { Tokenizer } from '../src/data/tokenizer.ts';
-import { evalFacts, selectQuestions, type FactsScore } from '../src/eval/facts.ts';
+import { evalFacts, majorityBaseline, selectQuestions, type FactsScore } from '../src/eval/facts.ts';
 import { Gpu } from '../src/gpu/device.ts';
 import { centredLayers, parseModelConfig, type MemoryConfig, type ModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
@@ -376,7 +379,13 @@ const lastValLoss = (h: readonly { valLoss?: number }[]): number => [...h].rever
 async function main(): Promise<void> {
   const plotAt = process.argv.indexOf('--plot');
   if (plotAt > 0 && process.argv[plotAt + 1]) {
-    console.log(`plot: ${await plotResults(process.argv[plotAt + 1]!)}`);
+    const extra = process.argv[plotAt + 2];
+    console.log(`plot: ${await plotResults(process.argv[plotAt + 1]!, extra && !extra.startsWith('--') ? extra : undefined)}`);
+    return;
+  }
+  const majorityAt = process.argv.indexOf('--majority');
+  if (majorityAt > 0 && process.argv[majorityAt + 1]) {
+    writeMajority(Number(process.argv[majorityAt + 1]));
     return;
   }
   const a = parse(process.argv.slice(2));
@@ -407,7 +416,9 @@ async function main(): Promise<void> {
   const tok = await Tokenizer.fromJson(tokJson);
   const train = readTokens(join(data, 'train.bin'));
   const val = readTokens(join(data, 'val.bin'));
-  const qs = selectQuestions(questions(loadFacts()), { perRelation: plan.perRelation });
+  const pool = questions(loadFacts());
+  const qs = selectQuestions(pool, { perRelation: plan.perRelation });
+  const majority = majorityBaseline(qs, pool);
   const records = readRecords(a.dir);
   const gpu = await Gpu.create();
   const device = deviceName(gpu);
@@ -511,7 +522,7 @@ async function main(): Promise<void> {
         const r = records[name];
         console.log(`${name}: done: val loss ${r.valLoss.toFixed(3)}, EM ${(100 * r.em).toFixed(1)}%, F1 ${(100 * r.f1).toFixed(1)}% on ${r.questions} questions (${evalSeconds.toFixed(0)} s), ${r.trainSeconds.toFixed(0)} s of training${memoryUsage !== undefined ? `, ${(100 * memoryUsage).toFixed(1)}% of memory slots read on a validation batch` : ''}`);
         // the folder's records, this call's and any other process's
-        await writeResultFiles(device, plan, readRecords(a.dir), '', command);
+        await writeResultFiles(device, plan, readRecords(a.dir), majority, '', command);
       } finally {
         opt.dispose();
         model.dispose();
@@ -519,7 +530,7 @@ async function main(): Promise<void> {
       }
     }
     const all = readRecords(a.dir);
-    if (inProgress) await writeResultFiles(device, plan, all, inProgress, command);
+    if (inProgress) await writeResultFiles(device, plan, all, majority, inProgress, command);
     const done = RUNS.filter((n) => all[n]);
     const mine = a.runs.filter((n) => !all[n]);
     console.log(`${done.length}/${RUNS.length} of the five runs finished${mine.length ? `; this call's runs left: ${mine.join(', ')}: call again to go on` : ''}`);
@@ -556,7 +567,7 @@ async function slotUsage(gpu: Gpu, model: Transformer, val: Uint32Array, B: numb
 }
 
 /** the result file from all records, and the plot beside it; nothing when no run has finished */
-async function writeResultFiles(device: string, plan: Plan, records: Partial<Record<RunName, RunRecord>>, inProgress: string, command: string): Promise<void> {
+async function writeResultFiles(device: string, plan: Plan, records: Partial<Record<RunName, RunRecord>>, majority: FactsScore, inProgress: string, command: string): Promise<void> {
   const done = ALL_RUNS.filter((n) => records[n]);
   if (done.length === 0) return;
   const base = plan.runs[0]!.flopsPerToken;
@@ -573,9 +584,27 @@ async function writeResultFiles(device: string, plan: Plan, records: Partial<Rec
   }
   if (inProgress) notes['in_progress'] = inProgress;
   if (plan.quick) notes['quick'] = '--quick: tiny models, corpus and step count on whatever adapter (a smoke run): not the sweep\'s metrics';
-  const path = writeResults('facts', device, metricsOf(records), notes, command);
+  notes['majority'] = 'qa_em_majority, qa_f1_majority: no model; every question answered with its relation\'s most common answer (majorityBaseline in src/eval/facts.ts): what knowing only the answer types scores';
+  const path = writeResults('facts', device, { ...metricsOf(records), qa_em_majority: majority.em, qa_f1_majority: majority.f1 }, notes, command);
   const pngPath = await plotResults(path);
   console.log(`results in ${path} and ${pngPath}`);
+}
+
+/**
+ * `--majority <per relation>`: the majority-answer baseline of the questions a plan with that many
+ * questions per relation asks, overall and per relation, printed and written as
+ * bench/results/facts_majority-none-<date>.json (no model, no GPU: a statistic of the questions)
+ */
+function writeMajority(perRelation: number): void {
+  if (!(Number.isInteger(perRelation) && perRelation > 0)) throw new Error(`--majority: expected a whole number of questions per relation, got '${perRelation}'`);
+  const pool = questions(loadFacts());
+  const b = majorityBaseline(selectQuestions(pool, { perRelation }), pool);
+  const metrics: Record<string, number> = { qa_em_majority: b.em, qa_f1_majority: b.f1, questions: b.n };
+  for (const [r, sc] of Object.entries(b.byRelation)) metrics[`qa_em_majority_${r.replace(/ /g, '_')}`] = sc.em;
+  const guesses = Object.fromEntries(Object.keys(b.byRelation).map((r) => [`guess_${r.replace(/ /g, '_')}`, b.items.find((i) => i.relation === r)!.answer]));
+  const path = writeResults('facts_majority', 'none', metrics, { about: `no model: each of ${perRelation} questions per relation (selectQuestions) answered with the most common answer of its relation's questions`, ...guesses }, `node --import tsx scripts/sweep_facts.ts --majority ${perRelation}`);
+  for (const [r, sc] of Object.entries(b.byRelation)) console.log(`${r.padEnd(18)} ${(100 * sc.em).toFixed(1).padStart(5)}%  (${sc.n} questions, guess '${guesses[`guess_${r.replace(/ /g, '_')}`]}')`);
+  console.log(`all                ${(100 * b.em).toFixed(1).padStart(5)}%  (${b.n} questions): ${path}`);
 }
 
 /**
@@ -583,8 +612,9 @@ async function writeResultFiles(device: string, plan: Plan, records: Partial<Rec
  * `--plot <result.json>` redraws it on another machine: resvg draws text with the system's fonts,
  * and a GPU host without fonts gets a plot without labels.
  */
-async function plotResults(resultPath: string): Promise<string> {
-  const m = (JSON.parse(readFileSync(resultPath, 'utf8')) as { results: Record<string, number> }).results;
+async function plotResults(resultPath: string, majorityPath?: string): Promise<string> {
+  const read = (p: string) => (JSON.parse(readFileSync(p, 'utf8')) as { results: Record<string, number> }).results;
+  const m: Record<string, number> = { ...(majorityPath ? { qa_em_majority: read(majorityPath)['qa_em_majority']! } : {}), ...read(resultPath) };
   const points = RUNS.filter((n) => m[`qa_em_${n}`] !== undefined).map((n) => ({
     x: m[`train_tokens_${n}`]! * m[`flops_per_token_${n}`]!,
     y: m[`qa_em_${n}`]!,
@@ -594,8 +624,9 @@ async function plotResults(resultPath: string): Promise<string> {
     title: `held-out facts: exact match against training FLOPs (${m[`train_tokens_${RUNS[0]}`]} tokens per run)`,
     xTitle: 'training FLOPs (tokens x FLOPs per token)',
     yTitle: 'exact match',
-    yDomain: [0, Math.min(1, Math.max(0.05, 1.2 * Math.max(...points.map((p) => p.y))))],
+    yDomain: [0, Math.min(1, Math.max(0.05, 1.2 * Math.max(...points.map((p) => p.y), m['qa_em_majority'] ?? 0)))],
     yFormat: '.1~%',
+    ...(m['qa_em_majority'] !== undefined ? { rules: [{ y: m['qa_em_majority'], label: 'no model: each relation\'s most common answer' }] } : {}),
   });
   const pngPath = resultPath.replace(/\.json$/, '.png');
   writeFileSync(pngPath, png);

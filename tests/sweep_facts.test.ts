@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { flopsPerToken } from '../bench/suites/train.ts';
-import { RUNS, makePlan, metricsOf, modelFamily, scaledShape, type RunRecord } from '../scripts/sweep_facts.ts';
+import { ALL_RUNS, RUNS, makePlan, metricsOf, modelFamily, runsOf, scaledShape, type RunRecord } from '../scripts/sweep_facts.ts';
 import { scatterPng } from '../src/train/plot.ts';
 
 test('the GPU family: baseline, plain memory in the middle block, 3 Memory+ layers centred, dense at ~2x and ~4x FLOPs', () => {
@@ -91,4 +91,21 @@ test('scatterPng draws labelled points on a log x axis as a PNG of the requested
   const v = new DataView(png.buffer, png.byteOffset, png.byteLength);
   assert.deepEqual([v.getUint32(16), v.getUint32(20)], [300, 200]);
   await assert.rejects(scatterPng([{ x: -1, y: 0, label: 'bad' }]), /nothing to draw/);
+  const ruled = await scatterPng([{ x: 1e15, y: 0.1, label: 'dense' }], { width: 300, height: 200, rules: [{ y: 0.15, label: 'baseline' }] });
+  assert.notDeepEqual(ruled, await scatterPng([{ x: 1e15, y: 0.1, label: 'dense' }], { width: 300, height: 200 }));
+});
+
+test('runsOf: the five runs, then the memory_plus ablations, each changing one thing', () => {
+  const p = makePlan({ quick: false, vocab: 8192 });
+  const runs = runsOf(p);
+  assert.deepEqual(runs.map((r) => r.name), [...ALL_RUNS]);
+  const plus = runs.find((r) => r.name === 'memory_plus')!;
+  const by = (n: string) => runs.find((r) => r.name === n)!;
+  assert.deepEqual(by('memory_plus_vlr3e2').config, plus.config);
+  assert.deepEqual(by('memory_plus_vlr3e2').opt, { valueLr: 3e-2 });
+  assert.deepEqual(by('memory_plus_wd0').opt, { weightDecay: 0 });
+  assert.equal(by('memory_plus_keys512').config.memory?.nKeys, 512);
+  assert.deepEqual(by('memory_plus_early').config.memory?.layers, [1, 3, 5]);
+  assert.deepEqual({ ...by('memory_plus_early').config, memory: undefined }, { ...plus.config, memory: undefined });
+  for (const r of runs) assert.equal(r.flopsPerToken, flopsPerToken(r.config, p.seq));
 });

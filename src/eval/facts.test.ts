@@ -13,7 +13,7 @@ import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import type { Gpu } from '../gpu/device.ts';
 import { testGpu } from '../testing/gpu.ts';
-import { acceptedForms, answerText, evalFacts, exactMatch, factsTable, greedyAnswer, normalizeAnswer, selectQuestions, tokenF1, type FactsItem } from './facts.ts';
+import { acceptedForms, answerText, evalFacts, exactMatch, factsTable, greedyAnswer, majorityBaseline, normalizeAnswer, selectQuestions, tokenF1, type FactsItem } from './facts.ts';
 
 const ALL = questions(loadFacts());
 const find = (relation: string, subject: string): Question => {
@@ -197,4 +197,19 @@ test('answerText: decoded, end-of-text dropped, first line, trimmed, no final fu
   assert.equal(answerText(tok, [3, 2]), 'the Euro');
   assert.equal(answerText(tok, [4]), '1.5');
   assert.equal(answerText(tok, [2]), '');
+});
+
+test('majorityBaseline: each question gets its relation\'s most common answer in the pool, scored as a model\'s answer would be', () => {
+  const q = (relation: string, subject: string, object: string): Question => ({ prompt: `Q: ${subject}?\nA:`, answer: ` ${object}`, fact: { subject, relation, object } });
+  const pool = [q('continent', 'France', 'Europe'), q('continent', 'Spain', 'Europe'), q('continent', 'Peru', 'South America'), q('currency', 'Chile', 'Peso'), q('currency', 'Japan', 'Yen'), q('currency', 'Mexico', 'Peso')];
+  const b = majorityBaseline([pool[2]!, pool[0]!, pool[4]!], pool);
+  assert.deepEqual(b.items.map((i) => i.answer), ['Europe', 'Europe', 'Peso']);
+  assert.deepEqual(b.items.map((i) => i.em), [0, 1, 0]);
+  assert.equal(b.n, 3);
+  assert.ok(Math.abs(b.em - 1 / 3) < 1e-12);
+  assert.deepEqual(b.byRelation['continent'], { n: 2, em: 0.5, f1: 0.5 });
+  // on the real questions: standard state is mostly "a solid", capitals are all different
+  const all = questions(loadFacts());
+  const real = majorityBaseline(selectQuestions(all, { perRelation: 60 }), all);
+  assert.ok(real.byRelation['standard state']!.em > 0.7 && real.byRelation['capital']!.em === 0, JSON.stringify(real.byRelation));
 });

@@ -156,13 +156,43 @@ export async function evalFacts(gpu: Gpu, model: Transformer, tok: Tokenizer, qu
     const chunk = questions.slice(i, i + batch);
     const answers = await greedyAnswers(gpu, model, tok, chunk.map((q) => q.prompt), opts.maxNew ?? 12);
     for (const [j, q] of chunk.entries()) {
-      const answer = answers[j]!;
-      const accepted = acceptedForms(q);
-      const item: FactsItem = { prompt: q.prompt, answer, accepted, em: exactMatch(answer, accepted), f1: tokenF1(answer, accepted), relation: q.fact.relation };
+      const item = scoreAnswer(q, answers[j]!);
       items.push(item);
       opts.onItem?.(item);
     }
   }
+  return summarize(items);
+}
+
+/**
+ * what a model that knows no facts, only each relation's most common answer, scores: every question is answered
+ * with the answer that most of its relation's questions in `pool` have (ties: the first in pool order). Relations
+ * with few distinct answers ("a solid", "Europe") are guessable this way; a model's exact match above this
+ * baseline is what it knows of the facts themselves.
+ */
+export function majorityBaseline(questions: readonly Question[], pool: readonly Question[]): FactsEval {
+  const counts = new Map<string, Map<string, number>>();
+  for (const q of pool) {
+    const c = counts.get(q.fact.relation) ?? new Map<string, number>();
+    c.set(q.answer, (c.get(q.answer) ?? 0) + 1);
+    counts.set(q.fact.relation, c);
+  }
+  const guess = new Map<string, string>();
+  for (const [r, c] of counts) {
+    let best = '';
+    let n = -1;
+    for (const [a, k] of c) if (k > n) [best, n] = [a, k];
+    guess.set(r, best.trim());
+  }
+  return summarize(questions.map((q) => scoreAnswer(q, guess.get(q.fact.relation) ?? '')));
+}
+
+function scoreAnswer(q: Question, answer: string): FactsItem {
+  const accepted = acceptedForms(q);
+  return { prompt: q.prompt, answer, accepted, em: exactMatch(answer, accepted), f1: tokenF1(answer, accepted), relation: q.fact.relation };
+}
+
+function summarize(items: FactsItem[]): FactsEval {
   const groups = new Map<string, FactsItem[]>();
   for (const it of items) groups.set(it.relation, [...(groups.get(it.relation) ?? []), it]);
   const byRelation: Record<string, FactsScore> = {};

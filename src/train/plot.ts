@@ -131,6 +131,8 @@ export interface ScatterOptions {
   /** the y axis' range (default: from 0 to the data's maximum) and its d3 number format (e.g. '.0%') */
   yDomain?: [number, number];
   yFormat?: string;
+  /** horizontal reference lines across the plot (e.g. a baseline), each with its label at the right end */
+  rules?: readonly { y: number; label: string }[];
   width?: number;
   height?: number;
 }
@@ -155,6 +157,14 @@ export async function scatterPng(points: readonly ScatterPoint[], opts: ScatterO
     ...(opts.yFormat ? { axis: { format: opts.yFormat } } : {}),
   } as const;
   const text = { field: 'label', type: 'nominal' } as const;
+  const rules = (opts.rules ?? []).filter((r) => Number.isFinite(r.y));
+  const ruleY = { field: 'y', type: 'quantitative' } as const;
+  const ruleLayers = rules.length
+    ? [
+        { data: { values: rules }, mark: { type: 'rule' as const, strokeDash: [4, 4], color: '#888' }, encoding: { y: ruleY } },
+        { data: { values: rules }, mark: { type: 'text' as const, align: 'right' as const, x: 'width' as const, dy: -6, fontSize: 11, color: '#555' }, encoding: { y: ruleY, text } },
+      ]
+    : [];
   const spec: TopLevelSpec = {
     ...frame(opts),
     title: opts.title ?? '',
@@ -162,6 +172,7 @@ export async function scatterPng(points: readonly ScatterPoint[], opts: ScatterO
     layer: [
       { mark: { type: 'point', filled: true, size: 60, color: SERIES[0].color }, encoding: { x, y } },
       ...LABEL_DY.map((dy, level) => ({ transform: [{ filter: `datum.level == ${level}` }], mark: { type: 'text' as const, align: 'left' as const, dx: 6, dy, fontSize: 12 }, encoding: { x, y, text } })),
+      ...ruleLayers,
     ],
   };
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
