@@ -124,13 +124,20 @@ async function tinySetup(gpu: Gpu): Promise<{ tok: Tokenizer; model: Transformer
   }
 }
 
-test('evalFacts on a tiny random model: one item per question, scores in range, relation counts sum to n', async () => {
+/** runs a test body with the tiny setup on the test GPU, disposing the model after it */
+async function withTiny(body: (gpu: Gpu, tok: Tokenizer, model: Transformer) => Promise<void>): Promise<void> {
   const gpu = await testGpu();
-  let model: Transformer | undefined;
+  const { tok, model } = await tinySetup(gpu);
   try {
-    const setup = await tinySetup(gpu);
-    const tok = setup.tok;
-    model = setup.model;
+    await body(gpu, tok, model);
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    model.dispose();
+  }
+}
+
+test('evalFacts on a tiny random model: one item per question, scores in range, relation counts sum to n', () =>
+  withTiny(async (gpu, tok, model) => {
     const qs = [find('capital', 'France'), find('currency', 'Germany'), find('continent', 'Japan'), find('element category', 'Iron'), find('symbol', 'Oxygen')];
     const seen: FactsItem[] = [];
     const r = await evalFacts(gpu, model, tok, qs, { maxNew: 4, onItem: (it) => seen.push(it) });
@@ -159,19 +166,10 @@ test('evalFacts on a tiny random model: one item per question, scores in range, 
     assert.match(table, /^relation\s+n\s+EM\s+F1$/m);
     assert.match(table, /^total\s+5\s/m);
     assert.match(table, /^element category\s+1\s/m);
-    assert.equal(gpu.scratch.outstanding, 0);
-  } finally {
-    model?.dispose();
-  }
-});
+  }));
 
-test('evalFacts: batches of 3 give the items of one question at a time, in order; answers are greedyAnswer\'s', async () => {
-  const gpu = await testGpu();
-  let model: Transformer | undefined;
-  try {
-    const setup = await tinySetup(gpu);
-    const tok = setup.tok;
-    model = setup.model;
+test('evalFacts: batches of 3 give the items of one question at a time, in order; answers are greedyAnswer\'s', () =>
+  withTiny(async (gpu, tok, model) => {
     // prompts of different lengths, 7 questions: batches of 3, 3 and 1
     const qs = selectQuestions(ALL, { relations: ['capital', 'currency', 'element category', 'symbol'], perRelation: 2 }).slice(0, 7);
     assert.ok(new Set(qs.map((q) => tok.encode(q.prompt).length)).size > 1);
@@ -185,11 +183,7 @@ test('evalFacts: batches of 3 give the items of one question at a time, in order
     for (const [i, q] of qs.entries()) assert.equal(three.items[i]!.answer, await greedyAnswer(gpu, model, tok, q.prompt, 5));
     await assert.rejects(evalFacts(gpu, model, tok, qs, { batch: 0 }), /batch must be a positive integer/);
     assert.deepEqual((await evalFacts(gpu, model, tok, [], {})).items, []);
-    assert.equal(gpu.scratch.outstanding, 0);
-  } finally {
-    model?.dispose();
-  }
-});
+  }));
 
 test('answerText: decoded, end-of-text dropped, first line, trimmed, no final full stop', () => {
   const tok = { decode: (ids: readonly number[]) => ids.map((i) => [' Paris.', '\nQ: next', '<|endoftext|>', ' the Euro', ' 1.5'][i]).join('') } as unknown as Tokenizer;

@@ -10,19 +10,21 @@ import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { generate, greedyBatch, sample } from './generate.ts';
 
+/** a two-block model with a memory block, vocab 40, 24 positions */
+const CONFIG = parseModelConfig({
+  vocabSize: 40,
+  dim: 16,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  ffnHidden: 24,
+  maxSeqLen: 24,
+  memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
+});
+
 test('greedy generation with the KV cache equals recomputing the sequence each step (with a memory block)', async () => {
   const gpu = await testGpu();
-  const config = parseModelConfig({
-    vocabSize: 40,
-    dim: 16,
-    layers: 2,
-    heads: 4,
-    kvHeads: 2,
-    ffnHidden: 24,
-    maxSeqLen: 24,
-    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
-  });
-  const model = await Transformer.create(gpu, config, 11);
+  const model = await Transformer.create(gpu, CONFIG, 11);
   const prompt = [3, 17, 5, 9];
   const streamed: number[] = [];
   const fast = await generate(gpu, model, prompt, { maxNew: 8, temperature: 0, onToken: (id) => streamed.push(id) });
@@ -59,17 +61,7 @@ test('sampling: greedy, top-k 1, top-p tiny pick the argmax; temperature spreads
 
 test('greedyBatch equals generate() greedy per prompt: padding, stop ids, maxSeqLen, rows finishing early', async () => {
   const gpu = await testGpu();
-  const config = parseModelConfig({
-    vocabSize: 40,
-    dim: 16,
-    layers: 2,
-    heads: 4,
-    kvHeads: 2,
-    ffnHidden: 24,
-    maxSeqLen: 24,
-    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
-  });
-  const model = await Transformer.create(gpu, config, 11);
+  const model = await Transformer.create(gpu, CONFIG, 11);
   try {
     const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 31 + i * 17 + ((i * i) % 7)) % 40);
     // 20 tokens + 6 new would pass maxSeqLen 24: that row stops after 5 (as generate() does); 25 tokens: nothing
