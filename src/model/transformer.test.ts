@@ -68,3 +68,47 @@ test('transformer with a memory block: loss and every gradient match the float64
   model.dispose();
   assert.equal(gpu.scratch.outstanding, 0, 'every scratch tensor given back');
 });
+
+test('attentionInputs: the listed blocks only; k and v are what the KV cache stores; k0 = k at position 0 (RoPE is the identity there)', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({
+    vocabSize: 40,
+    dim: 16,
+    layers: 3,
+    heads: 4,
+    kvHeads: 2,
+    ffnHidden: 24,
+    maxSeqLen: 16,
+    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
+  });
+  const model = await Transformer.create(gpu, config, 3);
+  const seq = [5, 9, 1, 33, 12, 7, 20];
+  const ids = await gpu.tensorFrom(seq, [1, seq.length], 'u32', 'ids');
+  const cache = await model.createCache(8);
+  try {
+    const seen: number[] = [];
+    const got = new Map<number, { q0: Float32Array; k0: Float32Array; k: Float32Array; v: Float32Array }>();
+    await model.attentionInputs(ids, [2, 0], async (layer, t) => {
+      seen.push(layer);
+      assert.deepEqual([t.q0.shape, t.k0.shape, t.k.shape, t.v.shape], [[1, 7, 4, 4], [1, 7, 2, 4], [1, 7, 2, 4], [1, 7, 2, 4]]);
+      got.set(layer, { q0: (await gpu.read(t.q0)) as Float32Array, k0: (await gpu.read(t.k0)) as Float32Array, k: (await gpu.read(t.k)) as Float32Array, v: (await gpu.read(t.v)) as Float32Array });
+    });
+    assert.deepEqual(seen, [0, 2]);
+    (await model.logits(ids, cache)).dispose();
+    const row = 2 * 4;
+    for (const layer of [0, 2]) {
+      const g = got.get(layer)!;
+      const ck = ((await gpu.read(cache.k[layer]!)) as Float32Array).subarray(0, 7 * row);
+      const cv = ((await gpu.read(cache.v[layer]!)) as Float32Array).subarray(0, 7 * row);
+      assertClose(`k ${layer}`, g.k, ck, TOL.f32);
+      assertClose(`v ${layer}`, g.v, cv, TOL.f32);
+      assertClose(`k0 = k at position 0, block ${layer}`, g.k0.subarray(0, row), g.k.subarray(0, row), TOL.f32);
+    }
+    await assert.rejects(model.attentionInputs(ids, [3], async () => {}), /layer 3 is not in 0\.\.2/);
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    ids.dispose();
+    for (const t of [...cache.k, ...cache.v]) t.dispose();
+    model.dispose();
+  }
+});

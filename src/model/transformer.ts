@@ -61,6 +61,16 @@ interface BlockSaved {
   s?: Tensor;
 }
 
+/** one block's attention inputs: queries and keys before RoPE, keys after it, values; f32 */
+export interface AttentionInputs {
+  /** (B, T, heads, headDim) */
+  q0: Tensor;
+  /** (B, T, kvHeads, headDim) */
+  k0: Tensor;
+  k: Tensor;
+  v: Tensor;
+}
+
 /**
  * Keys and values of every block for the positions decoded so far (batch 1): the next tokens'
  * queries attend to them as attention's prefix (every cached position is before them), and to
@@ -313,6 +323,7 @@ export class Transformer {
     T: number,
     keep: boolean,
     cache?: { k: Tensor; v: Tensor; P: number },
+    tap?: (t: AttentionInputs) => Promise<void>,
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
     const { gpu, config: c } = this;
     const N = B * T;
@@ -333,6 +344,7 @@ export class Transformer {
     const k = take([B, T, NKV, HS], 'k');
     await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0: P });
     await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0: P });
+    if (tap) await tap({ q0: qp.reshape([B, T, NH, HS]), k0: kp.reshape([B, T, NKV, HS]), k, v: v.reshape([B, T, NKV, HS]) });
     qp.dispose();
     kp.dispose();
     const att = take([B, T, NH, HS], 'att');
@@ -413,6 +425,33 @@ export class Transformer {
     for (const u of [h, nf, rf]) u.dispose();
     if (cache) cache.length += T;
     return logits;
+  }
+
+  /**
+   * Runs ids (B, T) at positions 0..T-1 through the blocks up to the last of `layers` (nothing is
+   * kept for a backward) and hands `visit` each listed block's attention inputs, valid only until
+   * visit returns. Memory³ writing reads them: it scores tokens with q0 and k0 and stores k and v.
+   */
+  async attentionInputs(ids: Tensor, layers: readonly number[], visit: (layer: number, t: AttentionInputs) => Promise<void>): Promise<void> {
+    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
+    const want = new Set(layers);
+    for (const l of want) {
+      if (!(Number.isInteger(l) && l >= 0 && l < this.blocks.length)) throw new EngramError(`Transformer: layer ${l} is not in 0..${this.blocks.length - 1}`);
+    }
+    if (want.size === 0) return;
+    const [B, T] = ids.shape as [number, number];
+    if (T > this.config.maxSeqLen) throw new EngramError(`Transformer: ${T} positions exceed maxSeqLen ${this.config.maxSeqLen}`);
+    const last = Math.max(...want);
+    let h = await this.embedIds(ids);
+    try {
+      for (let i = 0; i <= last; i++) {
+        const r = await this.block(this.blocks[i]!, h, B, T, false, undefined, want.has(i) ? (t) => visit(i, t) : undefined);
+        h.dispose();
+        h = r.h;
+      }
+    } finally {
+      h.dispose();
+    }
   }
 
   /** Frees what forward kept. */
