@@ -112,3 +112,52 @@ test('attentionInputs: the listed blocks only; k and v are what the KV cache sto
     model.dispose();
   }
 });
+
+test('a cache front holding a prefix\'s keys and values gives the logits of the prefix in the sequence; a front of another size moves the context intact', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({
+    vocabSize: 40,
+    dim: 16,
+    layers: 3,
+    heads: 4,
+    kvHeads: 2,
+    ffnHidden: 24,
+    maxSeqLen: 16,
+    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
+  });
+  const model = await Transformer.create(gpu, config, 4);
+  const prefix = [7, 3, 30];
+  const ctx = [5, 9, 1, 33, 12];
+  const all = await gpu.tensorFrom([...prefix, ...ctx], [1, 8], 'u32', 'all');
+  const pre = await gpu.tensorFrom(prefix, [1, 3], 'u32', 'prefix');
+  const cache = await model.createCache(8, { frontMax: [4, 4, 4], pos0: prefix.length });
+  try {
+    const read = async (t: Promise<import('../gpu/tensor.ts').Tensor>) => {
+      const x = await t;
+      const out = (await gpu.read(x)) as Float32Array;
+      x.dispose();
+      return out;
+    };
+    const full = await read(model.logits(all));
+    const fronts: { k: Float32Array; v: Float32Array }[] = [];
+    await model.attentionInputs(pre, [0, 1, 2], async (_l, t) => {
+      fronts.push({ k: (await gpu.read(t.k)) as Float32Array, v: (await gpu.read(t.v)) as Float32Array });
+    });
+    for (const [l, f] of fronts.entries()) await model.setCacheFront(cache, l, f.k, f.v);
+    const ids = await gpu.tensorFrom(ctx, [1, 5], 'u32', 'ctx');
+    const got = await read(model.logits(ids, cache));
+    assertClose('logits with the prefix in the front', got, full.subarray(3 * 40), TOL.f32);
+    // another front size: the 5 context rows move behind it unchanged
+    const before = ((await gpu.read(cache.k[2]!)) as Float32Array).slice(3 * 8, 8 * 8);
+    await model.setCacheFront(cache, 2, fronts[2]!.k.subarray(0, 8), fronts[2]!.v.subarray(0, 8));
+    const after = ((await gpu.read(cache.k[2]!)) as Float32Array).slice(1 * 8, 6 * 8);
+    assert.deepEqual(after, before);
+    assert.deepEqual(cache.front, [3, 3, 1]);
+    await assert.rejects(model.setCacheFront(cache, 0, new Float32Array(5 * 8), new Float32Array(5 * 8)), /5 front rows for block 0, which has room for 4/);
+    await assert.rejects(model.createCache(8, { pos0: 300 }), /passes the RoPE table/);
+    ids.dispose();
+  } finally {
+    for (const t of [all, pre, ...cache.k, ...cache.v]) t.dispose();
+    model.dispose();
+  }
+});

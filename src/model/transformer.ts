@@ -77,13 +77,26 @@ export interface AttentionInputs {
  * each other causally.
  */
 export interface KvCache {
-  /** per block, (1, max, NKV, HS) f32 */
+  /** per block, (1, frontMax[i] + max, NKV, HS) f32: the front rows, then the context */
   k: Tensor[];
   v: Tensor[];
-  /** positions filled */
+  /** context positions filled */
   length: number;
   max: number;
+  /**
+   * per block: rows in front of the context that every new token attends to (setCacheFront; 0
+   * unless set). Memory³ puts its attention sink and the retrieved memories' keys and values
+   * there; their keys carry their own RoPE positions, so the rows are not positions of the cache
+   */
+  front: number[];
+  /** per block: the front's capacity in rows */
+  frontMax: number[];
+  /** RoPE position of context row 0 */
+  pos0: number;
 }
+
+/** positions the RoPE table holds past maxSeqLen: room for a front with its own positions (Memory³'s sink and memories) ahead of the context */
+export const EXTRA_POSITIONS = 256;
 
 interface Saved {
   B: number;
@@ -151,7 +164,7 @@ export class Transformer {
     }
     const finalNorm = await norm('model.norm.weight');
     const head = config.tiedEmbeddings ? null : await linear('lm_head.weight', [V, d]);
-    const rope = await createRopeTable(gpu, config.maxSeqLen, HS, config.ropeTheta);
+    const rope = await createRopeTable(gpu, config.maxSeqLen + EXTRA_POSITIONS, HS, config.ropeTheta);
     return new Transformer(gpu, config, embed, blocks, finalNorm, head, table, rope);
   }
 
@@ -322,7 +335,7 @@ export class Transformer {
     B: number,
     T: number,
     keep: boolean,
-    cache?: { k: Tensor; v: Tensor; P: number },
+    cache?: { k: Tensor; v: Tensor; P: number; front: number; pos0: number },
     tap?: (t: AttentionInputs) => Promise<void>,
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
     const { gpu, config: c } = this;
@@ -330,6 +343,9 @@ export class Transformer {
     const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = c;
     const HS = d / NH;
     const P = cache?.P ?? 0;
+    // rows this block's new tokens attend to before themselves: the front, then the cached context
+    const R = (cache?.front ?? 0) + P;
+    const pos0 = (cache?.pos0 ?? 0) + P;
     const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
     const n1 = take([N, d], 'n1');
     const r1 = take([N], 'r1');
@@ -342,20 +358,20 @@ export class Transformer {
     await linearForward(gpu, { y: v }, { x: n1, w: blk.v.value });
     const q = take([B, T, NH, HS], 'q');
     const k = take([B, T, NKV, HS], 'k');
-    await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0: P });
-    await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0: P });
+    await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0 });
+    await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0 });
     if (tap) await tap({ q0: qp.reshape([B, T, NH, HS]), k0: kp.reshape([B, T, NKV, HS]), k, v: v.reshape([B, T, NKV, HS]) });
     qp.dispose();
     kp.dispose();
     const att = take([B, T, NH, HS], 'att');
     const lse = take([B, NH, T], 'att_lse');
-    const prefix = cache && P > 0 ? { pk: cache.k.leading([1, P, NKV, HS]), pv: cache.v.leading([1, P, NKV, HS]) } : {};
+    const prefix = cache && R > 0 ? { pk: cache.k.leading([1, R, NKV, HS]), pv: cache.v.leading([1, R, NKV, HS]) } : {};
     await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix });
     if (cache) {
       const row = NKV * HS * 4;
       gpu.encode((enc) => {
-        enc.copyBufferToBuffer(k.buffer, k.offset, cache.k.buffer, cache.k.offset + P * row, T * row);
-        enc.copyBufferToBuffer(v.buffer, v.offset, cache.v.buffer, cache.v.offset + P * row, T * row);
+        enc.copyBufferToBuffer(k.buffer, k.offset, cache.k.buffer, cache.k.offset + R * row, T * row);
+        enc.copyBufferToBuffer(v.buffer, v.offset, cache.v.buffer, cache.v.offset + R * row, T * row);
       });
     }
     const o = take([N, d], 'o');
@@ -390,18 +406,64 @@ export class Transformer {
     return { h: h2, saved: null };
   }
 
-  /** An empty cache for up to `max` positions (default maxSeqLen). */
-  async createCache(max = this.config.maxSeqLen): Promise<KvCache> {
+  /**
+   * An empty cache for up to `max` context positions (default maxSeqLen). o.frontMax: per block,
+   * rows kept in front of the context (default none); o.pos0: the RoPE position of the first
+   * context token (default 0; pos0 + max may reach maxSeqLen + EXTRA_POSITIONS).
+   */
+  async createCache(max = this.config.maxSeqLen, o: { frontMax?: readonly number[]; pos0?: number } = {}): Promise<KvCache> {
     const { gpu, config: c } = this;
     if (!(Number.isInteger(max) && max > 0 && max <= c.maxSeqLen)) throw new EngramError(`Transformer: a cache of ${max} positions; 1..maxSeqLen ${c.maxSeqLen}`);
+    const pos0 = o.pos0 ?? 0;
+    if (!(Number.isInteger(pos0) && pos0 >= 0 && pos0 + max <= c.maxSeqLen + EXTRA_POSITIONS)) {
+      throw new EngramError(`Transformer: a cache whose context starts at position ${pos0} and holds ${max} positions passes the RoPE table's ${c.maxSeqLen + EXTRA_POSITIONS} positions`);
+    }
+    const frontMax = o.frontMax ? [...o.frontMax] : this.blocks.map(() => 0);
+    if (frontMax.length !== this.blocks.length || frontMax.some((f) => !(Number.isInteger(f) && f >= 0))) {
+      throw new EngramError(`Transformer: frontMax needs a whole number >= 0 for each of the ${this.blocks.length} blocks, got [${frontMax.join(', ')}]`);
+    }
     const HS = c.dim / c.heads;
     const k: Tensor[] = [];
     const v: Tensor[] = [];
     for (let i = 0; i < this.blocks.length; i++) {
-      k.push(await gpu.tensor([1, max, c.kvHeads, HS], 'f32', `cache.k.${i}`));
-      v.push(await gpu.tensor([1, max, c.kvHeads, HS], 'f32', `cache.v.${i}`));
+      k.push(await gpu.tensor([1, frontMax[i]! + max, c.kvHeads, HS], 'f32', `cache.k.${i}`));
+      v.push(await gpu.tensor([1, frontMax[i]! + max, c.kvHeads, HS], 'f32', `cache.v.${i}`));
     }
-    return { k, v, length: 0, max };
+    return { k, v, length: 0, max, front: this.blocks.map(() => 0), frontMax, pos0 };
+  }
+
+  /**
+   * Sets block `layer`'s front rows: k and v hold rows x (kvHeads, headDim) f32, their keys
+   * already rotated. A front of another size moves the cached context behind it (through a
+   * scratch copy: a buffer cannot copy onto itself).
+   */
+  async setCacheFront(cache: KvCache, layer: number, k: Float32Array, v: Float32Array): Promise<void> {
+    const { gpu, config: c } = this;
+    const HS = c.dim / c.heads;
+    const width = c.kvHeads * HS;
+    if (!(Number.isInteger(layer) && layer >= 0 && layer < this.blocks.length)) throw new EngramError(`Transformer: layer ${layer} is not in 0..${this.blocks.length - 1}`);
+    if (k.length !== v.length || k.length % width !== 0) throw new EngramError(`Transformer: front keys (${k.length}) and values (${v.length}) must be the same whole number of rows of ${width}`);
+    const rows = k.length / width;
+    if (rows > cache.frontMax[layer]!) throw new EngramError(`Transformer: ${rows} front rows for block ${layer}, which has room for ${cache.frontMax[layer]}`);
+    const old = cache.front[layer]!;
+    const P = cache.length;
+    const row = width * 4;
+    if (rows !== old && P > 0) {
+      for (const t of [cache.k[layer]!, cache.v[layer]!]) {
+        const tmp = gpu.scratch.take([P, width], 'f32', 'cache_move');
+        gpu.encode((enc) => {
+          enc.copyBufferToBuffer(t.buffer, t.offset + old * row, tmp.buffer, tmp.offset, P * row);
+          enc.copyBufferToBuffer(tmp.buffer, tmp.offset, t.buffer, t.offset + rows * row, P * row);
+        });
+        tmp.dispose();
+      }
+    }
+    gpu.flush();
+    if (rows > 0) {
+      gpu.device.queue.writeBuffer(cache.k[layer]!.buffer, cache.k[layer]!.offset, k as Float32Array<ArrayBuffer>);
+      gpu.device.queue.writeBuffer(cache.v[layer]!.buffer, cache.v[layer]!.offset, v as Float32Array<ArrayBuffer>);
+    }
+    cache.front[layer] = rows;
   }
 
   /**
@@ -417,7 +479,7 @@ export class Transformer {
     if (P + T > (cache?.max ?? c.maxSeqLen)) throw new EngramError(`Transformer: ${P} cached + ${T} new positions exceed ${cache?.max ?? c.maxSeqLen}`);
     let h = await this.embedIds(ids);
     for (const [i, blk] of this.blocks.entries()) {
-      const r = await this.block(blk, h, B, T, false, cache && { k: cache.k[i]!, v: cache.v[i]!, P });
+      const r = await this.block(blk, h, B, T, false, cache && { k: cache.k[i]!, v: cache.v[i]!, P, front: cache.front[i]!, pos0: cache.pos0 });
       h.dispose();
       h = r.h;
     }
