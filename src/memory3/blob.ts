@@ -1,0 +1,267 @@
+// the sparse KV memory of one reference (Memory³ explicit memory) as bytes: what a memory bank stores per
+// reference and what inference loads back (spec: shared/specs/memory3.md §1).
+//
+// a memory holds, for each of L memory layers and each of Hkv KV heads, the keys and values of the `tokens`
+// (T, default 8) reference tokens chosen for that (layer, head), each a headDim (D) vector. keys are stored
+// AFTER RoPE, rotated at the token's position inside the encoded reference, so relative positions survive
+// when the memory is placed in a context (§2, parallel position encoding); the positions themselves are
+// stored too, for inspection and for any later re-rotation.
+//
+// in memory (SparseMemory): k and v are f32, each (L, Hkv, T, D) row-major; positions u32 (L, Hkv, T).
+//
+// bytes (little-endian; engram assumes a little-endian host, like WebGPU and io/safetensors.ts):
+//   offset size
+//    0     4    magic 'EMK1'
+//    4     2    u16 format version (1)
+//    6     1    u8 dtype of K/V: 1 = f32, 2 = bf16
+//    7     1    u8 bytes per position: 2 (u16) or 4 (u32); the encoder picks u16 whenever every position
+//               fits (always, for references of <= 65536 tokens)
+//    8     2    u16 L (memory layers)
+//   10     2    u16 Hkv (KV heads)
+//   12     2    u16 T (tokens per head)
+//   14     2    u16 D (head dim)
+//   16     4    u32 payload bytes (everything after the 24-byte header)
+//   20     4    u32 CRC-32 (IEEE, the zlib one) of bytes [0, 20) followed by the payload [24, end): covers
+//               the header too, so a flipped dimension is caught as well as a flipped value
+//   24          K/V, (L, 2, Hkv, T, D) in dtype: per layer its keys then its values, so one layer's K and V
+//               are one contiguous read
+//   ...         positions, (L, Hkv, T) u16 or u32
+// K/V start at 24 and (L·2·Hkv·T·D elements) always take a multiple of 4 bytes, so both the values and
+// the positions are naturally aligned when the blob itself is.
+//
+// size: 24 + 2·L·Hkv·T·D·e + L·Hkv·T·p bytes, e = 2 (bf16) or 4 (f32), p = 2 or 4 (memoryBytes()).
+// the paper's model (L 22, Hkv 8, T 8, D 80, bf16, u16 positions): 24 + 450,560 + 2,816 = 453,400 B.
+//
+// why bf16 by default: it is what the paper stores (§3.1), it halves the bank (the bank, not the model, is
+// what outgrows RAM and disk), and attention over 40 extra keys per head does not need more than bf16's 8
+// mantissa bits (the model computes in f32 after loading; bf16 keeps f32's exponent range, so no key or
+// value overflows as it could in f16). f32 stays available for exact round trips and debugging.
+// encoding rounds to nearest even (gpu/dtype.ts f32ToBf16Bits: NaN stays NaN, overflow goes to ±inf).
+//
+// a damaged blob (wrong magic, unknown version/dtype, truncated, trailing bytes, a size that does not fit
+// its dims, a checksum mismatch) is a MemoryBlobError naming the blob and what is wrong; nothing is read
+// out of bounds and nothing is silently misread.
+
+import zlib from 'node:zlib';
+import { EngramError } from '../gpu/errors.ts';
+
+export type MemoryDType = 'bf16' | 'f32';
+
+/** the sparse K/V memory of one reference, decoded (k/v always f32, whatever the storage dtype) */
+export interface SparseMemory {
+  /** L, memory layers */
+  layers: number;
+  /** Hkv, KV heads per layer */
+  kvHeads: number;
+  /** T, selected tokens per (layer, KV head) */
+  tokens: number;
+  /** D, head dim */
+  headDim: number;
+  /** storage dtype of k/v in the encoded blob */
+  dtype: MemoryDType;
+  /** keys after RoPE, (L, Hkv, T, D) */
+  k: Float32Array;
+  /** values, (L, Hkv, T, D) */
+  v: Float32Array;
+  /** position of each selected token inside the encoded reference, (L, Hkv, T) */
+  positions: Uint32Array;
+}
+
+/** the dimensions of a memory, as its header records them */
+export interface MemoryShape {
+  layers: number;
+  kvHeads: number;
+  tokens: number;
+  headDim: number;
+  dtype: MemoryDType;
+}
+
+/** a header read from a blob whose size and checksum were verified */
+export interface MemoryHeader extends MemoryShape {
+  /** bytes per stored position, 2 (u16) or 4 (u32) */
+  positionBytes: 2 | 4;
+  /** total bytes of the blob */
+  bytes: number;
+}
+
+/** A memory blob (or a memory handed to the encoder) is malformed; says which and why. */
+export class MemoryBlobError extends EngramError {}
+
+export const MEMORY_MAGIC = 'EMK1';
+export const MEMORY_VERSION = 1;
+export const MEMORY_HEADER_BYTES = 24;
+const DTYPE_CODE: Readonly<Record<MemoryDType, number>> = { f32: 1, bf16: 2 };
+const CODE_DTYPE: Readonly<Record<number, MemoryDType>> = { 1: 'f32', 2: 'bf16' };
+const MAX_DIM = 0xffff;
+
+const elementBytes = (dtype: MemoryDType): number => (dtype === 'bf16' ? 2 : 4);
+
+/** Bytes of an encoded memory of `shape` (positions as u16 unless `positionBytes` says 4). */
+export function memoryBytes(shape: MemoryShape & { positionBytes?: 2 | 4 }): number {
+  const { layers: L, kvHeads: H, tokens: T, headDim: D } = shape;
+  return MEMORY_HEADER_BYTES + 2 * L * H * T * D * elementBytes(shape.dtype) + L * H * T * (shape.positionBytes ?? 2);
+}
+
+// ---- CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320: the one of zlib, gzip and PNG) ----
+
+let table: Uint32Array | undefined;
+
+/** Table-driven CRC-32, continuing from `crc` (0 to start); the fallback where node:zlib has no crc32 (< 20.15). */
+export function crc32Js(data: Uint8Array, crc = 0): number {
+  if (!table) {
+    table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+  }
+  let c = ~crc >>> 0;
+  for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/** CRC-32 continuing from `crc`: node:zlib's (native, fast) where this Node has it, else crc32Js */
+const crc32: (data: Uint8Array, crc?: number) => number =
+  typeof (zlib as { crc32?: unknown }).crc32 === 'function' ? (d, c = 0) => zlib.crc32(d, c) : crc32Js;
+
+/** the checksum a blob stores: header bytes [0, 20), then the payload */
+const blobCrc = (b: Uint8Array): number => crc32(b.subarray(MEMORY_HEADER_BYTES), crc32(b.subarray(0, 20)));
+
+// ---- encode ----
+
+function expectShape(m: SparseMemory, fail: (what: string) => MemoryBlobError): void {
+  for (const key of ['layers', 'kvHeads', 'tokens', 'headDim'] as const) {
+    const d = m[key];
+    if (!Number.isInteger(d) || d < 1 || d > MAX_DIM) throw fail(`${key} is ${d}; it must be an integer in [1, ${MAX_DIM}]`);
+  }
+  if (m.dtype !== 'bf16' && m.dtype !== 'f32') throw fail(`dtype '${String(m.dtype)}' is not 'bf16' or 'f32'`);
+  const shape = `(${m.layers}, ${m.kvHeads}, ${m.tokens}, ${m.headDim})`;
+  const n = m.layers * m.kvHeads * m.tokens * m.headDim;
+  for (const key of ['k', 'v'] as const) {
+    if (!(m[key] instanceof Float32Array) || m[key].length !== n) {
+      throw fail(`${key} must be a Float32Array of (layers, kvHeads, tokens, headDim) = ${shape} = ${n} values, got ${m[key]?.length ?? 'none'}`);
+    }
+  }
+  const np = m.layers * m.kvHeads * m.tokens;
+  if (!(m.positions instanceof Uint32Array) || m.positions.length !== np) {
+    throw fail(`positions must be a Uint32Array of (layers, kvHeads, tokens) = ${np} values, got ${m.positions?.length ?? 'none'}`);
+  }
+}
+
+/** Writes `src` (f32) into `out` (2-byte aligned, length src.length) as bf16 bits, round to nearest even. */
+function toBf16(src: Float32Array, out: Uint16Array): void {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i]!;
+    // same rule as gpu/dtype.ts f32ToBf16Bits, inlined for whole arrays
+    out[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+  }
+}
+
+/** Serialises a sparse memory into its bytes (layout in the header comment). */
+export function encodeMemory(m: SparseMemory): Uint8Array<ArrayBuffer> {
+  expectShape(m, (what) => new MemoryBlobError(`encodeMemory: ${what}`));
+  const { layers: L, kvHeads: H, tokens: T, headDim: D } = m;
+  let maxPos = 0;
+  for (const p of m.positions) maxPos = Math.max(maxPos, p);
+  const positionBytes = maxPos <= 0xffff ? 2 : 4;
+  const bytes = memoryBytes({ ...m, positionBytes });
+  const out = new Uint8Array(bytes);
+  const view = new DataView(out.buffer);
+  for (let i = 0; i < 4; i++) out[i] = MEMORY_MAGIC.charCodeAt(i);
+  view.setUint16(4, MEMORY_VERSION, true);
+  view.setUint8(6, DTYPE_CODE[m.dtype]);
+  view.setUint8(7, positionBytes);
+  view.setUint16(8, L, true);
+  view.setUint16(10, H, true);
+  view.setUint16(12, T, true);
+  view.setUint16(14, D, true);
+  view.setUint32(16, bytes - MEMORY_HEADER_BYTES, true);
+
+  // K/V: per layer, that layer's (H, T, D) keys then its values
+  const block = H * T * D;
+  const e = elementBytes(m.dtype);
+  for (let l = 0; l < L; l++) {
+    for (const [which, src] of [[0, m.k], [1, m.v]] as const) {
+      const at = MEMORY_HEADER_BYTES + (2 * l + which) * block * e;
+      const part = src.subarray(l * block, (l + 1) * block);
+      if (m.dtype === 'f32') new Float32Array(out.buffer, at, block).set(part);
+      else toBf16(part, new Uint16Array(out.buffer, at, block));
+    }
+  }
+  const posAt = MEMORY_HEADER_BYTES + 2 * L * block * e;
+  if (positionBytes === 2) new Uint16Array(out.buffer, posAt, m.positions.length).set(m.positions);
+  else new Uint32Array(out.buffer, posAt, m.positions.length).set(m.positions);
+
+  view.setUint32(20, blobCrc(out), true);
+  return out;
+}
+
+// ---- decode ----
+
+/**
+ * Reads and verifies a blob's header: magic, version, dtype, dims, that its size is exactly what the dims
+ * need, and the checksum over header and payload. Reads no values: what a bank checks on add.
+ * `label` names the blob in errors.
+ */
+export function memoryHeader(bytes: Uint8Array, label = 'memory blob'): MemoryHeader {
+  const fail = (what: string) => new MemoryBlobError(`${label}: ${what}`);
+  if (!(bytes instanceof Uint8Array)) throw fail(`expected a Uint8Array, got ${typeof bytes}`);
+  if (bytes.length < MEMORY_HEADER_BYTES) {
+    throw fail(`${bytes.length} bytes is too short: the header alone takes ${MEMORY_HEADER_BYTES} (truncated, or not a memory blob)`);
+  }
+  const magic = String.fromCharCode(...bytes.subarray(0, 4));
+  if (magic !== MEMORY_MAGIC) throw fail(`not a memory blob: magic ${JSON.stringify(magic)}, expected '${MEMORY_MAGIC}'`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const version = view.getUint16(4, true);
+  if (version !== MEMORY_VERSION) throw fail(`format version ${version} is not supported (this engram reads version ${MEMORY_VERSION})`);
+  const dtype = CODE_DTYPE[view.getUint8(6)];
+  if (!dtype) throw fail(`unknown dtype code ${view.getUint8(6)} (1 = f32, 2 = bf16): the header is corrupt`);
+  const positionBytes = view.getUint8(7);
+  if (positionBytes !== 2 && positionBytes !== 4) throw fail(`position size ${positionBytes} bytes is not 2 or 4: the header is corrupt`);
+  const shape: MemoryShape = { layers: view.getUint16(8, true), kvHeads: view.getUint16(10, true), tokens: view.getUint16(12, true), headDim: view.getUint16(14, true), dtype };
+  if (!shape.layers || !shape.kvHeads || !shape.tokens || !shape.headDim) throw fail(`a zero dimension in ${fmtShape(shape)}: the header is corrupt`);
+  const payload = view.getUint32(16, true);
+  const want = memoryBytes({ ...shape, positionBytes });
+  if (payload !== want - MEMORY_HEADER_BYTES) {
+    throw fail(`the header says ${payload} payload bytes, but ${fmtShape(shape)} needs ${want - MEMORY_HEADER_BYTES}: the header is corrupt`);
+  }
+  if (bytes.length < want) throw fail(`truncated: ${bytes.length} bytes, the header says ${want} (${fmtShape(shape)})`);
+  if (bytes.length > want) throw fail(`${bytes.length - want} trailing bytes after the ${want} that ${fmtShape(shape)} takes`);
+  const stored = view.getUint32(20, true);
+  const got = blobCrc(bytes);
+  if (stored !== got) throw fail(`checksum mismatch (stored ${hex(stored)}, computed ${hex(got)}): the blob is corrupt`);
+  return { ...shape, positionBytes, bytes: want };
+}
+
+/** Parses and verifies a blob (memoryHeader) and decodes it; k/v come back as f32. `label` names it in errors. */
+export function decodeMemory(bytes: Uint8Array, label = 'memory blob'): SparseMemory {
+  const h = memoryHeader(bytes, label);
+  // typed-array views need aligned offsets; a blob sliced out of a larger buffer may not be
+  const b = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  const { layers: L, kvHeads: H, tokens: T, headDim: D } = h;
+  const block = H * T * D;
+  const e = elementBytes(h.dtype);
+  const k = new Float32Array(L * block);
+  const v = new Float32Array(L * block);
+  for (let l = 0; l < L; l++) {
+    for (const [which, dst] of [[0, k], [1, v]] as const) {
+      const at = b.byteOffset + MEMORY_HEADER_BYTES + (2 * l + which) * block * e;
+      const part = dst.subarray(l * block, (l + 1) * block);
+      if (h.dtype === 'f32') part.set(new Float32Array(b.buffer, at, block));
+      else {
+        const src = new Uint16Array(b.buffer, at, block);
+        const bits = new Uint32Array(part.buffer, part.byteOffset, block);
+        for (let i = 0; i < block; i++) bits[i] = src[i]! << 16;
+      }
+    }
+  }
+  const posAt = b.byteOffset + MEMORY_HEADER_BYTES + 2 * L * block * e;
+  const n = L * H * T;
+  const positions = Uint32Array.from(h.positionBytes === 2 ? new Uint16Array(b.buffer, posAt, n) : new Uint32Array(b.buffer, posAt, n));
+  return { layers: L, kvHeads: H, tokens: T, headDim: D, dtype: h.dtype, k, v, positions };
+}
+
+const hex = (x: number): string => `0x${x.toString(16).padStart(8, '0')}`;
+const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}`;
