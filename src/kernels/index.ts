@@ -18,5 +18,6 @@ export { swapAxes, transpose } from './transpose/transpose.ts';
 export { fillNormal, fillUniform } from './init/init.ts';
 export { topkBackward, topkForward } from './topk/topk.ts';
 export { productTopkBackward, productTopkForward } from './topk/product_topk.ts';
+export { MEMSEL_MAX_K, MEMSEL_MAX_T, MEMSEL_NONE, memselForward, type MemselGroup, type MemselOptions } from './memsel/memsel.ts';
 export { chunkRows, membagBackward, membagForward, type ValueChunks } from './membag/membag.ts';
 export { clearRows, markRows } from './rowmask/rowmask.ts';

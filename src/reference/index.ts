@@ -15,5 +15,6 @@ export * from './transpose.ts';
 export * from './init.ts';
 export * from './topk.ts';
 export * from './membag.ts';
+export * from './memsel.ts';
 export * from './xent.ts';
 export { dot, gradCheck } from './fd.ts';
