@@ -45,7 +45,7 @@ export interface GenerateOptions extends SampleOptions {
 }
 
 /** a small seeded generator (mulberry32) for sampling */
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

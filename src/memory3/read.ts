@@ -1,0 +1,224 @@
+// Memory³ reading (spec shared/specs/memory3.md §2): generation that retrieves explicit memories
+// from a bank as it goes and attends to them at the memory layers.
+//
+// layout of what a token attends to, per block (the KV cache's front, then the context):
+//   every block      the sink: the prefix ("Reference:") at positions 0..p-1, the same at every
+//                    head of every layer (the spec's `<s>Reference:` constant sink)
+//   memory blocks    then the retrieved memories: `topk` (5) memories x `tokens` (8) rows, each
+//                    key rotated at its own position inside its reference (p..p+127: parallel
+//                    position encoding, all memories share one range of `memoryPositions` = 128)
+//   every block      then the context, from position p + memoryPositions on
+// the spec's separator `<s>` between memories and context is not added: our models have no BOS;
+// a context that should start with one starts with the model's end-of-text token (the caller's
+// prompt). a memory's tokens differ per KV head (each head kept its own 8), so a front row holds,
+// for head g, memory m's g-th selection: rows need not be the same token across heads.
+//
+// chunks of `chunk` (64) tokens: each prompt chunk retrieves `topk` memories with its own text
+// and its tokens attend to those only (the prompt is run chunk by chunk, the front swapped in
+// between). while generating, the first `chunk` new tokens keep the last prompt chunk's memories;
+// after every `chunk` new tokens, the memories are retrieved again with those tokens' text.
+// retrieval: the bank's BM25 search (bank.ts); decoded memories stay in an LRU cache (neighbouring
+// chunks often retrieve the same references).
+//
+// what each chunk retrieved is reported (onChunk, and in the result) for inspection.
+
+import type { Tokenizer } from '../data/tokenizer.ts';
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import { rng, sample, type SampleOptions } from '../infer/generate.ts';
+import type { KvCache, Transformer } from '../model/transformer.ts';
+import type { MemoryBank, SearchHit } from './bank.ts';
+import { decodeMemory, type SparseMemory } from './blob.ts';
+import { REFERENCE_PREFIX } from './write.ts';
+
+export interface ReadOptions {
+  /** memories per chunk (default 5) */
+  topk?: number;
+  /** tokens per chunk (default 64) */
+  chunk?: number;
+  /** the position range the memories share (default 128: the references' maximum length) */
+  memoryPositions?: number;
+  /** decoded memories kept (default 256) */
+  cacheSize?: number;
+  prefix?: string;
+}
+
+export interface ChunkInfo {
+  /** the chunk's first and one-past-last token index in prompt + generated */
+  start: number;
+  end: number;
+  /** the text the memories were retrieved with ('' when reused from the previous chunk) */
+  query: string;
+  retrieved: SearchHit[];
+}
+
+export interface MemoryGenerateOptions extends SampleOptions {
+  maxNew: number;
+  stopIds?: readonly number[];
+  onToken?: (id: number) => void;
+  onChunk?: (c: ChunkInfo) => void;
+}
+
+/** a least-recently-used map of decoded memories */
+class MemoryCache {
+  private readonly map = new Map<string, SparseMemory>();
+  hits = 0;
+  misses = 0;
+  constructor(private readonly size: number) {}
+
+  async get(bank: MemoryBank, ids: readonly string[]): Promise<SparseMemory[]> {
+    const missing = ids.filter((id) => !this.map.has(id));
+    this.misses += missing.length;
+    this.hits += ids.length - missing.length;
+    if (missing.length > 0) for (const r of await bank.get(missing)) this.put(r.id, decodeMemory(r.memory, `memory of reference '${r.id}'`));
+    return ids.map((id) => {
+      const m = this.map.get(id);
+      if (!m) throw new EngramError(`memory reader: reference '${id}' was retrieved but is no longer in the bank`);
+      this.map.delete(id);
+      this.map.set(id, m);
+      return m;
+    });
+  }
+
+  private put(id: string, m: SparseMemory): void {
+    this.map.set(id, m);
+    while (this.map.size > this.size) this.map.delete(this.map.keys().next().value!);
+  }
+}
+
+/** generation with explicit memories from a bank (one sequence) */
+export class MemoryReader {
+  private readonly memCache: MemoryCache;
+  private readonly o: Required<Omit<ReadOptions, 'cacheSize'>>;
+  private readonly layers: readonly number[];
+
+  constructor(
+    private readonly gpu: Gpu,
+    private readonly model: Transformer,
+    private readonly tok: Tokenizer,
+    private readonly bank: MemoryBank,
+    o: ReadOptions = {},
+  ) {
+    const c = model.config;
+    const m = bank.manifest;
+    if (m.kvHeads !== c.kvHeads || m.headDim !== c.dim / c.heads || m.layers.some((l) => l >= c.layers)) {
+      throw new EngramError(`memory reader: the bank holds memories of ${m.kvHeads} KV heads of dim ${m.headDim} at layers [${m.layers.join(', ')}]; this model has ${c.kvHeads} of dim ${c.dim / c.heads} in ${c.layers} blocks`);
+    }
+    this.layers = m.layers;
+    this.o = { topk: o.topk ?? 5, chunk: o.chunk ?? 64, memoryPositions: o.memoryPositions ?? 128, prefix: o.prefix ?? REFERENCE_PREFIX };
+    for (const k of ['topk', 'chunk', 'memoryPositions'] as const) {
+      if (!(Number.isInteger(this.o[k]) && this.o[k] > 0)) throw new EngramError(`memory reader: ${k} must be a positive integer, got ${this.o[k]}`);
+    }
+    this.memCache = new MemoryCache(o.cacheSize ?? 256);
+  }
+
+  /** memory cache counters: decoded memories reused and loaded */
+  cacheStats(): { hits: number; misses: number } {
+    return { hits: this.memCache.hits, misses: this.memCache.misses };
+  }
+
+  /** the prompt's continuation (new ids) and what every chunk retrieved */
+  async generate(prompt: readonly number[], o: MemoryGenerateOptions): Promise<{ ids: number[]; chunks: ChunkInfo[] }> {
+    const { model, o: ro } = this;
+    const c = model.config;
+    if (prompt.length === 0) throw new EngramError('memory reader: the prompt needs at least one token');
+    const prefix = Array.from(this.tok.encode(ro.prefix));
+    const p = prefix.length;
+    const max = Math.min(c.maxSeqLen, prompt.length + o.maxNew);
+    if (prompt.length > max) throw new EngramError(`memory reader: a prompt of ${prompt.length} tokens passes maxSeqLen ${c.maxSeqLen}`);
+    const rows = ro.topk * this.bank.manifest.tokens;
+    const cache = await model.createCache(max, {
+      frontMax: Array.from({ length: c.layers }, (_, l) => p + (this.layers.includes(l) ? rows : 0)),
+      pos0: p + ro.memoryPositions,
+    });
+    const chunks: ChunkInfo[] = [];
+    try {
+      const sink = await this.sink(prefix);
+      for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, s.k, s.v);
+      let last: Float32Array | null = null;
+      for (let s = 0; s < prompt.length; s += ro.chunk) {
+        const ids = prompt.slice(s, s + ro.chunk);
+        const info = await this.retrieve(cache, sink, this.tok.decode(ids), s, s + ids.length);
+        chunks.push(info);
+        o.onChunk?.(info);
+        last = await this.step(cache, ids);
+      }
+      const random = rng(o.seed ?? 0);
+      const out: number[] = [];
+      let current = chunks[chunks.length - 1]!;
+      while (out.length < o.maxNew && cache.length < max) {
+        const id = sample(last!, o, random);
+        out.push(id);
+        o.onToken?.(id);
+        if (o.stopIds?.includes(id) || out.length >= o.maxNew || cache.length >= max) break;
+        // every `chunk` new tokens: memories retrieved with those tokens
+        if (out.length % ro.chunk === 0) {
+          const at = prompt.length + out.length;
+          current = await this.retrieve(cache, sink, this.tok.decode(out.slice(-ro.chunk)), at, at);
+          chunks.push(current);
+          o.onChunk?.(current);
+        }
+        current.end = prompt.length + out.length + 1;
+        last = await this.step(cache, [id]);
+      }
+      return { ids: out, chunks };
+    } finally {
+      for (const t of [...cache.k, ...cache.v]) t.dispose();
+    }
+  }
+
+  /** the sink's keys and values at every block: the prefix at positions 0..p-1 */
+  private async sink(prefix: number[]): Promise<{ k: Float32Array; v: Float32Array }[]> {
+    const ids = await this.gpu.tensorFrom(prefix, [1, prefix.length], 'u32', 'sink_ids');
+    const out: { k: Float32Array; v: Float32Array }[] = [];
+    try {
+      await this.model.attentionInputs(ids, Array.from({ length: this.model.config.layers }, (_, l) => l), async (_l, t) => {
+        out.push({ k: (await this.gpu.read(t.k)) as Float32Array, v: (await this.gpu.read(t.v)) as Float32Array });
+      });
+    } finally {
+      ids.dispose();
+    }
+    return out;
+  }
+
+  /** retrieves memories with `query` and puts them behind the sink in the memory blocks' fronts */
+  private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], query: string, start: number, end: number): Promise<ChunkInfo> {
+    const hits = query.trim() ? await this.bank.search(query, { k: this.o.topk }) : [];
+    const mems = await this.memCache.get(this.bank, hits.map((h) => h.id));
+    const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
+    for (const [li, layer] of this.layers.entries()) {
+      const s = sink[layer]!;
+      const rows = s.k.length / (Hkv * HS) + mems.length * K;
+      const k = new Float32Array(rows * Hkv * HS);
+      const v = new Float32Array(rows * Hkv * HS);
+      k.set(s.k);
+      v.set(s.v);
+      let r = s.k.length / (Hkv * HS);
+      for (const m of mems) {
+        for (let t = 0; t < K; t++, r++) {
+          for (let g = 0; g < Hkv; g++) {
+            const src = ((li * Hkv + g) * K + t) * HS;
+            k.set(m.k.subarray(src, src + HS), (r * Hkv + g) * HS);
+            v.set(m.v.subarray(src, src + HS), (r * Hkv + g) * HS);
+          }
+        }
+      }
+      await this.model.setCacheFront(cache, layer, k, v);
+    }
+    return { start, end, query, retrieved: hits };
+  }
+
+  /** runs ids after the cache; the last position's logits */
+  private async step(cache: KvCache, ids: readonly number[]): Promise<Float32Array> {
+    const t = await this.gpu.tensorFrom(ids, [1, ids.length], 'u32', 'ids');
+    try {
+      const logits = await this.model.logits(t, cache);
+      const V = this.model.config.vocabSize;
+      const last = new Float32Array(await this.gpu.readBytes(logits.buffer, logits.offset + (ids.length - 1) * V * 4, V * 4));
+      logits.dispose();
+      return last;
+    } finally {
+      t.dispose();
+    }
+  }
+}

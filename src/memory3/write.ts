@@ -1,0 +1,157 @@
+// Memory³ writing (spec shared/specs/memory3.md §1): a reference text becomes an explicit memory,
+// the keys and values of a few of its tokens at the model's memory layers.
+//
+//   tokens     the prefix ("Reference:", the spec's `<s>Reference:` minus a BOS our tokenizers do
+//              not have) and then the reference, at most `maxTokens` (128) of its tokens; positions
+//              0.. from the prefix on, so a memory key carries the RoPE position it had here
+//   layers     the memory layers: the first half of the blocks by default (the paper's choice;
+//              it remarks that middle layers may be better: configurable)
+//   selection  per (memory layer, KV head), the `tokens` (8) reference tokens j with the largest
+//              Σ_i Σ_{h in the head's query group} exp(q_i,h · k_j / √d), over the reference's own
+//              tokens i, queries and keys before RoPE, no mask; the prefix neither scores nor is
+//              scored. memselForward runs it on the GPU for a batch of references at once
+//   stored     the selected tokens' keys after RoPE and their values, with their positions
+//              (SparseMemory, memory3/blob.ts; bf16 by default)
+//
+// a batch of references is padded to its longest; padding sits after each reference's end, so
+// causal attention keeps it out of the reference's own keys and values. the keys and values are
+// read back whole per layer and gathered on the host (a batch of 32 references of 136 positions
+// at head dim 64 and 4 KV heads is 4.5 MB per layer): writing is offline, and the selection, the
+// expensive part, stays on the GPU.
+//
+// a reference shorter than `tokens` has too few tokens to fill a memory: it is an error naming it
+// (a memory with empty slots would need a mask when it is read).
+
+import { createHash } from 'node:crypto';
+import type { Tokenizer } from '../data/tokenizer.ts';
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import { memselForward, MEMSEL_MAX_T } from '../kernels/memsel/memsel.ts';
+import type { ModelConfig } from '../model/config.ts';
+import type { Transformer } from '../model/transformer.ts';
+import type { MemoryDType, SparseMemory } from './blob.ts';
+
+export const REFERENCE_PREFIX = 'Reference:';
+
+export interface WriteOptions {
+  /** memory layers (default: the first half of the blocks) */
+  layers?: readonly number[];
+  /** tokens kept per (layer, KV head); default 8 */
+  tokens?: number;
+  /** reference tokens kept at most (longer references are cut); default 128 */
+  maxTokens?: number;
+  /** references encoded at once; default 32 */
+  batch?: number;
+  /** storage of the memory's keys and values; default bf16 */
+  dtype?: MemoryDType;
+  /** how a KV head's query heads combine in the score (memselForward); default 'sum' */
+  group?: 'sum' | 'first';
+  prefix?: string;
+}
+
+export interface WrittenMemory {
+  text: string;
+  /** the reference's own token ids (not the prefix), as encoded */
+  tokens: number[];
+  memory: SparseMemory;
+}
+
+/** the default memory layers of a model: the first half of its blocks (at least one) */
+export function defaultMemoryLayers(config: Pick<ModelConfig, 'layers'>): number[] {
+  return Array.from({ length: Math.max(1, Math.floor(config.layers / 2)) }, (_, i) => i);
+}
+
+/** the prefix's token ids and a reference's, cut to maxTokens */
+export function referenceTokens(tok: Tokenizer, text: string, o: { prefix?: string; maxTokens?: number } = {}): { prefix: number[]; tokens: number[] } {
+  const prefix = Array.from(tok.encode(o.prefix ?? REFERENCE_PREFIX));
+  const tokens = Array.from(tok.encode(` ${text.trim()}`)).slice(0, o.maxTokens ?? 128);
+  return { prefix, tokens };
+}
+
+/**
+ * what identifies a model for a memory bank: sha256 over its config, weights and tokenizer (the
+ * checkpoint's files of those names); memories written by one model mean nothing to another
+ */
+export function modelFingerprint(files: Readonly<Record<string, Uint8Array>>): string {
+  const h = createHash('sha256');
+  for (const name of ['config.json', 'model.safetensors', 'tokenizer.json']) {
+    const f = files[name];
+    if (!f) throw new EngramError(`modelFingerprint: the checkpoint has no ${name}`);
+    h.update(name).update(createHash('sha256').update(f).digest());
+  }
+  return h.digest('hex');
+}
+
+/** the explicit memories of `texts`, in order */
+export async function writeMemories(gpu: Gpu, model: Transformer, tok: Tokenizer, texts: readonly string[], o: WriteOptions = {}): Promise<WrittenMemory[]> {
+  const c = model.config;
+  const layers = [...(o.layers ?? defaultMemoryLayers(c))];
+  const K = o.tokens ?? 8;
+  const batch = o.batch ?? 32;
+  const dtype = o.dtype ?? 'bf16';
+  if (layers.length === 0 || new Set(layers).size !== layers.length || layers.some((l) => !(Number.isInteger(l) && l >= 0 && l < c.layers))) {
+    throw new EngramError(`writeMemories: layers [${layers.join(', ')}] must be distinct blocks in 0..${c.layers - 1}`);
+  }
+  if (!(Number.isInteger(batch) && batch > 0)) throw new EngramError(`writeMemories: batch must be a positive integer, got ${batch}`);
+  const refs = texts.map((text, i) => {
+    const r = referenceTokens(tok, text, o);
+    if (r.tokens.length < K) {
+      throw new EngramError(`writeMemories: reference ${i} ('${text.slice(0, 40)}') has ${r.tokens.length} tokens; a memory keeps ${K} per head, so give it at least ${K}`);
+    }
+    const T = r.prefix.length + r.tokens.length;
+    if (T > Math.min(MEMSEL_MAX_T, c.maxSeqLen)) {
+      throw new EngramError(`writeMemories: reference ${i} is ${T} tokens with its prefix; the limit is ${Math.min(MEMSEL_MAX_T, c.maxSeqLen)} (lower maxTokens)`);
+    }
+    return { text, ...r };
+  });
+  const HS = c.dim / c.heads;
+  const Hkv = c.kvHeads;
+  const out: WrittenMemory[] = [];
+  for (let s = 0; s < refs.length; s += batch) {
+    const chunk = refs.slice(s, s + batch);
+    const B = chunk.length;
+    const T = Math.max(...chunk.map((r) => r.prefix.length + r.tokens.length));
+    const ids = new Uint32Array(B * T);
+    chunk.forEach((r, b) => ids.set([...r.prefix, ...r.tokens], b * T));
+    const mems = chunk.map((): SparseMemory => ({
+      layers: layers.length,
+      kvHeads: Hkv,
+      tokens: K,
+      headDim: HS,
+      dtype,
+      k: new Float32Array(layers.length * Hkv * K * HS),
+      v: new Float32Array(layers.length * Hkv * K * HS),
+      positions: new Uint32Array(layers.length * Hkv * K),
+    }));
+    const idsT = await gpu.tensorFrom(ids, [B, T], 'u32', 'ref_ids');
+    const start = await gpu.tensorFrom(chunk.map((r) => r.prefix.length), [B], 'u32', 'ref_start');
+    const length = await gpu.tensorFrom(chunk.map((r) => r.prefix.length + r.tokens.length), [B], 'u32', 'ref_length');
+    const indices = await gpu.tensor([B, Hkv, K], 'u32', 'ref_selected');
+    try {
+      await model.attentionInputs(idsT, layers, async (layer, t) => {
+        await memselForward(gpu, { indices }, { q: t.q0, k: t.k0, start, length }, { group: o.group ?? 'sum' });
+        const sel = (await gpu.read(indices)) as Uint32Array;
+        const k = (await gpu.read(t.k)) as Float32Array;
+        const v = (await gpu.read(t.v)) as Float32Array;
+        const li = layers.indexOf(layer);
+        for (let b = 0; b < B; b++) {
+          const m = mems[b]!;
+          for (let g = 0; g < Hkv; g++) {
+            for (let j = 0; j < K; j++) {
+              const pos = sel[(b * Hkv + g) * K + j]!;
+              const slot = (li * Hkv + g) * K + j;
+              m.positions[slot] = pos;
+              const src = ((b * T + pos) * Hkv + g) * HS;
+              m.k.set(k.subarray(src, src + HS), slot * HS);
+              m.v.set(v.subarray(src, src + HS), slot * HS);
+            }
+          }
+        }
+      });
+    } finally {
+      for (const u of [idsT, start, length, indices]) u.dispose();
+    }
+    chunk.forEach((r, b) => out.push({ text: r.text, tokens: r.tokens, memory: mems[b]! }));
+  }
+  return out;
+}
