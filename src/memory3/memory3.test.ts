@@ -62,7 +62,7 @@ test('a memory that keeps every token, at every block: reading it equals the mod
     const { prefix, tokens } = referenceTokens(tok, text);
     const want = await generate(gpu, model, [...prefix, ...tokens, ...prompt], { maxNew: 6, temperature: 0 });
     assert.deepEqual(got.ids, want);
-    await bank.close();
+    bank.close();
   } finally {
     model.dispose();
   }
@@ -97,8 +97,8 @@ test('sparse memories at the first half of the blocks: retrieval per chunk, the 
     assert.ok(without.chunks.every((c) => c.retrieved.length === 0));
     assert.equal(without.ids.length, 10);
     await assert.rejects(writeMemories(gpu, model, tok, ['a']), /has \d tokens; a memory keeps 8 per head/);
-    await full.close();
-    await empty.close();
+    full.close();
+    empty.close();
     assert.equal(gpu.scratch.outstanding, 0);
   } finally {
     model.dispose();
