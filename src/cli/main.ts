@@ -2,6 +2,7 @@
 
 import { parseArgs } from 'node:util';
 import { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
 
 const HELP = `usage: engram <command> [options]
 
@@ -15,10 +16,24 @@ commands:
              --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
+             --memory <bank>: read Memory³ explicit memories from the bank while generating (every
+             64-token chunk retrieves 5 references); what each chunk retrieved goes to stderr
   ask        held-out factual questions against a model: --model runs/tiny --data data --n 10
   eval facts held-out factual questions from the knowledge bases, greedy answers scored by exact
              match and token F1, per relation: --checkpoint runs/tiny  --relations capital,currency
              --n <questions per relation, evenly spaced; default all>  --out <results.json>
+  memory     Memory³ explicit memories: a bank of references and their encoded memories, tied to one
+             model (a bank built for another model is refused). --bank defaults to <model>.memory
+    build    --model runs/tiny --bank <folder> --from refs.txt|refs.jsonl  --batch 32  --layers 0,1
+             (default: the first half of the blocks)  --tokens 8 (kept per KV head)  --dtype bf16|f32
+             a reference per non-empty line (.txt) or per {"text": ..., "id": ...} line (.jsonl);
+             creates the bank if missing (an existing one keeps its layers/tokens/dtype; others are
+             refused). every reference is checked first: one with fewer than --tokens tokens (or
+             an id twice, or one already there) fails naming its line, and nothing is added
+    add      --model runs/tiny --bank <folder> --text "..." [--id <id>]: one reference; prints its id
+    remove   --bank <folder> --id <id>[,<id>...]: fails, removing nothing, if an id is not there
+    list     --bank <folder> --offset 0 --limit 20: id and text, in insertion order
+    search   --bank <folder> --query "..." --k 5: id, BM25 score and text, best first
   demo       all of it in one go: builds a fact drill, trains a small memory model for a few
              minutes, asks it questions; --gpu for a bigger model on a GPU
              --out demo  --gpu  --steps <n>  --max-minutes 8  --seed 0
@@ -83,8 +98,8 @@ switch (cmd) {
   }
   case 'generate': {
     const { generateCommand } = await import('./commands.ts');
-    const o = opt({ model: 'runs/tiny', prompt: '', 'max-new': '64', temperature: '0.8', 'top-p': '0.95', 'top-k': '0', seed: '0', stop: '' });
-    await generateCommand({
+    const o = opt({ model: 'runs/tiny', prompt: '', 'max-new': '64', temperature: '0.8', 'top-p': '0.95', 'top-k': '0', seed: '0', stop: '', memory: '' });
+    const a = {
       model: o.str('model'),
       prompt: o.str('prompt'),
       maxNew: o.num('max-new'),
@@ -93,7 +108,12 @@ switch (cmd) {
       topK: o.num('top-k'),
       seed: o.num('seed'),
       stop: o.str('stop'),
-    });
+    };
+    if (o.str('memory') === '') await generateCommand(a);
+    else {
+      const { generateWithMemoryCommand } = await import('./memory.ts');
+      await generateWithMemoryCommand({ ...a, memory: o.str('memory') });
+    }
     break;
   }
   case 'ask': {
@@ -126,6 +146,54 @@ switch (cmd) {
       },
       openModel,
     );
+    break;
+  }
+  case 'memory': {
+    const [sub = '', ...args] = rest;
+    const flags: Record<string, string[]> = {
+      build: ['model', 'bank', 'from', 'batch', 'layers', 'tokens', 'dtype'],
+      add: ['model', 'bank', 'text', 'id', 'layers', 'tokens', 'dtype'],
+      remove: ['model', 'bank', 'id'],
+      list: ['model', 'bank', 'offset', 'limit'],
+      search: ['model', 'bank', 'query', 'k'],
+    };
+    const known = flags[sub];
+    if (!known) {
+      console.error(`engram memory: unknown subcommand '${sub}' (known: ${Object.keys(flags).join(', ')})\n\n${HELP}`);
+      process.exit(2);
+    }
+    const { values: v } = parseArgs({ args, options: Object.fromEntries(known.map((k) => [k, { type: 'string' as const }])), strict: true });
+    const int = (k: string, min: number): number | undefined => {
+      const s = v[k];
+      if (s === undefined) return undefined;
+      const x = Number(s);
+      if (!Number.isInteger(x) || x < min) throw new Error(`--${k}: expected an integer >= ${min}, got '${s}'`);
+      return x;
+    };
+    const need = (k: string): string => {
+      const s = v[k];
+      if (s === undefined || s === '') throw new Error(`engram memory ${sub}: --${k} is required`);
+      return s;
+    };
+    const m = await import('./memory.ts');
+    const where = { ...(v.model !== undefined ? { model: v.model } : {}), ...(v.bank !== undefined ? { bank: v.bank } : {}) };
+    const dims = {
+      ...(v.layers !== undefined ? { layers: m.parseLayers(v.layers) } : {}),
+      ...(v.tokens !== undefined ? { tokens: int('tokens', 1)! } : {}),
+      ...(v.dtype !== undefined ? { dtype: m.parseDtype(v.dtype) } : {}),
+    };
+    try {
+      if (sub === 'build') await m.memoryBuildCommand({ ...where, ...dims, model: need('model'), from: need('from'), ...(v.batch !== undefined ? { batch: int('batch', 1)! } : {}) });
+      else if (sub === 'add') await m.memoryAddCommand({ ...where, ...dims, model: need('model'), text: need('text'), ...(v.id !== undefined ? { id: v.id } : {}) });
+      else if (sub === 'remove') await m.memoryRemoveCommand({ ...where, ids: need('id').split(',').map((id) => id.trim()).filter((id) => id !== '') });
+      else if (sub === 'list') await m.memoryListCommand({ ...where, offset: int('offset', 0) ?? 0, limit: int('limit', 0) ?? 20 });
+      else await m.memorySearchCommand({ ...where, query: need('query'), k: int('k', 1) ?? 5 });
+    } catch (e) {
+      // an engram error's message says what is wrong: no stack trace
+      if (!(e instanceof EngramError)) throw e;
+      console.error(e.message.startsWith('engram ') ? e.message : `engram memory ${sub}: ${e.message}`);
+      process.exit(1);
+    }
     break;
   }
   case 'demo': {

@@ -160,7 +160,9 @@ export class MemoryBankError extends EngramError {}
 
 export const BANK_TABLE = 'refs';
 export const BANK_FORMAT = 1;
-const MANIFEST_KEY = 'engram.memory_bank';
+/** the schema-metadata key of the manifest (readable without knowing the model, e.g. by `engram memory list`) */
+export const BANK_MANIFEST_KEY = 'engram.memory_bank';
+const MANIFEST_KEY = BANK_MANIFEST_KEY;
 /** reciprocal rank fusion constant (Cormack, Clarke, Büttcher 2009) */
 export const RRF_K = 60;
 const MAX_ID_LENGTH = 256;

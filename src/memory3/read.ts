@@ -56,6 +56,8 @@ export interface MemoryGenerateOptions extends SampleOptions {
   maxNew: number;
   stopIds?: readonly number[];
   onToken?: (id: number) => void;
+  /** polled after each new token with everything generated so far: true stops (e.g. a stop string appeared) */
+  shouldStop?: (ids: readonly number[]) => boolean;
   onChunk?: (c: ChunkInfo) => void;
 }
 
@@ -150,7 +152,7 @@ export class MemoryReader {
         const id = sample(last!, o, random);
         out.push(id);
         o.onToken?.(id);
-        if (o.stopIds?.includes(id) || out.length >= o.maxNew || cache.length >= max) break;
+        if (o.stopIds?.includes(id) || o.shouldStop?.(out) || out.length >= o.maxNew || cache.length >= max) break;
         // every `chunk` new tokens: memories retrieved with those tokens
         if (out.length % ro.chunk === 0) {
           const at = prompt.length + out.length;
