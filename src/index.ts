@@ -35,3 +35,4 @@ export { MemoryBank, MemoryBankError, type BankModel, type BankManifest, type Ne
 export { encodeMemory, decodeMemory, memoryBytes, type SparseMemory } from './memory3/blob.ts';
 export { writeMemories, defaultMemoryLayers, modelFingerprint, referenceTokens, REFERENCE_PREFIX, type WriteOptions, type WrittenMemory } from './memory3/write.ts';
 export { MemoryReader, type ReadOptions, type ChunkInfo, type MemoryGenerateOptions } from './memory3/read.ts';
+export { overlap, leaks } from './memory3/overlap.ts';
