@@ -448,7 +448,7 @@ export async function generateWithMemoryCommand(a: GenerateWithMemoryArgs, env: 
     const bank = await MemoryBank.open(a.memory, { model: await bankModelFor(a.memory, mm, {}, false) });
     try {
       const { tok } = mm;
-      const reader = new MemoryReader(mm.gpu, mm.model, tok, bank);
+      const reader = new MemoryReader(mm.gpu, mm.model, tok, bank, { inspect: true });
       const eot = tok.tokenId(EOT);
       const ids: number[] = [];
       let text = '';
@@ -476,7 +476,7 @@ export async function generateWithMemoryCommand(a: GenerateWithMemoryArgs, env: 
       write('\n');
       for (const c of out.chunks) {
         log(`memory: tokens ${c.start}-${c.end}: ${c.retrieved.length} reference${c.retrieved.length === 1 ? '' : 's'} for "${oneLine(c.query, 60)}"`);
-        for (const h of c.retrieved) log(`  ${h.id}: ${oneLine(h.text)}`);
+        for (const [i, h] of c.retrieved.entries()) log(`  ${h.id} (${(100 * (c.attention?.[i] ?? 0)).toFixed(1)}% of the attention): ${oneLine(h.text)}`);
       }
       return { text, chunks: out.chunks };
     } finally {

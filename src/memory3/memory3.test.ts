@@ -86,13 +86,20 @@ test('sparse memories at the first half of the blocks: retrieval per chunk, the 
     await full.add(written.map((w, i) => ({ id: `fact${i}`, text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })));
     const empty = await MemoryBank.open(join(root, 'empty'), { create: true, model: model3 });
     const prompt = Array.from(tok.encode(' Who keeps seven green parrots in Vellport? And the lighthouse of Marrow Point?'));
-    const reader = new MemoryReader(gpu, model, tok, full, { chunk: 8, topk: 2 });
+    const reader = new MemoryReader(gpu, model, tok, full, { chunk: 8, topk: 2, inspect: true });
     const seen: string[][] = [];
     const withMem = await reader.generate(prompt, { maxNew: 10, temperature: 0, onChunk: (c) => seen.push(c.retrieved.map((h) => h.id)) });
     assert.equal(withMem.chunks.length, Math.ceil(prompt.length / 8) + 1);
     assert.deepEqual(seen, withMem.chunks.map((c) => c.retrieved.map((h) => h.id)));
     assert.ok(withMem.chunks.some((c) => c.retrieved[0]?.id === 'fact1'), JSON.stringify(seen));
     assert.ok(reader.cacheStats().hits > 0);
+    // inspection: every chunk's shares of attention, per retrieved reference and the sink, in (0, 1), together below 1 (the rest went to the context)
+    for (const c of withMem.chunks) {
+      assert.equal(c.attention?.length, c.retrieved.length);
+      const shares = [...c.attention!, c.sinkAttention!];
+      for (const x of shares) assert.ok(x > 0 && x < 1, JSON.stringify(c));
+      assert.ok(shares.reduce((a, b) => a + b, 0) < 1 + 1e-6);
+    }
     const without = await new MemoryReader(gpu, model, tok, empty, { chunk: 8, topk: 2 }).generate(prompt, { maxNew: 10, temperature: 0 });
     assert.ok(without.chunks.every((c) => c.retrieved.length === 0));
     assert.equal(without.ids.length, 10);

@@ -20,12 +20,16 @@
 // retrieval: the bank's BM25 search (bank.ts); decoded memories stay in an LRU cache (neighbouring
 // chunks often retrieve the same references).
 //
-// what each chunk retrieved is reported (onChunk, and in the result) for inspection.
+// what each chunk retrieved is reported (onChunk, and in the result) for inspection; with
+// `inspect`, also how much attention each retrieved reference received: the memory blocks'
+// queries and attention logsumexps come back each step (logits' `watch`), and the weight of a
+// query on a memory row is exp(scale q.k - lse), summed over the reference's rows.
 
 import type { Tokenizer } from '../data/tokenizer.ts';
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import { rng, sample, type SampleOptions } from '../infer/generate.ts';
+import type { Tensor } from '../gpu/tensor.ts';
 import type { KvCache, Transformer } from '../model/transformer.ts';
 import type { MemoryBank, SearchHit } from './bank.ts';
 import { decodeMemory, type SparseMemory } from './blob.ts';
@@ -41,6 +45,8 @@ export interface ReadOptions {
   /** decoded memories kept (default 256) */
   cacheSize?: number;
   prefix?: string;
+  /** measure how much attention each retrieved reference receives (ChunkInfo.attention; costs a readback per block and step) */
+  inspect?: boolean;
 }
 
 export interface ChunkInfo {
@@ -50,6 +56,13 @@ export interface ChunkInfo {
   /** the text the memories were retrieved with ('' when reused from the previous chunk) */
   query: string;
   retrieved: SearchHit[];
+  /**
+   * with `inspect`: per retrieved reference, the share of attention its memory rows received,
+   * and the sink's, each a mean over the chunk's tokens, the query heads and the memory blocks
+   * (the rest went to the context)
+   */
+  attention?: number[];
+  sinkAttention?: number;
 }
 
 export interface MemoryGenerateOptions extends SampleOptions {
@@ -93,6 +106,10 @@ export class MemoryReader {
   private readonly memCache: MemoryCache;
   private readonly o: Required<Omit<ReadOptions, 'cacheSize'>>;
   private readonly layers: readonly number[];
+  /** per memory block: its front's keys (rows x kvHeads x headDim) and how many rows are the sink's, for inspection */
+  private readonly fronts = new Map<number, { k: Float32Array; sinkRows: number }>();
+  /** the chunk whose attention shares are being summed, and the sums */
+  private acc: { info: ChunkInfo; sums: number[]; sink: number; n: number } | null = null;
 
   constructor(
     private readonly gpu: Gpu,
@@ -107,7 +124,7 @@ export class MemoryReader {
       throw new EngramError(`memory reader: the bank holds memories of ${m.kvHeads} KV heads of dim ${m.headDim} at layers [${m.layers.join(', ')}]; this model has ${c.kvHeads} of dim ${c.dim / c.heads} in ${c.layers} blocks`);
     }
     this.layers = m.layers;
-    this.o = { topk: o.topk ?? 5, chunk: o.chunk ?? 64, memoryPositions: o.memoryPositions ?? 128, prefix: o.prefix ?? REFERENCE_PREFIX };
+    this.o = { topk: o.topk ?? 5, chunk: o.chunk ?? 64, memoryPositions: o.memoryPositions ?? 128, prefix: o.prefix ?? REFERENCE_PREFIX, inspect: o.inspect ?? false };
     for (const k of ['topk', 'chunk', 'memoryPositions'] as const) {
       if (!(Number.isInteger(this.o[k]) && this.o[k] > 0)) throw new EngramError(`memory reader: ${k} must be a positive integer, got ${this.o[k]}`);
     }
@@ -163,6 +180,7 @@ export class MemoryReader {
         current.end = prompt.length + out.length + 1;
         last = await this.step(cache, [id]);
       }
+      this.settle();
       return { ids: out, chunks };
     } finally {
       for (const t of [...cache.k, ...cache.v]) t.dispose();
@@ -206,15 +224,56 @@ export class MemoryReader {
         }
       }
       await this.model.setCacheFront(cache, layer, k, v);
+      this.fronts.set(layer, { k, sinkRows: s.k.length / (Hkv * HS) });
     }
-    return { start, end, query, retrieved: hits };
+    const info: ChunkInfo = { start, end, query, retrieved: hits };
+    this.settle();
+    if (this.o.inspect) this.acc = { info, sums: hits.map(() => 0), sink: 0, n: 0 };
+    return info;
+  }
+
+  /** closes the chunk being inspected: its sums become mean shares */
+  private settle(): void {
+    const a = this.acc;
+    if (!a) return;
+    a.info.attention = a.sums.map((x) => (a.n > 0 ? x / a.n : 0));
+    a.info.sinkAttention = a.n > 0 ? a.sink / a.n : 0;
+    this.acc = null;
+  }
+
+  /** adds one memory block's attention weights on its front rows (exp(scale q.k - lse)) to the chunk's sums */
+  private async inspect(layer: number, q: Tensor, lse: Tensor): Promise<void> {
+    const a = this.acc;
+    const f = this.fronts.get(layer);
+    if (!a || !f) return;
+    const c = this.model.config;
+    const { heads: NH, kvHeads: NKV } = c;
+    const HS = c.dim / NH;
+    const K = this.bank.manifest.tokens;
+    const qs = (await this.gpu.read(q)) as Float32Array;
+    const ls = (await this.gpu.read(lse)) as Float32Array;
+    const T = q.shape[1]!;
+    const scale = 1 / Math.sqrt(HS);
+    const weight = (t: number, h: number, row: number) => {
+      const g = Math.floor(h / (NH / NKV));
+      let dot = 0;
+      for (let x = 0; x < HS; x++) dot += qs[(t * NH + h) * HS + x]! * f.k[(row * NKV + g) * HS + x]!;
+      return Math.exp(scale * dot - ls[h * T + t]!);
+    };
+    for (let t = 0; t < T; t++) {
+      for (let h = 0; h < NH; h++) {
+        for (let row = 0; row < f.sinkRows; row++) a.sink += weight(t, h, row);
+        for (let m = 0; m < a.sums.length; m++) for (let j = 0; j < K; j++) a.sums[m]! += weight(t, h, f.sinkRows + m * K + j);
+        a.n++;
+      }
+    }
   }
 
   /** runs ids after the cache; the last position's logits */
   private async step(cache: KvCache, ids: readonly number[]): Promise<Float32Array> {
     const t = await this.gpu.tensorFrom(ids, [1, ids.length], 'u32', 'ids');
     try {
-      const logits = await this.model.logits(t, cache);
+      const logits = await this.model.logits(t, cache, this.acc ? (layer, r) => this.inspect(layer, r.q, r.lse) : undefined);
       const V = this.model.config.vocabSize;
       const last = new Float32Array(await this.gpu.readBytes(logits.buffer, logits.offset + (ids.length - 1) * V * 4, V * 4));
       logits.dispose();

@@ -72,6 +72,16 @@ export interface AttentionInputs {
 }
 
 /**
+ * what a block's queries did in attention: the queries after RoPE (B, T, heads, headDim) and each
+ * row's natural-log logsumexp (B, heads, T), so that exp(scale q.k - lse) is the weight a query
+ * gave a key (logits' `watch`; Memory³ inspection reads the weights its memories got)
+ */
+export interface AttentionRows {
+  q: Tensor;
+  lse: Tensor;
+}
+
+/**
  * Keys and values of every block for the positions decoded so far (batch 1): the next tokens'
  * queries attend to them as attention's prefix (every cached position is before them), and to
  * each other causally.
@@ -337,6 +347,7 @@ export class Transformer {
     keep: boolean,
     cache?: { k: Tensor; v: Tensor; P: number; front: number; pos0: number },
     tap?: (t: AttentionInputs) => Promise<void>,
+    watch?: (t: AttentionRows) => Promise<void>,
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
     const { gpu, config: c } = this;
     const N = B * T;
@@ -367,6 +378,7 @@ export class Transformer {
     const lse = take([B, NH, T], 'att_lse');
     const prefix = cache && R > 0 ? { pk: cache.k.leading([1, R, NKV, HS]), pv: cache.v.leading([1, R, NKV, HS]) } : {};
     await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix });
+    if (watch) await watch({ q, lse });
     if (cache) {
       const row = NKV * HS * 4;
       gpu.encode((enc) => {
@@ -469,8 +481,9 @@ export class Transformer {
   /**
    * Logits (B T, V) of ids (B, T), for inference: nothing is kept for a backward. With a cache
    * (B = 1), the ids continue the cached positions and their keys and values are appended.
+   * `watch` sees each block's queries and attention logsumexps (valid until it returns).
    */
-  async logits(ids: Tensor, cache?: KvCache): Promise<Tensor> {
+  async logits(ids: Tensor, cache?: KvCache, watch?: (layer: number, t: AttentionRows) => Promise<void>): Promise<Tensor> {
     const c = this.config;
     if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const [B, T] = ids.shape as [number, number];
@@ -479,7 +492,7 @@ export class Transformer {
     if (P + T > (cache?.max ?? c.maxSeqLen)) throw new EngramError(`Transformer: ${P} cached + ${T} new positions exceed ${cache?.max ?? c.maxSeqLen}`);
     let h = await this.embedIds(ids);
     for (const [i, blk] of this.blocks.entries()) {
-      const r = await this.block(blk, h, B, T, false, cache && { k: cache.k[i]!, v: cache.v[i]!, P, front: cache.front[i]!, pos0: cache.pos0 });
+      const r = await this.block(blk, h, B, T, false, cache && { k: cache.k[i]!, v: cache.v[i]!, P, front: cache.front[i]!, pos0: cache.pos0 }, undefined, watch && ((t) => watch(i, t)));
       h.dispose();
       h = r.h;
     }

@@ -3,15 +3,20 @@
 //
 //   attention_dsum   D (B,NH,T) = sum(dout * out) over HS, one thread per row (scratch, f32)
 //   attention_dq     dq (B,T,NH,HS) = scale sum_keys ds k                       (=, overwritten)
-//   attention_dkdv   dk, dv (B,T,NKV,HS), dpk, dpv (B,P,NKV,HS)                   (=, overwritten)
-//                    dv = sum p dout,  dk = scale sum ds q,  over every query of every head
-//                    of the kv head's group.   p = exp(s - lse), ds = p (dout . v - D)
+//   attention_dkdv   dk, dv (B,T,NKV,HS), dpk, dpv like pk                        (=, overwritten)
+//                    dv = sum p dout,  dk = scale sum ds q,  over every query (that sees the
+//                    key: a chunked prefix's block c, the queries of chunk c) of every head of
+//                    the kv head's group.   p = exp(s - lse), ds = p (dout . v - D)
 //
 // no float atomics: each output element has exactly one writer. dq is parallel over query
 // blocks (one workgroup per (b, h, BR queries), looping over the visible key tiles, like the
 // forward); dk/dv are parallel over key blocks (one workgroup per (b, kv head, BC combined
 // keys), looping over the NH/NKV query heads of the group and the query tiles that can see the
 // block). so results are deterministic, and causal work is skipped in both kernels.
+// chunked prefix (attention_common.ts): a dq block straddling chunks sees the blocks of every
+// chunk it spans, masked per row, as in the forward; a dk/dv block walks only the queries of
+// the chunks of its prefix rows (from its first chunk's first query, rounded down to a query
+// tile, to its last chunk's end; to T when it also holds sequence keys), masked per query.
 //
 // dq thread mapping: as the forward: thread (rg, cg) owns query rows rg*4..+3 and keys
 // cg + CG*j of the tile for s and dp = dout v^T (4x4 register tiles); ds goes to workgroup
@@ -47,6 +52,7 @@ import {
   dqBindings,
   dtParams,
   dtValues,
+  keyQueries,
   keyTileIo,
   outer,
   paramValues,
@@ -54,6 +60,7 @@ import {
   pow2Divisor,
   queryTile,
   queryTileIo,
+  queryWindow,
   range,
   raw,
   rowLoad,
@@ -131,13 +138,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let rg = tid / ${CG}u;
   let cg = tid % ${CG}u;
   let r0 = q0 + rg * 4u;
+  ${queryWindow('q0', BR)}
   ${tileLoad('q', BR * HS4, NT, 'b, h, q0', '')}
   ${tileLoad('do', BR * HS4, NT, 'b, h, q0', '')}
   var lq = vec4<f32>(0.0);  // lse * log2(e) of rows r0..r0+3
   var dd = vec4<f32>(0.0);  // D of rows r0..r0+3
   ${R4.map((r) => `if (r0 + ${r}u < p.T) { lq.${C4[r]} = lse[(b * p.NH + h) * p.T + r0 + ${r}u] * LOG2E; dd.${C4[r]} = dsum[(b * p.NH + h) * p.T + r0 + ${r}u]; }`).join('\n  ')}
-  var kend = p.P + p.T;
-  if (p.causal != 0u) { kend = p.P + min(p.T, q0 + ${BR}u); }
+  var kend = np + p.T;
+  if (p.causal != 0u) { kend = np + min(p.T, q0 + ${BR}u); }
   ${acc.map(([r, i]) => `var g${r}${i} = vec4<f32>(0.0);`).join(' ')}
   for (var c0 = 0u; c0 < kend; c0 += ${BC}u) {
     ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0', 'c0')}
@@ -153,7 +161,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       ${R4.map((r) => `${outer(`s${r}`, `a${r}`, 'k')}\n      ${outer(`e${r}`, `o${r}`, 'v')}`).join('\n      ')}
     }
     ${R4.map((r) => `var p${r} = exp2(s${r} - lq.${C4[r]});`).join(' ')}
-    if (c0 + ${BC}u > p.P + p.T || (p.causal != 0u && c0 + ${BC}u > p.P + q0 + 1u)) {
+    if (c0 + ${BC}u > np + p.T || (p.causal != 0u && c0 + ${BC}u > np + q0 + 1u) || (c0 < np && np > p.P)) {
       ${R4.map((j) => `let kc${j} = c0 + cg + ${CG * j}u;`).join(' ')}
       ${R4.map((j) => R4.map((r) => `p${r}.${C4[j]} = select(0.0, p${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u));`).join(' ')).join('\n      ')}
     }
@@ -241,12 +249,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kg = tid / ${QG}u;
   let qg = tid % ${QG}u;
   let k0 = c0 + kg * 4u;    // first key of this thread
+  np = p.PR;  // the whole of pk
+  po = 0u;
   ${tileLoad('k', BK * HS4, NT, 'b, kvh, c0', 'c0')}
   ${tileLoad('v', BK * HS4, NT, 'b, kvh, c0', 'c0')}
   ${acc.map(([r, i]) => `var dk${r}${i} = vec4<f32>(0.0); var dv${r}${i} = vec4<f32>(0.0);`).join('\n  ')}
-  var tstart = 0u;  // first query that sees a key of this block, rounded down to a tile
-  if (p.causal != 0u && c0 > p.P) { tstart = (c0 - p.P) / ${BQ}u * ${BQ}u; }
-  let nt = (p.T - tstart + ${BQ - 1}u) / ${BQ}u;  // query tiles per head
+  // the queries that can see a key of this block, tstart rounded down to a tile
+  ${keyQueries('c0', BK, BQ)}
+  let nt = (tend - tstart + ${BQ - 1}u) / ${BQ}u;  // query tiles per head
   // one pass over n = G * nt steps (head of the group, query tile). iteration it stages the
   // words fetched by iteration it-1, starts fetching step it's q, dout, lse and D into
   // registers (raw words), and works on step it-1 meanwhile: the global latency hides behind
@@ -276,7 +286,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lq = vec4<f32>(${R4.map((j) => `sl[qg + ${QG * j}u]`).join(', ')});
     let dd = vec4<f32>(${R4.map((j) => `sd[qg + ${QG * j}u]`).join(', ')});
     ${R4.map((r) => `var p${r} = exp2(s${r} - lq);`).join(' ')}
-    if (t0 + ${BQ}u > p.T || (p.causal != 0u && c0 + ${BK}u > p.P + t0 + 1u)) {
+    if (t0 + ${BQ}u > p.T || (p.causal != 0u && c0 + ${BK}u > np + t0 + 1u) || (p.PC != 0u && c0 < np)) {
       ${R4.map((j) => `let tq${j} = t0 + qg + ${QG * j}u;`).join(' ')}
       ${R4.map((r) => R4.map((j) => `p${r}.${C4[j]} = select(0.0, p${r}.${C4[j]}, tq${j} < p.T && keep(k0 + ${r}u, tq${j}));`).join(' ')).join('\n        ')}
     }
@@ -309,12 +319,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var e = tid; e < ${BK * HS4}u; e += ${NT}u) {
     let c = c0 + e / ${HS4}u;
     let d4 = e % ${HS4}u;
-    if (c < p.P) {
-      let base = ((b * p.P + c) * p.NKV + kvh) * ${HS}u;
+    if (c < np) {
+      let base = ((b * p.PR + c) * p.NKV + kvh) * ${HS}u;
       stv_dpk(base, d4, sk[e]);
       stv_dpv(base, d4, sv[e]);
-    } else if (c - p.P < p.T) {
-      let base = ((b * p.T + c - p.P) * p.NKV + kvh) * ${HS}u;
+    } else if (c - np < p.T) {
+      let base = ((b * p.T + c - np) * p.NKV + kvh) * ${HS}u;
       stv_dk(base, d4, sk[e]);
       stv_dv(base, d4, sv[e]);
     }
@@ -333,7 +343,7 @@ export async function attentionBackward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const op = 'attentionBackward';
-  const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv);
+  const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv, opts.prefixChunk);
   for (const [n, t, like] of [
     ['dout', i.dout, i.q],
     ['out', i.out, i.q],
@@ -406,7 +416,7 @@ export async function attentionBackward(
       storage: dkvStorage,
       params: DKV_PARAMS,
       values: dkvValues,
-      workgroups: [s.B * s.NKV, Math.ceil((s.P + s.T) / tk.BR)],
+      workgroups: [s.B * s.NKV, Math.ceil((s.PR + s.T) / tk.BR)],
     });
   } finally {
     dsum.dispose();

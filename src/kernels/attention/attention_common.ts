@@ -4,10 +4,18 @@
 // plumbing of the GPU mappings. the kernels: attention_forward.ts and attention_backward.ts (GPU
 // mappings: tiles in workgroup memory), attention_cpu.ts (CPU-adapter mappings: a row per thread).
 //
-// keys live in one combined index c in [0, P+T): c < P is prefix key c (seen by every query),
-// c >= P is sequence key c-P (seen by queries t >= c-P when causal).
-// storage dtypes and the prefix length are uniforms, not specializations: one pipeline per
-// (HS, tile) serves every dtype mix (lavapipe needs seconds to compile each of these kernels).
+// keys live in one combined index c in [0, np+T) of a workgroup: c < np is prefix row po+c of
+// pk (po, np: the workgroup's window into pk's PR rows), c >= np is sequence key c-np (seen by
+// queries t >= c-np when causal). without chunks (PC = 0) po = 0 and np = P = PR: every query
+// sees every prefix row. with a chunked prefix (PC = C > 0) pk holds ceil(T/C) blocks of P rows
+// and query t sees only block floor(t/C), rows [floor(t/C) P, +P): the forward and dq kernels
+// take as window the blocks of the chunks their queries span (po = first chunk * P, np = P
+// times the chunks spanned: P when the query block stays inside one chunk, no masked prefix
+// work then), the dk/dv kernels the whole of pk (po = 0, np = PR), and keep() masks a prefix
+// row whose chunk (its pk row / P) is not the query's (t / C).
+// storage dtypes, the prefix length and the chunk size are uniforms, not specializations: one
+// pipeline per (HS, tile) serves every dtype mix and prefix layout (lavapipe needs seconds to
+// compile each of these kernels).
 
 import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES, type DType } from '../../gpu/dtype.ts';
@@ -20,6 +28,12 @@ export interface AttentionOptions {
   scale?: number;
   /** mask keys after the query (the prefix is never masked); default true */
   causal?: boolean;
+  /**
+   * chunked prefix: C queries per chunk (default 0: one prefix that every query sees). with
+   * C > 0, pk/pv hold ceil(T/C) consecutive blocks of P rows, (B, ceil(T/C)*P, NKV, HS), and
+   * query t sees only block floor(t/C). P is derived (pk rows / ceil(T/C), which must divide).
+   */
+  prefixChunk?: number;
 }
 
 export interface AttentionShape {
@@ -28,8 +42,12 @@ export interface AttentionShape {
   NH: number;
   NKV: number;
   HS: number;
-  /** prefix length (0 when pk/pv are absent) */
+  /** prefix keys each query sees (0 when pk/pv are absent): pk's rows, or a chunk's block */
   P: number;
+  /** rows of pk per batch row: P, or ceil(T/C) * P with a chunked prefix */
+  PR: number;
+  /** queries per prefix chunk, 0 for an unchunked prefix (also 0 without a prefix) */
+  PC: number;
 }
 
 /** largest head size the kernels support (any even HS from 2 up to this) */
@@ -41,6 +59,8 @@ export const PARAMS: ParamSpec = [
   ['NKV', 'u32'],
   ['G', 'u32'],
   ['P', 'u32'],
+  ['PR', 'u32'],
+  ['PC', 'u32'],
   ['causal', 'u32'],
   ['qscale', 'f32'],
   ['scale', 'f32'],
@@ -50,8 +70,8 @@ export const C4 = ['x', 'y', 'z', 'w'] as const;
 export const R4 = [0, 1, 2, 3] as const;
 export const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
-/** Validates q, k, v and the optional prefix; returns the dimensions. */
-export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?: Tensor, pv?: Tensor): AttentionShape {
+/** Validates q, k, v and the optional prefix (chunked with prefixChunk > 0); returns the dimensions. */
+export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?: Tensor, pv?: Tensor, prefixChunk = 0): AttentionShape {
   if (q.shape.length !== 4) throw new ShapeError(`${op}: q ${q} should have shape [B,T,NH,HS]`);
   const [B, T, NH, HS] = q.shape as [number, number, number, number];
   expectShape(op, 'k', k, [B, T, -1, HS]);
@@ -62,20 +82,29 @@ export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?:
     throw new ShapeError(`${op}: head size HS=${HS} (q ${q}) is not supported: use an even HS from 2 to ${MAX_HS}`);
   }
   if ((pk === undefined) !== (pv === undefined)) throw new ShapeError(`${op}: give both pk and pv or neither`);
+  const C = prefixChunk;
+  if (!Number.isInteger(C) || C < 0) throw new ShapeError(`${op}: prefixChunk=${C} should be a whole number of queries (0: unchunked)`);
   let P = 0;
+  let PR = 0;
   if (pk && pv) {
     expectShape(op, 'pk', pk, [B, -1, NKV, HS]);
-    P = pk.shape[1]!;
-    expectShape(op, 'pv', pv, [B, P, NKV, HS]);
+    PR = pk.shape[1]!;
+    expectShape(op, 'pv', pv, [B, PR, NKV, HS]);
+    // T = 0 has no chunk: take pk as one block (nothing is computed)
+    const chunks = C > 0 ? Math.max(1, Math.ceil(T / C)) : 1;
+    if (PR % chunks !== 0) {
+      throw new ShapeError(`${op}: pk ${pk} should have ceil(T/C)*P rows, a block of P per chunk: T=${T} queries in chunks of prefixChunk=${C} make ${chunks} chunks, which do not divide ${PR}`);
+    }
+    P = PR / chunks;
   }
   for (const [n, t] of [['q', q], ['k', k], ['v', v], ['pk', pk], ['pv', pv]] as const) if (t) expectDtype(op, n, t, DTYPES);
-  return { B, T, NH, NKV, HS, P };
+  return { B, T, NH, NKV, HS, P, PR, PC: P > 0 ? C : 0 };
 }
 
 /** Uniform values shared by every attention kernel. */
 export function paramValues(s: AttentionShape, opts: AttentionOptions): Record<string, number> {
   const scale = opts.scale ?? 1 / Math.sqrt(s.HS);
-  return { T: s.T, NH: s.NH, NKV: s.NKV, G: s.NH / s.NKV, P: s.P, causal: opts.causal === false ? 0 : 1, qscale: scale * Math.LOG2E, scale };
+  return { T: s.T, NH: s.NH, NKV: s.NKV, G: s.NH / s.NKV, P: s.P, PR: s.PR, PC: s.PC, causal: opts.causal === false ? 0 : 1, qscale: scale * Math.LOG2E, scale };
 }
 
 // ---------------------------------------------------------------- tiles
@@ -229,13 +258,42 @@ export function rowStore(name: string, HS: number): string {
 }`;
 }
 
-/** WGSL keep(c, t): combined key c is visible to query t */
+/**
+ * WGSL: the workgroup's prefix window (np, po; see the top of this file), set at the start of
+ * main, and keep(c, t): combined key c is visible to query t
+ */
 export const KEEP = /* wgsl */ `
+var<private> np: u32;  // combined keys below np are prefix rows
+var<private> po: u32;  // pk row (in a batch row) of combined key 0
 fn keep(c: u32, t: u32) -> bool {
-  if (c < p.P) { return true; }
-  let j = c - p.P;
+  if (c < np) { return p.PC == 0u || (po + c) / p.P == t / p.PC; }
+  let j = c - np;
   return j < p.T && (p.causal == 0u || j <= t);
 }`;
+
+/**
+ * WGSL statements setting np, po for the queries t0 .. min(t0 + n, T) - 1 of a forward or dq
+ * workgroup: the blocks of the chunks they span (a block of queries may straddle chunks)
+ */
+export const queryWindow = (t0: string, n: number): string =>
+  `np = p.P; po = 0u;
+  if (p.PC != 0u) { let ch0 = ${t0} / p.PC; po = ch0 * p.P; np = ((min(${t0} + ${n}u, p.T) - 1u) / p.PC - ch0 + 1u) * p.P; }`;
+
+/**
+ * WGSL statements setting tstart, tend (vars): the queries that can see some combined key of
+ * c0 .. c0+n-1 (a dk/dv block, np = PR), tstart rounded down to a multiple of \`align\`: with a
+ * chunked prefix, the chunks of the block's prefix rows (to T if the block also has sequence
+ * keys); from the block's first sequence key on when causal; else all
+ */
+export const keyQueries = (c0: string, n: number, align: number): string =>
+  `var tstart = 0u;
+  var tend = p.T;
+  if (${c0} < np) {
+    if (p.PC != 0u) {
+      tstart = ${c0} / p.P * p.PC${align > 1 ? ` / ${align}u * ${align}u` : ''};
+      if (${c0} + ${n}u <= np) { tend = min(p.T, ((${c0} + ${n - 1}u) / p.P + 1u) * p.PC); }
+    }
+  } else if (p.causal != 0u) { tstart = (${c0} - np)${align > 1 ? ` / ${align}u * ${align}u` : ''}; }`;
 
 /**
  * Moving a tile of `rows` rows of HS elements into workgroup memory `dst` ([row][d4 ^ (row &
@@ -243,7 +301,7 @@ fn keep(c: u32, t: u32) -> bool {
  * math: WGSL fetch_<id>(e, ...) -> vec4<u32> reads the raw words of tile element e (row e/HS4,
  * slot e%HS4) into registers; put_<id>(e, at, w) decodes and stores them. `at` is the tile's
  * first row; element e of a thread is tid + k*NT (see tileRegs).
- *   keys:    rows are combined keys at..at+rows-1 of kv head kvh: prefix `pre` below P, then `seq`
+ *   keys:    rows are combined keys at..at+rows-1 of kv head kvh: prefix `pre` below np (pk rows po+c), then `seq`
  *   queries: rows are tokens at..at+rows-1 of head h of a (B,T,NH,HS) tensor, times `mul`
  * `unrolled`: the calls get unrolled (tileRegs), so use the branch-free raw/dec (see dec).
  */
@@ -253,13 +311,13 @@ export function keyTileIo(id: string, dst: string, seq: string, pre: string, HS:
   return `fn fetch_${id}(e: u32, b: u32, kvh: u32, at: u32) -> vec4<u32> {
   let c = at + e / ${HS4}u;
   let d4 = e % ${HS4}u;
-  if (c < p.P) { return ${raw}_${pre}(((b * p.P + c) * p.NKV + kvh) * ${HS}u, d4); }
-  if (c - p.P < p.T) { return ${raw}_${seq}(((b * p.T + c - p.P) * p.NKV + kvh) * ${HS}u, d4); }
+  if (c < np) { return ${raw}_${pre}(((b * p.PR + po + c) * p.NKV + kvh) * ${HS}u, d4); }
+  if (c - np < p.T) { return ${raw}_${seq}(((b * p.T + c - np) * p.NKV + kvh) * ${HS}u, d4); }
   return vec4<u32>(0u);
 }
 fn put_${id}(e: u32, at: u32, w: vec4<u32>) {
   let r = e / ${HS4}u;
-  ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = ${dec}(w, select(p.dt_${seq}, p.dt_${pre}, at + r < p.P));
+  ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = ${dec}(w, select(p.dt_${seq}, p.dt_${pre}, at + r < np));
 }`;
 }
 

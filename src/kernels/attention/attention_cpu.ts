@@ -9,7 +9,7 @@
 //   attention_dq_*_cpu       dq (B,T,NH,HS) = scale sum_keys ds k                          (=)
 //   attention_dkdv_*_cpu     dv = sum p dout, dk = scale sum ds q over every query of every
 //                            head of the kv head's group: dk, dv (B,T,NKV,HS) for sequence
-//                            keys, dpk, dpv (B,P,NKV,HS) for prefix keys                 (=)
+//                            keys, dpk, dpv (like pk) for prefix keys                      (=)
 //   p = exp(scale q.k - lse) (0 where the key is not visible), ds = p (dout . v - D),
 //   D = rowsum(dout * out)
 //
@@ -31,6 +31,12 @@
 //     every query head of the group and, for each, the queries that can see the block (from
 //     c0-P on when causal) in chunks of S: lane l loads query t0+l's q and dout rows, lse and D,
 //     and broadcasts hand them to every lane (2 HS/S loads per query for 4 HS fma's).
+//   chunked prefix (attention_common.ts): a forward or dq block of S*R queries may straddle
+//     chunks; its prefix keys are the blocks of the chunks it spans (np rows from pk row po),
+//     and row r sees the P of them from plo<r> on. a dk/dv block walks only the queries of the
+//     chunks of its prefix keys (keyQueries), and lane l's prefix key c sees queries
+//     [tlo, tlo + C). a forward row may meet a whole chunk of keys it cannot see before its
+//     first visible one: see the forward's garbage-clearing note in attention_forward.ts.
 //   every output row has one writer: deterministic, no atomics. loops over HS are unrolled over
 //   vec4 registers (HS is a pipeline constant) except where noted at loadRow; the loops over
 //   keys, queries and heads are uniform per workgroup (the broadcasts need every lane). lanes
@@ -56,6 +62,8 @@ import {
   dkvStores,
   dqBindings,
   fwdBindings,
+  keyQueries,
+  queryWindow,
   range,
   rowLoads,
   rowStore,
@@ -87,12 +95,13 @@ const rowsPerLane = (HS: number): number => (HS <= 32 ? 2 : 1);
 export function cpuPlan(kernel: CpuKernel, s: AttentionShape, S: number): CpuPlan {
   const prefix = s.P > 0;
   const R = kernel === 'dkdv' ? 1 : rowsPerLane(s.HS);
+  // the dk/dv kernel's combined keys cover the whole of pk (PR rows)
   return {
     name: `attention_${kernel}_hs${s.HS}_s${S}${R > 1 ? `r${R}` : ''}${prefix ? '' : '_nopre'}_cpu`,
     wgsl: kernel === 'forward' ? forwardWgsl(s.HS, S, R, prefix) : kernel === 'dq' ? dqWgsl(s.HS, S, R, prefix) : dkdvWgsl(s.HS, S, prefix),
     params: CPU_PARAMS[kernel],
     values: { slots: Math.ceil(s.HS / 4) },
-    workgroups: kernel === 'dkdv' ? [s.B * s.NKV, Math.ceil((s.P + s.T) / S)] : [s.B * s.NH, Math.ceil(s.T / (S * R))],
+    workgroups: kernel === 'dkdv' ? [s.B * s.NKV, Math.ceil((s.PR + s.T) / S)] : [s.B * s.NH, Math.ceil(s.T / (S * R))],
   };
 }
 
@@ -104,11 +113,21 @@ const CPU_PARAMS: Readonly<Record<CpuKernel, ParamSpec>> = {
   dkdv: [...DKV_PARAMS, SLOTS],
 };
 
-/** the visibility rule of KEEP (attention_common.ts) without branches: lavapipe runs branches masked */
+/**
+ * the visibility rule of KEEP (attention_common.ts) without branches (lavapipe runs branches
+ * masked) and without divisions (a vector u32 division is scalarized): the chunk test comes
+ * precomputed. vis (forward, dq): prefix key c is visible to a row iff c - plo < P, plo = the
+ * row's block in the window (0 unchunked). visk (dk/dv): prefix key c is visible to query t iff
+ * t - tlo < tspan, [tlo, tlo + tspan) = the queries of the key's chunk (0, 2^32-1 unchunked).
+ */
 const VIS = /* wgsl */ `
-fn vis(c: u32, t: u32) -> bool {
-  let j = c - p.P;
-  return (c < p.P) | ((j < p.T) & ((p.causal == 0u) | (j <= t)));
+fn vis(c: u32, t: u32, plo: u32, np: u32) -> bool {
+  let j = c - np;
+  return (c - plo < p.P) | ((j < p.T) & ((p.causal == 0u) | (j <= t)));
+}
+fn visk(c: u32, t: u32, tlo: u32, tspan: u32, np: u32) -> bool {
+  let j = c - np;
+  return ((c < np) & (t - tlo < tspan)) | ((j < p.T) & ((p.causal == 0u) | (j <= t)));
 }`;
 
 /** the vec4 slots of a row of HS elements */
@@ -155,7 +174,7 @@ const bcast = (x: string, lane: number): string => `subgroupBroadcast(${x}, ${la
 
 /**
  * WGSL: the k and v rows of combined key `c` (batch b, kv head kvh) into the registers `k<d>`, `v<d>`:
- * prefix rows below P, sequence rows below `end`, zeros from there (a per-lane branch picks the
+ * prefix rows below np (pk rows po + c), sequence rows below `end`, zeros from there (a per-lane branch picks the
  * tensors). `rolled`: by rolled loops, for rows loaded once per thread; otherwise the sequence
  * rows are unrolled and the prefix rows rolled (unrolled, they would double the load code).
  */
@@ -167,11 +186,11 @@ function keyRows(HS: number, prefix: boolean, c: string, end: string, rolled: bo
   const fromArrays = d4.map((d) => `kw${d} = ka[${d}]; vw${d} = va[${d}];`).join(' ');
   const words = (kt: string, vt: string, roll: boolean) =>
     roll ? `${arrays} ${loop(kt, vt)} ${fromArrays}` : d4.map((d) => `kw${d} = raw_${kt}(base, ${d}u); vw${d} = raw_${vt}(base, ${d}u);`).join(' ');
-  const pre = prefix ? `if (${c} < p.P) { let base = ((b * p.P + ${c}) * p.NKV + kvh) * ${HS}u; ${words('pk', 'pv', true)} } else ` : '';
-  const dt = (t: string) => (prefix ? `select(p.dt_${t}, p.dt_p${t}, ${c} < p.P)` : `p.dt_${t}`);
+  const pre = prefix ? `if (${c} < np) { let base = ((b * p.PR + po + ${c}) * p.NKV + kvh) * ${HS}u; ${words('pk', 'pv', true)} } else ` : '';
+  const dt = (t: string) => (prefix ? `select(p.dt_${t}, p.dt_p${t}, ${c} < np)` : `p.dt_${t}`);
   return `{
     ${d4.map((d) => `var kw${d} = vec4<u32>(); var vw${d} = vec4<u32>();`).join(' ')}
-    ${pre}if (${c} >= p.P && ${c} < ${end}) { let base = ((b * p.T + ${c} - p.P) * p.NKV + kvh) * ${HS}u; ${words('k', 'v', rolled)} }
+    ${pre}if (${c} >= np && ${c} < ${end}) { let base = ((b * p.T + ${c} - np) * p.NKV + kvh) * ${HS}u; ${words('k', 'v', rolled)} }
     let kdt = ${dt('k')};
     let vdt = ${dt('v')};
     ${d4.map((d) => `k${d} = dec(kw${d}, kdt); v${d} = dec(vw${d}, vdt);`).join(' ')}
@@ -196,7 +215,8 @@ ${stores}`;
 
 /**
  * the first lines of the forward and dq kernels: the workgroup's head and block of S*R queries
- * from tb, the visible keys (kend), and each row r's query t<r> and its offset qb<r>
+ * from tb, its prefix window (np, po), the visible keys (kend), and each row r's query t<r>,
+ * its offset qb<r> and the first of its prefix keys plo<r>
  */
 const queryStart = (HS: number, S: number, R: number): string => /* wgsl */ `
 @compute @workgroup_size(${S})
@@ -205,10 +225,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let h = wid.x % p.NH;
   let kvh = h / p.G;
   let tb = (nwg.y - 1u - wid.y) * ${S * R}u;  // latest (longest) query blocks first
-  var kend = p.P + p.T;  // combined keys the block can see
-  if (p.causal != 0u) { kend = p.P + min(p.T, tb + ${S * R}u); }
+  var np: u32;
+  var po: u32;
+  ${queryWindow('tb', S * R)}
+  var kend = np + p.T;  // combined keys the block can see
+  if (p.causal != 0u) { kend = np + min(p.T, tb + ${S * R}u); }
   ${range(R)
-    .map((r) => `let t${r} = tb + ${r * S}u + lane; let qb${r} = ((b * p.T + min(t${r}, p.T - 1u)) * p.NH + h) * ${HS}u;`)
+    .map(
+      (r) => `let t${r} = tb + ${r * S}u + lane; let qb${r} = ((b * p.T + min(t${r}, p.T - 1u)) * p.NH + h) * ${HS}u;
+  let plo${r} = select(0u, (min(t${r}, p.T - 1u) / max(p.PC, 1u)) * p.P - po, p.PC != 0u);`,
+    )
     .join('\n  ')}  // rows past the end work on row T-1 and store nothing`;
 
 function forwardWgsl(HS: number, S: number, R: number, prefix: boolean): string {
@@ -225,7 +251,7 @@ ${queryStart(HS, S, R)}
   for (var c0 = 0u; c0 < kend; c0 += ${S}u) {
     ${keyRows(HS, prefix, 'c0 + lane', 'kend', false)}
     ${J.map((j) => `${d4.map((d) => `let k${j}_${d} = ${bcast(`k${d}`, j)};`).join(' ')}
-    ${Rs.map((r) => `let s${r}_${j} = select(NEG, ${dot((d) => `q${r}_${d}`, (d) => `k${j}_${d}`, HS)}, vis(c0 + ${j}u, t${r}));`).join(' ')}`).join('\n    ')}
+    ${Rs.map((r) => `let s${r}_${j} = select(NEG, ${dot((d) => `q${r}_${d}`, (d) => `k${j}_${d}`, HS)}, vis(c0 + ${j}u, t${r}, plo${r}, np));`).join(' ')}`).join('\n    ')}
     ${Rs.map(
       (r) => `let mx${r} = max(m${r}, ${J.slice(1).reduce((a, j) => `max(${a}, s${r}_${j})`, `s${r}_0`)});
     let alpha${r} = exp2(m${r} - mx${r});
@@ -265,7 +291,7 @@ ${queryStart(HS, S, R)}
       ${d4.map((d) => `let kb${d} = ${bcast(`k${d}`, j)}; let vb${d} = ${bcast(`v${d}`, j)};`).join(' ')}
       ${Rs.map(
         (r) => `{
-        let pr = select(0.0, exp2(${dot((d) => `q${r}_${d}`, (d) => `kb${d}`, HS)} - lq${r}), vis(c0 + ${j}u, t${r}));
+        let pr = select(0.0, exp2(${dot((d) => `q${r}_${d}`, (d) => `kb${d}`, HS)} - lq${r}), vis(c0 + ${j}u, t${r}, plo${r}, np));
         let ds = vec4<f32>(pr * (${dot((d) => `o${r}_${d}`, (d) => `vb${d}`, HS)} - dd${r}));
         ${d4.map((d) => `g${r}_${d} = fma(ds, kb${d}, g${r}_${d});`).join(' ')}
       }`,
@@ -290,12 +316,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let kvh = wid.x % p.NKV;
   let c0 = wid.y * ${S}u;  // first combined key of the block
   let c = c0 + lane;
+  let np = p.PR;  // the whole of pk
+  let po = 0u;
   ${rowVars('k', HS)} ${rowVars('v', HS)}
-  ${keyRows(HS, prefix, 'c', 'p.P + p.T', true)}
+  ${keyRows(HS, prefix, 'c', 'p.PR + p.T', true)}
   ${d4.map((d) => `var dk${d} = vec4<f32>(0.0); var dv${d} = vec4<f32>(0.0);`).join(' ')}
-  var tstart = 0u;  // the first query that sees a key of the block
-  if (p.causal != 0u && c0 > p.P) { tstart = c0 - p.P; }
-  let nq = (p.T - tstart + ${S - 1}u) / ${S}u;  // query chunks per head
+  // the queries that can see a key of the block
+  ${keyQueries('c0', S, 1)}
+  let nq = (tend - tstart + ${S - 1}u) / ${S}u;  // query chunks per head
+  // the queries that see this lane's key, if a prefix key: those of its chunk (all unchunked)
+  let chunked = (p.PC != 0u) & (c < np);
+  let tlo = select(0u, c / max(p.P, 1u) * p.PC, chunked);
+  let tspan = select(0xffffffffu, p.PC, chunked);
   for (var g = 0u; g < p.G; g++) {
     let h = kvh * p.G + g;
     for (var it = 0u; it < nq; it++) {
@@ -310,7 +342,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
         .map(
           (i) => `{
         ${d4.map((d) => `let qb${d} = ${bcast(`q${d}`, i)}; let ob${d} = ${bcast(`o${d}`, i)};`).join(' ')}
-        let pr = select(0.0, exp2(${dot((d) => `qb${d}`, (d) => `k${d}`, HS)} - ${bcast('lq', i)}), (t0 + ${i}u < p.T) & vis(c, t0 + ${i}u));
+        let pr = select(0.0, exp2(${dot((d) => `qb${d}`, (d) => `k${d}`, HS)} - ${bcast('lq', i)}), (t0 + ${i}u < p.T) & visk(c, t0 + ${i}u, tlo, tspan, np));
         let ds = vec4<f32>(pr * (${dot((d) => `ob${d}`, (d) => `v${d}`, HS)} - ${bcast('dd', i)}));
         ${d4.map((d) => `dv${d} = fma(vec4<f32>(pr), ob${d}, dv${d}); dk${d} = fma(ds, qb${d}, dk${d});`).join(' ')}
       }`,
@@ -318,6 +350,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
         .join('\n      ')}
     }
   }
-  ${prefix ? `if (c < p.P) { ${store('dpk', 'dpv', `((b * p.P + c) * p.NKV + kvh) * ${HS}u`)} } else ` : ''}if (c >= p.P && c < p.P + p.T) { ${store('dk', 'dv', `((b * p.T + c - p.P) * p.NKV + kvh) * ${HS}u`)} }
+  ${prefix ? `if (c < np) { ${store('dpk', 'dpv', `((b * p.PR + c) * p.NKV + kvh) * ${HS}u`)} } else ` : ''}if (c >= np && c < np + p.T) { ${store('dk', 'dv', `((b * p.T + c - np) * p.NKV + kvh) * ${HS}u`)} }
 }`;
 }

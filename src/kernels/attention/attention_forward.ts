@@ -2,7 +2,7 @@
 // of mapping (on a CPU adapter, gpu.cpu, the row-per-thread kernel of attention_cpu.ts).
 //
 //   out (B,T,NH,HS) = softmax(scale q k^T + mask) v       lse (B,NH,T) = logsumexp, saved (f32)
-//   q (B,T,NH,HS)  k, v (B,T,NKV,HS)  pk, pv (B,P,NKV,HS), optional
+//   q (B,T,NH,HS)  k, v (B,T,NKV,HS)  pk, pv (B,P,NKV,HS) or chunked (B,ceil(T/C)*P,NKV,HS), optional
 //
 // thread mapping: one workgroup per (b, h, block of BR queries), latest blocks first (they have
 // the most keys); RG = BR/4 row groups times CG = BC/4 column groups of threads. thread (rg, cg)
@@ -20,6 +20,12 @@
 // that the 8 threads of a quarter warp hit distinct banks.
 // numerics: f32 throughout (storage may be f32/f16/bf16); masked scores are -3e38, so exp2 gives
 // exactly 0. lse is stored in natural-log units: lse = (m + log2(l)) * ln(2).
+// chunked prefix: a block of BR queries may straddle chunks (C need not be a multiple of BR);
+// its prefix keys are the blocks of every chunk it spans, masked per row (no masked prefix
+// tile when the block lies in one chunk). a row may then meet whole tiles of keys it cannot
+// see before its first visible one: its running max stays -3e38 and p = exp2(0) = 1 adds
+// garbage to l and o, which the first visible key clears (alpha = exp2(-3e38 - m) = 0); every
+// row sees at least one key (its own when causal).
 // keys, dtypes and the prefix: see attention_common.ts.
 
 import type { Gpu } from '../../gpu/device.ts';
@@ -40,6 +46,7 @@ import {
   outer,
   paramValues,
   pickTile,
+  queryWindow,
   queryTile,
   queryTileIo,
   range,
@@ -93,9 +100,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let rg = tid / ${CG}u;
   let cg = tid % ${CG}u;
   let r0 = q0 + rg * 4u;
+  ${queryWindow('q0', BR)}
   ${tileLoad('q', BR * HS4, NT, 'b, h, q0', '')}
-  var kend = p.P + p.T;  // combined keys this block can see
-  if (p.causal != 0u) { kend = p.P + min(p.T, q0 + ${BR}u); }
+  var kend = np + p.T;  // combined keys this block can see
+  if (p.causal != 0u) { kend = np + min(p.T, q0 + ${BR}u); }
   var m = vec4<f32>(NEG);   // running max of rows r0..r0+3 (log2 units)
   var l = vec4<f32>(0.0);   // this thread's share of the running sums
   ${acc.map(([r, i]) => `var o${r}${i} = vec4<f32>(0.0);`).join(' ')}
@@ -110,7 +118,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       ${transpose4('k')}
       ${rows((r) => outer(`s${r}`, `a${r}`, 'k'), '\n      ')}
     }
-    if (c0 + ${BC}u > p.P + p.T || (p.causal != 0u && c0 + ${BC}u > p.P + q0 + 1u)) {
+    if (c0 + ${BC}u > np + p.T || (p.causal != 0u && c0 + ${BC}u > np + q0 + 1u) || (c0 < np && np > p.P)) {
       ${R4.map((j) => `let kc${j} = c0 + cg + ${CG * j}u;`).join(' ')}
       ${R4.map((j) => rows((r) => `s${r}.${C4[j]} = select(NEG, s${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u));`, ' ')).join('\n      ')}
     }
@@ -162,7 +170,7 @@ export async function attentionForward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const op = 'attentionForward';
-  const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv);
+  const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv, opts.prefixChunk);
   expectShape(op, 'out', o.out, i.q.shape);
   expectDtype(op, 'out', o.out, DTYPES);
   expectShape(op, 'lse', o.lse, [s.B, s.NH, s.T]);
