@@ -36,3 +36,4 @@ export { encodeMemory, decodeMemory, memoryBytes, type SparseMemory } from './me
 export { writeMemories, defaultMemoryLayers, modelFingerprint, referenceTokens, REFERENCE_PREFIX, type WriteOptions, type WrittenMemory } from './memory3/write.ts';
 export { MemoryReader, type ReadOptions, type ChunkInfo, type MemoryGenerateOptions } from './memory3/read.ts';
 export { overlap, leaks } from './memory3/overlap.ts';
+export { TokenBm25, planRetrieval, type RetrievalPlanOptions } from './memory3/bm25.ts';

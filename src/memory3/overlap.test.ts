@@ -44,3 +44,13 @@ test('a verbatim copy leaks, a copy spread wider than 2|r| does not, unrelated t
   assert.equal(overlap(filler(100, 0), r), 0);
   assert.equal(overlap([1, 2, 3], []), 0);
 });
+
+test('leaks() agrees with the definition at several thresholds (its start pruning is exact)', () => {
+  const rng = new Rng(9);
+  for (let trial = 0; trial < 300; trial++) {
+    const alphabet = 2 + rng.int(4);
+    const t = Array.from({ length: rng.int(50) }, () => rng.int(alphabet));
+    const r = Array.from({ length: 1 + rng.int(12) }, () => rng.int(alphabet));
+    for (const th of [0.3, 0.6, 0.9]) assert.equal(leaks(t, r, th), slow(t, r) > th, JSON.stringify({ t, r, th }));
+  }
+});

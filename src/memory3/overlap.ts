@@ -10,16 +10,21 @@
 // be moved to start at a matched token), rows over the window, columns over r, after a bound that
 // rejects most pairs at once: N is at most the multiset intersection of r and t. exact; the cost
 // of a full check is |starts| x (2|r| + 1) x |r| cell updates (about 4M for |r| = 128 and one
-// start), which the bound and `leaks`' early exit keep rare.
+// start). leaks() decides "overlap > threshold" with far fewer starts: such a match begins at one
+// of r's first |r| - floor(threshold |r|) tokens, and it stops at the first window that passes.
 
-/** overlap(t, r) in [0, 1]; 0 for an empty r */
-export function overlap(t: ArrayLike<number>, r: ArrayLike<number>, stopAt = Infinity): number {
+/**
+ * overlap(t, r) in [0, 1]; 0 for an empty r. stopAt: return as soon as a window reaches it;
+ * firstJ: only matches that start at one of r's first firstJ tokens count (leaks() uses it: a
+ * match of N tokens starts at j_1 <= |r| - N)
+ */
+export function overlap(t: ArrayLike<number>, r: ArrayLike<number>, stopAt = Infinity, firstJ = r.length): number {
   const m = r.length;
   if (m === 0) return 0;
   const bound = multisetCommon(t, r);
   if (bound === 0) return 0;
   const inR = new Set<number>();
-  for (let j = 0; j < m; j++) inR.add(r[j]!);
+  for (let j = 0; j < Math.min(m, firstJ); j++) inR.add(r[j]!);
   const W = 2 * m + 1;
   let best = 0;
   let prev = new Int32Array(m + 1);
@@ -43,8 +48,11 @@ export function overlap(t: ArrayLike<number>, r: ArrayLike<number>, stopAt = Inf
 /** whether overlap(t, r) exceeds threshold (default 0.9, the paper's); stops as soon as it knows */
 export function leaks(t: ArrayLike<number>, r: ArrayLike<number>, threshold = 0.9): boolean {
   if (r.length === 0) return false;
-  if (multisetCommon(t, r) / r.length <= threshold) return false;
-  return overlap(t, r, threshold + 1e-12) > threshold;
+  const m = r.length;
+  if (multisetCommon(t, r) / m <= threshold) return false;
+  // N > threshold m needs N >= floor(threshold m) + 1, so a start j_1 <= m - floor(threshold m) - 1
+  const firstJ = m - Math.floor(threshold * m);
+  return overlap(t, r, threshold + 1e-12, firstJ) > threshold;
 }
 
 /** the size of the multiset intersection of t and r: an upper bound of the common subsequence */
