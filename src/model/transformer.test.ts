@@ -161,3 +161,52 @@ test('a cache front holding a prefix\'s keys and values gives the logits of the 
     model.dispose();
   }
 });
+
+test('training with explicit memory: a prefix\'s keys and values as every block\'s memory give the loss of the prefix in the sequence; backward runs', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({ vocabSize: 40, dim: 16, layers: 2, heads: 4, kvHeads: 2, ffnHidden: 24, maxSeqLen: 16 });
+  const model = await Transformer.create(gpu, config, 6);
+  const prefix = [7, 3, 30];
+  const seq = [5, 9, 1, 33, 12, 7, 20, 2];
+  const tgt = [9, 1, 33, 12, 7, 20, 2, 11];
+  const IGNORE = 0xffffffff;
+  const tensors: import('../gpu/tensor.ts').Tensor[] = [];
+  const t = async (v: number[], shape: number[]) => {
+    const x = await gpu.tensorFrom(v, shape, 'u32', 'ids');
+    tensors.push(x);
+    return x;
+  };
+  try {
+    // the plain model on [prefix, seq], scoring only seq's targets
+    const whole = await model.forward(await t([...prefix, ...seq], [1, 11]), await t([IGNORE, IGNORE, IGNORE, ...tgt], [1, 11]));
+    const want = ((await gpu.read(whole)) as Float32Array)[0]!;
+    whole.dispose();
+    model.release();
+    // the prefix's keys and values per block, as memory shared by the one chunk (chunk = the sequence) and as a shared prefix
+    const kv: { k: Float32Array; v: Float32Array }[] = [];
+    await model.attentionInputs(await t(prefix, [1, 3]), [0, 1], async (_l, a) => {
+      kv.push({ k: (await gpu.read(a.k)) as Float32Array, v: (await gpu.read(a.v)) as Float32Array });
+    });
+    for (const chunk of [0, 8]) {
+      const blocks = [];
+      for (const x of kv) {
+        const k = await gpu.tensorFrom(x.k, [1, 3, 2, 4], 'f32', 'mem_k');
+        const v = await gpu.tensorFrom(x.v, [1, 3, 2, 4], 'f32', 'mem_v');
+        tensors.push(k, v);
+        blocks.push({ k, v, chunk });
+      }
+      const loss = await model.forward(await t(seq, [1, 8]), await t(tgt, [1, 8]), { blocks, pos0: prefix.length });
+      const got = ((await gpu.read(loss)) as Float32Array)[0]!;
+      loss.dispose();
+      assert.ok(Math.abs(got - want) < 1e-5 * Math.max(1, Math.abs(want)), `chunk ${chunk}: ${got} vs ${want}`);
+      for (const p of model.params) gpu.write(p.grad, new Float32Array(p.grad.size));
+      await model.backward();
+      const g = (await gpu.read(model.params.find((p) => p.name.endsWith('q'))?.grad ?? model.params[1]!.grad)) as Float32Array;
+      assert.ok(g.every(Number.isFinite) && g.some((x) => x !== 0));
+    }
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    for (const x of tensors) x.dispose();
+    model.dispose();
+  }
+});

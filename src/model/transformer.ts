@@ -61,6 +61,26 @@ interface BlockSaved {
   s?: Tensor;
 }
 
+/** a block's explicit-memory keys and values in a training forward (not owned by the block) */
+interface BlockMemory {
+  k: Tensor;
+  v: Tensor;
+  chunk: number;
+  pos0: number;
+}
+
+/**
+ * explicit memory for a training forward (Memory³'s second stage): per block, keys and values
+ * that the sequence's queries attend to before the context (the sink, and at memory blocks the
+ * chunk's memories), constants of the step (no gradient flows into them)
+ */
+export interface TrainMemory {
+  /** per block: (B, rows, kvHeads, headDim) f32; rows = nChunks x rows per chunk when `chunk` > 0 */
+  blocks: { k: Tensor; v: Tensor; chunk: number }[];
+  /** RoPE position of the sequence's first token (behind the sink and the memories' position range) */
+  pos0: number;
+}
+
 /** one block's attention inputs: queries and keys before RoPE, keys after it, values; f32 */
 export interface AttentionInputs {
   /** (B, T, heads, headDim) */
@@ -111,6 +131,7 @@ export const EXTRA_POSITIONS = 256;
 interface Saved {
   B: number;
   T: number;
+  memory?: TrainMemory;
   ids: Tensor;
   targets: Tensor;
   blocks: BlockSaved[];
@@ -201,7 +222,7 @@ export class Transformer {
    * Mean cross-entropy of ids (B, T) predicting targets (B, T) (u32; IGNORE_INDEX skips a
    * position). Keeps what backward needs; returns the loss as a [1] f32 tensor (the caller's).
    */
-  async forward(ids: Tensor, targets: Tensor): Promise<Tensor> {
+  async forward(ids: Tensor, targets: Tensor, memory?: TrainMemory): Promise<Tensor> {
     const { gpu, config: c } = this;
     if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const [B, T] = ids.shape as [number, number];
@@ -209,13 +230,18 @@ export class Transformer {
     if (targets.dtype !== 'u32' || targets.shape[0] !== B || targets.shape[1] !== T || targets.shape.length !== 2) {
       throw new EngramError(`Transformer: targets ${targets} must be [${B}, ${T}]:u32 like ids`);
     }
+    if (memory && memory.blocks.length !== this.blocks.length) throw new EngramError(`Transformer: memory for ${memory.blocks.length} blocks; the model has ${this.blocks.length}`);
+    if (memory && !(Number.isInteger(memory.pos0) && memory.pos0 >= 0 && memory.pos0 + T <= c.maxSeqLen + EXTRA_POSITIONS)) {
+      throw new EngramError(`Transformer: a sequence from position ${memory.pos0} of ${T} tokens passes the RoPE table's ${c.maxSeqLen + EXTRA_POSITIONS} positions`);
+    }
     this.release();
     const N = B * T;
     const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
     let h = await this.embedIds(ids);
     const saved: BlockSaved[] = [];
-    for (const blk of this.blocks) {
-      const r = await this.block(blk, h, B, T, true);
+    for (const [i, blk] of this.blocks.entries()) {
+      const m = memory?.blocks[i];
+      const r = await this.block(blk, h, B, T, true, undefined, undefined, undefined, m && { ...m, pos0: memory!.pos0 });
       saved.push(r.saved!);
       h = r.h;
     }
@@ -225,7 +251,7 @@ export class Transformer {
     const loss = await gpu.tensor([1], 'f32', 'loss');
     await xentForward(gpu, { losses, loss, lse }, { logits, targets: targets.reshape([N]) });
     losses.dispose();
-    this.saved = { B, T, ids, targets, blocks: saved, hL: h, nf, rf, logits, lse };
+    this.saved = { B, T, ids, targets, blocks: saved, hL: h, nf, rf, logits, lse, ...(memory ? { memory } : {}) };
     return loss;
   }
 
@@ -282,12 +308,24 @@ export class Transformer {
         const dk = take([B, T, NKV, HS], 'dk');
         const dv = take([N, NKV * HS], 'dv');
         const v4 = s.v.reshape([B, T, NKV, HS]);
-        await attentionBackward(gpu, { dq, dk, dv: dv.reshape([B, T, NKV, HS]) }, { dout: datt.reshape([B, T, NH, HS]), q: s.q, k: s.k, v: v4, out: s.att, lse: s.lse });
+        const m = sv.memory?.blocks[i];
+        // explicit memory: its keys and values are constants of the step; their gradients are dropped
+        const dpk = m && take(m.k.shape as number[], 'dpk');
+        const dpv = m && take(m.v.shape as number[], 'dpv');
+        await attentionBackward(
+          gpu,
+          { dq, dk, dv: dv.reshape([B, T, NKV, HS]), ...(dpk && dpv ? { dpk, dpv } : {}) },
+          { dout: datt.reshape([B, T, NH, HS]), q: s.q, k: s.k, v: v4, out: s.att, lse: s.lse, ...(m ? { pk: m.k, pv: m.v } : {}) },
+          m ? { prefixChunk: m.chunk } : {},
+        );
+        dpk?.dispose();
+        dpv?.dispose();
         datt.dispose();
         const dqp = take([N, NH * HS], 'dq_proj');
         const dkp = take([N, NKV * HS], 'dk_proj');
-        await ropeBackward(gpu, { dx: dqp.reshape([B, T, NH, HS]) }, { dout: dq, table: this.rope });
-        await ropeBackward(gpu, { dx: dkp.reshape([B, T, NKV, HS]) }, { dout: dk, table: this.rope });
+        const pos0 = sv.memory?.pos0 ?? 0;
+        await ropeBackward(gpu, { dx: dqp.reshape([B, T, NH, HS]) }, { dout: dq, table: this.rope }, { pos0 });
+        await ropeBackward(gpu, { dx: dkp.reshape([B, T, NKV, HS]) }, { dout: dk, table: this.rope }, { pos0 });
         dq.dispose();
         dk.dispose();
         const dn1 = take([N, d], 'dn1');
@@ -348,6 +386,7 @@ export class Transformer {
     cache?: { k: Tensor; v: Tensor; P: number; front: number; pos0: number },
     tap?: (t: AttentionInputs) => Promise<void>,
     watch?: (t: AttentionRows) => Promise<void>,
+    mem?: BlockMemory,
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
     const { gpu, config: c } = this;
     const N = B * T;
@@ -356,7 +395,7 @@ export class Transformer {
     const P = cache?.P ?? 0;
     // rows this block's new tokens attend to before themselves: the front, then the cached context
     const R = (cache?.front ?? 0) + P;
-    const pos0 = (cache?.pos0 ?? 0) + P;
+    const pos0 = (cache?.pos0 ?? mem?.pos0 ?? 0) + P;
     const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
     const n1 = take([N, d], 'n1');
     const r1 = take([N], 'r1');
@@ -376,8 +415,8 @@ export class Transformer {
     kp.dispose();
     const att = take([B, T, NH, HS], 'att');
     const lse = take([B, NH, T], 'att_lse');
-    const prefix = cache && R > 0 ? { pk: cache.k.leading([1, R, NKV, HS]), pv: cache.v.leading([1, R, NKV, HS]) } : {};
-    await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix });
+    const prefix = cache && R > 0 ? { pk: cache.k.leading([1, R, NKV, HS]), pv: cache.v.leading([1, R, NKV, HS]) } : mem ? { pk: mem.k, pv: mem.v } : {};
+    await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : {});
     if (watch) await watch({ q, lse });
     if (cache) {
       const row = NKV * HS * 4;

@@ -1,8 +1,10 @@
 // causal self-attention with grouped-query heads and an optional prefix, in float64.
 //
-//   q (B,T,NH,HS)  k, v (B,T,NKV,HS)  pk, pv (B,P,NKV,HS)  out (B,T,NH,HS)  lse (B,NH,T)
-//   query head h reads kv head h / (NH/NKV). the keys of row (b,t,h) are the P prefix keys
-//   (never masked) followed by sequence keys 0..t (0..T-1 when not causal):
+//   q (B,T,NH,HS)  k, v (B,T,NKV,HS)  pk, pv (B,PR,NKV,HS)  out (B,T,NH,HS)  lse (B,NH,T)
+//   query head h reads kv head h / (NH/NKV). the keys of row (b,t,h) are P prefix keys (never
+//   masked) followed by sequence keys 0..t (0..T-1 when not causal). the prefix keys: all of
+//   pk (PR = P), or with a chunked prefix (prefixChunk C > 0, PR = ceil(T/C) P) the block of
+//   chunk floor(t/C), pk rows floor(t/C) P .. +P-1:
 //     s[j]   = scale * q . key[j]            p = softmax(s)       lse = logsumexp(s)
 //     out    = sum_j p[j] value[j]
 //   backward, with D = sum(dout * out):
@@ -17,8 +19,10 @@ export interface AttentionDims {
   NH: number;
   NKV: number;
   HS: number;
-  /** prefix keys per batch row (0 for none) */
+  /** prefix keys each query sees (0 for none): pk's rows per batch row, or a chunk's block */
   P: number;
+  /** queries per prefix chunk (default 0: one prefix for every query); pk then has ceil(T/C)*P rows a batch row */
+  prefixChunk?: number;
   /** default 1/sqrt(HS) */
   scale?: number;
   /** default true */
@@ -27,14 +31,23 @@ export interface AttentionDims {
 
 const EMPTY = new Float64Array(0);
 
+/** rows of pk per batch row */
+export function prefixRows(d: AttentionDims): number {
+  const C = d.prefixChunk ?? 0;
+  return C > 0 ? Math.ceil(d.T / C) * d.P : d.P;
+}
+
 /** Offsets of the keys (and values) row (b,t) of kv head kvh sees, in order; prefix offsets x are stored as -(x + 1). */
 function rowKeys(d: AttentionDims, b: number, t: number, kvh: number): number[] {
   const { T, P, NKV, HS } = d;
   const causal = d.causal ?? true;
+  const C = d.prefixChunk ?? 0;
+  const PR = prefixRows(d);
+  const first = C > 0 ? Math.floor(t / C) * P : 0; // this row's first pk row
   const n = P + (causal ? t + 1 : T);
   const offs: number[] = [];
   for (let j = 0; j < n; j++) {
-    offs.push(j < P ? -(((b * P + j) * NKV + kvh) * HS + 1) : ((b * T + (j - P)) * NKV + kvh) * HS);
+    offs.push(j < P ? -(((b * PR + first + j) * NKV + kvh) * HS + 1) : ((b * T + (j - P)) * NKV + kvh) * HS);
   }
   return offs;
 }
@@ -89,14 +102,14 @@ export function attentionBackward(
   lse: ArrayLike<number>,
   d: AttentionDims,
 ) {
-  const { B, T, NH, NKV, HS, P } = d;
+  const { B, T, NH, NKV, HS } = d;
   const scale = d.scale ?? 1 / Math.sqrt(HS);
   const G = NH / NKV;
   const dq = new Float64Array(B * T * NH * HS);
   const dk = new Float64Array(B * T * NKV * HS);
   const dv = new Float64Array(B * T * NKV * HS);
-  const dpk = new Float64Array(B * P * NKV * HS);
-  const dpv = new Float64Array(B * P * NKV * HS);
+  const dpk = new Float64Array(B * prefixRows(d) * NKV * HS);
+  const dpv = new Float64Array(B * prefixRows(d) * NKV * HS);
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       for (let h = 0; h < NH; h++) {

@@ -38,17 +38,43 @@ const GPU_CASES: readonly (readonly [number, DType])[] = [
   [4, 'f16'],
 ];
 
+// chunked prefixes (prefixChunk C: query t sees only pk block floor(t/C)): T=70 not a multiple
+// of C; C=16 and 32 below the GPU mapping's 64-query blocks (which then straddle 2 or 4
+// chunks) and C=5 straddling the CPU mapping's blocks of 8 or 16 (14 chunks, 126 pk rows: dk/dv
+// key blocks of prefix rows only, walking only their chunks' queries, and forward rows whose
+// first key tiles are all masked); P=3 and 9 (dk/dv key blocks spanning many chunks, and mixing
+// prefix and sequence keys); C=100 > T (a single chunk); HS
+// 16 and 64 share the pipelines above (the chunk size is a uniform), HS 8 on the adapter only
+const CHUNK_CASES: Case[] = [
+  { B: 2, T: 70, NH: 4, NKV: 2, HS: 16, P: 3, prefixChunk: 16 },
+  { B: 2, T: 70, NH: 4, NKV: 2, HS: 64, P: 9, prefixChunk: 32, causal: false },
+  { B: 1, T: 70, NH: 4, NKV: 2, HS: 16, P: 9, prefixChunk: 32 },
+  { B: 1, T: 70, NH: 2, NKV: 1, HS: 16, P: 9, prefixChunk: 5, causal: false },
+  { B: 1, T: 20, NH: 2, NKV: 1, HS: 16, P: 3, prefixChunk: 100 },
+  { B: 1, T: 37, NH: 4, NKV: 2, HS: 8, P: 3, prefixChunk: 16, causal: false },
+];
+/** [case, dtype, mapping] of the chunked runs: f32 on both mappings, 16-bit storage on a few */
+const CHUNK_RUNS: readonly (readonly [number, DType, Mapping])[] = [
+  ...CHUNK_CASES.map((_, i) => [i, 'f32', 'adapter'] as const),
+  ...[0, 1, 2, 3].map((i) => [i, 'f32', 'gpu'] as const),
+  [2, 'bf16', 'adapter'],
+  [3, 'f16', 'adapter'],
+  [0, 'f16', 'gpu'],
+  [1, 'bf16', 'gpu'],
+];
+
 async function check(c: Case, dtype: DType): Promise<void> {
   const gpu = await testGpu();
   const { B, T, NH, NKV, HS, P } = c;
-  const rng = new Rng(B * 7919 + T * 131 + NH * 17 + HS + P);
+  const PR = ref.prefixRows(c);
+  const rng = new Rng(B * 7919 + T * 131 + NH * 17 + HS + P + (c.prefixChunk ?? 0) * 3);
   const x = (n: number, s = 1) => roundTo(rng.normals(n, s), dtype);
-  const [nq, nkv, np] = [B * T * NH * HS, B * T * NKV * HS, B * P * NKV * HS];
+  const [nq, nkv, np] = [B * T * NH * HS, B * T * NKV * HS, B * PR * NKV * HS];
   const q = x(nq, c.mag ?? 1);
   const [k, v, pk, pv, g] = [x(nkv), x(nkv), x(np), x(np), x(nq)];
   const qs = [B, T, NH, HS];
   const ks = [B, T, NKV, HS];
-  const ps = [B, P, NKV, HS];
+  const ps = [B, PR, NKV, HS];
   const up = (a: Float64Array, s: number[], l: string) => gpu.tensorFrom(a, s, dtype, l);
   const t = { q: await up(q, qs, 'q'), k: await up(k, ks, 'k'), v: await up(v, ks, 'v'), dout: await up(g, qs, 'dout') };
   const pre = P > 0 ? { pk: await up(pk, ps, 'pk'), pv: await up(pv, ps, 'pv') } : {};
@@ -56,7 +82,11 @@ async function check(c: Case, dtype: DType): Promise<void> {
   const out = await gpu.tensor(qs, dtype, 'out');
   const lse = await gpu.tensor([B, NH, T], 'f32', 'lse');
   const d = { dq: await gpu.tensor(qs, dtype, 'dq'), dk: await gpu.tensor(ks, dtype, 'dk'), dv: await gpu.tensor(ks, dtype, 'dv') };
-  const opts = { ...(c.scale !== undefined ? { scale: c.scale } : {}), ...(c.causal !== undefined ? { causal: c.causal } : {}) };
+  const opts = {
+    ...(c.scale !== undefined ? { scale: c.scale } : {}),
+    ...(c.causal !== undefined ? { causal: c.causal } : {}),
+    ...(c.prefixChunk !== undefined ? { prefixChunk: c.prefixChunk } : {}),
+  };
   await attentionForward(gpu, { out, lse }, { q: t.q, k: t.k, v: t.v, ...pre }, opts);
   await attentionBackward(gpu, { ...d, ...dpre }, { ...t, ...pre, out, lse }, opts);
   const f = ref.attentionForward(q, k, v, pk, pv, c);
@@ -88,6 +118,11 @@ for (const [i, dtype] of GPU_CASES) {
   test(`attention ${dtype} ${JSON.stringify(c)} (gpu mapping)`, () => checkMapping(c, dtype, 'gpu'));
 }
 
+for (const [i, dtype, mapping] of CHUNK_RUNS) {
+  const c = CHUNK_CASES[i]!;
+  test(`attention chunked prefix ${dtype} ${JSON.stringify(c)} (${mapping} mapping)`, () => checkMapping(c, dtype, mapping));
+}
+
 test('attention rejects wrong shapes and dtypes, naming the op and the tensors', async () => {
   const gpu = await testGpu();
   const mk = (s: number[], dt: DType = 'f32', l = 't') => gpu.tensor(s, dt, l);
@@ -111,6 +146,17 @@ test('attention rejects wrong shapes and dtypes, naming the op and the tensors',
   await rejects(attentionForward(gpu, { out: q3, lse: await mk([1, 2, 4]) }, { q: q3, k: k3, v: k3 }), /attentionForward: head size HS=3 .* even HS from 2 to 128/);
   const q256 = await mk([1, 1, 1, 256], 'f32', 'q');
   await rejects(attentionForward(gpu, { out: q256, lse: await mk([1, 1, 1]) }, { q: q256, k: q256, v: q256 }), /HS=256/);
+  // chunked prefix: T=4 in chunks of 3 makes 2 chunks, so pk needs an even row count
+  const pk3 = await mk([1, 3, 2, 16], 'f32', 'pk');
+  const chunked = (pk: Awaited<ReturnType<typeof mk>>, prefixChunk: number) =>
+    attentionForward(gpu, { out, lse }, { q, k, v, pk, pv: pk }, { prefixChunk });
+  await rejects(chunked(pk3, 3), /attentionForward: pk pk\[1,3,2,16\]:f32 should have ceil\(T\/C\)\*P rows.*2 chunks, which do not divide 3/);
+  await rejects(chunked(pk3, -1), /attentionForward: prefixChunk=-1/);
+  await rejects(chunked(pk3, 1.5), /attentionForward: prefixChunk=1.5/);
+  await rejects(
+    attentionBackward(gpu, { dq: out, dk: k, dv: v, dpk: pk3, dpv: pk3 }, { dout: out, q, k, v, pk: pk3, pv: pk3, out, lse }, { prefixChunk: 2 }),
+    /attentionBackward: pk pk\[1,3,2,16\]:f32 should have ceil\(T\/C\)\*P rows/,
+  );
   const bwd = (dq: Awaited<ReturnType<typeof mk>>) => attentionBackward(gpu, { dq, dk: k, dv: v }, { dout: out, q, k, v, out, lse });
   await rejects(bwd(await mk([1, 4, 4, 8], 'f32', 'dq')), /attentionBackward: dq dq\[1,4,4,8\]:f32 should have shape \[1,4,4,16\]/);
   const pk = await mk([1, 2, 2, 16], 'f32', 'pk');

@@ -148,8 +148,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (p.causal != 0u) { kend = np + min(p.T, q0 + ${BR}u); }
   ${acc.map(([r, i]) => `var g${r}${i} = vec4<f32>(0.0);`).join(' ')}
   for (var c0 = 0u; c0 < kend; c0 += ${BC}u) {
-    ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0', 'c0')}
-    ${tileLoad('v', BC * HS4, NT, 'b, kvh, c0', 'c0')}
+    ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0, np, po', 'c0, np')}
+    ${tileLoad('v', BC * HS4, NT, 'b, kvh, c0, np, po', 'c0, np')}
     workgroupBarrier();
     ${R4.map((r) => `var s${r} = vec4<f32>(0.0); var e${r} = vec4<f32>(0.0);`).join(' ')}
     for (var d4 = 0u; d4 < ${HS4}u; d4++) {
@@ -163,7 +163,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     ${R4.map((r) => `var p${r} = exp2(s${r} - lq.${C4[r]});`).join(' ')}
     if (c0 + ${BC}u > np + p.T || (p.causal != 0u && c0 + ${BC}u > np + q0 + 1u) || (c0 < np && np > p.P)) {
       ${R4.map((j) => `let kc${j} = c0 + cg + ${CG * j}u;`).join(' ')}
-      ${R4.map((j) => R4.map((r) => `p${r}.${C4[j]} = select(0.0, p${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u));`).join(' ')).join('\n      ')}
+      ${R4.map((j) => R4.map((r) => `p${r}.${C4[j]} = select(0.0, p${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u, np, po));`).join(' ')).join('\n      ')}
     }
     ${R4.map((r) => `let ds${r} = p${r} * (e${r} - dd.${C4[r]});`).join(' ')}
     workgroupBarrier();  // the v tile is dead
@@ -249,10 +249,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kg = tid / ${QG}u;
   let qg = tid % ${QG}u;
   let k0 = c0 + kg * 4u;    // first key of this thread
-  np = p.PR;  // the whole of pk
-  po = 0u;
-  ${tileLoad('k', BK * HS4, NT, 'b, kvh, c0', 'c0')}
-  ${tileLoad('v', BK * HS4, NT, 'b, kvh, c0', 'c0')}
+  let np = p.PR;  // combined keys: the whole of pk, then the sequence
+  let po = 0u;
+  ${tileLoad('k', BK * HS4, NT, 'b, kvh, c0, np, po', 'c0, np')}
+  ${tileLoad('v', BK * HS4, NT, 'b, kvh, c0, np, po', 'c0, np')}
   ${acc.map(([r, i]) => `var dk${r}${i} = vec4<f32>(0.0); var dv${r}${i} = vec4<f32>(0.0);`).join('\n  ')}
   // the queries that can see a key of this block, tstart rounded down to a tile
   ${keyQueries('c0', BK, BQ)}
@@ -288,7 +288,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ${R4.map((r) => `var p${r} = exp2(s${r} - lq);`).join(' ')}
     if (t0 + ${BQ}u > p.T || (p.causal != 0u && c0 + ${BK}u > np + t0 + 1u) || (p.PC != 0u && c0 < np)) {
       ${R4.map((j) => `let tq${j} = t0 + qg + ${QG * j}u;`).join(' ')}
-      ${R4.map((r) => R4.map((j) => `p${r}.${C4[j]} = select(0.0, p${r}.${C4[j]}, tq${j} < p.T && keep(k0 + ${r}u, tq${j}));`).join(' ')).join('\n        ')}
+      ${R4.map((r) => R4.map((j) => `p${r}.${C4[j]} = select(0.0, p${r}.${C4[j]}, tq${j} < p.T && keep(k0 + ${r}u, tq${j}, np, po));`).join(' ')).join('\n        ')}
     }
     ${R4.map((r) => `let ds${r} = p${r} * (e${r} - dd);`).join(' ')}
     ${R4.map((j) => {

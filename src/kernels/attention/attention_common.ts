@@ -227,7 +227,7 @@ fn ldv_${name}(base: u32, d4: u32) -> vec4<f32> { return decb(rawb_${name}(base,
 /**
  * Without a prefix (P = 0) the prefix tensors are not bound at all: a dispatch then stays within
  * browsers' storage-buffer limits (8 or 10 per stage). the code that would touch them is still
- * generated but never runs (every combined key index is >= P); these stand in for their loads
+ * generated but never runs (every combined key index is >= np = 0); these stand in for their loads
  * and stores.
  */
 export const rowLoadStub = (name: string): string =>
@@ -259,41 +259,40 @@ export function rowStore(name: string, HS: number): string {
 }
 
 /**
- * WGSL: the workgroup's prefix window (np, po; see the top of this file), set at the start of
- * main, and keep(c, t): combined key c is visible to query t
+ * WGSL keep(c, t, np, po): combined key c is visible to query t, for the workgroup's prefix
+ * window np, po (see the top of this file; locals of main, passed on: the uniformity analysis
+ * takes module-scope private variables for non-uniform, and loop bounds derive from them)
  */
 export const KEEP = /* wgsl */ `
-var<private> np: u32;  // combined keys below np are prefix rows
-var<private> po: u32;  // pk row (in a batch row) of combined key 0
-fn keep(c: u32, t: u32) -> bool {
+fn keep(c: u32, t: u32, np: u32, po: u32) -> bool {
   if (c < np) { return p.PC == 0u || (po + c) / p.P == t / p.PC; }
   let j = c - np;
   return j < p.T && (p.causal == 0u || j <= t);
 }`;
 
 /**
- * WGSL statements setting np, po for the queries t0 .. min(t0 + n, T) - 1 of a forward or dq
- * workgroup: the blocks of the chunks they span (a block of queries may straddle chunks)
+ * WGSL statements declaring np, po (vars) for the queries t0 .. min(t0 + n, T) - 1 of a
+ * forward or dq workgroup: the blocks of the chunks they span (a block may straddle chunks)
  */
 export const queryWindow = (t0: string, n: number): string =>
-  `np = p.P; po = 0u;
+  `var np = p.P;  // combined keys below np are prefix rows
+  var po = 0u;    // pk row (in a batch row) of combined key 0
   if (p.PC != 0u) { let ch0 = ${t0} / p.PC; po = ch0 * p.P; np = ((min(${t0} + ${n}u, p.T) - 1u) / p.PC - ch0 + 1u) * p.P; }`;
 
 /**
- * WGSL statements setting tstart, tend (vars): the queries that can see some combined key of
+ * WGSL statements declaring tstart, tend (vars): the queries that can see some combined key of
  * c0 .. c0+n-1 (a dk/dv block, np = PR), tstart rounded down to a multiple of \`align\`: with a
- * chunked prefix, the chunks of the block's prefix rows (to T if the block also has sequence
- * keys); from the block's first sequence key on when causal; else all
+ * chunked prefix and only prefix keys, the chunks of those keys; from the block's first
+ * sequence key on when causal; else (a block with sequence key 0, or unchunked) all
  */
-export const keyQueries = (c0: string, n: number, align: number): string =>
-  `var tstart = 0u;
+export const keyQueries = (c0: string, n: number, align: number): string => {
+  const down = (x: string) => (align > 1 ? `${x} / ${align}u * ${align}u` : x);
+  return `var tstart = 0u;
   var tend = p.T;
-  if (${c0} < np) {
-    if (p.PC != 0u) {
-      tstart = ${c0} / p.P * p.PC${align > 1 ? ` / ${align}u * ${align}u` : ''};
-      if (${c0} + ${n}u <= np) { tend = min(p.T, ((${c0} + ${n - 1}u) / p.P + 1u) * p.PC); }
-    }
-  } else if (p.causal != 0u) { tstart = (${c0} - np)${align > 1 ? ` / ${align}u * ${align}u` : ''}; }`;
+  if (${c0} + ${n}u <= np) {
+    if (p.PC != 0u) { tstart = ${down(`${c0} / p.P * p.PC`)}; tend = min(p.T, ((${c0} + ${n - 1}u) / p.P + 1u) * p.PC); }
+  } else if (p.causal != 0u && ${c0} > np) { tstart = ${down(`(${c0} - np)`)}; }`;
+};
 
 /**
  * Moving a tile of `rows` rows of HS elements into workgroup memory `dst` ([row][d4 ^ (row &
@@ -301,21 +300,21 @@ export const keyQueries = (c0: string, n: number, align: number): string =>
  * math: WGSL fetch_<id>(e, ...) -> vec4<u32> reads the raw words of tile element e (row e/HS4,
  * slot e%HS4) into registers; put_<id>(e, at, w) decodes and stores them. `at` is the tile's
  * first row; element e of a thread is tid + k*NT (see tileRegs).
- *   keys:    rows are combined keys at..at+rows-1 of kv head kvh: prefix `pre` below np (pk rows po+c), then `seq`
+ *   keys:    rows are combined keys at..at+rows-1 of kv head kvh: prefix `pre` below np (pk rows po+c; np, po follow `at` in fetch_<id>, np in put_<id>), then `seq`
  *   queries: rows are tokens at..at+rows-1 of head h of a (B,T,NH,HS) tensor, times `mul`
  * `unrolled`: the calls get unrolled (tileRegs), so use the branch-free raw/dec (see dec).
  */
 export function keyTileIo(id: string, dst: string, seq: string, pre: string, HS: number, mask: number, unrolled = false): string {
   const HS4 = Math.ceil(HS / 4);
   const [raw, dec] = unrolled ? ['raw', 'dec'] : ['rawb', 'decb'];
-  return `fn fetch_${id}(e: u32, b: u32, kvh: u32, at: u32) -> vec4<u32> {
+  return `fn fetch_${id}(e: u32, b: u32, kvh: u32, at: u32, np: u32, po: u32) -> vec4<u32> {
   let c = at + e / ${HS4}u;
   let d4 = e % ${HS4}u;
   if (c < np) { return ${raw}_${pre}(((b * p.PR + po + c) * p.NKV + kvh) * ${HS}u, d4); }
   if (c - np < p.T) { return ${raw}_${seq}(((b * p.T + c - np) * p.NKV + kvh) * ${HS}u, d4); }
   return vec4<u32>(0u);
 }
-fn put_${id}(e: u32, at: u32, w: vec4<u32>) {
+fn put_${id}(e: u32, at: u32, np: u32, w: vec4<u32>) {
   let r = e / ${HS4}u;
   ${dst}[r * ${HS4}u + ${swz(`e % ${HS4}u`, 'r', mask)}] = ${dec}(w, select(p.dt_${seq}, p.dt_${pre}, at + r < np));
 }`;

@@ -225,8 +225,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let h = wid.x % p.NH;
   let kvh = h / p.G;
   let tb = (nwg.y - 1u - wid.y) * ${S * R}u;  // latest (longest) query blocks first
-  var np: u32;
-  var po: u32;
   ${queryWindow('tb', S * R)}
   var kend = np + p.T;  // combined keys the block can see
   if (p.causal != 0u) { kend = np + min(p.T, tb + ${S * R}u); }

@@ -108,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var l = vec4<f32>(0.0);   // this thread's share of the running sums
   ${acc.map(([r, i]) => `var o${r}${i} = vec4<f32>(0.0);`).join(' ')}
   for (var c0 = 0u; c0 < kend; c0 += ${BC}u) {
-    ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0', 'c0')}
+    ${tileLoad('k', BC * HS4, NT, 'b, kvh, c0, np, po', 'c0, np')}
     workgroupBarrier();
     ${rows((r) => `var s${r} = vec4<f32>(0.0);`, ' ')}
     for (var d4 = 0u; d4 < ${HS4}u; d4++) {
@@ -120,7 +120,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     if (c0 + ${BC}u > np + p.T || (p.causal != 0u && c0 + ${BC}u > np + q0 + 1u) || (c0 < np && np > p.P)) {
       ${R4.map((j) => `let kc${j} = c0 + cg + ${CG * j}u;`).join(' ')}
-      ${R4.map((j) => rows((r) => `s${r}.${C4[j]} = select(NEG, s${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u));`, ' ')).join('\n      ')}
+      ${R4.map((j) => rows((r) => `s${r}.${C4[j]} = select(NEG, s${r}.${C4[j]}, keep(kc${j}, r0 + ${r}u, np, po));`, ' ')).join('\n      ')}
     }
     sp[cg * ${RG}u + rg] = vec4<f32>(hmax(s0), hmax(s1), hmax(s2), hmax(s3));
     workgroupBarrier();  // the k tile is dead
@@ -131,7 +131,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     ${rows((r) => `let p${r} = exp2(s${r} - mt.${C4[r]});`, ' ')}
     l = l * alpha + vec4<f32>(hsum(p0), hsum(p1), hsum(p2), hsum(p3));
     ${acc.map(([r, i]) => `o${r}${i} *= alpha.${C4[r]};`).join(' ')}
-    ${tileLoad('v', BC * HS4, NT, 'b, kvh, c0', 'c0')}
+    ${tileLoad('v', BC * HS4, NT, 'b, kvh, c0, np, po', 'c0, np')}
     workgroupBarrier();  // every thread has read the row maxes: p^T may overwrite them
     ${R4.map((j) => `sp[(cg + ${CG * j}u) * ${RG}u + ${swz('rg', 'cg', PM)}] = vec4<f32>(p0.${C4[j]}, p1.${C4[j]}, p2.${C4[j]}, p3.${C4[j]});`).join('\n    ')}
     workgroupBarrier();
