@@ -26,14 +26,15 @@ export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, ty
 export { loadModel, saveModel } from './model/checkpoint.ts';
 export { Trainer, type Batch, type StepResult } from './train/trainer.ts';
 export { Tokenizer, trainTokenizer, type TrainTokenizerOptions } from './data/tokenizer.ts';
-export { type KvCache } from './model/transformer.ts';
+export { type KvCache, type TrainMemory, type AttentionInputs, type AttentionRows } from './model/transformer.ts';
 export { generate, greedyBatch, sample, type GenerateOptions, type SampleOptions } from './infer/generate.ts';
 export { trainLoop, saveTraining, resumeTraining, type LoopOptions, type LogLine } from './train/loop.ts';
 export { buildCorpus, writeCorpus, splitDocuments, DOC_SEPARATOR, CORPUS_SOURCES, GCIDE_PATH, type Corpus, type CorpusOptions, type CorpusSource } from './data/corpus.ts';
 export { loadFacts, statements, questions, questionText, FACT_RELATIONS, type Fact, type Question } from './data/facts.ts';
 export { MemoryBank, MemoryBankError, type BankModel, type BankManifest, type NewReference, type SearchHit } from './memory3/bank.ts';
 export { encodeMemory, decodeMemory, memoryBytes, type SparseMemory } from './memory3/blob.ts';
-export { writeMemories, defaultMemoryLayers, modelFingerprint, referenceTokens, REFERENCE_PREFIX, type WriteOptions, type WrittenMemory } from './memory3/write.ts';
+export { writeMemories, encodeReferences, defaultMemoryLayers, modelFingerprint, referenceTokens, REFERENCE_PREFIX, type WriteOptions, type WrittenMemory } from './memory3/write.ts';
 export { MemoryReader, type ReadOptions, type ChunkInfo, type MemoryGenerateOptions } from './memory3/read.ts';
 export { overlap, leaks } from './memory3/overlap.ts';
 export { TokenBm25, planRetrieval, type RetrievalPlanOptions } from './memory3/bm25.ts';
+export { MemoryBatcher, type StageTwoOptions } from './memory3/train.ts';

@@ -84,29 +84,42 @@ export function modelFingerprint(files: Readonly<Record<string, Uint8Array>>): s
 
 /** the explicit memories of `texts`, in order */
 export async function writeMemories(gpu: Gpu, model: Transformer, tok: Tokenizer, texts: readonly string[], o: WriteOptions = {}): Promise<WrittenMemory[]> {
+  const refs = texts.map((text) => ({ text, ...referenceTokens(tok, text, o) }));
+  const mems = await encodeReferences(gpu, model, refs, o);
+  return refs.map((r, i) => ({ text: r.text, tokens: r.tokens, memory: { ...mems[i]!, dtype: o.dtype ?? 'bf16' } }));
+}
+
+/**
+ * the memories of references given as token ids (prefix, then the reference's tokens), in order;
+ * keys and values as f32 (dtype 'f32'). writeMemories' work, and Memory³ training's, which encodes
+ * each step's references with the weights of that step
+ */
+export async function encodeReferences(
+  gpu: Gpu,
+  model: Transformer,
+  refs: readonly { prefix: readonly number[]; tokens: readonly number[] }[],
+  o: Pick<WriteOptions, 'layers' | 'tokens' | 'batch' | 'group'> = {},
+): Promise<SparseMemory[]> {
   const c = model.config;
   const layers = [...(o.layers ?? defaultMemoryLayers(c))];
   const K = o.tokens ?? 8;
   const batch = o.batch ?? 32;
-  const dtype = o.dtype ?? 'bf16';
   if (layers.length === 0 || new Set(layers).size !== layers.length || layers.some((l) => !(Number.isInteger(l) && l >= 0 && l < c.layers))) {
     throw new EngramError(`writeMemories: layers [${layers.join(', ')}] must be distinct blocks in 0..${c.layers - 1}`);
   }
   if (!(Number.isInteger(batch) && batch > 0)) throw new EngramError(`writeMemories: batch must be a positive integer, got ${batch}`);
-  const refs = texts.map((text, i) => {
-    const r = referenceTokens(tok, text, o);
+  refs.forEach((r, i) => {
     if (r.tokens.length < K) {
-      throw new EngramError(`writeMemories: reference ${i} ('${text.slice(0, 40)}') has ${r.tokens.length} tokens; a memory keeps ${K} per head, so give it at least ${K}`);
+      throw new EngramError(`writeMemories: reference ${i} has ${r.tokens.length} tokens; a memory keeps ${K} per head, so give it at least ${K}`);
     }
     const T = r.prefix.length + r.tokens.length;
     if (T > Math.min(MEMSEL_MAX_T, c.maxSeqLen)) {
       throw new EngramError(`writeMemories: reference ${i} is ${T} tokens with its prefix; the limit is ${Math.min(MEMSEL_MAX_T, c.maxSeqLen)} (lower maxTokens)`);
     }
-    return { text, ...r };
   });
   const HS = c.dim / c.heads;
   const Hkv = c.kvHeads;
-  const out: WrittenMemory[] = [];
+  const out: SparseMemory[] = [];
   for (let s = 0; s < refs.length; s += batch) {
     const chunk = refs.slice(s, s + batch);
     const B = chunk.length;
@@ -118,7 +131,7 @@ export async function writeMemories(gpu: Gpu, model: Transformer, tok: Tokenizer
       kvHeads: Hkv,
       tokens: K,
       headDim: HS,
-      dtype,
+      dtype: 'f32',
       k: new Float32Array(layers.length * Hkv * K * HS),
       v: new Float32Array(layers.length * Hkv * K * HS),
       positions: new Uint32Array(layers.length * Hkv * K),
@@ -151,7 +164,7 @@ export async function writeMemories(gpu: Gpu, model: Transformer, tok: Tokenizer
     } finally {
       for (const u of [idsT, start, length, indices]) u.dispose();
     }
-    chunk.forEach((r, b) => out.push({ text: r.text, tokens: r.tokens, memory: mems[b]! }));
+    out.push(...mems);
   }
   return out;
 }

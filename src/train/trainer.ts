@@ -4,7 +4,7 @@
 
 import type { Gpu } from '../gpu/device.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import type { Transformer } from '../model/transformer.ts';
+import type { TrainMemory, Transformer } from '../model/transformer.ts';
 import { zeroGrads } from '../model/param.ts';
 import type { AdamW } from './optimizer.ts';
 import { lrFactor, type Schedule } from './schedule.ts';
@@ -14,6 +14,8 @@ export interface Batch {
   ids: Tensor;
   /** (B, T) u32 */
   targets: Tensor;
+  /** explicit memory the batch attends to (Memory³'s second stage) */
+  memory?: TrainMemory;
 }
 
 export interface StepResult {
@@ -39,7 +41,7 @@ export class Trainer {
     const losses: Tensor[] = [];
     let tokens = 0;
     for (const b of micro) {
-      losses.push(await model.forward(b.ids, b.targets));
+      losses.push(await model.forward(b.ids, b.targets, b.memory));
       await model.backward(1 / micro.length);
       tokens += b.ids.size;
     }

@@ -1,0 +1,182 @@
+// Memory³'s second training stage (spec shared/specs/memory3.md §4): a warmed-up model continues
+// training with explicit memory. every `chunk`-token chunk of a training sequence attends, at the
+// memory blocks, to the memories of its own reference and the previous `window` - 1 chunks'
+// references of the stream (planRetrieval fixed them per corpus; leaking pairs are already out),
+// encoded on the fly by the model being trained.
+//
+// choices where the spec is silent ([UNVERIFIED] there), each an option or stated here:
+//   - no gradient flows into the references' encoding: a step's memories are constants of that
+//     step (computed with its weights, before the forward). cheaper, and at inference memories are
+//     fixed too
+//   - the selection of `tokens` (8) per head is applied in training, as at inference
+//   - a chunk whose reference is missing (every candidate leaked, or the stream has none there)
+//     gets a reference drawn at random from the knowledge base (seeded by the step): every chunk
+//     reads `window` memories, as every inference chunk reads `topk`
+//   - sequences start at chunk boundaries of the stream, so a chunk is one of planRetrieval's
+// layout, as at inference (read.ts): at every block the sink (the prefix's keys and values) comes
+// first; at memory blocks each chunk then sees its `window` memories (keys at their positions
+// inside their references: parallel positions); the sequence starts at RoPE position
+// prefix + memoryPositions.
+
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import type { TrainMemory, Transformer } from '../model/transformer.ts';
+import { Rng } from '../testing/rng.ts';
+import type { Batch } from '../train/trainer.ts';
+import { defaultMemoryLayers, encodeReferences } from './write.ts';
+
+export interface StageTwoOptions {
+  /** the prefix's token ids ("Reference:" as the tokenizer writes it) */
+  prefix: readonly number[];
+  /** tokens per chunk (default 64) */
+  chunk?: number;
+  /** memories per chunk: its own and the previous window - 1 chunks' references (default 5) */
+  window?: number;
+  /** tokens kept per (memory block, KV head) (default 8) */
+  tokens?: number;
+  /** memory blocks (default the first half) */
+  layers?: readonly number[];
+  /** the position range memories share (default 128) */
+  memoryPositions?: number;
+  seed?: number;
+}
+
+/** training batches with their explicit memories */
+export class MemoryBatcher {
+  private readonly o: Required<Omit<StageTwoOptions, 'layers'>> & { layers: number[] };
+
+  constructor(
+    private readonly gpu: Gpu,
+    private readonly model: Transformer,
+    /** the knowledge base: each reference's token ids (without the prefix) */
+    private readonly refs: readonly (readonly number[])[],
+    /** planRetrieval's reference per chunk of the stream (-1: none) */
+    private readonly plan: Int32Array,
+    o: StageTwoOptions,
+  ) {
+    this.o = {
+      prefix: o.prefix,
+      chunk: o.chunk ?? 64,
+      window: o.window ?? 5,
+      tokens: o.tokens ?? 8,
+      layers: [...(o.layers ?? defaultMemoryLayers(model.config))],
+      memoryPositions: o.memoryPositions ?? 128,
+      seed: o.seed ?? 0,
+    };
+    if (refs.length === 0) throw new EngramError('MemoryBatcher: the knowledge base has no references');
+    if (o.prefix.length === 0) throw new EngramError('MemoryBatcher: the prefix needs at least one token');
+  }
+
+  /**
+   * step s's batch: B sequences of T tokens (T a multiple of the chunk) from chunk boundaries of
+   * the stream, their targets, and their memories; dispose() frees the memory tensors
+   */
+  async batch(stream: Uint32Array, B: number, T: number, step: number): Promise<Batch & { dispose(): void }> {
+    const { chunk, window, tokens: K, layers, prefix } = this.o;
+    if (!(T > 0 && T % chunk === 0)) throw new EngramError(`MemoryBatcher: sequences of ${T} tokens must be a whole number of ${chunk}-token chunks`);
+    const C = T / chunk;
+    const span = Math.floor((stream.length - T - 1) / chunk) + 1;
+    if (span < 1) throw new EngramError(`MemoryBatcher: ${stream.length} tokens is too few for sequences of ${T} + 1`);
+    const rng = new Rng((this.o.seed * 0x9e3779b1 + step * 0x85ebca6b + 1) >>> 0);
+    const ids = new Uint32Array(B * T);
+    const targets = new Uint32Array(B * T);
+    // per (sequence, chunk): the references of the window, oldest first
+    const windows: number[][] = [];
+    for (let b = 0; b < B; b++) {
+      const at = chunk * rng.int(span);
+      ids.set(stream.subarray(at, at + T), b * T);
+      targets.set(stream.subarray(at + 1, at + T + 1), b * T);
+      for (let c = 0; c < C; c++) {
+        const g = at / chunk + c;
+        const w: number[] = [];
+        for (let j = window - 1; j >= 0; j--) {
+          const r = g - j >= 0 && g - j < this.plan.length ? this.plan[g - j]! : -1;
+          w.push(r >= 0 ? r : rng.int(this.refs.length));
+        }
+        windows.push(w);
+      }
+    }
+    const distinct = [...new Set(windows.flat())];
+    const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K });
+    const memOf = new Map(distinct.map((r, i) => [r, mems[i]!]));
+    const sink = await this.sink();
+    const c = this.model.config;
+    const HS = c.dim / c.heads;
+    const Hkv = c.kvHeads;
+    const p = prefix.length;
+    const row = Hkv * HS;
+    const owned: Tensor[] = [];
+    const blocks: TrainMemory['blocks'] = [];
+    try {
+      for (let l = 0; l < c.layers; l++) {
+        const li = layers.indexOf(l);
+        const s = sink[l]!;
+        if (li < 0) {
+          // the sink alone, the same for every sequence
+          const k = new Float32Array(B * p * row);
+          const v = new Float32Array(B * p * row);
+          for (let b = 0; b < B; b++) {
+            k.set(s.k, b * p * row);
+            v.set(s.v, b * p * row);
+          }
+          blocks.push({ k: await this.upload(k, [B, p, Hkv, HS], owned), v: await this.upload(v, [B, p, Hkv, HS], owned), chunk: 0 });
+          continue;
+        }
+        const M = p + window * K;
+        const k = new Float32Array(B * C * M * row);
+        const v = new Float32Array(B * C * M * row);
+        for (let b = 0; b < B; b++) {
+          for (let ch = 0; ch < C; ch++) {
+            const base = (b * C + ch) * M;
+            k.set(s.k, base * row);
+            v.set(s.v, base * row);
+            windows[b * C + ch]!.forEach((r, m) => {
+              const mem = memOf.get(r)!;
+              for (let t = 0; t < K; t++) {
+                for (let g = 0; g < Hkv; g++) {
+                  const src = ((li * Hkv + g) * K + t) * HS;
+                  const dst = ((base + p + m * K + t) * Hkv + g) * HS;
+                  k.set(mem.k.subarray(src, src + HS), dst);
+                  v.set(mem.v.subarray(src, src + HS), dst);
+                }
+              }
+            });
+          }
+        }
+        blocks.push({ k: await this.upload(k, [B, C * M, Hkv, HS], owned), v: await this.upload(v, [B, C * M, Hkv, HS], owned), chunk });
+      }
+      const idsT = await this.upload(ids, [B, T], owned, 'u32');
+      const targetsT = await this.upload(targets, [B, T], owned, 'u32');
+      return {
+        ids: idsT,
+        targets: targetsT,
+        memory: { blocks, pos0: p + this.o.memoryPositions },
+        dispose: () => owned.forEach((t) => t.dispose()),
+      };
+    } catch (e) {
+      owned.forEach((t) => t.dispose());
+      throw e;
+    }
+  }
+
+  /** the prefix's keys and values at every block, with this step's weights */
+  private async sink(): Promise<{ k: Float32Array; v: Float32Array }[]> {
+    const ids = await this.gpu.tensorFrom(this.o.prefix, [1, this.o.prefix.length], 'u32', 'sink_ids');
+    const out: { k: Float32Array; v: Float32Array }[] = [];
+    try {
+      await this.model.attentionInputs(ids, Array.from({ length: this.model.config.layers }, (_, l) => l), async (_l, t) => {
+        out.push({ k: (await this.gpu.read(t.k)) as Float32Array, v: (await this.gpu.read(t.v)) as Float32Array });
+      });
+    } finally {
+      ids.dispose();
+    }
+    return out;
+  }
+
+  private async upload(x: Float32Array | Uint32Array, shape: number[], owned: Tensor[], dtype: 'f32' | 'u32' = 'f32'): Promise<Tensor> {
+    const t = await this.gpu.tensorFrom(x, shape, dtype, 'memory_batch');
+    owned.push(t);
+    return t;
+  }
+}
