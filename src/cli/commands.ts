@@ -190,8 +190,7 @@ export async function generateCommand(a: { model: string; prompt: string; maxNew
   const { gpu, model, tok } = await openModel(a.model);
   try {
     process.stdout.write(a.prompt);
-    let text = '';
-    const ids: number[] = [];
+    const stream = streamText(tok, a.stop, (t) => process.stdout.write(t));
     const eot = tok.tokenId(EOT);
     await generate(gpu, model, Array.from(tok.encode(a.prompt)), {
       maxNew: a.maxNew,
@@ -200,22 +199,39 @@ export async function generateCommand(a: { model: string; prompt: string; maxNew
       topK: a.topK,
       seed: a.seed,
       ...(eot !== undefined ? { stopIds: [eot] } : {}),
-      onToken: (id) => {
-        ids.push(id);
-        const now = tok.decode(ids);
-        // up to a stop string, which ends the text (it is not printed)
-        const cut = a.stop ? now.indexOf(a.stop) : -1;
-        const upto = cut >= 0 ? now.slice(0, cut) : now;
-        if (upto.length > text.length) process.stdout.write(upto.slice(text.length));
-        text = upto;
-      },
-      shouldStop: () => a.stop !== '' && tok.decode(ids).includes(a.stop),
+      ...stream.hooks,
     });
     process.stdout.write('\n');
   } finally {
     model.dispose();
     gpu.destroy();
   }
+}
+
+/**
+ * streams generated ids as text through `write`, up to a stop string (which ends the text and is
+ * not written): hooks for generate()'s onToken and shouldStop, and the text so far
+ */
+export function streamText(tok: Tokenizer, stop: string, write: (s: string) => void): { hooks: { onToken: (id: number) => void; shouldStop: () => boolean }; text: () => string } {
+  const ids: number[] = [];
+  let text = '';
+  let stopped = false;
+  return {
+    hooks: {
+      onToken: (id) => {
+        if (stopped) return;
+        ids.push(id);
+        const now = tok.decode(ids);
+        const cut = stop ? now.indexOf(stop) : -1;
+        const upto = cut >= 0 ? now.slice(0, cut) : now;
+        if (upto.length > text.length) write(upto.slice(text.length));
+        text = upto;
+        stopped = cut >= 0;
+      },
+      shouldStop: () => stopped,
+    },
+    text: () => text,
+  };
 }
 
 /** the model's greedy answer to a question: its first line, without a final full stop */

@@ -29,6 +29,7 @@ import { BANK_FORMAT, BANK_MANIFEST_KEY, BANK_TABLE, MemoryBank, type BankManife
 import { encodeMemory, type MemoryDType } from '../memory3/blob.ts';
 import { MemoryReader, type ChunkInfo } from '../memory3/read.ts';
 import { defaultMemoryLayers, modelFingerprint, referenceTokens, writeMemories } from '../memory3/write.ts';
+import { streamText } from './commands.ts';
 
 const EOT = '<|endoftext|>';
 /** the longest reference a memory is written from (writeMemories' default maxTokens) */
@@ -450,10 +451,8 @@ export async function generateWithMemoryCommand(a: GenerateWithMemoryArgs, env: 
       const { tok } = mm;
       const reader = new MemoryReader(mm.gpu, mm.model, tok, bank, { inspect: true });
       const eot = tok.tokenId(EOT);
-      const ids: number[] = [];
-      let text = '';
-      let stopped = false;
       write(a.prompt);
+      const stream = streamText(tok, a.stop, write);
       const out = await reader.generate(Array.from(tok.encode(a.prompt)), {
         maxNew: a.maxNew,
         temperature: a.temperature,
@@ -461,24 +460,14 @@ export async function generateWithMemoryCommand(a: GenerateWithMemoryArgs, env: 
         topK: a.topK,
         seed: a.seed,
         ...(eot !== undefined ? { stopIds: [eot] } : {}),
-        onToken: (id) => {
-          if (stopped) return;
-          ids.push(id);
-          const now = tok.decode(ids);
-          const cut = a.stop ? now.indexOf(a.stop) : -1;
-          const upto = cut >= 0 ? now.slice(0, cut) : now;
-          if (upto.length > text.length) write(upto.slice(text.length));
-          text = upto;
-          stopped = cut >= 0;
-        },
-        shouldStop: () => stopped,
+        ...stream.hooks,
       });
       write('\n');
       for (const c of out.chunks) {
         log(`memory: tokens ${c.start}-${c.end}: ${c.retrieved.length} reference${c.retrieved.length === 1 ? '' : 's'} for "${oneLine(c.query, 60)}"`);
         for (const [i, h] of c.retrieved.entries()) log(`  ${h.id} (${(100 * (c.attention?.[i] ?? 0)).toFixed(1)}% of the attention): ${oneLine(h.text)}`);
       }
-      return { text, chunks: out.chunks };
+      return { text: stream.text(), chunks: out.chunks };
     } finally {
       bank.close();
     }

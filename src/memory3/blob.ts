@@ -265,3 +265,21 @@ export function decodeMemory(bytes: Uint8Array, label = 'memory blob'): SparseMe
 
 const hex = (x: number): string => `0x${x.toString(16).padStart(8, '0')}`;
 const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}`;
+
+/**
+ * copies a memory's keys and values at memory layer `layer` (its index among the memory's layers)
+ * into attention rows: `tokens` rows from `row` on of k, v laid out (rows, kvHeads, headDim), row
+ * row + t holding each head's t-th kept token (heads keep different tokens; attention does not
+ * care which row a key is in, its position is in its rotation)
+ */
+export function copyMemoryRows(m: SparseMemory, layer: number, k: Float32Array, v: Float32Array, row: number): void {
+  const { kvHeads: H, tokens: K, headDim: D } = m;
+  for (let t = 0; t < K; t++) {
+    for (let g = 0; g < H; g++) {
+      const src = ((layer * H + g) * K + t) * D;
+      const dst = ((row + t) * H + g) * D;
+      k.set(m.k.subarray(src, src + D), dst);
+      v.set(m.v.subarray(src, src + D), dst);
+    }
+  }
+}

@@ -32,8 +32,8 @@ import { rng, sample, type SampleOptions } from '../infer/generate.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import type { KvCache, Transformer } from '../model/transformer.ts';
 import type { MemoryBank, SearchHit } from './bank.ts';
-import { decodeMemory, type SparseMemory } from './blob.ts';
-import { REFERENCE_PREFIX } from './write.ts';
+import { copyMemoryRows, decodeMemory, type SparseMemory } from './blob.ts';
+import { REFERENCE_PREFIX, sinkKV } from './write.ts';
 
 export interface ReadOptions {
   /** memories per chunk (default 5) */
@@ -152,7 +152,7 @@ export class MemoryReader {
     });
     const chunks: ChunkInfo[] = [];
     try {
-      const sink = await this.sink(prefix);
+      const sink = await sinkKV(this.gpu, model, prefix);
       for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, s.k, s.v);
       let last: Float32Array | null = null;
       for (let s = 0; s < prompt.length; s += ro.chunk) {
@@ -187,20 +187,6 @@ export class MemoryReader {
     }
   }
 
-  /** the sink's keys and values at every block: the prefix at positions 0..p-1 */
-  private async sink(prefix: number[]): Promise<{ k: Float32Array; v: Float32Array }[]> {
-    const ids = await this.gpu.tensorFrom(prefix, [1, prefix.length], 'u32', 'sink_ids');
-    const out: { k: Float32Array; v: Float32Array }[] = [];
-    try {
-      await this.model.attentionInputs(ids, Array.from({ length: this.model.config.layers }, (_, l) => l), async (_l, t) => {
-        out.push({ k: (await this.gpu.read(t.k)) as Float32Array, v: (await this.gpu.read(t.v)) as Float32Array });
-      });
-    } finally {
-      ids.dispose();
-    }
-    return out;
-  }
-
   /** retrieves memories with `query` and puts them behind the sink in the memory blocks' fronts */
   private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], query: string, start: number, end: number): Promise<ChunkInfo> {
     const hits = query.trim() ? await this.bank.search(query, { k: this.o.topk }) : [];
@@ -213,16 +199,8 @@ export class MemoryReader {
       const v = new Float32Array(rows * Hkv * HS);
       k.set(s.k);
       v.set(s.v);
-      let r = s.k.length / (Hkv * HS);
-      for (const m of mems) {
-        for (let t = 0; t < K; t++, r++) {
-          for (let g = 0; g < Hkv; g++) {
-            const src = ((li * Hkv + g) * K + t) * HS;
-            k.set(m.k.subarray(src, src + HS), (r * Hkv + g) * HS);
-            v.set(m.v.subarray(src, src + HS), (r * Hkv + g) * HS);
-          }
-        }
-      }
+      const sinkRows = s.k.length / (Hkv * HS);
+      mems.forEach((m, i) => copyMemoryRows(m, li, k, v, sinkRows + i * K));
       await this.model.setCacheFront(cache, layer, k, v);
       this.fronts.set(layer, { k, sinkRows: s.k.length / (Hkv * HS) });
     }

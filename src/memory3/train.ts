@@ -24,7 +24,8 @@ import type { Tensor } from '../gpu/tensor.ts';
 import type { TrainMemory, Transformer } from '../model/transformer.ts';
 import { Rng } from '../testing/rng.ts';
 import type { Batch } from '../train/trainer.ts';
-import { defaultMemoryLayers, encodeReferences } from './write.ts';
+import { copyMemoryRows } from './blob.ts';
+import { defaultMemoryLayers, encodeReferences, sinkKV } from './write.ts';
 
 export interface StageTwoOptions {
   /** the prefix's token ids ("Reference:" as the tokenizer writes it) */
@@ -100,7 +101,7 @@ export class MemoryBatcher {
     const distinct = [...new Set(windows.flat())];
     const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K });
     const memOf = new Map(distinct.map((r, i) => [r, mems[i]!]));
-    const sink = await this.sink();
+    const sink = await sinkKV(this.gpu, this.model, prefix);
     const c = this.model.config;
     const HS = c.dim / c.heads;
     const Hkv = c.kvHeads;
@@ -131,17 +132,7 @@ export class MemoryBatcher {
             const base = (b * C + ch) * M;
             k.set(s.k, base * row);
             v.set(s.v, base * row);
-            windows[b * C + ch]!.forEach((r, m) => {
-              const mem = memOf.get(r)!;
-              for (let t = 0; t < K; t++) {
-                for (let g = 0; g < Hkv; g++) {
-                  const src = ((li * Hkv + g) * K + t) * HS;
-                  const dst = ((base + p + m * K + t) * Hkv + g) * HS;
-                  k.set(mem.k.subarray(src, src + HS), dst);
-                  v.set(mem.v.subarray(src, src + HS), dst);
-                }
-              }
-            });
+            windows[b * C + ch]!.forEach((r, m) => copyMemoryRows(memOf.get(r)!, li, k, v, base + p + m * K));
           }
         }
         blocks.push({ k: await this.upload(k, [B, C * M, Hkv, HS], owned), v: await this.upload(v, [B, C * M, Hkv, HS], owned), chunk });
@@ -158,20 +149,6 @@ export class MemoryBatcher {
       owned.forEach((t) => t.dispose());
       throw e;
     }
-  }
-
-  /** the prefix's keys and values at every block, with this step's weights */
-  private async sink(): Promise<{ k: Float32Array; v: Float32Array }[]> {
-    const ids = await this.gpu.tensorFrom(this.o.prefix, [1, this.o.prefix.length], 'u32', 'sink_ids');
-    const out: { k: Float32Array; v: Float32Array }[] = [];
-    try {
-      await this.model.attentionInputs(ids, Array.from({ length: this.model.config.layers }, (_, l) => l), async (_l, t) => {
-        out.push({ k: (await this.gpu.read(t.k)) as Float32Array, v: (await this.gpu.read(t.v)) as Float32Array });
-      });
-    } finally {
-      ids.dispose();
-    }
-    return out;
   }
 
   private async upload(x: Float32Array | Uint32Array, shape: number[], owned: Tensor[], dtype: 'f32' | 'u32' = 'f32'): Promise<Tensor> {

@@ -82,6 +82,23 @@ export function modelFingerprint(files: Readonly<Record<string, Uint8Array>>): s
   return h.digest('hex');
 }
 
+/**
+ * the keys and values (after RoPE) of the prefix at every block: the attention sink that reading
+ * and training put first, computed with the model's current weights
+ */
+export async function sinkKV(gpu: Gpu, model: Transformer, prefix: readonly number[]): Promise<{ k: Float32Array; v: Float32Array }[]> {
+  const ids = await gpu.tensorFrom(prefix, [1, prefix.length], 'u32', 'sink_ids');
+  const out: { k: Float32Array; v: Float32Array }[] = [];
+  try {
+    await model.attentionInputs(ids, Array.from({ length: model.config.layers }, (_, l) => l), async (_l, t) => {
+      out.push({ k: (await gpu.read(t.k)) as Float32Array, v: (await gpu.read(t.v)) as Float32Array });
+    });
+  } finally {
+    ids.dispose();
+  }
+  return out;
+}
+
 /** the explicit memories of `texts`, in order */
 export async function writeMemories(gpu: Gpu, model: Transformer, tok: Tokenizer, texts: readonly string[], o: WriteOptions = {}): Promise<WrittenMemory[]> {
   const refs = texts.map((text) => ({ text, ...referenceTokens(tok, text, o) }));

@@ -69,18 +69,21 @@ test('transformer with a memory block: loss and every gradient match the float64
   assert.equal(gpu.scratch.outstanding, 0, 'every scratch tensor given back');
 });
 
+/** three blocks, one of them a memory block, vocab 40, 16 positions */
+const SMALL = parseModelConfig({
+  vocabSize: 40,
+  dim: 16,
+  layers: 3,
+  heads: 4,
+  kvHeads: 2,
+  ffnHidden: 24,
+  maxSeqLen: 16,
+  memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
+});
+
 test('attentionInputs: the listed blocks only; k and v are what the KV cache stores; k0 = k at position 0 (RoPE is the identity there)', async () => {
   const gpu = await testGpu();
-  const config = parseModelConfig({
-    vocabSize: 40,
-    dim: 16,
-    layers: 3,
-    heads: 4,
-    kvHeads: 2,
-    ffnHidden: 24,
-    maxSeqLen: 16,
-    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
-  });
+  const config = SMALL;
   const model = await Transformer.create(gpu, config, 3);
   const seq = [5, 9, 1, 33, 12, 7, 20];
   const ids = await gpu.tensorFrom(seq, [1, seq.length], 'u32', 'ids');
@@ -115,16 +118,7 @@ test('attentionInputs: the listed blocks only; k and v are what the KV cache sto
 
 test('a cache front holding a prefix\'s keys and values gives the logits of the prefix in the sequence; a front of another size moves the context intact', async () => {
   const gpu = await testGpu();
-  const config = parseModelConfig({
-    vocabSize: 40,
-    dim: 16,
-    layers: 3,
-    heads: 4,
-    kvHeads: 2,
-    ffnHidden: 24,
-    maxSeqLen: 16,
-    memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8, valueDtype: 'f32' },
-  });
+  const config = SMALL;
   const model = await Transformer.create(gpu, config, 4);
   const prefix = [7, 3, 30];
   const ctx = [5, 9, 1, 33, 12];
