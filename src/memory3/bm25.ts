@@ -42,13 +42,17 @@ export class TokenBm25 {
     this.avg = docs.length > 0 ? total / docs.length : 0;
   }
 
-  /** the k best documents for a query of token ids (each distinct id counts once), best first; ties: lower index */
-  search(query: ArrayLike<number>, k: number): { doc: number; score: number }[] {
+  /**
+   * the k best documents for a query of token ids (each distinct id counts once), best first;
+   * ties: lower index. tokens in more than maxDf of the documents (default 0.25) are skipped: their
+   * IDF is small and their postings long (the tokens of "the", " of")
+   */
+  search(query: ArrayLike<number>, k: number, maxDf = 0.25): { doc: number; score: number }[] {
     const N = this.docs.length;
     const scores = new Map<number, number>();
     for (const t of new Set(Array.from(query))) {
       const p = this.postings.get(t);
-      if (!p) continue;
+      if (!p || (p.length > maxDf * N && N >= 8)) continue;
       const idf = Math.log(1 + (N - p.length + 0.5) / (p.length + 0.5));
       for (const { doc, tf } of p) {
         const s = (idf * tf * (K1 + 1)) / (tf + K1 * (1 - B + (B * this.lengths[doc]!) / this.avg));

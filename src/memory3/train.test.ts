@@ -8,6 +8,7 @@ import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { Rng } from '../testing/rng.ts';
 import { AdamW } from '../train/optimizer.ts';
+import { trainLoop } from '../train/loop.ts';
 import { Trainer } from '../train/trainer.ts';
 import { planRetrieval } from './bm25.ts';
 import { MemoryBatcher } from './train.ts';
@@ -51,6 +52,11 @@ test('MemoryBatcher: sink and window layout, deterministic per step; Trainer ste
     }
     assert.ok(losses.every(Number.isFinite));
     assert.ok(losses[11]! < losses[0]! - 0.3, losses.join(' '));
+    // through the training loop: its batches from the batcher, each freed after its step
+    const loopLosses = await trainLoop(gpu, model, opt, { train: stream }, { steps: opt.step + 3, batch: 2, seqLen: 16, schedule: { warmup: 1, steps: 20, minRatio: 1 }, batches: (s2, j) => batcher.batch(stream, 2, 16, 100 + s2 + j) });
+    assert.equal(loopLosses.length, 3);
+    assert.ok(loopLosses.every(Number.isFinite));
+    assert.equal(gpu.memory().byLabel.get('memory_batch'), undefined);
     assert.equal(gpu.scratch.outstanding, 0);
   } finally {
     opt.dispose();

@@ -46,6 +46,12 @@ export interface LoopOptions {
   plot?: boolean;
   /** polled after each step: true saves a checkpoint and returns (Ctrl-C) */
   stop?: () => boolean;
+  /**
+   * micro-batch j of step s from the caller instead of windows of the training stream (e.g.
+   * Memory³'s MemoryBatcher: batches with explicit memory); it must be a function of (s, j) for
+   * resumption to be exact. dispose() frees it after the step (default: its ids and targets)
+   */
+  batches?: (s: number, j: number) => Promise<Batch & { dispose?: () => void }>;
   log?: (l: LogLine) => void;
 }
 
@@ -147,10 +153,13 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
   const history = (o.history ?? []).filter((p) => p.step <= first);
   while (opt.step < o.steps) {
     const s = opt.step + 1;
-    const micro: Batch[] = [];
-    for (let j = 0; j < accum; j++) micro.push(await batchAt(gpu, data.train, B, T, seed, s, j));
+    const micro: (Batch & { dispose?: () => void })[] = [];
+    for (let j = 0; j < accum; j++) micro.push(o.batches ? await o.batches(s, j) : await batchAt(gpu, data.train, B, T, seed, s, j));
     const r = await trainer.step(micro);
-    for (const m of micro) for (const t of [m.ids, m.targets]) t.dispose();
+    for (const m of micro) {
+      if (m.dispose) m.dispose();
+      else for (const t of [m.ids, m.targets]) t.dispose();
+    }
     losses.push(r.loss);
     tokens += r.tokens;
     const secs = (performance.now() - t0) / 1000;
