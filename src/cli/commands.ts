@@ -17,6 +17,9 @@ import { historyOf, resumeTraining, trainLoop } from '../train/loop.ts';
 import type { CurvePoint } from '../train/plot.ts';
 import { TrainProgress } from './progress.ts';
 import { AdamW } from '../train/optimizer.ts';
+import { planRetrieval } from '../memory3/bm25.ts';
+import { MemoryBatcher } from '../memory3/train.ts';
+import { referenceTokens } from '../memory3/write.ts';
 
 const EOT = '<|endoftext|>';
 
@@ -109,6 +112,16 @@ export interface TrainArgs {
   seed: number;
   /** stop (saving a checkpoint) after this many minutes of training; 0: no limit */
   maxMinutes?: number;
+  /** start from this checkpoint's weights (a warmed-up model) instead of `config` */
+  init?: string;
+  /**
+   * Memory³'s second stage: every 64-token chunk reads explicit memories of references from this
+   * knowledge base (a text file, one reference per line), encoded on the fly (memory3/train.ts)
+   */
+  memoryKb?: string;
+  /** memories per chunk (own + previous chunks' references; default 5) and tokens kept per head (default 8) */
+  memoryWindow?: number;
+  memoryTokens?: number;
 }
 
 /** `engram train`: trains (or resumes) into `out`, with a progress bar; returns the mean training tokens per second */
@@ -128,6 +141,13 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
     ({ model, opt, files } = await resumeTraining(gpu, a.out, optCfg));
     history = historyOf(files);
     console.log(`resuming ${a.out} at step ${opt.step}`);
+  } else if (a.init) {
+    const { model: m, files } = await loadModel(gpu, a.init);
+    const tj = files['tokenizer.json'];
+    if (tj && new TextDecoder().decode(tj) !== tokJson) throw new EngramError(`--init ${a.init} was trained with another tokenizer than ${a.data}'s`);
+    model = m;
+    opt = await AdamW.create(gpu, model.params, optCfg);
+    console.log(`starting from ${a.init}`);
   } else {
     const preset = PRESETS[a.config];
     const json: unknown = preset ? preset(tok.vocabSize) : JSON.parse(readFileSync(a.config, 'utf8'));
@@ -138,6 +158,7 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
   }
   const params = model.params.reduce((n, p) => n + p.value.size, 0);
   console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
+  const batches = a.memoryKb ? await memoryBatches(gpu, model, tok, train, a) : undefined;
   const progress = new TrainProgress({ total: a.steps, start: opt.step });
   const started = performance.now();
   let stop = false;
@@ -161,6 +182,7 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
       saveEvery: a.saveEvery,
       files: { 'tokenizer.json': tokJson },
       history,
+      ...(batches ? { batches } : {}),
       stop: () => stop || (a.maxMinutes !== undefined && a.maxMinutes > 0 && performance.now() - started > a.maxMinutes * 60000),
       log: (l) => {
         tokS = l.tokensPerSecond;
@@ -175,6 +197,26 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
     gpu.destroy();
   }
   return tokS;
+}
+
+/**
+ * Memory³'s second stage for `engram train --memory-kb`: the knowledge base's references, one per
+ * chunk of the training stream (planRetrieval: BM25 over token ids, leaking pairs dropped), and
+ * the batches with their memories (MemoryBatcher); validation stays without memory
+ */
+async function memoryBatches(gpu: Gpu, model: Transformer, tok: Tokenizer, train: Uint32Array, a: TrainArgs): Promise<(s: number, j: number) => ReturnType<MemoryBatcher['batch']>> {
+  const tokens = a.memoryTokens ?? 8;
+  const lines = readFileSync(a.memoryKb!, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const refs = lines.map((l) => referenceTokens(tok, l).tokens).filter((r) => r.length >= tokens);
+  if (refs.length === 0) throw new EngramError(`--memory-kb ${a.memoryKb}: no reference of at least ${tokens} tokens`);
+  if (a.seq % 64 !== 0) throw new EngramError(`--memory-kb: --seq ${a.seq} must be a whole number of 64-token chunks`);
+  const t0 = performance.now();
+  const plan = planRetrieval(train, refs, { chunk: 64, context: a.seq });
+  const found = plan.reduce((n, r) => n + (r >= 0 ? 1 : 0), 0);
+  console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} of ${plan.length} chunks retrieved one (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const batcher = new MemoryBatcher(gpu, model, refs, plan, { prefix: referenceTokens(tok, '').prefix, window: a.memoryWindow ?? 5, tokens, seed: a.seed });
+  const accum = a.accum;
+  return (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j);
 }
 
 export async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; tok: Tokenizer }> {

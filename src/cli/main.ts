@@ -14,6 +14,10 @@ commands:
   train      train a model (or resume the run in --out)
              --data data  --out runs/tiny  --config tiny|base|<file.json>  --steps 300  --batch 8
              --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
+             --init <checkpoint>: start from a trained model's weights (a new optimizer)
+             --memory-kb <refs.txt>: Memory³'s second stage: every 64-token chunk reads explicit
+             memories of references from the file (one per line; --memory-window 5 per chunk,
+             --memory-tokens 8 per head), encoded on the fly; --seq a multiple of 64
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
              --memory <bank>: read Memory³ explicit memories from the bank while generating (every
@@ -79,7 +83,7 @@ switch (cmd) {
   }
   case 'train': {
     const { trainCommand } = await import('./commands.ts');
-    const o = opt({ data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0' });
+    const o = opt({ data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0', init: '', 'memory-kb': '', 'memory-window': '5', 'memory-tokens': '8' });
     await trainCommand({
       data: o.str('data'),
       out: o.str('out'),
@@ -93,6 +97,8 @@ switch (cmd) {
       evalEvery: o.num('eval-every'),
       saveEvery: o.num('save-every'),
       seed: o.num('seed'),
+      ...(o.str('init') ? { init: o.str('init') } : {}),
+      ...(o.str('memory-kb') ? { memoryKb: o.str('memory-kb'), memoryWindow: o.num('memory-window'), memoryTokens: o.num('memory-tokens') } : {}),
     });
     break;
   }

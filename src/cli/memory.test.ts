@@ -190,3 +190,25 @@ test('the command line: engram memory list / remove (no model needed), errors wi
   assert.equal(fail?.code, 1);
   assert.equal(fail?.stderr.trim(), `engram memory remove: the bank at ${bank} has no reference 'nope'; nothing was removed`);
 });
+
+test('engram train --init --memory-kb: the second stage trains from a checkpoint with memories of a knowledge base', async () => {
+  const { trainCommand } = await import('./commands.ts');
+  const data = join(root, 'data');
+  const { mkdir, readFile } = await import('node:fs/promises');
+  await mkdir(data, { recursive: true });
+  const tokJson = await readFile(join(modelA, 'tokenizer.json'), 'utf8');
+  const tok = await Tokenizer.fromJson(tokJson);
+  const ids = Uint32Array.from(tok.encode(Array.from({ length: 12 }, (_, i) => FACTS[i % FACTS.length]!).join(' ')));
+  await writeFile(join(data, 'tokenizer.json'), tokJson);
+  await writeFile(join(data, 'train.bin'), Buffer.from(ids.buffer));
+  await writeFile(join(data, 'val.bin'), Buffer.from(ids.slice(0, 200).buffer));
+  const kb = join(root, 'kb.txt');
+  await writeFile(kb, `${[EXTRA, ...FACTS].join('\n')}\nshort\n`);
+  const out = join(root, 'stage2');
+  await trainCommand({ data, out, config: 'unused', steps: 2, batch: 2, seq: 64, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb, memoryWindow: 2, memoryTokens: 8 });
+  assert.ok(existsSync(join(out, 'model.safetensors')) && existsSync(join(out, 'trainer.json')));
+  await assert.rejects(
+    trainCommand({ data, out: join(root, 'stage2b'), config: 'unused', steps: 1, batch: 2, seq: 48, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb }),
+    /--seq 48 must be a whole number of 64-token chunks/,
+  );
+});
