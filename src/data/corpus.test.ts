@@ -104,6 +104,22 @@ test('buildCorpus: practice puts a share of the facts in a practice Q/A form int
   assert.equal(buildCorpus({ include: ['facts'], seed: 3 }).practised.length, 0, 'no practice by default');
 });
 
+test('buildCorpus: holdOut keeps a seeded share of the facts out of train and val entirely, practice included; 0 changes nothing', () => {
+  const c = buildCorpus({ include: ['facts'], practice: 0.5, holdOut: 0.1, seed: 3 });
+  const facts = loadFacts();
+  assert.ok(Math.abs(c.heldOut.length / facts.length - 0.1) < 0.02, `${c.heldOut.length} of ${facts.length} held out`);
+  const lines = new Set([...c.train, ...c.val].flatMap((d) => d.split('\n')));
+  for (const f of c.heldOut) {
+    for (const s of statements(f, () => 0)) assert.ok(!lines.has(s), `held-out statement in the corpus: ${s}`);
+  }
+  const key = (f: { subject: string; relation: string; object: string }) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
+  const held = new Set(c.heldOut.map(key));
+  assert.ok(c.practised.length > 0 && c.practised.every((q) => !held.has(key(q.fact))));
+  assert.deepEqual(buildCorpus({ include: ['facts'], practice: 0.5, holdOut: 0, seed: 3 }), { ...buildCorpus({ include: ['facts'], practice: 0.5, seed: 3 }) });
+  assert.equal(buildCorpus({ include: ['facts'], seed: 3 }).heldOut.length, 0);
+  assert.throws(() => buildCorpus({ holdOut: 1.5 }), /holdOut must be a share in \[0, 1\]/);
+});
+
 test('buildCorpus: factRepeats n puts every train fact line n times into train; val and the other sources as with 1', () => {
   const o: CorpusOptions = { include: ['facts', 'brown'], practice: 0.3, seed: 4, valFraction: 0.05 };
   const one = buildCorpus(o);

@@ -33,6 +33,11 @@
 // then the copies, in a shuffled order, are put at seeded random places in it (a uniform interleaving), so they
 // are spread through the stream like the rest (the training loop reads windows at random offsets in train.bin).
 //
+// Held-out facts (holdOut share, default 0): a seeded share of the facts (their own stream) is left out before any
+// fact document is made: none of their statements, and none of their practice questions, is in train or val.
+// Corpus.heldOut lists them: knowledge a model can only have from an explicit memory bank (memory3/). With 0 the
+// corpus is exactly what it is without the option.
+//
 // Everything is deterministic given the seed; each source draws from its own stream (the fact repeats too), so
 // adding or removing a source, or repeating the facts, does not change what the others contribute (under no
 // budget).
@@ -44,7 +49,7 @@ import { dirname, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
-import { loadFacts, practice, statements, type Question } from './facts.ts';
+import { loadFacts, practice, statements, type Fact, type Question } from './facts.ts';
 
 /** Put between documents in train.txt / val.txt; the tokenizer's special token, on a line of its own. */
 export const DOC_SEPARATOR = '\n\n<|endoftext|>\n\n';
@@ -71,6 +76,12 @@ export interface CorpusOptions {
   practice?: number;
   /** how many times each fact line of train is in train (an integer >= 1; default 1): see the header */
   factRepeats?: number;
+  /**
+   * share of the facts (seeded, in [0, 1]; default 0) kept out of the corpus entirely, no statement
+   * and no practice question of them anywhere: Corpus.heldOut lists them (knowledge for a model
+   * to read from explicit memory, never from its weights)
+   */
+  holdOut?: number;
 }
 
 export interface Corpus {
@@ -84,9 +95,11 @@ export interface Corpus {
   notes: string[];
   /** the practice questions in train (see `practice`); their facts' held-out questions test recall through a new template */
   practised: Question[];
+  /** the facts kept out of the corpus (see `holdOut`), in loadFacts() order */
+  heldOut: Fact[];
 }
 
-const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats']);
+const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats', 'holdOut']);
 const WORDNET_LINES_PER_DOC = 50;
 const GCIDE_DOC_BYTES = 4000;
 const FACTS_PER_DOC = 20;
@@ -99,15 +112,19 @@ interface SourceDocs {
 
 /** builds the corpus (seconds: all sources in full take ~2-3 s here, most of it reading WordNet and GCIDE) */
 export function buildCorpus(o: CorpusOptions = {}): Corpus {
-  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats } = checkOptions(o);
+  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats, holdOut } = checkOptions(o);
   const notes: string[] = [];
   const practised: Question[] = [];
+  // held-out facts: their own stream, so the rest of the corpus is drawn as without them
+  const holdRng = sourceRng(seed + 5, 'facts');
+  const heldOut: Fact[] = [];
+  const kept = loadFacts().filter((f) => (holdOut > 0 && holdRng.next() < holdOut ? (heldOut.push(f), false) : true));
   const sources = new Map<CorpusSource, SourceDocs>();
   for (const s of include) {
     const rng = sourceRng(seed, s);
     if (s === 'wordnet') sources.set(s, { docs: wordnetDocs() });
     else if (s === 'brown') sources.set(s, { docs: brownDocs() });
-    else if (s === 'facts') sources.set(s, factDocs(rng, share, sourceRng(seed + 3, s), practised));
+    else if (s === 'facts') sources.set(s, factDocs(kept, rng, share, sourceRng(seed + 3, s), practised));
     else {
       const g = gcideDocs(gcidePath);
       if (typeof g === 'string') notes.push(g);
@@ -131,12 +148,12 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   const mix = new Rng(seed ^ 0x5bd1e995);
   mix.shuffle(train);
   mix.shuffle(val);
-  if (factRepeats === 1 || factTrain.length === 0) return { train, val, counts, bytes, notes, practised };
+  if (factRepeats === 1 || factTrain.length === 0) return { train, val, counts, bytes, notes, practised, heldOut };
   const rng = sourceRng(seed + 4, 'facts');
   const copies = repeatFacts(factTrain, factRepeats - 1, rng);
   counts['facts'] = counts['facts']! + copies.length;
   for (const d of copies) bytes += Buffer.byteLength(d);
-  return { train: interleave(train, rng.shuffle(copies), rng), val, counts, bytes, notes, practised };
+  return { train: interleave(train, rng.shuffle(copies), rng), val, counts, bytes, notes, practised, heldOut };
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */
@@ -193,7 +210,11 @@ function checkOptions(o: CorpusOptions): Required<Omit<CorpusOptions, 'maxBytes'
   if (typeof factRepeats !== 'number' || !Number.isSafeInteger(factRepeats) || factRepeats < 1) {
     throw new EngramError(`buildCorpus: factRepeats must be an integer >= 1 (times each train fact line is in train), got ${String(o.factRepeats)}`);
   }
-  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats };
+  const holdOut = o.holdOut ?? 0;
+  if (typeof holdOut !== 'number' || !(holdOut >= 0 && holdOut <= 1)) {
+    throw new EngramError(`buildCorpus: holdOut must be a share in [0, 1] (of the facts kept out of the corpus), got ${String(o.holdOut)}`);
+  }
+  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats, holdOut };
 }
 
 // ---- budget and split ----
@@ -463,10 +484,9 @@ function gcideBlock(lines: string[]): string {
 }
 
 /** the fact statements in rounds of phrasings, and (a share of) practice Q/A lines in round 0, which `practised` receives */
-function factDocs(rng: Rng, share: number, pick: Rng, practised: Question[]): SourceDocs {
+function factDocs(facts: Fact[], rng: Rng, share: number, pick: Rng, practised: Question[]): SourceDocs {
   const r = () => rng.next();
   const rounds: string[][] = [[], [], []];
-  const facts = loadFacts();
   for (const f of facts) {
     const s = statements(f, r);
     const k = Math.min(s.length, 2 + rng.int(2));
