@@ -18,6 +18,7 @@ const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   train: () => import('./suites/train.ts'),
   tokenizer: () => import('./suites/tokenizer.ts'),
   demo: () => import('./suites/demo.ts'),
+  explicit: () => import('./suites/explicit.ts'),
 };
 
 async function main(): Promise<void> {

@@ -1,0 +1,165 @@
+// suite `explicit`: does explicit memory (Memory³) answer facts the model never trained on?
+//
+//   npm run bench -- explicit [--quick]
+//
+// one command, one machine: data with a share of the facts held out of the corpus entirely
+// (buildCorpus holdOut), the first training stage (no memory), the second (memories of the kept
+// facts' statements, encoded on the fly: memory3/train.ts), a bank of every fact's statement
+// (memory3/write.ts, bank.ts), then the held-out facts' questions three ways:
+//   qa_em_no_memory      the model alone
+//   qa_em_explicit       the model reading the bank's memories (memory3/read.ts; 64-token chunks, top 5)
+//   qa_em_rag            the model with the same bank search's 5 references' text before the question
+// and what memories cost:
+//   bytes_per_memory_raw     the whole reference's keys and values at every block and KV head, bf16
+//   bytes_per_memory_sparse  a stored memory (memory3/blob.ts: 8 tokens per KV head at the memory blocks, bf16)
+//   bank_write_refs_s        references written per second (encoding, selection, blobs, bank adds)
+//   gen_tok_s_b1_*           greedy tokens per second of one sequence, 128 new tokens after a question:
+//                            batch 1 (the readers decode one sequence; the paper's batch 32 is not built)
+// --quick: a tiny model and a few steps (a smoke run on lavapipe, about 2 minutes: not the suite's
+// figures). the full plan is sized for one 10-minute device command; it has not run on a GPU yet.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeTokenData } from '../../src/cli/commands.ts';
+import { buildCorpus } from '../../src/data/corpus.ts';
+import { loadFacts, questions, statements } from '../../src/data/facts.ts';
+import { acceptedForms, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
+import type { Gpu } from '../../src/gpu/device.ts';
+import { generate } from '../../src/infer/generate.ts';
+import { planRetrieval } from '../../src/memory3/bm25.ts';
+import { MemoryBank } from '../../src/memory3/bank.ts';
+import { encodeMemory } from '../../src/memory3/blob.ts';
+import { MemoryReader } from '../../src/memory3/read.ts';
+import { MemoryBatcher } from '../../src/memory3/train.ts';
+import { defaultMemoryLayers, referenceTokens, writeMemories } from '../../src/memory3/write.ts';
+import { parseModelConfig } from '../../src/model/config.ts';
+import { Transformer } from '../../src/model/transformer.ts';
+import { Rng } from '../../src/testing/rng.ts';
+import { trainLoop } from '../../src/train/loop.ts';
+import { AdamW } from '../../src/train/optimizer.ts';
+import type { SuiteOutput } from '../run.ts';
+
+export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
+  const quick = args.includes('--quick');
+  const P = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 1200, stage2: 400, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+  const dir = mkdtempSync(join(tmpdir(), 'engram-explicit-'));
+  const notes: Record<string, string> = {};
+  try {
+    // data: 20% of the facts nowhere in the corpus
+    const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, seed: 0 });
+    const tok = await writeTokenData(join(dir, 'data'), corpus, P.vocab);
+    const { readFileSync } = await import('node:fs');
+    const bin = (f: string) => {
+      const b = readFileSync(join(dir, 'data', f));
+      return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    };
+    const train = bin('train.bin');
+    const val = bin('val.bin');
+    const heads = P.dim / 64 > 1 ? P.dim / 64 : 4;
+    const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: P.seq, tiedEmbeddings: true });
+    const model = await Transformer.create(gpu, config, 0);
+    const opt = await AdamW.create(gpu, model.params, { lr: P.lr });
+    try {
+      const layers = defaultMemoryLayers(config);
+      const schedule = (steps: number) => ({ warmup: Math.max(1, Math.round(steps / 25)), steps, minRatio: 0.1 });
+      // stage 1: no memory
+      const t1 = performance.now();
+      await trainLoop(gpu, model, opt, { train, val }, { steps: P.stage1, batch: P.batch, seqLen: P.seq, schedule: schedule(P.stage1), evalEvery: 0 });
+      notes['stage1'] = `${P.stage1} steps of ${P.batch} x ${P.seq}, ${((performance.now() - t1) / 1000).toFixed(0)} s`;
+      // stage 2: every chunk reads memories of the kept facts' statements (one phrasing each)
+      const heldOut = new Set(corpus.heldOut.map((f) => `${f.subject}\u0000${f.relation}\u0000${f.object}`));
+      const rng = new Rng(7);
+      const phrase = (f: Parameters<typeof statements>[0]) => statements(f, () => rng.next())[0]!;
+      const all = loadFacts();
+      const kept = all.filter((f) => !heldOut.has(`${f.subject}\u0000${f.relation}\u0000${f.object}`));
+      const kbTexts = kept.map(phrase);
+      const prefix = referenceTokens(tok, '').prefix;
+      const kb = kbTexts.map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
+      const plan = planRetrieval(train, kb, { chunk: 64, context: P.seq });
+      const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1 });
+      const stage2 = opt.step + P.stage2;
+      const t2 = performance.now();
+      await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule(stage2), evalEvery: 0, batches: (s, j) => batcher.batch(train, P.batch, P.seq, s + j) });
+      notes['stage2'] = `${P.stage2} steps with memory (${kb.length} references of kept facts; ${plan.filter((x) => x >= 0).length} of ${plan.length} chunks retrieved one), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
+      // the bank: every fact's statement, held-out ones included
+      const bankTexts = all.map((f) => (heldOut.has(`${f.subject}\u0000${f.relation}\u0000${f.object}`) ? phrase(f) : kbTexts[kept.indexOf(f)]!)).filter((t) => referenceTokens(tok, t).tokens.length >= 8);
+      const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model: { fingerprint: 'explicit-suite', layers, kvHeads: config.kvHeads, tokens: 8, headDim: config.dim / config.heads, dtype: 'bf16' } });
+      const tw = performance.now();
+      let blobBytes = 0;
+      let refTokens = 0;
+      for (let i = 0; i < bankTexts.length; i += 256) {
+        const written = await writeMemories(gpu, model, tok, bankTexts.slice(i, i + 256));
+        const refs = written.map((w) => {
+          const memory = encodeMemory(w.memory);
+          blobBytes += memory.byteLength;
+          refTokens += prefix.length + w.tokens.length;
+          return { text: w.text, tokens: w.tokens, memory };
+        });
+        await bank.add(refs, { deferIndex: true });
+      }
+      await bank.reindex();
+      const writeSeconds = (performance.now() - tw) / 1000;
+      // questions about held-out facts only
+      const qs = selectQuestions(questions(corpus.heldOut), { perRelation: P.perRelation });
+      const eot = tok.tokenId('<|endoftext|>');
+      const nl = tok.encode('\n');
+      const stopIds = [...(eot !== undefined ? [eot] : []), ...(nl.length === 1 ? [nl[0]!] : [])];
+      const none = await evalFacts(gpu, model, tok, qs);
+      const reader = new MemoryReader(gpu, model, tok, bank);
+      let explicit = 0;
+      for (const q of qs) {
+        const out = await reader.generate(Array.from(tok.encode(q.prompt)), { maxNew: 12, temperature: 0, stopIds });
+        explicit += exactMatch(answerText(tok, out.ids), acceptedForms(q));
+      }
+      const ragPrompt = async (prompt: string) => (await bank.search(prompt, { k: 5 })).map((h) => h.text).join('\n') + '\n' + prompt;
+      const ragPrompts = await Promise.all(qs.map((q) => ragPrompt(q.prompt)));
+      const ragAnswers = await greedyAnswers(gpu, model, tok, ragPrompts);
+      const rag = qs.reduce((n, q, i) => n + exactMatch(ragAnswers[i]!, acceptedForms(q)), 0);
+      // generation speed, one sequence, 128 new tokens
+      const q0 = qs[0]!;
+      const speed = async (f: () => Promise<number>) => {
+        const t = performance.now();
+        const n = await f();
+        return n / ((performance.now() - t) / 1000);
+      };
+      const newTokens = Math.min(128, P.seq - 80);
+      const genNone = await speed(async () => (await generate(gpu, model, Array.from(tok.encode(q0.prompt)), { maxNew: newTokens, temperature: 0 })).length);
+      const genExplicit = await speed(async () => (await reader.generate(Array.from(tok.encode(q0.prompt)), { maxNew: newTokens, temperature: 0 })).ids.length);
+      const genRag = await speed(async () => {
+        const ids = Array.from(tok.encode(await ragPrompt(q0.prompt))).slice(-(P.seq - newTokens));
+        return (await generate(gpu, model, ids, { maxNew: newTokens, temperature: 0 })).length;
+      });
+      const n = bankTexts.length;
+      const HS = config.dim / config.heads;
+      bank.close();
+      notes['questions'] = `${qs.length} held-out questions about ${corpus.heldOut.length} facts that appear nowhere in the corpus; greedy, exact match`;
+      notes['bank'] = `${n} references (one statement per fact), memory blocks [${layers.join(', ')}], 8 tokens per KV head, bf16`;
+      notes['bytes_per_memory_raw'] = `mean reference length with its prefix (${(refTokens / n).toFixed(1)} tokens) x ${config.layers} blocks x 2 (K, V) x ${config.kvHeads} KV heads x ${HS} dims x 2 bytes`;
+      notes['gen_tok_s'] = `batch 1, ${newTokens} new tokens after one question (RAG: after its 5 references' text)`;
+      if (quick) notes['quick'] = '--quick: a tiny model and a few steps (a smoke run): not the suite\'s figures';
+      return {
+        results: {
+          qa_em_no_memory: none.em,
+          qa_em_explicit: explicit / qs.length,
+          qa_em_rag: rag / qs.length,
+          gen_tok_s_b1_no_memory: genNone,
+          gen_tok_s_b1_explicit: genExplicit,
+          gen_tok_s_b1_rag: genRag,
+          bytes_per_memory_raw: (refTokens / n) * config.layers * 2 * config.kvHeads * HS * 2,
+          bytes_per_memory_sparse: blobBytes / n,
+          bank_write_refs_s: n / writeSeconds,
+          questions: qs.length,
+        },
+        notes,
+      };
+    } finally {
+      opt.dispose();
+      model.dispose();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
