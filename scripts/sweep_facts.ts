@@ -46,7 +46,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { deviceName, writeResults } from '../bench/lib.ts';
 import { flopsPerToken } from '../bench/suites/train.ts';
-import { writeTokenData } from '../src/cli/commands.ts';
+import { readTokens, writeTokenData } from '../src/cli/commands.ts';
 import { buildCorpus } from '../src/data/corpus.ts';
 import { loadFacts, questions } from '../src/data/facts.ts';
 import { Tokenizer } from '../src/data/tokenizer.ts';
@@ -305,11 +305,6 @@ function readRecords(dir: string): Partial<Record<RunName, RunRecord>> {
     if (r) out[name] = r;
   }
   return out;
-}
-
-function readTokens(path: string): Uint32Array {
-  const b = readFileSync(path);
-  return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 }
 
 // ---- one call ----

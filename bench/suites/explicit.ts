@@ -15,13 +15,13 @@
 //   bank_write_refs_s        references written per second (encoding, selection, blobs, bank adds)
 //   gen_tok_s_b1_*           greedy tokens per second of one sequence, 128 new tokens after a question:
 //                            batch 1 (the readers decode one sequence; the paper's batch 32 is not built)
-// --quick: a tiny model and a few steps (a smoke run on lavapipe, about 2 minutes: not the suite's
-// figures). the full plan is sized for one 10-minute device command; it has not run on a GPU yet.
+// --quick: a tiny model and a few steps (a smoke run on lavapipe: not the suite's figures). the full
+// plan is meant to fit one 10-minute device command; it has not run on a GPU yet.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeTokenData } from '../../src/cli/commands.ts';
+import { readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
 import { loadFacts, questions, statements } from '../../src/data/facts.ts';
 import { acceptedForms, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
@@ -51,13 +51,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     // data: 20% of the facts nowhere in the corpus
     const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, seed: 0 });
     const tok = await writeTokenData(join(dir, 'data'), corpus, P.vocab);
-    const { readFileSync } = await import('node:fs');
-    const bin = (f: string) => {
-      const b = readFileSync(join(dir, 'data', f));
-      return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-    };
-    const train = bin('train.bin');
-    const val = bin('val.bin');
+    const train = readTokens(join(dir, 'data', 'train.bin'));
+    const val = readTokens(join(dir, 'data', 'val.bin'));
     const heads = P.dim / 64 > 1 ? P.dim / 64 : 4;
     const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: P.seq, tiedEmbeddings: true });
     const model = await Transformer.create(gpu, config, 0);

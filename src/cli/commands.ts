@@ -54,7 +54,8 @@ export async function writeTokenData(dir: string, docs: { train: string[]; val: 
   return tok;
 }
 
-function readTokens(path: string): Uint32Array {
+/** a token file that writeTokenData wrote (u32 ids) */
+export function readTokens(path: string): Uint32Array {
   if (!existsSync(path)) throw new EngramError(`${path} is missing: run 'engram data' first`);
   const b = readFileSync(path);
   return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);

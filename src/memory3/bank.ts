@@ -40,7 +40,7 @@
 // a server process sees a fact that `engram memory add` committed from another process). new rows are not
 // in the full-text index yet, and LanceDB's search covers them anyway with a flat scan of the unindexed
 // rows (BM25 statistics over both); removed rows are masked by deletion vectors at once, indexed or not.
-// the scan costs a search about 65 µs per unindexed reference (costs below), so once
+// the scan's cost grows with the unindexed rows, so once
 // `reindexAfter` (default 256) rows are unindexed, add() rebuilds the two indexes (reindex()). BM25 over
 // the mix needs care (LanceDB 0.37, measured): an indexed row is scored with the index's own corpus
 // statistics, an unindexed row with statistics that include it; and when the index covers no row at all,
@@ -50,8 +50,7 @@
 //
 // why rebuild and not LanceDB's optimize(): optimize() = compaction + pruning + incremental index update,
 // and Lance compaction merges every fragment under 1M rows, i.e. here it rewrites every stored memory
-// blob for a single added reference (measured: 2,000 refs of 100 KB, +10 refs, optimize 2.5 s of which
-// nearly all is the rewrite). createIndex(replace) reads only the indexed column (text or id), never the
+// blob for a single added reference. createIndex(replace) reads only the indexed column (text or id), never the
 // blobs. optimize() stays available for maintenance (reclaims the space of removed references and prunes
 // old versions), knowing that it rewrites the bank.
 //
@@ -60,13 +59,11 @@
 // (bank.test.ts kills a child in the middle of a large add). creation is two steps (the table with its
 // manifest, then the indexes); open() creates missing indexes, so a crash between them is healed.
 //
-// costs, measured on this machine (2 slow cores) with a bank of 20,000 references of 100 words, 128
-// tokens and a 4 KiB memory each: add() of one reference ~22 ms (duplicate check, commit, index check); a
-// bulk add ~0.3 ms per reference, mostly JS (checksums, Arrow conversion); a search (20-word query, top 5)
-// ~14 ms over indexed rows, plus ~65 µs per unindexed row (+16 ms at 250); get() of 5 ~35 ms; reindex()
-// ~160 µs per reference (3.2 s at 20,000); optimize() 4.9 s (it rewrites all 200 MB). readConsistency-
-// Interval 0 costs nothing measurable on a local disk (one version check per read; on object storage, one
-// request per read). every write leaves a version behind (a small manifest file); optimize() prunes those
+// costs: an add() of one reference is a duplicate check, a commit and an index check; a bulk add is
+// mostly JS (checksums, Arrow conversion); reindex() reads the text and id columns of every row;
+// optimize() rewrites the whole bank. readConsistencyInterval 0 is one version check per read (on
+// object storage, one request per read). the bench suite `explicit` measures the write rate
+// (bank_write_refs_s). every write leaves a version behind (a small manifest file); optimize() prunes those
 // older than `olderThan` (LanceDB's default: 7 days). the vector search is exact (no ANN index): it reads
 // the whole vector column, fine to about 10^6 references.
 //
@@ -160,9 +157,7 @@ export class MemoryBankError extends EngramError {}
 
 export const BANK_TABLE = 'refs';
 export const BANK_FORMAT = 1;
-/** the schema-metadata key of the manifest (readable without knowing the model, e.g. by `engram memory list`) */
-export const BANK_MANIFEST_KEY = 'engram.memory_bank';
-const MANIFEST_KEY = BANK_MANIFEST_KEY;
+const MANIFEST_KEY = 'engram.memory_bank';
 /** reciprocal rank fusion constant (Cormack, Clarke, Büttcher 2009) */
 export const RRF_K = 60;
 const MAX_ID_LENGTH = 256;
@@ -247,6 +242,40 @@ export class MemoryBank {
    * `o.model`, creating it when `o.create` is set and there is none. Throws a MemoryBankError when there is
    * no bank and `create` is not set, when it is not a memory bank, and when it was built for another model.
    */
+  /**
+   * The manifest of the bank at `uri` (the model and memory dims it was built for), or null when
+   * there is no bank there (no folder, or no refs table); a table that is not a bank throws.
+   */
+  static async manifestAt(uri: string, o: { storageOptions?: Record<string, string> } = {}): Promise<BankManifest | null> {
+    // lancedb.connect would create a missing local folder
+    if (!isRemote(uri) && !existsSync(uri)) return null;
+    const db = await lancedb.connect(uri, o.storageOptions ? { storageOptions: o.storageOptions } : {});
+    try {
+      if (!(await db.tableNames()).includes(BANK_TABLE)) return null;
+      const table = await db.openTable(BANK_TABLE);
+      try {
+        return readManifest(uri, (await table.schema()).metadata.get(MANIFEST_KEY));
+      } finally {
+        table.close();
+      }
+    } finally {
+      db.close();
+    }
+  }
+
+  /** the model a manifest describes: what open() needs to open the bank without knowing its model beforehand */
+  static modelOf(m: BankManifest): BankModel {
+    return {
+      fingerprint: m.fingerprint,
+      layers: m.layers,
+      kvHeads: m.kvHeads,
+      tokens: m.tokens,
+      headDim: m.headDim,
+      dtype: m.dtype,
+      ...(m.vectorDim !== null ? { vectorDim: m.vectorDim } : {}),
+    };
+  }
+
   static async open(uri: string, o: BankOpenOptions): Promise<MemoryBank> {
     checkModel(o.model);
     const reindexAfter = o.reindexAfter ?? 256;
@@ -418,7 +447,7 @@ export class MemoryBank {
 
   /**
    * Rebuilds the full-text and id indexes over every row. Reads only the text and id columns (never the
-   * blobs); add() calls it once reindexAfter rows are unindexed. ~58 µs per reference on this machine.
+   * blobs); add() calls it once reindexAfter rows are unindexed.
    */
   async reindex(): Promise<void> {
     this.live('reindex');
@@ -545,7 +574,8 @@ function fuse(lists: readonly Row[][], k: number): SearchHit[] {
   return [...hits.values()].sort((a, b) => b.score - a.score).slice(0, k);
 }
 
-function checkId(id: unknown, where: string): asserts id is string {
+/** throws (naming `where`) unless id is one a bank accepts: a non-empty string, not too long, no control characters */
+export function checkId(id: unknown, where: string): asserts id is string {
   if (typeof id !== 'string' || id === '') throw new MemoryBankError(`${where}: an id must be a non-empty string, got ${JSON.stringify(id)}`);
   if (id.length > MAX_ID_LENGTH) throw new MemoryBankError(`${where}: id of ${id.length} characters is longer than ${MAX_ID_LENGTH}`);
   // eslint-disable-next-line no-control-regex

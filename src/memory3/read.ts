@@ -194,15 +194,15 @@ export class MemoryReader {
     const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
     for (const [li, layer] of this.layers.entries()) {
       const s = sink[layer]!;
-      const rows = s.k.length / (Hkv * HS) + mems.length * K;
+      const sinkRows = s.k.length / (Hkv * HS);
+      const rows = sinkRows + mems.length * K;
       const k = new Float32Array(rows * Hkv * HS);
       const v = new Float32Array(rows * Hkv * HS);
       k.set(s.k);
       v.set(s.v);
-      const sinkRows = s.k.length / (Hkv * HS);
       mems.forEach((m, i) => copyMemoryRows(m, li, k, v, sinkRows + i * K));
       await this.model.setCacheFront(cache, layer, k, v);
-      this.fronts.set(layer, { k, sinkRows: s.k.length / (Hkv * HS) });
+      this.fronts.set(layer, { k, sinkRows });
     }
     const info: ChunkInfo = { start, end, query, retrieved: hits };
     this.settle();

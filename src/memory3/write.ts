@@ -61,6 +61,11 @@ export function defaultMemoryLayers(config: Pick<ModelConfig, 'layers'>): number
   return Array.from({ length: Math.max(1, Math.floor(config.layers / 2)) }, (_, i) => i);
 }
 
+/** positions a reference may take with its prefix: the model's maxSeqLen, and memsel's limit */
+export function referenceSpan(config: Pick<ModelConfig, 'maxSeqLen'>): number {
+  return Math.min(MEMSEL_MAX_T, config.maxSeqLen);
+}
+
 /** the prefix's token ids and a reference's, cut to maxTokens */
 export function referenceTokens(tok: Tokenizer, text: string, o: { prefix?: string; maxTokens?: number } = {}): { prefix: number[]; tokens: number[] } {
   const prefix = Array.from(tok.encode(o.prefix ?? REFERENCE_PREFIX));
@@ -130,8 +135,8 @@ export async function encodeReferences(
       throw new EngramError(`writeMemories: reference ${i} has ${r.tokens.length} tokens; a memory keeps ${K} per head, so give it at least ${K}`);
     }
     const T = r.prefix.length + r.tokens.length;
-    if (T > Math.min(MEMSEL_MAX_T, c.maxSeqLen)) {
-      throw new EngramError(`writeMemories: reference ${i} is ${T} tokens with its prefix; the limit is ${Math.min(MEMSEL_MAX_T, c.maxSeqLen)} (lower maxTokens)`);
+    if (T > referenceSpan(c)) {
+      throw new EngramError(`writeMemories: reference ${i} is ${T} tokens with its prefix; the limit is ${referenceSpan(c)} (lower maxTokens)`);
     }
   });
   const HS = c.dim / c.heads;

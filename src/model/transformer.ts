@@ -241,7 +241,7 @@ export class Transformer {
     const saved: BlockSaved[] = [];
     for (const [i, blk] of this.blocks.entries()) {
       const m = memory?.blocks[i];
-      const r = await this.block(blk, h, B, T, true, undefined, undefined, undefined, m && { ...m, pos0: memory!.pos0 });
+      const r = await this.block(blk, h, B, T, true, m ? { mem: { ...m, pos0: memory!.pos0 } } : {});
       saved.push(r.saved!);
       h = r.h;
     }
@@ -373,9 +373,10 @@ export class Transformer {
   /**
    * One block on h (B T, d), returning the next h (the caller's). keep: every activation the
    * backward needs stays in `saved` (h included; the memory layer keeps its own); otherwise
-   * they are freed here and h stays the caller's. cache: this block's keys and values of the
-   * P positions before, which the new queries attend to as a prefix; the new keys and values
-   * are appended at P.
+   * they are freed here and h stays the caller's. opts.cache: this block's keys and values of the
+   * front and the P positions before, which the new queries attend to as a prefix; the new keys
+   * and values are appended after them. opts.mem: explicit memory (training). opts.tap and .watch see
+   * the attention's inputs and its queries and logsumexps.
    */
   private async block(
     blk: Block,
@@ -383,11 +384,14 @@ export class Transformer {
     B: number,
     T: number,
     keep: boolean,
-    cache?: { k: Tensor; v: Tensor; P: number; front: number; pos0: number },
-    tap?: (t: AttentionInputs) => Promise<void>,
-    watch?: (t: AttentionRows) => Promise<void>,
-    mem?: BlockMemory,
+    opts: {
+      cache?: { k: Tensor; v: Tensor; P: number; front: number; pos0: number };
+      mem?: BlockMemory;
+      tap?: (t: AttentionInputs) => Promise<void>;
+      watch?: (t: AttentionRows) => Promise<void>;
+    } = {},
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
+    const { cache, mem, tap, watch } = opts;
     const { gpu, config: c } = this;
     const N = B * T;
     const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = c;
@@ -492,7 +496,7 @@ export class Transformer {
     const { gpu, config: c } = this;
     const HS = c.dim / c.heads;
     const width = c.kvHeads * HS;
-    if (!(Number.isInteger(layer) && layer >= 0 && layer < this.blocks.length)) throw new EngramError(`Transformer: layer ${layer} is not in 0..${this.blocks.length - 1}`);
+    this.checkBlock(layer);
     if (k.length !== v.length || k.length % width !== 0) throw new EngramError(`Transformer: front keys (${k.length}) and values (${v.length}) must be the same whole number of rows of ${width}`);
     const rows = k.length / width;
     if (rows > cache.frontMax[layer]!) throw new EngramError(`Transformer: ${rows} front rows for block ${layer}, which has room for ${cache.frontMax[layer]}`);
@@ -531,7 +535,10 @@ export class Transformer {
     if (P + T > (cache?.max ?? c.maxSeqLen)) throw new EngramError(`Transformer: ${P} cached + ${T} new positions exceed ${cache?.max ?? c.maxSeqLen}`);
     let h = await this.embedIds(ids);
     for (const [i, blk] of this.blocks.entries()) {
-      const r = await this.block(blk, h, B, T, false, cache && { k: cache.k[i]!, v: cache.v[i]!, P, front: cache.front[i]!, pos0: cache.pos0 }, undefined, watch && ((t) => watch(i, t)));
+      const r = await this.block(blk, h, B, T, false, {
+        ...(cache ? { cache: { k: cache.k[i]!, v: cache.v[i]!, P, front: cache.front[i]!, pos0: cache.pos0 } } : {}),
+        ...(watch ? { watch: (t: AttentionRows) => watch(i, t) } : {}),
+      });
       h.dispose();
       h = r.h;
     }
@@ -549,9 +556,7 @@ export class Transformer {
   async attentionInputs(ids: Tensor, layers: readonly number[], visit: (layer: number, t: AttentionInputs) => Promise<void>): Promise<void> {
     if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const want = new Set(layers);
-    for (const l of want) {
-      if (!(Number.isInteger(l) && l >= 0 && l < this.blocks.length)) throw new EngramError(`Transformer: layer ${l} is not in 0..${this.blocks.length - 1}`);
-    }
+    for (const l of want) this.checkBlock(l);
     if (want.size === 0) return;
     const [B, T] = ids.shape as [number, number];
     if (T > this.config.maxSeqLen) throw new EngramError(`Transformer: ${T} positions exceed maxSeqLen ${this.config.maxSeqLen}`);
@@ -559,13 +564,17 @@ export class Transformer {
     let h = await this.embedIds(ids);
     try {
       for (let i = 0; i <= last; i++) {
-        const r = await this.block(this.blocks[i]!, h, B, T, false, undefined, want.has(i) ? (t) => visit(i, t) : undefined);
+        const r = await this.block(this.blocks[i]!, h, B, T, false, want.has(i) ? { tap: (t) => visit(i, t) } : {});
         h.dispose();
         h = r.h;
       }
     } finally {
       h.dispose();
     }
+  }
+
+  private checkBlock(layer: number): void {
+    if (!(Number.isInteger(layer) && layer >= 0 && layer < this.blocks.length)) throw new EngramError(`Transformer: layer ${layer} is not in 0..${this.blocks.length - 1}`);
   }
 
   /** Frees what forward kept. */

@@ -27,7 +27,7 @@
 // accumulators) and folds them into its online log-sum-exp (one rescale per tile). the thread
 // re-reads its k row for every tile (L1-resident: the (b, g) slice is T*d values) instead of
 // holding it across the barriers: lavapipe's compile time blew up with the row live across
-// them (77 s at d=80, 261 s at d=128; 1-2 s now). the ln w then go to workgroup memory as order
+// them. the ln w then go to workgroup memory as order
 // keys (topk.ts's order_key: unsigned order = float order), and every valid thread counts its
 // rank among the valid keys by (key desc, j asc), a total order: the ranks are distinct and the
 // thread of rank r < K writes slot r. st and end come through workgroupUniformLoad (the barriers
@@ -77,8 +77,8 @@ const QT = 16;
 /**
  * keys per lane of the CPU mapping: the query rows a lane loads and broadcasts serve R keys, so
  * more keys mean fewer loads and shuffles per fma (and S*R keys per step: short references
- * leave lanes idle). on lavapipe (B=16, T=136, H=8, Hkv=4, d=64; noisy, a shared machine)
- * R = 1, 2, 4, 8 took about 80-130, 55-65, 44-48 and 45 ms; 8 doubled the compile time.
+ * leave lanes idle). 4 was the fastest of 1, 2, 4 and 8 in a rough timing on lavapipe (8 was
+ * no faster and doubled the compile time).
  */
 const CPU_KEYS = 4;
 
