@@ -23,12 +23,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { loadFacts, questions, statements } from '../../src/data/facts.ts';
+import { loadFacts, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
 import { acceptedForms, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generate } from '../../src/infer/generate.ts';
 import { planRetrieval } from '../../src/memory3/bm25.ts';
-import { MemoryBank } from '../../src/memory3/bank.ts';
+import { MemoryBank, type NewReference } from '../../src/memory3/bank.ts';
 import { encodeMemory } from '../../src/memory3/blob.ts';
 import { MemoryReader } from '../../src/memory3/read.ts';
 import { MemoryBatcher } from '../../src/memory3/train.ts';
@@ -47,14 +47,17 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 1200, stage2: 400, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   const dir = mkdtempSync(join(tmpdir(), 'engram-explicit-'));
   const notes: Record<string, string> = {};
+  const t0 = performance.now();
+  const log = (m: string) => console.error(`[explicit ${((performance.now() - t0) / 1000).toFixed(0)} s] ${m}`);
   try {
     // data: 20% of the facts nowhere in the corpus
     const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, seed: 0 });
     const tok = await writeTokenData(join(dir, 'data'), corpus, P.vocab);
+    log(`data: ${corpus.heldOut.length} facts held out`);
     const train = readTokens(join(dir, 'data', 'train.bin'));
     const val = readTokens(join(dir, 'data', 'val.bin'));
     const heads = P.dim / 64 > 1 ? P.dim / 64 : 4;
-    const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: P.seq, tiedEmbeddings: true });
+    const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: 2 * P.seq, tiedEmbeddings: true });
     const model = await Transformer.create(gpu, config, 0);
     const opt = await AdamW.create(gpu, model.params, { lr: P.lr });
     try {
@@ -64,39 +67,53 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const t1 = performance.now();
       await trainLoop(gpu, model, opt, { train, val }, { steps: P.stage1, batch: P.batch, seqLen: P.seq, schedule: schedule(P.stage1), evalEvery: 0 });
       notes['stage1'] = `${P.stage1} steps of ${P.batch} x ${P.seq}, ${((performance.now() - t1) / 1000).toFixed(0)} s`;
+      log(`stage 1: ${notes['stage1']}`);
       // stage 2: every chunk reads memories of the kept facts' statements (one phrasing each)
-      const heldOut = new Set(corpus.heldOut.map((f) => `${f.subject}\u0000${f.relation}\u0000${f.object}`));
+      const factKey = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
+      const heldOut = new Set(corpus.heldOut.map((f) => factKey(f)));
+      // one phrasing per fact, the first of at least 8 tokens (a memory keeps 8 tokens per KV head)
       const rng = new Rng(7);
-      const phrase = (f: Parameters<typeof statements>[0]) => statements(f, () => rng.next())[0]!;
+      const phrase = (f: Fact) => {
+        const all = statements(f, () => rng.next());
+        return all.find((t) => referenceTokens(tok, t).tokens.length >= 8) ?? all[0]!;
+      };
       const all = loadFacts();
-      const kept = all.filter((f) => !heldOut.has(`${f.subject}\u0000${f.relation}\u0000${f.object}`));
-      const kbTexts = kept.map(phrase);
+      const texts = all.map(phrase);
+      const kbTexts = all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [texts[i]!]));
       const prefix = referenceTokens(tok, '').prefix;
       const kb = kbTexts.map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
       const plan = planRetrieval(train, kb, { chunk: 64, context: P.seq });
       const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1 });
+      // a fresh warmup and decay for stage 2 (stage 1 ended at minRatio): lrFactor counts the optimizer's steps
       const stage2 = opt.step + P.stage2;
+      const schedule2 = { warmup: opt.step + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
       const t2 = performance.now();
-      await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule(stage2), evalEvery: 0, batches: (s, j) => batcher.batch(train, P.batch, P.seq, s + j) });
+      await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train, P.batch, P.seq, s + j) });
       notes['stage2'] = `${P.stage2} steps with memory (${kb.length} references of kept facts; ${plan.filter((x) => x >= 0).length} of ${plan.length} chunks retrieved one), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
-      // the bank: every fact's statement, held-out ones included
-      const bankTexts = all.map((f) => (heldOut.has(`${f.subject}\u0000${f.relation}\u0000${f.object}`) ? phrase(f) : kbTexts[kept.indexOf(f)]!)).filter((t) => referenceTokens(tok, t).tokens.length >= 8);
+      log(`stage 2: ${notes['stage2']}`);
+      // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
       const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model: { fingerprint: 'explicit-suite', layers, kvHeads: config.kvHeads, tokens: 8, headDim: config.dim / config.heads, dtype: 'bf16' } });
+      const bankIds = all.flatMap((_, i) => (referenceTokens(tok, texts[i]!).tokens.length >= 8 ? [i] : []));
+      const stored = new Map<number, NewReference>();
       const tw = performance.now();
       let blobBytes = 0;
       let refTokens = 0;
-      for (let i = 0; i < bankTexts.length; i += 256) {
-        const written = await writeMemories(gpu, model, tok, bankTexts.slice(i, i + 256));
-        const refs = written.map((w) => {
+      for (let i = 0; i < bankIds.length; i += 256) {
+        const ids = bankIds.slice(i, i + 256);
+        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!));
+        const refs = written.map((w, r) => {
           const memory = encodeMemory(w.memory);
           blobBytes += memory.byteLength;
           refTokens += prefix.length + w.tokens.length;
-          return { text: w.text, tokens: w.tokens, memory };
+          const ref = { id: `f${ids[r]}`, text: w.text, tokens: w.tokens, memory };
+          if (heldOut.has(factKey(all[ids[r]!]!))) stored.set(ids[r]!, ref);
+          return ref;
         });
         await bank.add(refs, { deferIndex: true });
       }
       await bank.reindex();
       const writeSeconds = (performance.now() - tw) / 1000;
+      log(`bank: ${bankIds.length} references of ${all.length} facts in ${writeSeconds.toFixed(1)} s`);
       // questions about held-out facts only
       const qs = selectQuestions(questions(corpus.heldOut), { perRelation: P.perRelation });
       const eot = tok.tokenId('<|endoftext|>');
@@ -104,15 +121,26 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const stopIds = [...(eot !== undefined ? [eot] : []), ...(nl.length === 1 ? [nl[0]!] : [])];
       const none = await evalFacts(gpu, model, tok, qs);
       const reader = new MemoryReader(gpu, model, tok, bank);
-      let explicit = 0;
-      for (const q of qs) {
-        const out = await reader.generate(Array.from(tok.encode(q.prompt)), { maxNew: 12, temperature: 0, stopIds });
-        explicit += exactMatch(answerText(tok, out.ids), acceptedForms(q));
-      }
+      const askExplicit = async (q: Question) => exactMatch(answerText(tok, (await reader.generate(Array.from(tok.encode(q.prompt)), { maxNew: 12, temperature: 0, stopIds })).ids), acceptedForms(q));
+      const right: Question[] = [];
+      for (const q of qs) if ((await askExplicit(q)) === 1) right.push(q);
+      const explicit = right.length;
       const ragPrompt = async (prompt: string) => (await bank.search(prompt, { k: 5 })).map((h) => h.text).join('\n') + '\n' + prompt;
       const ragPrompts = await Promise.all(qs.map((q) => ragPrompt(q.prompt)));
       const ragAnswers = await greedyAnswers(gpu, model, tok, ragPrompts);
       const rag = qs.reduce((n, q, i) => n + exactMatch(ragAnswers[i]!, acceptedForms(q)), 0);
+      log(`EM over ${qs.length} questions: no memory ${none.em.toFixed(3)}, explicit ${(explicit / qs.length).toFixed(3)}, RAG ${(rag / qs.length).toFixed(3)}`);
+      // editing a live bank: the facts behind the questions explicit memory got right are
+      // removed (their answers should go), then added back (they should return), asked each time
+      const index = new Map(all.map((f, i) => [factKey(f), i]));
+      const edited = [...new Set(right.map((q) => index.get(factKey(q.fact))!))];
+      await bank.remove(edited.map((i) => `f${i}`));
+      let afterRemove = 0;
+      for (const q of right) afterRemove += await askExplicit(q);
+      await bank.add(edited.map((i) => stored.get(i)!));
+      let afterAdd = 0;
+      for (const q of right) afterAdd += await askExplicit(q);
+      log(`editing: ${right.length} answered; ${afterRemove} after their facts were removed, ${afterAdd} after they were added back`);
       // generation speed, one sequence, 128 new tokens
       const q0 = qs[0]!;
       const speed = async (f: () => Promise<number>) => {
@@ -127,7 +155,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         const ids = Array.from(tok.encode(await ragPrompt(q0.prompt))).slice(-(P.seq - newTokens));
         return (await generate(gpu, model, ids, { maxNew: newTokens, temperature: 0 })).length;
       });
-      const n = bankTexts.length;
+      const n = bankIds.length;
       const HS = config.dim / config.heads;
       bank.close();
       notes['questions'] = `${qs.length} held-out questions about ${corpus.heldOut.length} facts that appear nowhere in the corpus; greedy, exact match`;
@@ -140,6 +168,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           qa_em_no_memory: none.em,
           qa_em_explicit: explicit / qs.length,
           qa_em_rag: rag / qs.length,
+          edit_questions: right.length,
+          edit_em_removed: right.length > 0 ? afterRemove / right.length : 0,
+          edit_em_readded: right.length > 0 ? afterAdd / right.length : 0,
           gen_tok_s_b1_no_memory: genNone,
           gen_tok_s_b1_explicit: genExplicit,
           gen_tok_s_b1_rag: genRag,
