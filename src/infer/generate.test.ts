@@ -1,14 +1,15 @@
 // generation: greedy decoding with the KV cache equals greedy decoding that recomputes the whole
 // sequence every step (the cache changes nothing but the cost); sampling's options; batched greedy
 // decoding (right-padded, uncached) equals generate() per prompt, with stop ids and maxSeqLen;
-// Gpu.readRanges (the batched readback).
+// Gpu.readRanges (the batched readback); lockstep batches against one KV cache (generateBatch)
+// equal generate() per row, sampled rows included.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
-import { generate, greedyBatch, sample } from './generate.ts';
+import { generate, generateBatch, greedyBatch, sample } from './generate.ts';
 
 /** a two-block model with a memory block, vocab 40, 24 positions */
 const CONFIG = parseModelConfig({
@@ -43,6 +44,35 @@ test('greedy generation with the KV cache equals recomputing the sequence each s
   assert.deepEqual(stopped, fast.slice(0, fast.indexOf(fast[2]!) + 1));
   const three = await generate(gpu, model, prompt, { maxNew: 8, temperature: 0, shouldStop: (ids) => ids.length === 3 });
   assert.deepEqual(three, fast.slice(0, 3));
+  model.dispose();
+  assert.equal(gpu.scratch.outstanding, 0);
+});
+
+test('generateBatch: rows decoded in lockstep with one cache equal generate() per row (greedy and sampled, stops, maxSeqLen)', async () => {
+  const gpu = await testGpu();
+  const model = await Transformer.create(gpu, CONFIG, 12);
+  const prompts = [
+    [3, 17, 5, 9, 1],
+    [8, 8, 2, 30, 7],
+    [39, 0, 12, 4, 4],
+  ];
+  for (const o of [{ maxNew: 9, temperature: 0 }, { maxNew: 7, temperature: 0.9, topK: 10, seed: 5 }]) {
+    const one = [];
+    for (const [r, p] of prompts.entries()) one.push(await generate(gpu, model, p, { ...o, ...('seed' in o ? { seed: o.seed + r } : {}) }));
+    const streamed: number[][] = prompts.map(() => []);
+    assert.deepEqual(await generateBatch(gpu, model, prompts, { ...o, onToken: (r, id) => streamed[r]!.push(id) }), one);
+    assert.deepEqual(streamed, one);
+  }
+  // a row that stops early keeps stepping with the others, its tokens dropped
+  const full = await generateBatch(gpu, model, prompts, { maxNew: 8, temperature: 0 });
+  const stop = full[1]![1]!;
+  const stopped = await generateBatch(gpu, model, prompts, { maxNew: 8, temperature: 0, stopIds: [stop], shouldStop: (r, ids) => r === 2 && ids.length === 3 });
+  assert.deepEqual(stopped[1], full[1]!.slice(0, full[1]!.indexOf(stop) + 1));
+  assert.deepEqual(stopped[2], full[2]!.slice(0, full[2]!.includes(stop) ? Math.min(3, full[2]!.indexOf(stop) + 1) : 3));
+  // maxSeqLen (24) bounds every row
+  const long = prompts.map((p) => [...p, ...p, ...p, ...p]);
+  for (const row of await generateBatch(gpu, model, long, { maxNew: 50, temperature: 0 })) assert.equal(row.length, 24 - 20 + 1);
+  await assert.rejects(generateBatch(gpu, model, [[1, 2], [3]], { maxNew: 2 }), /every prompt needs the same length: prompt 0 has 2 tokens, prompt 1 1/);
   model.dispose();
   assert.equal(gpu.scratch.outstanding, 0);
 });

@@ -97,25 +97,67 @@ export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () =
 /** The prompt's continuation: up to maxNew new token ids (the prompt not included). */
 export async function generate(gpu: Gpu, model: Transformer, prompt: readonly number[], o: GenerateOptions): Promise<number[]> {
   if (prompt.length === 0) throw new EngramError('generate: the prompt needs at least one token');
-  const max = Math.min(model.config.maxSeqLen, prompt.length + o.maxNew);
-  const cache = await model.createCache(max);
-  const random = rng(o.seed ?? 0);
-  const out: number[] = [];
+  const { onToken, shouldStop, ...rest } = o;
+  const [out] = await generateBatch(gpu, model, [prompt], {
+    ...rest,
+    ...(onToken ? { onToken: (_: number, id: number) => onToken(id) } : {}),
+    ...(shouldStop ? { shouldStop: (_: number, ids: readonly number[]) => shouldStop(ids) } : {}),
+  });
+  return out!;
+}
+
+export interface BatchGenerateOptions extends SampleOptions {
+  /** new tokens at most, per row */
+  maxNew: number;
+  /** a row stops after producing any of these ids (it is included in the row's result) */
+  stopIds?: readonly number[];
+  /** called with each row's new token as soon as it is chosen */
+  onToken?: (row: number, id: number) => void;
+  /** polled after each new token of a row with everything it generated so far: true stops the row */
+  shouldStop?: (row: number, ids: readonly number[]) => boolean;
+}
+
+/**
+ * Continuations of prompts of one length, decoded in lockstep against one KV cache of their
+ * batch (Transformer.createCache batch): each step runs every row's last token and reads back
+ * every row's logits in one readback. Row r samples with its own generator (seed + r: row 0 is
+ * generate()'s). A row that stops keeps stepping with the others (its tokens are dropped) until
+ * every row has stopped: the throughput setting of the paper's batch-32 measurements, not a
+ * server's (rows of other lengths, joining and leaving, need a per-row key mask).
+ */
+export async function generateBatch(gpu: Gpu, model: Transformer, prompts: readonly (readonly number[])[], o: BatchGenerateOptions): Promise<number[][]> {
+  const B = prompts.length;
+  const L = prompts[0]?.length ?? 0;
+  if (B === 0) return [];
+  if (L === 0) throw new EngramError('generateBatch: the prompts need at least one token');
+  const bad = prompts.findIndex((p) => p.length !== L);
+  if (bad >= 0) throw new EngramError(`generateBatch: rows decode in lockstep, so every prompt needs the same length: prompt 0 has ${L} tokens, prompt ${bad} ${prompts[bad]!.length}`);
+  const V = model.config.vocabSize;
+  const max = Math.min(model.config.maxSeqLen, L + o.maxNew);
+  const cache = await model.createCache(max, { batch: B });
+  const random = prompts.map((_, r) => rng((o.seed ?? 0) + r));
+  const out: number[][] = prompts.map(() => []);
+  const live = prompts.map(() => o.maxNew > 0);
   try {
-    let next: readonly number[] = prompt;
-    while (out.length < o.maxNew && cache.length + next.length <= max) {
-      const ids = await gpu.tensorFrom(next, [1, next.length], 'u32', 'ids');
+    let next: readonly (readonly number[])[] = prompts;
+    while (live.some((x) => x) && cache.length + next[0]!.length <= max) {
+      const T = next[0]!.length;
+      const flat = new Uint32Array(B * T);
+      next.forEach((row, b) => flat.set(row, b * T));
+      const ids = await gpu.tensorFrom(flat, [B, T], 'u32', 'ids');
       const logits = await model.logits(ids, cache);
-      const V = model.config.vocabSize;
-      // only the last position's row comes back
-      const last = new Float32Array(await gpu.readBytes(logits.buffer, logits.offset + (next.length - 1) * V * 4, V * 4));
+      // only each row's last position comes back
+      const back = await gpu.readRanges(logits.buffer, next.map((_, b) => ({ offset: logits.offset + (b * T + T - 1) * V * 4, size: V * 4 })));
       ids.dispose();
       logits.dispose();
-      const id = sample(last, o, random);
-      out.push(id);
-      o.onToken?.(id);
-      if (o.stopIds?.includes(id) || o.shouldStop?.(out)) break;
-      next = [id];
+      next = back.map((bytes, r) => {
+        if (!live[r]) return [out[r]!.at(-1) ?? prompts[r]!.at(-1)!];
+        const id = sample(new Float32Array(bytes), o, random[r]!);
+        out[r]!.push(id);
+        o.onToken?.(r, id);
+        if (o.stopIds?.includes(id) || o.shouldStop?.(r, out[r]!) || out[r]!.length >= o.maxNew) live[r] = false;
+        return [id];
+      });
     }
   } finally {
     for (const t of [...cache.k, ...cache.v]) t.dispose();

@@ -5,7 +5,8 @@
 // length, reading a retrieved memory is attention over [prefix, reference, context] at the same
 // positions: the reader's greedy continuation must equal the plain model's on that concatenated
 // sequence. with the defaults (8 of the tokens, half of the blocks), each chunk must report what
-// it retrieved, decoded memories are reused, and an empty bank reads nothing.
+// it retrieved, decoded memories are reused, and an empty bank reads nothing. a lockstep batch
+// (generateBatch: one KV cache, per-row fronts and retrieval) equals each row read alone.
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -106,6 +107,38 @@ test('sparse memories at the first half of the blocks: retrieval per chunk, the 
     await assert.rejects(writeMemories(gpu, model, tok, ['a']), /has \d tokens; a memory keeps 8 per head/);
     full.close();
     empty.close();
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    model.dispose();
+  }
+});
+
+test('a lockstep batch of prompts reads as each prompt alone: the same retrievals, attention shares and tokens', async () => {
+  const gpu = await testGpu();
+  const { tok, model } = await setup();
+  try {
+    const layers = defaultMemoryLayers(model.config);
+    const written = await writeMemories(gpu, model, tok, FACTS);
+    const bank = await MemoryBank.open(join(root, 'batch'), { create: true, model: { fingerprint: 'test', layers, kvHeads: 2, tokens: 8, headDim: 8, dtype: 'bf16' } });
+    await bank.add(written.map((w, i) => ({ id: `fact${i}`, text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })));
+    // every 16-token chunk names words of at least two facts (the search finds topk = 2); fewer new
+    // tokens than a chunk (no retrieval with the random model's own text, which may find nothing);
+    // whole chunks (a short last one may hold a single word)
+    const texts = [' river parrots lighthouse sea kitchen storm river parrots lighthouse sea kitchen storm', ' lighthouse river parrots storm sea Vellport lighthouse river parrots storm sea Vellport', ' parrots sea river lighthouse storm kitchen parrots sea river lighthouse storm kitchen'];
+    const L = Math.floor(Math.min(...texts.map((t) => tok.encode(t).length)) / 16) * 16;
+    const prompts = texts.map((t) => Array.from(tok.encode(t)).slice(0, L));
+    const o = { chunk: 16, topk: 2, inspect: true };
+    const batch = await new MemoryReader(gpu, model, tok, bank, o).generateBatch(prompts, { maxNew: 12, temperature: 0 });
+    for (const [r, p] of prompts.entries()) {
+      const one = await new MemoryReader(gpu, model, tok, bank, o).generate(p, { maxNew: 12, temperature: 0 });
+      // equal fronts need every chunk of every row to have found topk references (no zero rows)
+      for (const c of batch[r]!.chunks) assert.equal(c.retrieved.length, 2, `row ${r} chunk at ${c.start}: ${c.query}`);
+      assert.deepEqual(batch[r]!.ids, one.ids);
+      assert.deepEqual(batch[r]!.chunks.map((c) => [c.start, c.end, c.retrieved.map((h) => h.id)]), one.chunks.map((c) => [c.start, c.end, c.retrieved.map((h) => h.id)]));
+      batch[r]!.chunks.forEach((c, i) => c.attention!.forEach((x, j) => assert.ok(Math.abs(x - one.chunks[i]!.attention![j]!) < 1e-4, `row ${r} chunk ${i}`)));
+    }
+    await assert.rejects(new MemoryReader(gpu, model, tok, bank).generateBatch([[1, 2], [3]], { maxNew: 2 }), /every prompt needs the same length/);
+    bank.close();
     assert.equal(gpu.scratch.outstanding, 0);
   } finally {
     model.dispose();

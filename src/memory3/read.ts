@@ -74,6 +74,15 @@ export interface MemoryGenerateOptions extends SampleOptions {
   onChunk?: (c: ChunkInfo) => void;
 }
 
+/** generateBatch's options: MemoryGenerateOptions with the row each call is about */
+export interface MemoryBatchOptions extends SampleOptions {
+  maxNew: number;
+  stopIds?: readonly number[];
+  onToken?: (row: number, id: number) => void;
+  shouldStop?: (row: number, ids: readonly number[]) => boolean;
+  onChunk?: (row: number, c: ChunkInfo) => void;
+}
+
 /** a least-recently-used map of decoded memories */
 class MemoryCache {
   private readonly map = new Map<string, SparseMemory>();
@@ -106,10 +115,10 @@ export class MemoryReader {
   private readonly memCache: MemoryCache;
   private readonly o: Required<Omit<ReadOptions, 'cacheSize'>>;
   private readonly layers: readonly number[];
-  /** per memory block: its front's keys (rows x kvHeads x headDim) and how many rows are the sink's, for inspection */
-  private readonly fronts = new Map<number, { k: Float32Array; sinkRows: number }>();
-  /** the chunk whose attention shares are being summed, and the sums */
-  private acc: { info: ChunkInfo; sums: number[]; sink: number; n: number } | null = null;
+  /** per memory block: its front's keys (batch x rows x kvHeads x headDim), rows per batch row and how many are the sink's, for inspection */
+  private readonly fronts = new Map<number, { k: Float32Array; rows: number; sinkRows: number }>();
+  /** per batch row, the chunk whose attention shares are being summed, and the sums */
+  private acc: { info: ChunkInfo; sums: number[]; sink: number; n: number }[] | null = null;
 
   constructor(
     private readonly gpu: Gpu,
@@ -138,92 +147,134 @@ export class MemoryReader {
 
   /** the prompt's continuation (new ids) and what every chunk retrieved */
   async generate(prompt: readonly number[], o: MemoryGenerateOptions): Promise<{ ids: number[]; chunks: ChunkInfo[] }> {
+    if (prompt.length === 0) throw new EngramError('memory reader: the prompt needs at least one token');
+    const { onToken, shouldStop, onChunk, ...rest } = o;
+    const [r] = await this.generateBatch([prompt], {
+      ...rest,
+      ...(onToken ? { onToken: (_: number, id: number) => onToken(id) } : {}),
+      ...(shouldStop ? { shouldStop: (_: number, ids: readonly number[]) => shouldStop(ids) } : {}),
+      ...(onChunk ? { onChunk: (_: number, c: ChunkInfo) => onChunk(c) } : {}),
+    });
+    return r!;
+  }
+
+  /**
+   * Continuations of prompts of one length decoded in lockstep (infer/generate.ts generateBatch:
+   * one KV cache of their batch, row r sampling with seed + r, a stopped row stepping on with its
+   * tokens dropped), each row retrieving with its own text. Every row's memory front has the
+   * same rows (attention takes one prefix length for the batch): a row whose search found fewer
+   * than topk references gets zero rows in the missing places (a zero key scores 0 and its zero
+   * value adds nothing: the row's attention is diluted as if by one more key of score 0 per row).
+   */
+  async generateBatch(prompts: readonly (readonly number[])[], o: MemoryBatchOptions): Promise<{ ids: number[]; chunks: ChunkInfo[] }[]> {
     const { model, o: ro } = this;
     const c = model.config;
-    if (prompt.length === 0) throw new EngramError('memory reader: the prompt needs at least one token');
+    const B = prompts.length;
+    if (B === 0) return [];
+    const L = prompts[0]!.length;
+    if (L === 0) throw new EngramError('memory reader: the prompts need at least one token');
+    const bad = prompts.findIndex((p) => p.length !== L);
+    if (bad >= 0) throw new EngramError(`memory reader: rows decode in lockstep, so every prompt needs the same length: prompt 0 has ${L} tokens, prompt ${bad} ${prompts[bad]!.length}`);
     const prefix = Array.from(this.tok.encode(ro.prefix));
     const p = prefix.length;
-    const max = Math.min(c.maxSeqLen, prompt.length + o.maxNew);
-    if (prompt.length > max) throw new EngramError(`memory reader: a prompt of ${prompt.length} tokens passes maxSeqLen ${c.maxSeqLen}`);
+    const max = Math.min(c.maxSeqLen, L + o.maxNew);
+    if (L > max) throw new EngramError(`memory reader: a prompt of ${L} tokens passes maxSeqLen ${c.maxSeqLen}`);
     const rows = ro.topk * this.bank.manifest.tokens;
     const cache = await model.createCache(max, {
       frontMax: Array.from({ length: c.layers }, (_, l) => p + (this.layers.includes(l) ? rows : 0)),
       pos0: p + ro.memoryPositions,
+      batch: B,
     });
-    const chunks: ChunkInfo[] = [];
+    const chunks: ChunkInfo[][] = prompts.map(() => []);
+    const out: number[][] = prompts.map(() => []);
+    const live = prompts.map(() => o.maxNew > 0);
+    const report = (infos: ChunkInfo[]) =>
+      infos.forEach((info, r) => {
+        chunks[r]!.push(info);
+        o.onChunk?.(r, info);
+      });
     try {
       const sink = await sinkKV(this.gpu, model, prefix);
-      for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, s.k, s.v);
-      let last: Float32Array | null = null;
-      for (let s = 0; s < prompt.length; s += ro.chunk) {
-        const ids = prompt.slice(s, s + ro.chunk);
-        const info = await this.retrieve(cache, sink, this.tok.decode(ids), s, s + ids.length);
-        chunks.push(info);
-        o.onChunk?.(info);
+      for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, repeat(s.k, B), repeat(s.v, B));
+      let last: Float32Array[] = [];
+      for (let s = 0; s < L; s += ro.chunk) {
+        const ids = prompts.map((pr) => pr.slice(s, s + ro.chunk));
+        report(await this.retrieve(cache, sink, ids.map((x) => this.tok.decode(x)), s, s + ids[0]!.length));
         last = await this.step(cache, ids);
       }
-      const random = rng(o.seed ?? 0);
-      const out: number[] = [];
-      let current = chunks[chunks.length - 1]!;
-      while (out.length < o.maxNew && cache.length < max) {
-        const id = sample(last!, o, random);
-        out.push(id);
-        o.onToken?.(id);
-        if (o.stopIds?.includes(id) || o.shouldStop?.(out) || out.length >= o.maxNew || cache.length >= max) break;
-        // every `chunk` new tokens: memories retrieved with those tokens
-        if (out.length % ro.chunk === 0) {
-          const at = prompt.length + out.length;
-          current = await this.retrieve(cache, sink, this.tok.decode(out.slice(-ro.chunk)), at, at);
-          chunks.push(current);
-          o.onChunk?.(current);
+      const random = prompts.map((_, r) => rng((o.seed ?? 0) + r));
+      let current = chunks.map((x) => x[x.length - 1]!);
+      while (live.some((x) => x) && cache.length < max) {
+        const next = last.map((logits, r) => {
+          if (!live[r]) return out[r]!.at(-1) ?? prompts[r]!.at(-1)!;
+          const id = sample(logits, o, random[r]!);
+          out[r]!.push(id);
+          o.onToken?.(r, id);
+          if (o.stopIds?.includes(id) || o.shouldStop?.(r, out[r]!) || out[r]!.length >= o.maxNew) live[r] = false;
+          return id;
+        });
+        if (!live.some((x) => x) || cache.length >= max) break;
+        // every `chunk` new tokens: memories retrieved with those tokens (rows in lockstep)
+        const n = cache.length - L + 1;
+        if (n % ro.chunk === 0) {
+          const at = L + n;
+          current = await this.retrieve(cache, sink, out.map((x, r) => (live[r] ? this.tok.decode(x.slice(-ro.chunk)) : '')), at, at, current);
+          report(current);
         }
-        current.end = prompt.length + out.length + 1;
-        last = await this.step(cache, [id]);
+        for (const info of current) info.end = L + n + 1;
+        last = await this.step(cache, next.map((id) => [id]));
       }
       this.settle();
-      return { ids: out, chunks };
+      return out.map((ids, r) => ({ ids, chunks: chunks[r]! }));
     } finally {
       for (const t of [...cache.k, ...cache.v]) t.dispose();
     }
   }
 
-  /** retrieves memories with `query` and puts them behind the sink in the memory blocks' fronts */
-  private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], query: string, start: number, end: number): Promise<ChunkInfo> {
-    const hits = query.trim() ? await this.bank.search(query, { k: this.o.topk }) : [];
-    const mems = await this.memCache.get(this.bank, hits.map((h) => h.id));
+  /**
+   * retrieves memories with each row's query and puts them behind the sink in the memory blocks'
+   * fronts; a row with an empty query keeps `keep`'s (its previous chunk's) references
+   */
+  private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[]): Promise<ChunkInfo[]> {
+    const { topk } = this.o;
+    const hits = await Promise.all(queries.map(async (q, r) => (q.trim() ? await this.bank.search(q, { k: topk }) : (keep?.[r]?.retrieved ?? []))));
+    const mems = await Promise.all(hits.map((h) => this.memCache.get(this.bank, h.map((x) => x.id))));
     const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
+    const width = Hkv * HS;
+    const most = Math.max(...mems.map((m) => m.length));
     for (const [li, layer] of this.layers.entries()) {
       const s = sink[layer]!;
-      const sinkRows = s.k.length / (Hkv * HS);
-      const rows = sinkRows + mems.length * K;
-      const k = new Float32Array(rows * Hkv * HS);
-      const v = new Float32Array(rows * Hkv * HS);
-      k.set(s.k);
-      v.set(s.v);
-      mems.forEach((m, i) => copyMemoryRows(m, li, k, v, sinkRows + i * K));
+      const sinkRows = s.k.length / width;
+      const rows = sinkRows + most * K;
+      const k = new Float32Array(queries.length * rows * width);
+      const v = new Float32Array(queries.length * rows * width);
+      mems.forEach((ms, r) => {
+        k.set(s.k, r * rows * width);
+        v.set(s.v, r * rows * width);
+        ms.forEach((m, i) => copyMemoryRows(m, li, k, v, r * rows + sinkRows + i * K));
+      });
       await this.model.setCacheFront(cache, layer, k, v);
-      this.fronts.set(layer, { k, sinkRows });
+      this.fronts.set(layer, { k, rows, sinkRows });
     }
-    const info: ChunkInfo = { start, end, query, retrieved: hits };
+    const infos = queries.map((query, r) => ({ start, end, query: query.trim() ? query : '', retrieved: hits[r]! }));
     this.settle();
-    if (this.o.inspect) this.acc = { info, sums: hits.map(() => 0), sink: 0, n: 0 };
-    return info;
+    if (this.o.inspect) this.acc = infos.map((info) => ({ info, sums: info.retrieved.map(() => 0), sink: 0, n: 0 }));
+    return infos;
   }
 
-  /** closes the chunk being inspected: its sums become mean shares */
+  /** closes the chunks being inspected: their sums become mean shares */
   private settle(): void {
-    const a = this.acc;
-    if (!a) return;
-    a.info.attention = a.sums.map((x) => (a.n > 0 ? x / a.n : 0));
-    a.info.sinkAttention = a.n > 0 ? a.sink / a.n : 0;
+    for (const a of this.acc ?? []) {
+      a.info.attention = a.sums.map((x) => (a.n > 0 ? x / a.n : 0));
+      a.info.sinkAttention = a.n > 0 ? a.sink / a.n : 0;
+    }
     this.acc = null;
   }
 
-  /** adds one memory block's attention weights on its front rows (exp(scale q.k - lse)) to the chunk's sums */
+  /** adds one memory block's attention weights on its front rows (exp(scale q.k - lse)) to each row's chunk sums */
   private async inspect(layer: number, q: Tensor, lse: Tensor): Promise<void> {
-    const a = this.acc;
     const f = this.fronts.get(layer);
-    if (!a || !f) return;
+    if (!this.acc || !f) return;
     const c = this.model.config;
     const { heads: NH, kvHeads: NKV } = c;
     const HS = c.dim / NH;
@@ -232,32 +283,44 @@ export class MemoryReader {
     const ls = (await this.gpu.read(lse)) as Float32Array;
     const T = q.shape[1]!;
     const scale = 1 / Math.sqrt(HS);
-    const weight = (t: number, h: number, row: number) => {
-      const g = Math.floor(h / (NH / NKV));
-      let dot = 0;
-      for (let x = 0; x < HS; x++) dot += qs[(t * NH + h) * HS + x]! * f.k[(row * NKV + g) * HS + x]!;
-      return Math.exp(scale * dot - ls[h * T + t]!);
-    };
-    for (let t = 0; t < T; t++) {
-      for (let h = 0; h < NH; h++) {
-        for (let row = 0; row < f.sinkRows; row++) a.sink += weight(t, h, row);
-        for (let m = 0; m < a.sums.length; m++) for (let j = 0; j < K; j++) a.sums[m]! += weight(t, h, f.sinkRows + m * K + j);
-        a.n++;
+    for (const [b, a] of this.acc.entries()) {
+      const weight = (t: number, h: number, row: number) => {
+        const g = Math.floor(h / (NH / NKV));
+        let dot = 0;
+        for (let x = 0; x < HS; x++) dot += qs[((b * T + t) * NH + h) * HS + x]! * f.k[((b * f.rows + row) * NKV + g) * HS + x]!;
+        return Math.exp(scale * dot - ls[(b * NH + h) * T + t]!);
+      };
+      for (let t = 0; t < T; t++) {
+        for (let h = 0; h < NH; h++) {
+          for (let row = 0; row < f.sinkRows; row++) a.sink += weight(t, h, row);
+          for (let m = 0; m < a.sums.length; m++) for (let j = 0; j < K; j++) a.sums[m]! += weight(t, h, f.sinkRows + m * K + j);
+          a.n++;
+        }
       }
     }
   }
 
-  /** runs ids after the cache; the last position's logits */
-  private async step(cache: KvCache, ids: readonly number[]): Promise<Float32Array> {
-    const t = await this.gpu.tensorFrom(ids, [1, ids.length], 'u32', 'ids');
+  /** runs each row's ids after the cache; each row's last position's logits */
+  private async step(cache: KvCache, ids: readonly (readonly number[])[]): Promise<Float32Array[]> {
+    const T = ids[0]!.length;
+    const flat = new Uint32Array(ids.length * T);
+    ids.forEach((row, b) => flat.set(row, b * T));
+    const t = await this.gpu.tensorFrom(flat, [ids.length, T], 'u32', 'ids');
     try {
       const logits = await this.model.logits(t, cache, this.acc ? (layer, r) => this.inspect(layer, r.q, r.lse) : undefined);
       const V = this.model.config.vocabSize;
-      const last = new Float32Array(await this.gpu.readBytes(logits.buffer, logits.offset + (ids.length - 1) * V * 4, V * 4));
+      const back = await this.gpu.readRanges(logits.buffer, ids.map((_, b) => ({ offset: logits.offset + (b * T + T - 1) * V * 4, size: V * 4 })));
       logits.dispose();
-      return last;
+      return back.map((x) => new Float32Array(x));
     } finally {
       t.dispose();
     }
   }
+}
+
+/** n copies of a, one after another */
+function repeat(a: Float32Array, n: number): Float32Array {
+  const r = new Float32Array(a.length * n);
+  for (let i = 0; i < n; i++) r.set(a, i * a.length);
+  return r;
 }

@@ -102,15 +102,18 @@ export interface AttentionRows {
 }
 
 /**
- * Keys and values of every block for the positions decoded so far (batch 1): the next tokens'
- * queries attend to them as attention's prefix (every cached position is before them), and to
- * each other causally.
+ * Keys and values of every block for the positions decoded so far, for `batch` sequences decoded
+ * in lockstep (every row has the same length and front sizes): the next tokens' queries attend
+ * to them as attention's prefix (every cached position is before them; attention's prefixLen
+ * picks the filled rows of each batch row), and to each other causally.
  */
 export interface KvCache {
-  /** per block, (1, frontMax[i] + max, NKV, HS) f32: the front rows, then the context */
+  /** per block, (batch, frontMax[i] + max, NKV, HS) f32: per batch row the front rows, then the context */
   k: Tensor[];
   v: Tensor[];
-  /** context positions filled */
+  /** sequences decoded together */
+  batch: number;
+  /** context positions filled (in every row) */
   length: number;
   max: number;
   /**
@@ -419,14 +422,18 @@ export class Transformer {
     kp.dispose();
     const att = take([B, T, NH, HS], 'att');
     const lse = take([B, NH, T], 'att_lse');
-    const prefix = cache && R > 0 ? { pk: cache.k.leading([1, R, NKV, HS]), pv: cache.v.leading([1, R, NKV, HS]) } : mem ? { pk: mem.k, pv: mem.v } : {};
-    await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : {});
+    // with a cache, the prefix is the whole cache tensor (batch rows S apart) of which R rows are filled
+    const prefix = cache && R > 0 ? { pk: cache.k, pv: cache.v } : mem ? { pk: mem.k, pv: mem.v } : {};
+    await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : cache && R > 0 ? { prefixLen: R } : {});
     if (watch) await watch({ q, lse });
     if (cache) {
       const row = NKV * HS * 4;
+      const S = cache.k.shape[1]!;
       gpu.encode((enc) => {
-        enc.copyBufferToBuffer(k.buffer, k.offset, cache.k.buffer, cache.k.offset + R * row, T * row);
-        enc.copyBufferToBuffer(v.buffer, v.offset, cache.v.buffer, cache.v.offset + R * row, T * row);
+        for (let b = 0; b < B; b++) {
+          enc.copyBufferToBuffer(k.buffer, k.offset + b * T * row, cache.k.buffer, cache.k.offset + (b * S + R) * row, T * row);
+          enc.copyBufferToBuffer(v.buffer, v.offset + b * T * row, cache.v.buffer, cache.v.offset + (b * S + R) * row, T * row);
+        }
       });
     }
     const o = take([N, d], 'o');
@@ -464,11 +471,14 @@ export class Transformer {
   /**
    * An empty cache for up to `max` context positions (default maxSeqLen). o.frontMax: per block,
    * rows kept in front of the context (default none); o.pos0: the RoPE position of the first
-   * context token (default 0; pos0 + max may reach maxSeqLen + EXTRA_POSITIONS).
+   * context token (default 0; pos0 + max may reach maxSeqLen + EXTRA_POSITIONS); o.batch:
+   * sequences decoded in lockstep (default 1).
    */
-  async createCache(max = this.config.maxSeqLen, o: { frontMax?: readonly number[]; pos0?: number } = {}): Promise<KvCache> {
+  async createCache(max = this.config.maxSeqLen, o: { frontMax?: readonly number[]; pos0?: number; batch?: number } = {}): Promise<KvCache> {
     const { gpu, config: c } = this;
     if (!(Number.isInteger(max) && max > 0 && max <= c.maxSeqLen)) throw new EngramError(`Transformer: a cache of ${max} positions; 1..maxSeqLen ${c.maxSeqLen}`);
+    const batch = o.batch ?? 1;
+    if (!(Number.isInteger(batch) && batch > 0)) throw new EngramError(`Transformer: a cache for batch ${batch}; a positive whole number of sequences`);
     const pos0 = o.pos0 ?? 0;
     if (!(Number.isInteger(pos0) && pos0 >= 0 && pos0 + max <= c.maxSeqLen + EXTRA_POSITIONS)) {
       throw new EngramError(`Transformer: a cache whose context starts at position ${pos0} and holds ${max} positions passes the RoPE table's ${c.maxSeqLen + EXTRA_POSITIONS} positions`);
@@ -481,49 +491,59 @@ export class Transformer {
     const k: Tensor[] = [];
     const v: Tensor[] = [];
     for (let i = 0; i < this.blocks.length; i++) {
-      k.push(await gpu.tensor([1, frontMax[i]! + max, c.kvHeads, HS], 'f32', `cache.k.${i}`));
-      v.push(await gpu.tensor([1, frontMax[i]! + max, c.kvHeads, HS], 'f32', `cache.v.${i}`));
+      k.push(await gpu.tensor([batch, frontMax[i]! + max, c.kvHeads, HS], 'f32', `cache.k.${i}`));
+      v.push(await gpu.tensor([batch, frontMax[i]! + max, c.kvHeads, HS], 'f32', `cache.v.${i}`));
     }
-    return { k, v, length: 0, max, front: this.blocks.map(() => 0), frontMax, pos0 };
+    return { k, v, batch, length: 0, max, front: this.blocks.map(() => 0), frontMax, pos0 };
   }
 
   /**
-   * Sets block `layer`'s front rows: k and v hold rows x (kvHeads, headDim) f32, their keys
-   * already rotated. A front of another size moves the cached context behind it (through a
-   * scratch copy: a buffer cannot copy onto itself).
+   * Sets block `layer`'s front rows: k and v hold, for each of the cache's batch rows in turn,
+   * rows x (kvHeads, headDim) f32 (the same row count for every batch row), their keys already
+   * rotated. A front of another size moves the cached context behind it (through a scratch
+   * copy: a buffer cannot copy onto itself).
    */
   async setCacheFront(cache: KvCache, layer: number, k: Float32Array, v: Float32Array): Promise<void> {
     const { gpu, config: c } = this;
     const HS = c.dim / c.heads;
     const width = c.kvHeads * HS;
+    const B = cache.batch;
     this.checkBlock(layer);
-    if (k.length !== v.length || k.length % width !== 0) throw new EngramError(`Transformer: front keys (${k.length}) and values (${v.length}) must be the same whole number of rows of ${width}`);
-    const rows = k.length / width;
+    if (k.length !== v.length || k.length % (width * B) !== 0) {
+      throw new EngramError(`Transformer: front keys (${k.length}) and values (${v.length}) must be the same whole number of rows of ${width} for each of the cache's ${B} batch rows`);
+    }
+    const rows = k.length / (width * B);
     if (rows > cache.frontMax[layer]!) throw new EngramError(`Transformer: ${rows} front rows for block ${layer}, which has room for ${cache.frontMax[layer]}`);
     const old = cache.front[layer]!;
     const P = cache.length;
     const row = width * 4;
+    const S = cache.k[layer]!.shape[1]!;
     if (rows !== old && P > 0) {
       for (const t of [cache.k[layer]!, cache.v[layer]!]) {
         const tmp = gpu.scratch.take([P, width], 'f32', 'cache_move');
         gpu.encode((enc) => {
-          enc.copyBufferToBuffer(t.buffer, t.offset + old * row, tmp.buffer, tmp.offset, P * row);
-          enc.copyBufferToBuffer(tmp.buffer, tmp.offset, t.buffer, t.offset + rows * row, P * row);
+          for (let b = 0; b < B; b++) {
+            enc.copyBufferToBuffer(t.buffer, t.offset + (b * S + old) * row, tmp.buffer, tmp.offset, P * row);
+            enc.copyBufferToBuffer(tmp.buffer, tmp.offset, t.buffer, t.offset + (b * S + rows) * row, P * row);
+          }
         });
         tmp.dispose();
       }
     }
     gpu.flush();
     if (rows > 0) {
-      gpu.device.queue.writeBuffer(cache.k[layer]!.buffer, cache.k[layer]!.offset, k as Float32Array<ArrayBuffer>);
-      gpu.device.queue.writeBuffer(cache.v[layer]!.buffer, cache.v[layer]!.offset, v as Float32Array<ArrayBuffer>);
+      for (let b = 0; b < B; b++) {
+        const at = b * rows * width;
+        gpu.device.queue.writeBuffer(cache.k[layer]!.buffer, cache.k[layer]!.offset + b * S * row, k as Float32Array<ArrayBuffer>, at, rows * width);
+        gpu.device.queue.writeBuffer(cache.v[layer]!.buffer, cache.v[layer]!.offset + b * S * row, v as Float32Array<ArrayBuffer>, at, rows * width);
+      }
     }
     cache.front[layer] = rows;
   }
 
   /**
    * Logits (B T, V) of ids (B, T), for inference: nothing is kept for a backward. With a cache
-   * (B = 1), the ids continue the cached positions and their keys and values are appended.
+   * (B = its batch), the ids continue the cached positions and their keys and values are appended.
    * `watch` sees each block's queries and attention logsumexps (valid until it returns).
    */
   async logits(ids: Tensor, cache?: KvCache, watch?: (layer: number, t: AttentionRows) => Promise<void>): Promise<Tensor> {
@@ -531,7 +551,7 @@ export class Transformer {
     if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const [B, T] = ids.shape as [number, number];
     const P = cache?.length ?? 0;
-    if (cache && B !== 1) throw new EngramError(`Transformer: a KV cache decodes one sequence (B = 1), got B = ${B}`);
+    if (cache && B !== cache.batch) throw new EngramError(`Transformer: a KV cache of batch ${cache.batch} continues ${cache.batch} sequences, got B = ${B}`);
     if (P + T > (cache?.max ?? c.maxSeqLen)) throw new EngramError(`Transformer: ${P} cached + ${T} new positions exceed ${cache?.max ?? c.maxSeqLen}`);
     let h = await this.embedIds(ids);
     for (const [i, blk] of this.blocks.entries()) {

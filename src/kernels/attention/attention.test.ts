@@ -123,6 +123,45 @@ for (const [i, dtype, mapping] of CHUNK_RUNS) {
   test(`attention chunked prefix ${dtype} ${JSON.stringify(c)} (${mapping} mapping)`, () => checkMapping(c, dtype, mapping));
 }
 
+// prefixLen (forward only): pk/pv hold PR rows per batch row, only the first L are keys, as a
+// batched KV cache binds them (rows front + max apart, L filled): the result must equal the
+// reference's with pk cut to its first L rows. two batch rows (the stride matters), a single
+// query (decoding) and 5 queries (a prompt chunk), L = 0 (no prefix), HS 16 and 64 (the
+// pipelines above), both mappings
+const LEN_CASES = [
+  { B: 2, T: 1, NH: 4, NKV: 2, HS: 64, PR: 12, L: 7 },
+  { B: 2, T: 5, NH: 2, NKV: 1, HS: 16, PR: 20, L: 11 },
+  { B: 3, T: 1, NH: 2, NKV: 1, HS: 16, PR: 9, L: 0 },
+];
+for (const mapping of ['adapter', 'gpu'] as const) {
+  test(`attention prefixLen: the first L of pk's rows per batch row are the keys (${mapping} mapping)`, async () =>
+    withMapping(await testGpu(), mapping, async () => {
+      const gpu = await testGpu();
+      for (const { B, T, NH, NKV, HS, PR, L } of LEN_CASES) {
+        const rng = new Rng(B * 31 + T * 7 + PR + L);
+        const [q, k, v] = [rng.normals(B * T * NH * HS), rng.normals(B * T * NKV * HS), rng.normals(B * T * NKV * HS)];
+        const [pk, pv] = [rng.normals(B * PR * NKV * HS), rng.normals(B * PR * NKV * HS)];
+        const cut = (a: Float64Array) => {
+          const w = NKV * HS;
+          const r = new Float64Array(B * L * w);
+          for (let b = 0; b < B; b++) r.set(a.subarray(b * PR * w, (b * PR + L) * w), b * L * w);
+          return r;
+        };
+        const up = (a: Float64Array, sh: number[], l: string) => gpu.tensorFrom(a, sh, 'f32', l);
+        const qs = [B, T, NH, HS];
+        const ks = [B, T, NKV, HS];
+        const t = { q: await up(q, qs, 'q'), k: await up(k, ks, 'k'), v: await up(v, ks, 'v'), pk: await up(pk, [B, PR, NKV, HS], 'pk'), pv: await up(pv, [B, PR, NKV, HS], 'pv') };
+        const out = await gpu.tensor(qs, 'f32', 'out');
+        const lse = await gpu.tensor([B, NH, T], 'f32', 'lse');
+        await attentionForward(gpu, { out, lse }, t, { prefixLen: L });
+        const f = ref.attentionForward(q, k, v, cut(pk), cut(pv), { B, T, NH, NKV, HS, P: L });
+        assertClose(`out B=${B} T=${T} L=${L}`, await gpu.read(out), f.out, TOL.f32);
+        assertClose(`lse B=${B} T=${T} L=${L}`, await gpu.read(lse), f.lse, TOL.f32);
+        for (const x of [...Object.values(t), out, lse]) x.dispose();
+      }
+    }));
+}
+
 test('attention rejects wrong shapes and dtypes, naming the op and the tensors', async () => {
   const gpu = await testGpu();
   const mk = (s: number[], dt: DType = 'f32', l = 't') => gpu.tensor(s, dt, l);
@@ -157,6 +196,10 @@ test('attention rejects wrong shapes and dtypes, naming the op and the tensors',
     attentionBackward(gpu, { dq: out, dk: k, dv: v, dpk: pk3, dpv: pk3 }, { dout: out, q, k, v, pk: pk3, pv: pk3, out, lse }, { prefixChunk: 2 }),
     /attentionBackward: pk pk\[1,3,2,16\]:f32 should have ceil\(T\/C\)\*P rows/,
   );
+  await rejects(attentionForward(gpu, { out, lse }, { q, k, v, pk: pk3, pv: pk3 }, { prefixLen: 4 }), /attentionForward: prefixLen=4 should be a whole number of pk's 3 rows/);
+  await rejects(attentionForward(gpu, { out, lse }, { q, k, v }, { prefixLen: 1 }), /attentionForward: prefixLen=1 without pk and pv/);
+  await rejects(attentionForward(gpu, { out, lse }, { q, k, v, pk: pk3, pv: pk3 }, { prefixLen: 1, prefixChunk: 4 }), /prefixLen applies to an unchunked prefix/);
+  await rejects(attentionBackward(gpu, { dq: out, dk: k, dv: v, dpk: pk3, dpv: pk3 }, { dout: out, q, k, v, pk: pk3, pv: pk3, out, lse }, { prefixLen: 2 }), /attentionBackward: prefixLen is for the forward/);
   const bwd = (dq: Awaited<ReturnType<typeof mk>>) => attentionBackward(gpu, { dq, dk: k, dv: v }, { dout: out, q, k, v, out, lse });
   await rejects(bwd(await mk([1, 4, 4, 8], 'f32', 'dq')), /attentionBackward: dq dq\[1,4,4,8\]:f32 should have shape \[1,4,4,16\]/);
   const pk = await mk([1, 2, 2, 16], 'f32', 'pk');

@@ -13,6 +13,8 @@
 //                                      is seen by queries [cC, cC+C) only, never masked, before
 //                                      the sequence keys. P is derived: pk rows / ceil(T/C),
 //                                      which must divide (ShapeError naming pk otherwise)
+//   with { prefixLen: L } (forward)    only the first L of pk's rows per batch row are keys (a
+//                                      batched KV cache: rows front + max apart, L filled)
 //   out (B,T,NH,HS)                    softmax(scale q k^T + causal mask) v, scale 1/sqrt(HS)
 //   lse (B,NH,T) f32                   natural-log logsumexp of each row's scores, saved
 //   backward: dq, dk, dv, dpk, dpv     all overwritten (dk/dv/dpk/dpv summed over the heads

@@ -343,6 +343,7 @@ export async function attentionBackward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const op = 'attentionBackward';
+  if (opts.prefixLen !== undefined) throw new ShapeError(`${op}: prefixLen is for the forward (inference with a KV cache); give the backward pk/pv of exactly the prefix's rows`);
   const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv, opts.prefixChunk);
   for (const [n, t, like] of [
     ['dout', i.dout, i.q],

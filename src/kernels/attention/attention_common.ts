@@ -34,6 +34,12 @@ export interface AttentionOptions {
    * query t sees only block floor(t/C). P is derived (pk rows / ceil(T/C), which must divide).
    */
   prefixChunk?: number;
+  /**
+   * forward only, unchunked: the keys are pk/pv's first prefixLen rows of each batch row (the
+   * rest is ignored; default all). a batched KV cache binds whole (B, front + max, NKV, HS)
+   * buffers, so its batch rows lie front + max rows apart while only the filled rows are keys.
+   */
+  prefixLen?: number;
 }
 
 export interface AttentionShape {
@@ -42,9 +48,9 @@ export interface AttentionShape {
   NH: number;
   NKV: number;
   HS: number;
-  /** prefix keys each query sees (0 when pk/pv are absent): pk's rows, or a chunk's block */
+  /** prefix keys each query sees (0 when pk/pv are absent): pk's rows (or prefixLen of them), or a chunk's block */
   P: number;
-  /** rows of pk per batch row: P, or ceil(T/C) * P with a chunked prefix */
+  /** rows of pk per batch row: P (or more, with prefixLen), or ceil(T/C) * P with a chunked prefix */
   PR: number;
   /** queries per prefix chunk, 0 for an unchunked prefix (also 0 without a prefix) */
   PC: number;
@@ -70,8 +76,8 @@ export const C4 = ['x', 'y', 'z', 'w'] as const;
 export const R4 = [0, 1, 2, 3] as const;
 export const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
-/** Validates q, k, v and the optional prefix (chunked with prefixChunk > 0); returns the dimensions. */
-export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?: Tensor, pv?: Tensor, prefixChunk = 0): AttentionShape {
+/** Validates q, k, v and the optional prefix (chunked with prefixChunk > 0, or the first prefixLen rows); returns the dimensions. */
+export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?: Tensor, pv?: Tensor, prefixChunk = 0, prefixLen?: number): AttentionShape {
   if (q.shape.length !== 4) throw new ShapeError(`${op}: q ${q} should have shape [B,T,NH,HS]`);
   const [B, T, NH, HS] = q.shape as [number, number, number, number];
   expectShape(op, 'k', k, [B, T, -1, HS]);
@@ -96,6 +102,13 @@ export function attentionShape(op: string, q: Tensor, k: Tensor, v: Tensor, pk?:
       throw new ShapeError(`${op}: pk ${pk} should have ceil(T/C)*P rows, a block of P per chunk: T=${T} queries in chunks of prefixChunk=${C} make ${chunks} chunks, which do not divide ${PR}`);
     }
     P = PR / chunks;
+    if (prefixLen !== undefined) {
+      if (C > 0) throw new ShapeError(`${op}: prefixLen applies to an unchunked prefix; prefixChunk=${C} was given too`);
+      if (!(Number.isInteger(prefixLen) && prefixLen >= 0 && prefixLen <= PR)) throw new ShapeError(`${op}: prefixLen=${prefixLen} should be a whole number of pk's ${PR} rows per batch row (pk ${pk})`);
+      P = prefixLen;
+    }
+  } else if (prefixLen !== undefined) {
+    throw new ShapeError(`${op}: prefixLen=${prefixLen} without pk and pv`);
   }
   for (const [n, t] of [['q', q], ['k', k], ['v', v], ['pk', pk], ['pv', pv]] as const) if (t) expectDtype(op, n, t, DTYPES);
   return { B, T, NH, NKV, HS, P, PR, PC: P > 0 ? C : 0 };

@@ -170,7 +170,7 @@ export async function attentionForward(
   opts: AttentionOptions = {},
 ): Promise<void> {
   const op = 'attentionForward';
-  const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv, opts.prefixChunk);
+  const s = attentionShape(op, i.q, i.k, i.v, i.pk, i.pv, opts.prefixChunk, opts.prefixLen);
   expectShape(op, 'out', o.out, i.q.shape);
   expectDtype(op, 'out', o.out, DTYPES);
   expectShape(op, 'lse', o.lse, [s.B, s.NH, s.T]);
