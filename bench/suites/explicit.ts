@@ -5,10 +5,16 @@
 // one command, one machine: data with a share of the facts held out of the corpus entirely
 // (buildCorpus holdOut), the first training stage (no memory), the second (memories of the kept
 // facts' statements, encoded on the fly: memory3/train.ts), a bank of every fact's statement
-// (memory3/write.ts, bank.ts), then the held-out facts' questions three ways:
+// (memory3/write.ts, bank.ts), then questions about held-out facts three ways:
 //   qa_em_no_memory      the model alone
 //   qa_em_explicit       the model reading the bank's memories (memory3/read.ts; 64-token chunks, top 5)
 //   qa_em_rag            the model with the same bank search's 5 references' text before the question
+// asked in the practice form (the corpus has questions of that form about other facts); the
+// *_new_form metrics ask in the held-out form, a wording the corpus never has. whether the model
+// reads its memories at all: stage{1,2}_loss_memory / _other_memory, the loss on the same training
+// sequences with their own references and with other chunks', before and after stage 2;
+// edit_*: the facts behind the right explicit answers removed from the live bank (asked again:
+// edit_em_removed), then added back (edit_em_readded)
 // and what memories cost:
 //   bytes_per_memory_raw     the whole reference's keys and values at every block and KV head, bf16
 //   bytes_per_memory_sparse  a stored memory (memory3/blob.ts: 8 tokens per KV head at the memory blocks, bf16)
@@ -23,8 +29,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { loadFacts, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
-import { acceptedForms, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
+import { loadFacts, practice, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
+import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { planRetrieval } from '../../src/memory3/bm25.ts';
@@ -44,7 +50,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const P = quick
     ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 1200, stage2: 400, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 800, stage2: 600, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   const dir = mkdtempSync(join(tmpdir(), 'engram-explicit-'));
   const notes: Record<string, string> = {};
   const t0 = performance.now();
@@ -84,13 +90,35 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const kb = kbTexts.map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
       const plan = planRetrieval(train, kb, { chunk: 64, context: P.seq });
       const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1 });
+      // does the model read its memories? the loss on the same sequences with their own
+      // references and with other chunks' (the plan's references permuted; chunks without one
+      // keep none, so both draw the same sequences), before and after stage 2
+      const permuted = Int32Array.from(plan);
+      const has = [...permuted.keys()].filter((i) => permuted[i]! >= 0);
+      const shuffled = new Rng(11).shuffle(has.map((i) => permuted[i]!));
+      has.forEach((i, j) => (permuted[i] = shuffled[j]!));
+      const other = new MemoryBatcher(gpu, model, kb, permuted, { prefix, layers, seed: 1 });
+      const memoryLoss = async (b: MemoryBatcher) => {
+        let sum = 0;
+        for (let j = 0; j < 4; j++) {
+          const x = await b.batch(train, P.batch, P.seq, 1e6 + j);
+          const loss = await model.forward(x.ids, x.targets, x.memory);
+          sum += (await gpu.read(loss))[0]!;
+          loss.dispose();
+          model.release();
+          x.dispose();
+        }
+        return sum / 4;
+      };
+      const lossBefore = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       // a fresh warmup and decay for stage 2 (stage 1 ended at minRatio): lrFactor counts the optimizer's steps
       const stage2 = opt.step + P.stage2;
       const schedule2 = { warmup: opt.step + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
       const t2 = performance.now();
       await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train, P.batch, P.seq, s + j) });
       notes['stage2'] = `${P.stage2} steps with memory (${kb.length} references of kept facts; ${plan.filter((x) => x >= 0).length} of ${plan.length} chunks retrieved one), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
-      log(`stage 2: ${notes['stage2']}`);
+      const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
+      log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
       const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model: { fingerprint: 'explicit-suite', layers, kvHeads: config.kvHeads, tokens: 8, headDim: config.dim / config.heads, dtype: 'bf16' } });
       const bankIds = all.flatMap((_, i) => (referenceTokens(tok, texts[i]!).tokens.length >= 8 ? [i] : []));
@@ -114,32 +142,51 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       await bank.reindex();
       const writeSeconds = (performance.now() - tw) / 1000;
       log(`bank: ${bankIds.length} references of ${all.length} facts in ${writeSeconds.toFixed(1)} s`);
-      // questions about held-out facts only
-      const qs = selectQuestions(questions(corpus.heldOut), { perRelation: P.perRelation });
-      const eot = tok.tokenId('<|endoftext|>');
-      const nl = tok.encode('\n');
-      const stopIds = [...(eot !== undefined ? [eot] : []), ...(nl.length === 1 ? [nl[0]!] : [])];
-      const none = await evalFacts(gpu, model, tok, qs);
+      // questions about held-out facts only, in two forms: the practice template (the question
+      // form the corpus trains on, for other facts) and the held-out template (a form the corpus
+      // never has: the model must also understand a new question)
+      const stopIds = answerStopIds(tok);
       const reader = new MemoryReader(gpu, model, tok, bank);
-      const askExplicit = async (q: Question) => exactMatch(answerText(tok, (await reader.generate(Array.from(tok.encode(q.prompt)), { maxNew: 12, temperature: 0, stopIds })).ids), acceptedForms(q));
-      const right: Question[] = [];
-      for (const q of qs) if ((await askExplicit(q)) === 1) right.push(q);
-      const explicit = right.length;
+      // explicit answers: questions of one token length decode together (lockstep batches)
+      const explicitAnswers = async (qs: readonly Question[]) => {
+        const prompts = qs.map((q) => Array.from(tok.encode(q.prompt)));
+        const byLength = new Map<number, number[]>();
+        prompts.forEach((p, i) => byLength.set(p.length, [...(byLength.get(p.length) ?? []), i]));
+        const answers: string[] = new Array(qs.length);
+        for (const group of byLength.values()) {
+          for (let i = 0; i < group.length; i += 64) {
+            const rows = group.slice(i, i + 64);
+            const outs = await reader.generateBatch(rows.map((r) => prompts[r]!), { maxNew: 12, temperature: 0, stopIds });
+            rows.forEach((r, j) => (answers[r] = answerText(tok, outs[j]!.ids)));
+          }
+        }
+        return answers;
+      };
       const ragPrompt = async (prompt: string) => (await bank.search(prompt, { k: 5 })).map((h) => h.text).join('\n') + '\n' + prompt;
-      const ragPrompts = await Promise.all(qs.map((q) => ragPrompt(q.prompt)));
-      const ragAnswers = await greedyAnswers(gpu, model, tok, ragPrompts);
-      const rag = qs.reduce((n, q, i) => n + exactMatch(ragAnswers[i]!, acceptedForms(q)), 0);
-      log(`EM over ${qs.length} questions: no memory ${none.em.toFixed(3)}, explicit ${(explicit / qs.length).toFixed(3)}, RAG ${(rag / qs.length).toFixed(3)}`);
+      const qa = async (qs: readonly Question[]) => {
+        const none = (await evalFacts(gpu, model, tok, qs)).em;
+        const ex = await explicitAnswers(qs);
+        const right = qs.filter((q, i) => exactMatch(ex[i]!, acceptedForms(q)) === 1);
+        const ragAnswers = await greedyAnswers(gpu, model, tok, await Promise.all(qs.map((q) => ragPrompt(q.prompt))));
+        const rag = qs.reduce((n, q, i) => n + exactMatch(ragAnswers[i]!, acceptedForms(q)), 0) / qs.length;
+        return { none, explicit: right.length / qs.length, rag, right };
+      };
+      const asked = selectQuestions(questions(corpus.heldOut), { perRelation: P.perRelation });
+      const practised = practice(asked.map((q) => q.fact));
+      const main = await qa(practised);
+      log(`EM over ${practised.length} questions (practice form): no memory ${main.none.toFixed(3)}, explicit ${main.explicit.toFixed(3)}, RAG ${main.rag.toFixed(3)}`);
+      const unseen = await qa(asked);
+      log(`EM (held-out form): no memory ${unseen.none.toFixed(3)}, explicit ${unseen.explicit.toFixed(3)}, RAG ${unseen.rag.toFixed(3)}`);
       // editing a live bank: the facts behind the questions explicit memory got right are
       // removed (their answers should go), then added back (they should return), asked each time
+      const right = main.right;
+      const score = async (qs: readonly Question[]) => (await explicitAnswers(qs)).reduce((n, a, i) => n + exactMatch(a, acceptedForms(qs[i]!)), 0);
       const index = new Map(all.map((f, i) => [factKey(f), i]));
       const edited = [...new Set(right.map((q) => index.get(factKey(q.fact))!))];
       await bank.remove(edited.map((i) => `f${i}`));
-      let afterRemove = 0;
-      for (const q of right) afterRemove += await askExplicit(q);
+      const afterRemove = await score(right);
       await bank.add(edited.map((i) => stored.get(i)!));
-      let afterAdd = 0;
-      for (const q of right) afterAdd += await askExplicit(q);
+      const afterAdd = await score(right);
       log(`editing: ${right.length} answered; ${afterRemove} after their facts were removed, ${afterAdd} after they were added back`);
       // generation speed as the paper measured it: batch 32, 128 tokens in (windows of the
       // validation text), 128 out, greedy, no stops. explicit: a fresh reader (no decoded memory
@@ -170,16 +217,23 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const n = bankIds.length;
       const HS = config.dim / config.heads;
       bank.close();
-      notes['questions'] = `${qs.length} held-out questions about ${corpus.heldOut.length} facts that appear nowhere in the corpus; greedy, exact match`;
+      notes['questions'] = `${practised.length} questions (at most ${P.perRelation} per relation) about facts among ${corpus.heldOut.length} that appear nowhere in the corpus, greedy, exact match: qa_em_* ask in the practice form (the corpus has questions of that form about other facts), qa_em_*_new_form in the held-out form (a wording the corpus never has)`;
       notes['bank'] = `${n} references (one statement per fact), memory blocks [${layers.join(', ')}], 8 tokens per KV head, bf16`;
       notes['bytes_per_memory_raw'] = `mean reference length with its prefix (${(refTokens / n).toFixed(1)} tokens) x ${config.layers} blocks x 2 (K, V) x ${config.kvHeads} KV heads x ${HS} dims x 2 bytes`;
       notes['gen_tok_s'] = `batch ${GB}, ${IN} tokens in (validation text), ${OUT} out, greedy; RAG: ${ragLen} tokens in (the 5 references' text, cut from the front to the shortest row); explicit: 3 retrievals per row, no memory cached`;
       if (quick) notes['quick'] = '--quick: a tiny model and a few steps (a smoke run): not the suite\'s figures';
       return {
         results: {
-          qa_em_no_memory: none.em,
-          qa_em_explicit: explicit / qs.length,
-          qa_em_rag: rag / qs.length,
+          qa_em_no_memory: main.none,
+          qa_em_explicit: main.explicit,
+          qa_em_rag: main.rag,
+          qa_em_no_memory_new_form: unseen.none,
+          qa_em_explicit_new_form: unseen.explicit,
+          qa_em_rag_new_form: unseen.rag,
+          stage2_loss_memory: lossAfter.memory,
+          stage2_loss_other_memory: lossAfter.other,
+          stage1_loss_memory: lossBefore.memory,
+          stage1_loss_other_memory: lossBefore.other,
           edit_questions: right.length,
           edit_em_removed: right.length > 0 ? afterRemove / right.length : 0,
           edit_em_readded: right.length > 0 ? afterAdd / right.length : 0,
@@ -189,7 +243,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           bytes_per_memory_raw: (refTokens / n) * config.layers * 2 * config.kvHeads * HS * 2,
           bytes_per_memory_sparse: blobBytes / n,
           bank_write_refs_s: n / writeSeconds,
-          questions: qs.length,
+          questions: practised.length,
         },
         notes,
       };

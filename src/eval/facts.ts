@@ -36,7 +36,7 @@ const EOT = '<|endoftext|>';
 // ---- answering ----
 
 /** the ids answering stops at: end-of-text and a newline, where the tokenizer has them as single tokens */
-function answerStopIds(tok: Tokenizer): number[] {
+export function answerStopIds(tok: Tokenizer): number[] {
   const eot = tok.tokenId(EOT);
   const nl = tok.encode('\n');
   return [...(eot !== undefined ? [eot] : []), ...(nl.length === 1 ? [nl[0]!] : [])];
