@@ -310,3 +310,27 @@ function b64(n: number): string {
   } while (n > 0);
   return s;
 }
+
+test('buildCorpus: reading adds documents of statements and questions whose answers they state, in train only, never about held-out facts', () => {
+  const base = buildCorpus({ include: ['facts'], holdOut: 0.2, seed: 3 });
+  const c = buildCorpus({ include: ['facts'], holdOut: 0.2, reading: 30, seed: 3 });
+  assert.equal(c.counts['reading'], 30);
+  assert.deepEqual(c.val, base.val);
+  assert.equal(c.train.length, base.train.length + 30);
+  const docs = c.train.filter((d) => d.includes('\nQ: '));
+  assert.equal(docs.length, 30);
+  const held = new Set(c.heldOut.flatMap((f) => statements(f, () => 0)));
+  for (const d of docs) {
+    const lines = d.split('\n');
+    const statementsPart = lines.slice(0, 20).join('\n');
+    const qa = lines.slice(20);
+    assert.ok(qa.length >= 2 && qa.length <= 10 && qa.length % 2 === 0, d);
+    for (let i = 0; i < qa.length; i += 2) {
+      assert.match(qa[i]!, /^Q: /);
+      const answer = qa[i + 1]!.replace(/^A: /, '');
+      assert.ok(statementsPart.toLowerCase().includes(answer.toLowerCase()), `answer '${answer}' is stated: ${d}`);
+    }
+    for (const l of lines.slice(0, 20)) assert.ok(!held.has(l), `a held-out fact: ${l}`);
+  }
+  assert.throws(() => buildCorpus({ reading: -1 }), /reading must be an integer >= 0/);
+});

@@ -33,6 +33,12 @@
 // then the copies, in a shuffled order, are put at seeded random places in it (a uniform interleaving), so they
 // are spread through the stream like the rest (the training loop reads windows at random offsets in train.bin).
 //
+// Reading documents (reading n, default 0): n documents more in train only, each 20 statements of kept facts (one
+// phrasing each, drawn from their own stream) followed by 5 practice questions and answers about askable facts
+// among those 20: the answer is in the document. They teach reading a fact out of the context (what a model needs
+// to use retrieved text, or an explicit memory of it: memory3/), which fact lines alone never reward. They go in
+// at seeded random places like the repeats, and never to val.
+//
 // Held-out facts (holdOut share, default 0): a seeded share of the facts (their own stream) is left out before any
 // fact document is made: none of their statements, and none of their practice questions, is in train or val.
 // Corpus.heldOut lists them: knowledge a model can only have from an explicit memory bank (memory3/). With 0 the
@@ -82,6 +88,8 @@ export interface CorpusOptions {
    * to read from explicit memory, never from its weights)
    */
   holdOut?: number;
+  /** documents of 20 statements followed by 5 questions about them, in train only (an integer >= 0; default 0): see the header */
+  reading?: number;
 }
 
 export interface Corpus {
@@ -99,10 +107,11 @@ export interface Corpus {
   heldOut: Fact[];
 }
 
-const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats', 'holdOut']);
+const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats', 'holdOut', 'reading']);
 const WORDNET_LINES_PER_DOC = 50;
 const GCIDE_DOC_BYTES = 4000;
 const FACTS_PER_DOC = 20;
+const READING_QUESTIONS = 5;
 
 interface SourceDocs {
   docs: string[];
@@ -112,7 +121,7 @@ interface SourceDocs {
 
 /** builds the corpus (seconds: all sources in full take ~2-3 s here, most of it reading WordNet and GCIDE) */
 export function buildCorpus(o: CorpusOptions = {}): Corpus {
-  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats, holdOut } = checkOptions(o);
+  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats, holdOut, reading } = checkOptions(o);
   const notes: string[] = [];
   const practised: Question[] = [];
   // held-out facts: their own stream, so the rest of the corpus is drawn as without them
@@ -148,12 +157,36 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   const mix = new Rng(seed ^ 0x5bd1e995);
   mix.shuffle(train);
   mix.shuffle(val);
-  if (factRepeats === 1 || factTrain.length === 0) return { train, val, counts, bytes, notes, practised, heldOut };
-  const rng = sourceRng(seed + 4, 'facts');
-  const copies = repeatFacts(factTrain, factRepeats - 1, rng);
-  counts['facts'] = counts['facts']! + copies.length;
-  for (const d of copies) bytes += Buffer.byteLength(d);
-  return { train: interleave(train, rng.shuffle(copies), rng), val, counts, bytes, notes, practised, heldOut };
+  let out = train;
+  if (factRepeats > 1 && factTrain.length > 0) {
+    const rng = sourceRng(seed + 4, 'facts');
+    const copies = repeatFacts(factTrain, factRepeats - 1, rng);
+    counts['facts'] = counts['facts']! + copies.length;
+    for (const d of copies) bytes += Buffer.byteLength(d);
+    out = interleave(out, rng.shuffle(copies), rng);
+  }
+  if (reading > 0 && include.includes('facts')) {
+    const rng = sourceRng(seed + 6, 'facts');
+    const docs = readingDocs(kept, reading, rng);
+    counts['reading'] = docs.length;
+    for (const d of docs) bytes += Buffer.byteLength(d);
+    out = interleave(out, docs, rng);
+  }
+  return { train: out, val, counts, bytes, notes, practised, heldOut };
+}
+
+/** n reading documents (see the header): 20 statements of kept facts, then 5 questions about askable ones among them */
+function readingDocs(facts: Fact[], n: number, rng: Rng): string[] {
+  const asks = new Map(practice(facts).map((q) => [q.fact, q]));
+  const docs: string[] = [];
+  for (let d = 0; d < n; d++) {
+    const chosen: Fact[] = [];
+    for (let i = 0; i < FACTS_PER_DOC; i++) chosen.push(facts[rng.int(facts.length)]!);
+    const lines = chosen.map((f) => statements(f, () => rng.next())[0]!);
+    const qs = rng.shuffle(chosen.filter((f) => asks.has(f))).slice(0, READING_QUESTIONS);
+    docs.push([...lines, ...qs.map((f) => `${asks.get(f)!.prompt}${asks.get(f)!.answer}`)].join('\n'));
+  }
+  return docs;
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */
@@ -214,7 +247,11 @@ function checkOptions(o: CorpusOptions): Required<Omit<CorpusOptions, 'maxBytes'
   if (typeof holdOut !== 'number' || !(holdOut >= 0 && holdOut <= 1)) {
     throw new EngramError(`buildCorpus: holdOut must be a share in [0, 1] (of the facts kept out of the corpus), got ${String(o.holdOut)}`);
   }
-  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats, holdOut };
+  const reading = o.reading ?? 0;
+  if (typeof reading !== 'number' || !Number.isSafeInteger(reading) || reading < 0) {
+    throw new EngramError(`buildCorpus: reading must be an integer >= 0 (documents of statements and questions about them), got ${String(o.reading)}`);
+  }
+  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats, holdOut, reading };
 }
 
 // ---- budget and split ----

@@ -137,6 +137,9 @@ test('a lockstep batch of prompts reads as each prompt alone: the same retrieval
       assert.deepEqual(batch[r]!.chunks.map((c) => [c.start, c.end, c.retrieved.map((h) => h.id)]), one.chunks.map((c) => [c.start, c.end, c.retrieved.map((h) => h.id)]));
       batch[r]!.chunks.forEach((c, i) => c.attention!.forEach((x, j) => assert.ok(Math.abs(x - one.chunks[i]!.attention![j]!) < 1e-4, `row ${r} chunk ${i}`)));
     }
+    // a decoded-memory cache smaller than one step's references loses none of them
+    const small = await new MemoryReader(gpu, model, tok, bank, { ...o, cacheSize: 1 }).generateBatch(prompts, { maxNew: 12, temperature: 0 });
+    assert.deepEqual(small.map((r) => r.ids), batch.map((r) => r.ids));
     await assert.rejects(new MemoryReader(gpu, model, tok, bank).generateBatch([[1, 2], [3]], { maxNew: 2 }), /every prompt needs the same length/);
     bank.close();
     assert.equal(gpu.scratch.outstanding, 0);

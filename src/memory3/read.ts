@@ -90,16 +90,32 @@ class MemoryCache {
   misses = 0;
   constructor(private readonly size: number) {}
 
+  /** the memories of ids, in order (answered from what this call found or loaded: later evictions cannot lose them) */
   async get(bank: MemoryBank, ids: readonly string[]): Promise<SparseMemory[]> {
-    const missing = ids.filter((id) => !this.map.has(id));
-    this.misses += missing.length;
-    this.hits += ids.length - missing.length;
-    if (missing.length > 0) for (const r of await bank.get(missing)) this.put(r.id, decodeMemory(r.memory, `memory of reference '${r.id}'`));
-    return ids.map((id) => {
+    const found = new Map<string, SparseMemory>();
+    const missing: string[] = [];
+    for (const id of new Set(ids)) {
       const m = this.map.get(id);
-      if (!m) throw new EngramError(`memory reader: reference '${id}' was retrieved but is no longer in the bank`);
+      if (!m) {
+        missing.push(id);
+        continue;
+      }
+      found.set(id, m);
       this.map.delete(id);
       this.map.set(id, m);
+    }
+    this.misses += missing.length;
+    this.hits += found.size;
+    if (missing.length > 0) {
+      for (const r of await bank.get(missing)) {
+        const m = decodeMemory(r.memory, `memory of reference '${r.id}'`);
+        found.set(r.id, m);
+        this.put(r.id, m);
+      }
+    }
+    return ids.map((id) => {
+      const m = found.get(id);
+      if (!m) throw new EngramError(`memory reader: reference '${id}' was retrieved but is no longer in the bank`);
       return m;
     });
   }
@@ -238,7 +254,10 @@ export class MemoryReader {
   private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[]): Promise<ChunkInfo[]> {
     const { topk } = this.o;
     const hits = await Promise.all(queries.map(async (q, r) => (q.trim() ? await this.bank.search(q, { k: topk }) : (keep?.[r]?.retrieved ?? []))));
-    const mems = await Promise.all(hits.map((h) => this.memCache.get(this.bank, h.map((x) => x.id))));
+    // one load for every row's references (rows share many)
+    const all = await this.memCache.get(this.bank, hits.flat().map((h) => h.id));
+    let at = 0;
+    const mems = hits.map((h) => all.slice(at, (at += h.length)));
     const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
     const width = Hkv * HS;
     const most = Math.max(...mems.map((m) => m.length));
