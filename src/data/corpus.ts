@@ -33,11 +33,12 @@
 // then the copies, in a shuffled order, are put at seeded random places in it (a uniform interleaving), so they
 // are spread through the stream like the rest (the training loop reads windows at random offsets in train.bin).
 //
-// Reading documents (reading n, default 0): n documents more in train only, each 20 statements of kept facts (one
-// phrasing each, drawn from their own stream) followed by 5 practice questions and answers about askable facts
-// among those 20: the answer is in the document. They teach reading a fact out of the context (what a model needs
-// to use retrieved text, or an explicit memory of it: memory3/), which fact lines alone never reward. They go in
-// at seeded random places like the repeats, and never to val.
+// Reading documents (reading n, default 0): n documents more in train only, each 6 statements of kept facts (one
+// phrasing each, drawn from their own stream) followed by 3 practice questions and answers about askable facts
+// among those 6: the answer is in the document, a few lines up. They teach reading a fact out of the context (what
+// a model needs to use retrieved text, or an explicit memory of it: memory3/), which fact lines alone never
+// reward; short, so that a training window holds whole documents, and many are needed (a small model learns such
+// lookups late). They go in at seeded random places like the repeats, and never to val.
 //
 // Held-out facts (holdOut share, default 0): a seeded share of the facts (their own stream) is left out before any
 // fact document is made: none of their statements, and none of their practice questions, is in train or val.
@@ -88,7 +89,7 @@ export interface CorpusOptions {
    * to read from explicit memory, never from its weights)
    */
   holdOut?: number;
-  /** documents of 20 statements followed by 5 questions about them, in train only (an integer >= 0; default 0): see the header */
+  /** documents of 6 statements followed by 3 questions about them, in train only (an integer >= 0; default 0): see the header */
   reading?: number;
 }
 
@@ -111,7 +112,8 @@ const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcid
 const WORDNET_LINES_PER_DOC = 50;
 const GCIDE_DOC_BYTES = 4000;
 const FACTS_PER_DOC = 20;
-const READING_QUESTIONS = 5;
+const READING_FACTS = 6;
+const READING_QUESTIONS = 3;
 
 interface SourceDocs {
   docs: string[];
@@ -175,13 +177,13 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   return { train: out, val, counts, bytes, notes, practised, heldOut };
 }
 
-/** n reading documents (see the header): 20 statements of kept facts, then 5 questions about askable ones among them */
+/** n reading documents (see the header): READING_FACTS statements of kept facts, then READING_QUESTIONS questions about askable ones among them */
 function readingDocs(facts: Fact[], n: number, rng: Rng): string[] {
   const asks = new Map(practice(facts).map((q) => [q.fact, q]));
   const docs: string[] = [];
   for (let d = 0; d < n; d++) {
     const chosen: Fact[] = [];
-    for (let i = 0; i < FACTS_PER_DOC; i++) chosen.push(facts[rng.int(facts.length)]!);
+    for (let i = 0; i < READING_FACTS; i++) chosen.push(facts[rng.int(facts.length)]!);
     const lines = chosen.map((f) => statements(f, () => rng.next())[0]!);
     const qs = rng.shuffle(chosen.filter((f) => asks.has(f))).slice(0, READING_QUESTIONS);
     docs.push([...lines, ...qs.map((f) => `${asks.get(f)!.prompt}${asks.get(f)!.answer}`)].join('\n'));
