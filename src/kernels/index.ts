@@ -21,3 +21,4 @@ export { productTopkBackward, productTopkForward } from './topk/product_topk.ts'
 export { MEMSEL_MAX_K, MEMSEL_MAX_T, MEMSEL_NONE, memselForward, type MemselGroup, type MemselOptions } from './memsel/memsel.ts';
 export { chunkRows, membagBackward, membagForward, type ValueChunks } from './membag/membag.ts';
 export { clearRows, markRows } from './rowmask/rowmask.ts';
+export { KMEANS_MAX_C, KMEANS_MAX_D, kmeansAssign } from './kmeans/kmeans.ts';

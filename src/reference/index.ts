@@ -16,5 +16,6 @@ export * from './init.ts';
 export * from './topk.ts';
 export * from './membag.ts';
 export * from './memsel.ts';
+export * from './kmeans.ts';
 export * from './xent.ts';
 export { dot, gradCheck } from './fd.ts';
