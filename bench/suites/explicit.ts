@@ -18,6 +18,8 @@
 // and what memories cost:
 //   bytes_per_memory_raw     the whole reference's keys and values at every block and KV head, bf16
 //   bytes_per_memory_sparse  a stored memory (memory3/blob.ts: 8 tokens per KV head at the memory blocks, bf16)
+//   bytes_per_memory_vq      the same memory product-quantised (memory3/quantize.ts: 8 bytes per 64-dim vector),
+//                            and qa_em_explicit_vq, the practice-form questions read from a bank of those
 //   bank_write_refs_s        references written per second (encoding, selection, blobs, bank adds)
 //   gen_tok_s_*              generated tokens per second at batch 32, 128 in / 128 out, as the paper
 //                            measured (infer/generate.ts generateBatch, MemoryReader.generateBatch)
@@ -35,7 +37,8 @@ import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { planRetrieval } from '../../src/memory3/bm25.ts';
 import { MemoryBank, type NewReference } from '../../src/memory3/bank.ts';
-import { encodeMemory } from '../../src/memory3/blob.ts';
+import { encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
+import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quantize.ts';
 import { MemoryReader } from '../../src/memory3/read.ts';
 import { MemoryBatcher } from '../../src/memory3/train.ts';
 import { defaultMemoryLayers, referenceTokens, writeMemories } from '../../src/memory3/write.ts';
@@ -125,6 +128,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model: { fingerprint: 'explicit-suite', layers, kvHeads: config.kvHeads, tokens: 8, headDim: config.dim / config.heads, dtype: 'bf16' } });
       const bankIds = all.flatMap((_, i) => (referenceTokens(tok, texts[i]!).tokens.length >= 8 ? [i] : []));
       const stored = new Map<number, NewReference>();
+      const sample: SparseMemory[] = []; // every 4th memory: the pq codebooks' training set
       const tw = performance.now();
       let blobBytes = 0;
       let refTokens = 0;
@@ -132,6 +136,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         const ids = bankIds.slice(i, i + 256);
         const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!));
         const refs = written.map((w, r) => {
+          if ((i + r) % 4 === 0) sample.push(w.memory);
           const memory = encodeMemory(w.memory);
           blobBytes += memory.byteLength;
           refTokens += prefix.length + w.tokens.length;
@@ -150,7 +155,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const stopIds = answerStopIds(tok);
       const reader = new MemoryReader(gpu, model, tok, bank);
       // explicit answers: questions of one token length decode together (lockstep batches)
-      const explicitAnswers = async (qs: readonly Question[]) => {
+      const explicitAnswers = async (qs: readonly Question[], r = reader) => {
         const prompts = qs.map((q) => Array.from(tok.encode(q.prompt)));
         const byLength = new Map<number, number[]>();
         prompts.forEach((p, i) => byLength.set(p.length, [...(byLength.get(p.length) ?? []), i]));
@@ -158,8 +163,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         for (const group of byLength.values()) {
           for (let i = 0; i < group.length; i += 64) {
             const rows = group.slice(i, i + 64);
-            const outs = await reader.generateBatch(rows.map((r) => prompts[r]!), { maxNew: 12, temperature: 0, stopIds });
-            rows.forEach((r, j) => (answers[r] = answerText(tok, outs[j]!.ids)));
+            const outs = await r.generateBatch(rows.map((x) => prompts[x]!), { maxNew: 12, temperature: 0, stopIds });
+            rows.forEach((x, j) => (answers[x] = answerText(tok, outs[j]!.ids)));
           }
         }
         return answers;
@@ -179,6 +184,26 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       log(`EM over ${practised.length} questions (practice form): no memory ${main.none.toFixed(3)}, explicit ${main.explicit.toFixed(3)}, RAG ${main.rag.toFixed(3)}`);
       const unseen = await qa(asked);
       log(`EM (held-out form): no memory ${unseen.none.toFixed(3)}, explicit ${unseen.explicit.toFixed(3)}, RAG ${unseen.rag.toFixed(3)}`);
+      // product quantisation (memory3/quantize.ts): codebooks per memory block and K/V from the
+      // sample, 8 code bytes per 64-dim vector (16x below bf16), a second bank of every memory so
+      // coded, and the practice-form questions read from it
+      const tq = performance.now();
+      const codebooks = await trainMemoryCodebooks(gpu, sample, { subvectors: Math.max(1, (config.dim / config.heads) / 8) });
+      const pqBank = await MemoryBank.open(join(dir, 'bank-pq'), { create: true, codebooks, model: { ...MemoryBank.modelOf(bank.manifest), dtype: 'pq' } });
+      let pqBytes = 0;
+      for (let i = 0; i < bankIds.length; i += 256) {
+        const ids = bankIds.slice(i, i + 256);
+        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!));
+        const coded = await quantizeMemories(gpu, codebooks, written.map((w) => w.memory));
+        const refs = written.map((w, r) => ({ id: `f${ids[r]}`, text: w.text, tokens: w.tokens, memory: encodeMemory(coded[r]!) }));
+        for (const r of refs) pqBytes += r.memory.byteLength;
+        await pqBank.add(refs, { deferIndex: true });
+      }
+      await pqBank.reindex();
+      const vqEx = await explicitAnswers(practised, new MemoryReader(gpu, model, tok, pqBank));
+      const vq = practised.reduce((n, q, i) => n + exactMatch(vqEx[i]!, acceptedForms(q)), 0) / practised.length;
+      pqBank.close();
+      log(`pq: codebooks from ${sample.length} memories and a bank of ${bankIds.length} in ${((performance.now() - tq) / 1000).toFixed(1)} s; explicit EM ${vq.toFixed(3)} (bf16 ${main.explicit.toFixed(3)})`);
       // editing a live bank: the facts behind the questions explicit memory got right are
       // removed (their answers should go), then added back (they should return), asked each time
       // (a fact whose statement is too short for a memory is not in the bank: such right answers came without one)
@@ -245,6 +270,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           gen_tok_s_rag: genRag,
           bytes_per_memory_raw: (refTokens / n) * config.layers * 2 * config.kvHeads * HS * 2,
           bytes_per_memory_sparse: blobBytes / n,
+          bytes_per_memory_vq: pqBytes / n,
+          qa_em_explicit_vq: vq,
           bank_write_refs_s: n / writeSeconds,
           questions: practised.length,
         },

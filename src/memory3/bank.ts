@@ -14,7 +14,10 @@
 //   vector  fixed_size_list<float32>[vectorDim], not null   only in a bank made with `vectorDim`: a dense
 //                                   retrieval key (e.g. from the model's own hidden states); then every
 //                                   reference has one
-// plus a BTREE index on id (`id_idx`) for get/remove/duplicate checks.
+// plus a BTREE index on id (`id_idx`) for get/remove/duplicate checks. a bank of product-quantised memories
+// (dtype 'pq', memory3/quantize.ts) has a second table, `codebooks`, one row holding the codebook set its
+// codes index; it is written before `refs` is created, and the manifest records its sha256, so a bank never
+// reads codes against other codebooks (open() verifies the hash). the codebooks never change after creation.
 //
 // the manifest: what model the bank was built for (BankModel: the caller's fingerprint of weights and
 // tokenizer, the memory layers, KV heads, tokens per head, head dim, dtype, vectorDim) is stored as JSON in
@@ -71,12 +74,13 @@
 // check-then-write: two processes adding the same id at once can both succeed. one writer at a time is
 // the supported use.
 
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import * as lancedb from '@lancedb/lancedb';
 import * as arrow from 'apache-arrow';
 import { EngramError } from '../gpu/errors.ts';
-import { MemoryBlobError, memoryHeader, type MemoryDType } from './blob.ts';
+import { MemoryBlobError, memoryHeader, type MemoryCodebooks, type MemoryDType } from './blob.ts';
+import { decodeCodebooks, encodeCodebooks } from './quantize.ts';
 
 /** what a bank's memories were computed by and with: the bank refuses any other model */
 export interface BankModel {
@@ -103,6 +107,8 @@ export interface BankManifest {
   headDim: number;
   dtype: MemoryDType;
   vectorDim: number | null;
+  /** dtype 'pq': the sha256 (hex) of the codebook set in the `codebooks` table; otherwise null or absent */
+  codebooks?: string | null;
   createdAt: string;
 }
 
@@ -114,6 +120,8 @@ export interface BankOpenOptions {
   reindexAfter?: number;
   /** LanceDB storage options (object-storage credentials, endpoint, ...) */
   storageOptions?: Record<string, string>;
+  /** creating a bank of dtype 'pq': the codebooks its memories are coded with (quantize.ts trainMemoryCodebooks) */
+  codebooks?: MemoryCodebooks;
 }
 
 /** a reference to add */
@@ -158,6 +166,7 @@ export class MemoryBankError extends EngramError {}
 export const BANK_TABLE = 'refs';
 export const BANK_FORMAT = 1;
 const MANIFEST_KEY = 'engram.memory_bank';
+export const CODEBOOK_TABLE = 'codebooks';
 /** reciprocal rank fusion constant (Cormack, Clarke, Büttcher 2009) */
 export const RRF_K = 60;
 const MAX_ID_LENGTH = 256;
@@ -172,7 +181,7 @@ const inList = (ids: readonly string[]): string => ids.map(sqlString).join(', ')
 const chunks = <T>(a: readonly T[], n: number): T[][] => Array.from({ length: Math.ceil(a.length / n) }, (_, i) => a.slice(i * n, (i + 1) * n));
 const isPositiveInt = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 1;
 
-function manifestOf(model: BankModel): BankManifest {
+function manifestOf(model: BankModel, codebooks: string | null = null): BankManifest {
   return {
     format: BANK_FORMAT,
     fingerprint: model.fingerprint,
@@ -182,6 +191,7 @@ function manifestOf(model: BankModel): BankManifest {
     headDim: model.headDim,
     dtype: model.dtype,
     vectorDim: model.vectorDim ?? null,
+    codebooks,
     createdAt: new Date().toISOString(),
   };
 }
@@ -193,7 +203,7 @@ function checkModel(model: BankModel): void {
     throw fail(`layers must be a non-empty list of layer indices, got ${JSON.stringify(model.layers)}`);
   }
   for (const key of ['kvHeads', 'tokens', 'headDim'] as const) if (!isPositiveInt(model[key])) throw fail(`${key} must be a positive integer, got ${model[key]}`);
-  if (model.dtype !== 'bf16' && model.dtype !== 'f32') throw fail(`dtype must be 'bf16' or 'f32', got '${String(model.dtype)}'`);
+  if (model.dtype !== 'bf16' && model.dtype !== 'f32' && model.dtype !== 'pq') throw fail(`dtype must be 'bf16', 'f32' or 'pq', got '${String(model.dtype)}'`);
   if (model.vectorDim !== undefined && !isPositiveInt(model.vectorDim)) throw fail(`vectorDim must be a positive integer, got ${model.vectorDim}`);
 }
 
@@ -235,6 +245,8 @@ export class MemoryBank {
     private readonly table: lancedb.Table,
     private readonly schema: arrow.Schema,
     private readonly reindexAfter: number,
+    /** dtype 'pq': the codebooks the stored codes index (decodeMemory needs them) */
+    readonly codebooks: MemoryCodebooks | null,
   ) {}
 
   /**
@@ -290,8 +302,17 @@ export class MemoryBank {
       if ((await db.tableNames()).includes(BANK_TABLE)) table = await db.openTable(BANK_TABLE);
       else if (!o.create) throw missing();
       else {
+        let hash: string | null = null;
+        if (o.model.dtype === 'pq') {
+          if (!o.codebooks) throw new MemoryBankError(`MemoryBank.open: creating a bank of dtype 'pq' needs its codebooks (quantize.ts trainMemoryCodebooks)`);
+          const bytes = encodeCodebooks(o.codebooks);
+          hash = createHash('sha256').update(bytes).digest('hex');
+          // first the codebooks, then the refs table whose manifest names them: a crash between leaves no bank
+          const books = await db.createTable(CODEBOOK_TABLE, [{ data: bytes }], { mode: 'overwrite', schema: new arrow.Schema([new arrow.Field('data', new arrow.Binary(), false)]) });
+          books.close();
+        }
         try {
-          table = await db.createEmptyTable(BANK_TABLE, bankSchema(manifestOf(o.model)), { mode: 'create' });
+          table = await db.createEmptyTable(BANK_TABLE, bankSchema(manifestOf(o.model, hash)), { mode: 'create' });
         } catch (e) {
           // another process created it in the meantime: open theirs (and check it below)
           if (!(await db.tableNames()).includes(BANK_TABLE)) throw e;
@@ -301,7 +322,7 @@ export class MemoryBank {
       const schema = await table.schema();
       const manifest = readManifest(uri, schema.metadata.get(MANIFEST_KEY));
       compareModel(uri, manifest, o.model);
-      const bank = new MemoryBank(uri, manifest, db, table, schema, reindexAfter);
+      const bank = new MemoryBank(uri, manifest, db, table, schema, reindexAfter, manifest.dtype === 'pq' ? await readCodebooks(uri, db, manifest) : null);
       await bank.ensureIndexes();
       return bank;
     } catch (e) {
@@ -493,8 +514,9 @@ export class MemoryBank {
       throw e;
     }
     const m = this.manifest;
-    if (h.layers !== m.layers.length || h.kvHeads !== m.kvHeads || h.tokens !== m.tokens || h.headDim !== m.headDim || h.dtype !== m.dtype) {
-      throw fail(`memory has shape ${fmtShape(h)}, but this bank holds ${fmtShape({ ...m, layers: m.layers.length })}`);
+    const subvectors = this.codebooks?.books[0]?.subvectors;
+    if (h.layers !== m.layers.length || h.kvHeads !== m.kvHeads || h.tokens !== m.tokens || h.headDim !== m.headDim || h.dtype !== m.dtype || h.subvectors !== subvectors) {
+      throw fail(`memory has shape ${fmtShape(h)}, but this bank holds ${fmtShape({ ...m, layers: m.layers.length, ...(subvectors ? { subvectors } : {}) })}`);
     }
     if (m.vectorDim === null) {
       if (r.vector !== undefined) throw fail(`has a vector, but this bank was made without vectors (no vectorDim)`);
@@ -610,5 +632,22 @@ function compareModel(uri: string, bank: BankManifest, model: BankModel): void {
   }
 }
 
-const fmtShape = (s: { layers: number; kvHeads: number; tokens: number; headDim: number; dtype: MemoryDType }): string =>
-  `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}`;
+const fmtShape = (s: { layers: number; kvHeads: number; tokens: number; headDim: number; dtype: MemoryDType; subvectors?: number }): string =>
+  `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}${s.dtype === 'pq' ? ` of ${s.subvectors} bytes` : ''}`;
+
+/** a pq bank's codebooks, verified against the hash its manifest records */
+async function readCodebooks(uri: string, db: lancedb.Connection, m: BankManifest): Promise<MemoryCodebooks> {
+  const fail = (what: string) => new MemoryBankError(`memory bank at ${uri}: ${what}; the bank cannot be read (rebuild it)`);
+  if (!(await db.tableNames()).includes(CODEBOOK_TABLE)) throw fail(`its memories are product-quantised but it has no '${CODEBOOK_TABLE}' table`);
+  const t = await db.openTable(CODEBOOK_TABLE);
+  try {
+    const rows = (await t.query().toArray()) as { data: Uint8Array }[];
+    if (rows.length !== 1) throw fail(`its '${CODEBOOK_TABLE}' table has ${rows.length} rows, not 1`);
+    const bytes = new Uint8Array(rows[0]!.data);
+    const hash = createHash('sha256').update(bytes).digest('hex');
+    if (hash !== m.codebooks) throw fail(`its codebooks hash to ${hash}, but its manifest names ${m.codebooks}`);
+    return decodeCodebooks(bytes, `memory bank at ${uri}, codebooks`);
+  } finally {
+    t.close();
+  }
+}

@@ -13,7 +13,7 @@
 //   offset size
 //    0     4    magic 'EMK1'
 //    4     2    u16 format version (1)
-//    6     1    u8 dtype of K/V: 1 = f32, 2 = bf16
+//    6     1    u8 dtype of K/V: 1 = f32, 2 = bf16, 3 = pq (product-quantised codes: below)
 //    7     1    u8 bytes per position: 2 (u16) or 4 (u32); the encoder picks u16 whenever every position
 //               fits (always, for references of <= 65536 tokens)
 //    8     2    u16 L (memory layers)
@@ -28,8 +28,13 @@
 //   ...         positions, (L, Hkv, T) u16 or u32
 // K/V start at 24 and (L·2·Hkv·T·D elements) always take a multiple of 4 bytes, so both the values and
 // the positions are naturally aligned when the blob itself is.
+// pq (memory3/quantize.ts, pq.ts): instead of the K/V values, a u32 M (code bytes per vector), then the
+// codes, (L, 2, Hkv, T, M) u8 (per layer its keys' codes then its values'), zero-padded to a multiple of 4
+// bytes, then the positions. decoding needs the codebooks the codes index (the bank's: one per memory
+// layer and K or V); decodeMemory without them is an error.
 //
-// size: 24 + 2·L·Hkv·T·D·e + L·Hkv·T·p bytes, e = 2 (bf16) or 4 (f32), p = 2 or 4 (memoryBytes()).
+// size: 24 + 2·L·Hkv·T·D·e + L·Hkv·T·p bytes, e = 2 (bf16) or 4 (f32), p = 2 or 4 (memoryBytes()); pq:
+// 24 + 4 + ceil4(2·L·Hkv·T·M) + L·Hkv·T·p.
 // the paper's model (L 22, Hkv 8, T 8, D 80, bf16, u16 positions): 24 + 450,560 + 2,816 = 453,400 B.
 //
 // why bf16 by default: it is what the paper stores (§3.1), it halves the bank (the bank, not the model, is
@@ -44,8 +49,9 @@
 
 import zlib from 'node:zlib';
 import { EngramError } from '../gpu/errors.ts';
+import { pqDecode, type PqCodebook } from './pq.ts';
 
-export type MemoryDType = 'bf16' | 'f32';
+export type MemoryDType = 'bf16' | 'f32' | 'pq';
 
 /** the sparse K/V memory of one reference, decoded (k/v always f32, whatever the storage dtype) */
 export interface SparseMemory {
@@ -65,6 +71,15 @@ export interface SparseMemory {
   v: Float32Array;
   /** position of each selected token inside the encoded reference, (L, Hkv, T) */
   positions: Uint32Array;
+  /** dtype 'pq': the codes, (L, 2, Hkv, T, subvectors) u8, per layer the keys' then the values' (k/v are their decoding) */
+  codes?: Uint8Array;
+  /** dtype 'pq': code bytes per vector */
+  subvectors?: number;
+}
+
+/** the codebooks of a pq memory: 2L of them, [layer 0 K, layer 0 V, layer 1 K, ...], each of dim headDim */
+export interface MemoryCodebooks {
+  books: PqCodebook[];
 }
 
 /** the dimensions of a memory, as its header records them */
@@ -74,6 +89,8 @@ export interface MemoryShape {
   tokens: number;
   headDim: number;
   dtype: MemoryDType;
+  /** dtype 'pq': code bytes per vector */
+  subvectors?: number;
 }
 
 /** a header read from a blob whose size and checksum were verified */
@@ -90,16 +107,23 @@ export class MemoryBlobError extends EngramError {}
 export const MEMORY_MAGIC = 'EMK1';
 export const MEMORY_VERSION = 1;
 export const MEMORY_HEADER_BYTES = 24;
-const DTYPE_CODE: Readonly<Record<MemoryDType, number>> = { f32: 1, bf16: 2 };
-const CODE_DTYPE: Readonly<Record<number, MemoryDType>> = { 1: 'f32', 2: 'bf16' };
+const DTYPE_CODE: Readonly<Record<MemoryDType, number>> = { f32: 1, bf16: 2, pq: 3 };
+const CODE_DTYPE: Readonly<Record<number, MemoryDType>> = { 1: 'f32', 2: 'bf16', 3: 'pq' };
 const MAX_DIM = 0xffff;
 
-const elementBytes = (dtype: MemoryDType): number => (dtype === 'bf16' ? 2 : 4);
+const elementBytes = (dtype: 'bf16' | 'f32'): number => (dtype === 'bf16' ? 2 : 4);
 
-/** Bytes of an encoded memory of `shape` (positions as u16 unless `positionBytes` says 4). */
-export function memoryBytes(shape: MemoryShape & { positionBytes?: 2 | 4 }): number {
+/** Bytes of the K/V section of a memory of `shape` (pq: the M word and the padded codes). */
+function kvBytes(shape: MemoryShape): number {
   const { layers: L, kvHeads: H, tokens: T, headDim: D } = shape;
-  return MEMORY_HEADER_BYTES + 2 * L * H * T * D * elementBytes(shape.dtype) + L * H * T * (shape.positionBytes ?? 2);
+  if (shape.dtype !== 'pq') return 2 * L * H * T * D * elementBytes(shape.dtype);
+  return 4 + Math.ceil((2 * L * H * T * (shape.subvectors ?? 0)) / 4) * 4;
+}
+
+/** Bytes of an encoded memory of `shape` (positions as u16 unless `positionBytes` says 4; pq needs `subvectors`). */
+export function memoryBytes(shape: MemoryShape & { positionBytes?: 2 | 4 }): number {
+  const { layers: L, kvHeads: H, tokens: T } = shape;
+  return MEMORY_HEADER_BYTES + kvBytes(shape) + L * H * T * (shape.positionBytes ?? 2);
 }
 
 // ---- CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320: the one of zlib, gzip and PNG) ----
@@ -135,7 +159,13 @@ function expectShape(m: SparseMemory, fail: (what: string) => MemoryBlobError): 
     const d = m[key];
     if (!Number.isInteger(d) || d < 1 || d > MAX_DIM) throw fail(`${key} is ${d}; it must be an integer in [1, ${MAX_DIM}]`);
   }
-  if (m.dtype !== 'bf16' && m.dtype !== 'f32') throw fail(`dtype '${String(m.dtype)}' is not 'bf16' or 'f32'`);
+  if (m.dtype !== 'bf16' && m.dtype !== 'f32' && m.dtype !== 'pq') throw fail(`dtype '${String(m.dtype)}' is not 'bf16', 'f32' or 'pq'`);
+  if (m.dtype === 'pq') {
+    const M = m.subvectors;
+    if (!(Number.isInteger(M) && M! >= 1 && M! <= m.headDim)) throw fail(`a pq memory needs subvectors, an integer in [1, headDim ${m.headDim}], got ${M}`);
+    const nc = 2 * m.layers * m.kvHeads * m.tokens * M!;
+    if (!(m.codes instanceof Uint8Array) || m.codes.length !== nc) throw fail(`a pq memory needs codes, a Uint8Array of (layers, 2, kvHeads, tokens, subvectors) = ${nc} bytes, got ${m.codes?.length ?? 'none'}`);
+  }
   const shape = `(${m.layers}, ${m.kvHeads}, ${m.tokens}, ${m.headDim})`;
   const n = m.layers * m.kvHeads * m.tokens * m.headDim;
   for (const key of ['k', 'v'] as const) {
@@ -179,18 +209,23 @@ export function encodeMemory(m: SparseMemory): Uint8Array<ArrayBuffer> {
   view.setUint16(14, D, true);
   view.setUint32(16, bytes - MEMORY_HEADER_BYTES, true);
 
-  // K/V: per layer, that layer's (H, T, D) keys then its values
+  // K/V: per layer, that layer's (H, T, D) keys then its values (pq: M, then the codes in that order)
   const block = H * T * D;
-  const e = elementBytes(m.dtype);
-  for (let l = 0; l < L; l++) {
-    for (const [which, src] of [[0, m.k], [1, m.v]] as const) {
-      const at = MEMORY_HEADER_BYTES + (2 * l + which) * block * e;
-      const part = src.subarray(l * block, (l + 1) * block);
-      if (m.dtype === 'f32') new Float32Array(out.buffer, at, block).set(part);
-      else toBf16(part, new Uint16Array(out.buffer, at, block));
+  if (m.dtype === 'pq') {
+    view.setUint32(MEMORY_HEADER_BYTES, m.subvectors!, true);
+    out.set(m.codes!, MEMORY_HEADER_BYTES + 4);
+  } else {
+    const e = elementBytes(m.dtype);
+    for (let l = 0; l < L; l++) {
+      for (const [which, src] of [[0, m.k], [1, m.v]] as const) {
+        const at = MEMORY_HEADER_BYTES + (2 * l + which) * block * e;
+        const part = src.subarray(l * block, (l + 1) * block);
+        if (m.dtype === 'f32') new Float32Array(out.buffer, at, block).set(part);
+        else toBf16(part, new Uint16Array(out.buffer, at, block));
+      }
     }
   }
-  const posAt = MEMORY_HEADER_BYTES + 2 * L * block * e;
+  const posAt = MEMORY_HEADER_BYTES + kvBytes(m);
   if (positionBytes === 2) new Uint16Array(out.buffer, posAt, m.positions.length).set(m.positions);
   else new Uint32Array(out.buffer, posAt, m.positions.length).set(m.positions);
 
@@ -223,6 +258,11 @@ export function memoryHeader(bytes: Uint8Array, label = 'memory blob'): MemoryHe
   const shape: MemoryShape = { layers: view.getUint16(8, true), kvHeads: view.getUint16(10, true), tokens: view.getUint16(12, true), headDim: view.getUint16(14, true), dtype };
   if (!shape.layers || !shape.kvHeads || !shape.tokens || !shape.headDim) throw fail(`a zero dimension in ${fmtShape(shape)}: the header is corrupt`);
   const payload = view.getUint32(16, true);
+  if (dtype === 'pq') {
+    if (bytes.length < MEMORY_HEADER_BYTES + 4) throw fail(`truncated: ${bytes.length} bytes, a pq memory's code size alone ends at ${MEMORY_HEADER_BYTES + 4}`);
+    shape.subvectors = view.getUint32(MEMORY_HEADER_BYTES, true);
+    if (!(shape.subvectors >= 1 && shape.subvectors <= shape.headDim)) throw fail(`${shape.subvectors} code bytes per vector is not in [1, headDim ${shape.headDim}]: the blob is corrupt`);
+  }
   const want = memoryBytes({ ...shape, positionBytes });
   if (payload !== want - MEMORY_HEADER_BYTES) {
     throw fail(`the header says ${payload} payload bytes, but ${fmtShape(shape)} needs ${want - MEMORY_HEADER_BYTES}: the header is corrupt`);
@@ -235,16 +275,37 @@ export function memoryHeader(bytes: Uint8Array, label = 'memory blob'): MemoryHe
   return { ...shape, positionBytes, bytes: want };
 }
 
-/** Parses and verifies a blob (memoryHeader) and decodes it; k/v come back as f32. `label` names it in errors. */
-export function decodeMemory(bytes: Uint8Array, label = 'memory blob'): SparseMemory {
+/**
+ * Parses and verifies a blob (memoryHeader) and decodes it; k/v come back as f32. `label` names it in
+ * errors. A pq blob needs `codebooks` (its bank's) and keeps its codes.
+ */
+export function decodeMemory(bytes: Uint8Array, label = 'memory blob', codebooks?: MemoryCodebooks): SparseMemory {
   const h = memoryHeader(bytes, label);
   // typed-array views need aligned offsets; a blob sliced out of a larger buffer may not be
   const b = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
   const { layers: L, kvHeads: H, tokens: T, headDim: D } = h;
   const block = H * T * D;
-  const e = elementBytes(h.dtype);
   const k = new Float32Array(L * block);
   const v = new Float32Array(L * block);
+  const posAt = b.byteOffset + MEMORY_HEADER_BYTES + kvBytes(h);
+  const n = L * H * T;
+  const positions = Uint32Array.from(h.positionBytes === 2 ? new Uint16Array(b.buffer, posAt, n) : new Uint32Array(b.buffer, posAt, n));
+  if (h.dtype === 'pq') {
+    const M = h.subvectors!;
+    if (!codebooks) throw new MemoryBlobError(`${label}: a product-quantised memory decodes only with its bank's codebooks`);
+    if (codebooks.books.length !== 2 * L || codebooks.books.some((c) => c.dim !== D || c.subvectors !== M)) {
+      throw new MemoryBlobError(`${label}: its codes (${L} layers, ${M} bytes per ${D}-dim vector) do not fit the codebooks given (${codebooks.books.length} of ${codebooks.books.map((c) => `${c.subvectors} x ${c.dim}`).join(', ')})`);
+    }
+    const codes = b.slice(MEMORY_HEADER_BYTES + 4, MEMORY_HEADER_BYTES + 4 + 2 * n * M);
+    for (let l = 0; l < L; l++) {
+      for (const [which, dst] of [[0, k], [1, v]] as const) {
+        const at = (2 * l + which) * H * T * M;
+        dst.set(pqDecode(codebooks.books[2 * l + which]!, codes.subarray(at, at + H * T * M)), l * block);
+      }
+    }
+    return { layers: L, kvHeads: H, tokens: T, headDim: D, dtype: 'pq', k, v, positions, codes, subvectors: M };
+  }
+  const e = elementBytes(h.dtype);
   for (let l = 0; l < L; l++) {
     for (const [which, dst] of [[0, k], [1, v]] as const) {
       const at = b.byteOffset + MEMORY_HEADER_BYTES + (2 * l + which) * block * e;
@@ -257,14 +318,11 @@ export function decodeMemory(bytes: Uint8Array, label = 'memory blob'): SparseMe
       }
     }
   }
-  const posAt = b.byteOffset + MEMORY_HEADER_BYTES + 2 * L * block * e;
-  const n = L * H * T;
-  const positions = Uint32Array.from(h.positionBytes === 2 ? new Uint16Array(b.buffer, posAt, n) : new Uint32Array(b.buffer, posAt, n));
   return { layers: L, kvHeads: H, tokens: T, headDim: D, dtype: h.dtype, k, v, positions };
 }
 
 const hex = (x: number): string => `0x${x.toString(16).padStart(8, '0')}`;
-const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}`;
+const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}${s.dtype === 'pq' ? ` of ${s.subvectors} bytes` : ''}`;
 
 /**
  * copies a memory's keys and values at memory layer `layer` (its index among the memory's layers)

@@ -108,7 +108,7 @@ class MemoryCache {
     this.hits += found.size;
     if (missing.length > 0) {
       for (const r of await bank.get(missing)) {
-        const m = decodeMemory(r.memory, `memory of reference '${r.id}'`);
+        const m = decodeMemory(r.memory, `memory of reference '${r.id}'`, bank.codebooks ?? undefined);
         found.set(r.id, m);
         this.put(r.id, m);
       }
