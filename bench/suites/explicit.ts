@@ -17,6 +17,8 @@
 // edit_em_removed), then added back (edit_em_readded)
 // and what memories cost:
 //   bytes_per_memory_raw     the whole reference's keys and values at every block and KV head, bf16
+//   memory_answer_kept       per held-out fact's memory, the share of (block, KV head) whose kept tokens
+//                            include a token of the answer (the token selection's effect on what can be read)
 //   bytes_per_memory_sparse  a stored memory (memory3/blob.ts: 8 tokens per KV head at the memory blocks, bf16)
 //   bytes_per_memory_vq      the same memory product-quantised (memory3/quantize.ts: 8 bytes per 64-dim vector),
 //                            and qa_em_explicit_vq, the practice-form questions read from a bank of those
@@ -37,7 +39,7 @@ import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { planRetrieval } from '../../src/memory3/bm25.ts';
 import { MemoryBank, type NewReference } from '../../src/memory3/bank.ts';
-import { encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
+import { decodeMemory, encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
 import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quantize.ts';
 import { MemoryReader } from '../../src/memory3/read.ts';
 import { MemoryBatcher } from '../../src/memory3/train.ts';
@@ -52,8 +54,8 @@ import type { SuiteOutput } from '../run.ts';
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const P = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 1100, stage2: 500, reading: 20000, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   const dir = mkdtempSync(join(tmpdir(), 'engram-explicit-'));
   const notes: Record<string, string> = {};
   const t0 = performance.now();
@@ -72,7 +74,10 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const model = await Transformer.create(gpu, config, 0);
     const opt = await AdamW.create(gpu, model.params, { lr: P.lr });
     try {
-      const layers = defaultMemoryLayers(config);
+      // memory blocks: the spec's first half, or every block (P.allLayers): a 6-block model has room in
+      // its first 3 for few of the heads that read from the context (they need earlier blocks to
+      // compose with), and a memory is read only where its blocks are
+      const layers = P.allLayers ? [...Array(config.layers).keys()] : defaultMemoryLayers(config);
       const schedule = (steps: number) => ({ warmup: Math.max(1, Math.round(steps / 25)), steps, minRatio: 0.1 });
       // stage 1: no memory
       const t1 = performance.now();
@@ -134,7 +139,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       let refTokens = 0;
       for (let i = 0; i < bankIds.length; i += 256) {
         const ids = bankIds.slice(i, i + 256);
-        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!));
+        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers });
         const refs = written.map((w, r) => {
           if ((i + r) % 4 === 0) sample.push(w.memory);
           const memory = encodeMemory(w.memory);
@@ -149,6 +154,27 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       await bank.reindex();
       const writeSeconds = (performance.now() - tw) / 1000;
       log(`bank: ${bankIds.length} references of ${all.length} facts in ${writeSeconds.toFixed(1)} s`);
+      // are the answers in the memories? per held-out askable fact, the share of (block, KV head)
+      // whose 8 kept tokens include a token of the object (the answer) in its reference
+      const index = new Map(all.map((f, i) => [factKey(f), i]));
+      let covered = 0;
+      let slots = 0;
+      for (const q of practice(corpus.heldOut)) {
+        const ref = stored.get(index.get(factKey(q.fact))!);
+        if (!ref) continue;
+        const text = ref.text;
+        const from = text.toLowerCase().lastIndexOf(q.answer.trim().toLowerCase());
+        if (from < 0) continue;
+        const mem = decodeMemory(ref.memory);
+        const at = (i: number) => tok.decode(ref.tokens.slice(0, i)).length; // characters before token i
+        const answer = new Set(ref.tokens.flatMap((_, i) => (at(i + 1) > from && at(i) < from + q.answer.trim().length ? [prefix.length + i] : [])));
+        const K = mem.tokens;
+        for (let lh = 0; lh < mem.layers * mem.kvHeads; lh++) {
+          slots++;
+          if (mem.positions.subarray(lh * K, (lh + 1) * K).some((pos) => answer.has(pos))) covered++;
+        }
+      }
+      log(`answers kept in the memories: ${((100 * covered) / Math.max(1, slots)).toFixed(1)}% of (block, KV head) of the held-out facts' references`);
       // questions about held-out facts only, in two forms: the practice template (the question
       // form the corpus trains on, for other facts) and the held-out template (a form the corpus
       // never has: the model must also understand a new question)
@@ -193,7 +219,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       let pqBytes = 0;
       for (let i = 0; i < bankIds.length; i += 256) {
         const ids = bankIds.slice(i, i + 256);
-        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!));
+        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers });
         const coded = await quantizeMemories(gpu, codebooks, written.map((w) => w.memory));
         const refs = written.map((w, r) => ({ id: `f${ids[r]}`, text: w.text, tokens: w.tokens, memory: encodeMemory(coded[r]!) }));
         for (const r of refs) pqBytes += r.memory.byteLength;
@@ -207,7 +233,6 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       // editing a live bank: the facts behind the questions explicit memory got right are
       // removed (their answers should go), then added back (they should return), asked each time
       // (a fact whose statement is too short for a memory is not in the bank: such right answers came without one)
-      const index = new Map(all.map((f, i) => [factKey(f), i]));
       const right = main.right.filter((q) => stored.has(index.get(factKey(q.fact))!));
       const score = async (qs: readonly Question[]) => (await explicitAnswers(qs)).reduce((n, a, i) => n + exactMatch(a, acceptedForms(qs[i]!)), 0);
       const edited = [...new Set(right.map((q) => index.get(factKey(q.fact))!))];
@@ -272,6 +297,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           bytes_per_memory_sparse: blobBytes / n,
           bytes_per_memory_vq: pqBytes / n,
           qa_em_explicit_vq: vq,
+          memory_answer_kept: covered / Math.max(1, slots),
           bank_write_refs_s: n / writeSeconds,
           questions: practised.length,
         },
