@@ -29,7 +29,8 @@ commands:
   memory     Memory³ explicit memories: a bank of references and their encoded memories, tied to one
              model (a bank built for another model is refused). --bank defaults to <model>.memory
     build    --model runs/tiny --bank <folder> --from refs.txt|refs.jsonl  --batch 32  --layers 0,1
-             (default: the first half of the blocks)  --tokens 8 (kept per KV head)  --dtype bf16|f32
+             (default: the first half of the blocks)  --tokens 8 (kept per KV head)  --dtype bf16|f32|pq
+             (pq: product-quantised, codebooks learned from the references; --vq-bytes per vector)
              a reference per non-empty line (.txt) or per {"text": ..., "id": ...} line (.jsonl);
              creates the bank if missing (an existing one keeps its layers/tokens/dtype; others are
              refused). every reference is checked first: one with fewer than --tokens tokens (or
@@ -157,7 +158,7 @@ switch (cmd) {
   case 'memory': {
     const [sub = '', ...args] = rest;
     const flags: Record<string, string[]> = {
-      build: ['model', 'bank', 'from', 'batch', 'layers', 'tokens', 'dtype'],
+      build: ['model', 'bank', 'from', 'batch', 'layers', 'tokens', 'dtype', 'vq-bytes'],
       add: ['model', 'bank', 'text', 'id', 'layers', 'tokens', 'dtype'],
       remove: ['model', 'bank', 'id'],
       list: ['model', 'bank', 'offset', 'limit'],
@@ -187,6 +188,7 @@ switch (cmd) {
       ...(v.layers !== undefined ? { layers: m.parseLayers(v.layers) } : {}),
       ...(v.tokens !== undefined ? { tokens: int('tokens', 1)! } : {}),
       ...(v.dtype !== undefined ? { dtype: m.parseDtype(v.dtype) } : {}),
+      ...(v['vq-bytes'] !== undefined ? { vqBytes: int('vq-bytes', 1)! } : {}),
     };
     try {
       if (sub === 'build') await m.memoryBuildCommand({ ...where, ...dims, model: need('model'), from: need('from'), ...(v.batch !== undefined ? { batch: int('batch', 1)! } : {}) });

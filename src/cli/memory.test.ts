@@ -1,7 +1,8 @@
 // `engram memory` and `engram generate --memory` on a tiny random model saved as a checkpoint (with a
 // tokenizer trained on the references): build from a .txt and a .jsonl file, list, search, add, remove,
 // generation reading memories, a bank refused for another model, files with a bad line adding nothing,
-// and one run of the real command line.
+// a product-quantised bank (build learns its codebooks, add codes with them, generate decodes), and one
+// run of the real command line.
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -211,4 +212,19 @@ test('engram train --init --memory-kb: the second stage trains from a checkpoint
     trainCommand({ data, out: join(root, 'stage2b'), config: 'unused', steps: 1, batch: 2, seq: 48, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb }),
     /--seq 48 must be a whole number of 64-token chunks/,
   );
+});
+
+test('--dtype pq: build learns codebooks and writes coded memories, add codes with the bank codebooks, generate reads them', async () => {
+  const bank = join(root, 'bank-pq');
+  const file = join(root, 'facts-pq.txt');
+  await writeFile(file, `${FACTS.join('\n')}\n`);
+  await assert.rejects(memoryAddCommand({ model: modelA, bank, text: EXTRA, dtype: 'pq' }, capture()), /a pq bank is made by `engram memory build --dtype pq`/);
+  await assert.rejects(memoryBuildCommand({ model: modelA, bank, from: file, dtype: 'pq', vqBytes: 3 }, capture()), /--vq-bytes: expected a divisor of the head dim 8, got 3/);
+  const env = capture();
+  await memoryBuildCommand({ model: modelA, bank, from: file, dtype: 'pq', vqBytes: 2 }, env);
+  assert.ok(env.err.some((l) => /learning pq codebooks from 5 references' memories/.test(l)), env.err.join('\n'));
+  assert.equal((await readBankManifest(bank))!.dtype, 'pq');
+  await memoryAddCommand({ model: modelA, bank, text: EXTRA }, capture());
+  const got = await generateWithMemoryCommand({ model: modelA, memory: bank, prompt: ' Who blows blue bottles in Pellam?', maxNew: 3, temperature: 0, topP: 1, topK: 0, seed: 0, stop: '' }, capture());
+  assert.ok(got.chunks[0]!.retrieved.some((h) => h.text === EXTRA), JSON.stringify(got.chunks));
 });

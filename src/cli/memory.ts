@@ -15,6 +15,11 @@
 // build checks every reference before writing any (too few tokens, empty text, bad JSON, ids twice
 // or already in the bank: errors name the file and line), so a bad file adds nothing; then writes
 // memories batch by batch, adds each batch with deferIndex and rebuilds the indexes once at the end.
+//
+// --dtype pq: product-quantised memories (memory3/quantize.ts). build learns the codebooks from the
+// memories of up to PQ_SAMPLE of the file's references (evenly spread) before it creates the bank,
+// with --vq-bytes code bytes per vector (default headDim / 8); later adds code their memories with
+// the bank's codebooks. a pq bank is made by build only (its codebooks need references to learn from).
 
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
@@ -24,7 +29,8 @@ import { EngramError } from '../gpu/errors.ts';
 import { loadModel } from '../model/checkpoint.ts';
 import type { Transformer } from '../model/transformer.ts';
 import { checkId, MemoryBank, type BankManifest, type BankModel, type SearchHit } from '../memory3/bank.ts';
-import { encodeMemory, type MemoryDType } from '../memory3/blob.ts';
+import { encodeMemory, type MemoryCodebooks, type MemoryDType } from '../memory3/blob.ts';
+import { quantizeMemories, trainMemoryCodebooks } from '../memory3/quantize.ts';
 import { MemoryReader, type ChunkInfo } from '../memory3/read.ts';
 import { defaultMemoryLayers, modelFingerprint, referenceSpan, referenceTokens, writeMemories } from '../memory3/write.ts';
 import { streamText } from './commands.ts';
@@ -50,7 +56,12 @@ export interface MemoryDims {
   layers?: number[];
   tokens?: number;
   dtype?: MemoryDType;
+  /** dtype pq: code bytes per vector (a divisor of the head dim; default headDim / 8) */
+  vqBytes?: number;
 }
+
+/** references a pq bank's codebooks are learned from, at most */
+const PQ_SAMPLE = 4096;
 
 const io = (env: MemoryEnv) => ({
   write: env.write ?? ((s: string) => void process.stdout.write(s)),
@@ -77,9 +88,9 @@ export function parseLayers(s: string): number[] {
   return layers.map(Number);
 }
 
-/** 'bf16' | 'f32' */
+/** 'bf16' | 'f32' | 'pq' */
 export function parseDtype(s: string): MemoryDType {
-  if (s !== 'bf16' && s !== 'f32') throw new EngramError(`--dtype: expected bf16 or f32, got '${s}'`);
+  if (s !== 'bf16' && s !== 'f32' && s !== 'pq') throw new EngramError(`--dtype: expected bf16, f32 or pq, got '${s}'`);
   return s;
 }
 
@@ -256,10 +267,11 @@ async function writeAndAdd(
       mm.model,
       mm.tok,
       part.map((r) => r.text),
-      { layers: m.layers, tokens: m.tokens, dtype: m.dtype, batch, maxTokens },
+      { layers: m.layers, tokens: m.tokens, dtype: m.dtype === 'pq' ? 'f32' : m.dtype, batch, maxTokens },
     );
+    const mems = bank.codebooks ? await quantizeMemories(mm.gpu, bank.codebooks, written.map((w) => w.memory)) : written.map((w) => w.memory);
     const added = await bank.add(
-      written.map((w, i) => ({ ...(part[i]!.id !== undefined ? { id: part[i]!.id } : {}), text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })),
+      written.map((w, i) => ({ ...(part[i]!.id !== undefined ? { id: part[i]!.id } : {}), text: w.text, tokens: w.tokens, memory: encodeMemory(mems[i]!) })),
       { deferIndex: o.deferIndex },
     );
     ids.push(...added);
@@ -290,7 +302,8 @@ export async function memoryBuildCommand(a: BuildArgs, env: MemoryEnv = {}): Pro
     // every reference checked before the bank is created or touched: a bad file adds nothing
     const model = await bankModelFor(uri, mm, a, true);
     const lineOf = checkReferences(refs, mm, model.tokens);
-    const bank = await MemoryBank.open(uri, { model, create: true });
+    const codebooks = model.dtype === 'pq' && !(await readBankManifest(uri)) ? await learnCodebooks(mm, refs, model, a.vqBytes, log) : undefined;
+    const bank = await MemoryBank.open(uri, { model, create: true, ...(codebooks ? { codebooks } : {}) });
     try {
       await checkNewIds(lineOf, bank);
       const t0 = performance.now();
@@ -313,6 +326,23 @@ export async function memoryBuildCommand(a: BuildArgs, env: MemoryEnv = {}): Pro
   }
 }
 
+/** a new pq bank's codebooks: learned from the memories of up to PQ_SAMPLE references, evenly spread */
+async function learnCodebooks(mm: MemoryModel, refs: readonly ReferenceLine[], m: BankModel, vqBytes: number | undefined, log: (line: string) => void): Promise<MemoryCodebooks> {
+  const step = Math.max(1, Math.floor(refs.length / PQ_SAMPLE));
+  const sample = refs.filter((_, i) => i % step === 0).slice(0, PQ_SAMPLE);
+  const prefix = referenceTokens(mm.tok, 'x').prefix.length;
+  const mems = [];
+  for (let s = 0; s < sample.length; s += 64) {
+    const w = await writeMemories(mm.gpu, mm.model, mm.tok, sample.slice(s, s + 64).map((r) => r.text), { layers: m.layers, tokens: m.tokens, dtype: 'f32', maxTokens: maxReferenceTokens(mm, prefix) });
+    mems.push(...w.map((x) => x.memory));
+  }
+  if (vqBytes !== undefined && !(Number.isInteger(vqBytes) && vqBytes >= 1 && m.headDim % vqBytes === 0)) {
+    throw new EngramError(`--vq-bytes: expected a divisor of the head dim ${m.headDim}, got ${vqBytes}`);
+  }
+  log(`memory build: learning pq codebooks from ${mems.length} references' memories`);
+  return trainMemoryCodebooks(mm.gpu, mems, vqBytes !== undefined ? { subvectors: vqBytes } : {});
+}
+
 /** `engram memory add`: one reference written and added (the bank made if missing); its id */
 export async function memoryAddCommand(a: MemoryDims & { model: string; bank?: string; text: string; id?: string }, env: MemoryEnv = {}): Promise<string> {
   const { write } = io(env);
@@ -322,6 +352,9 @@ export async function memoryAddCommand(a: MemoryDims & { model: string; bank?: s
   try {
     const refs: ReferenceLine[] = [{ text: a.text.trim(), where: '--text', ...(a.id !== undefined ? { id: a.id } : {}) }];
     const model = await bankModelFor(uri, mm, a, true);
+    if (model.dtype === 'pq' && !(await readBankManifest(uri))) {
+      throw new EngramError(`engram memory add: a pq bank is made by \`engram memory build --dtype pq\` (its codebooks are learned from the references); there is no bank at ${uri}`);
+    }
     const lineOf = checkReferences(refs, mm, model.tokens);
     const bank = await MemoryBank.open(uri, { model, create: true });
     try {
