@@ -53,9 +53,19 @@ import type { SuiteOutput } from '../run.ts';
 
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
-  const P = quick
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; batch: number; seq: number; perRelation: number; lr: number } = quick
     ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
     : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+  // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank
+  for (const a of args) {
+    const m = /^--(\w+)=(.+)$/.exec(a);
+    if (!m) continue;
+    if (!(m[1]! in P)) throw new Error(`explicit: unknown option ${a}; sizes: ${Object.keys(P).join(', ')}`);
+    const x = m[2] === 'true' ? 1 : m[2] === 'false' ? 0 : Number(m[2]);
+    if (!Number.isFinite(x)) throw new Error(`explicit: ${a} is not a number`);
+    (P as Record<string, number | boolean>)[m[1]!] = typeof P[m[1]! as keyof typeof P] === 'boolean' ? x !== 0 : x;
+  }
+  const vqOn = !args.includes('--no-vq');
   const dir = mkdtempSync(join(tmpdir(), 'engram-explicit-'));
   const notes: Record<string, string> = {};
   const t0 = performance.now();
@@ -213,23 +223,27 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       // product quantisation (memory3/quantize.ts): codebooks per memory block and K/V from the
       // sample, 8 code bytes per 64-dim vector (16x below bf16), a second bank of every memory so
       // coded, and the practice-form questions read from it
-      const tq = performance.now();
-      const codebooks = await trainMemoryCodebooks(gpu, sample, { subvectors: Math.max(1, (config.dim / config.heads) / 8) });
-      const pqBank = await MemoryBank.open(join(dir, 'bank-pq'), { create: true, codebooks, model: { ...MemoryBank.modelOf(bank.manifest), dtype: 'pq' } });
-      let pqBytes = 0;
-      for (let i = 0; i < bankIds.length; i += 256) {
-        const ids = bankIds.slice(i, i + 256);
-        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers });
-        const coded = await quantizeMemories(gpu, codebooks, written.map((w) => w.memory));
-        const refs = written.map((w, r) => ({ id: `f${ids[r]}`, text: w.text, tokens: w.tokens, memory: encodeMemory(coded[r]!) }));
-        for (const r of refs) pqBytes += r.memory.byteLength;
-        await pqBank.add(refs, { deferIndex: true });
+      let pqBytes = NaN;
+      let vq = NaN;
+      if (vqOn) {
+        const tq = performance.now();
+        const codebooks = await trainMemoryCodebooks(gpu, sample, { subvectors: Math.max(1, (config.dim / config.heads) / 8) });
+        const pqBank = await MemoryBank.open(join(dir, 'bank-pq'), { create: true, codebooks, model: { ...MemoryBank.modelOf(bank.manifest), dtype: 'pq' } });
+        pqBytes = 0;
+        for (let i = 0; i < bankIds.length; i += 256) {
+          const ids = bankIds.slice(i, i + 256);
+          const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers });
+          const coded = await quantizeMemories(gpu, codebooks, written.map((w) => w.memory));
+          const refs = written.map((w, r) => ({ id: `f${ids[r]}`, text: w.text, tokens: w.tokens, memory: encodeMemory(coded[r]!) }));
+          for (const r of refs) pqBytes += r.memory.byteLength;
+          await pqBank.add(refs, { deferIndex: true });
+        }
+        await pqBank.reindex();
+        const vqEx = await explicitAnswers(practised, new MemoryReader(gpu, model, tok, pqBank));
+        vq = practised.reduce((n, q, i) => n + exactMatch(vqEx[i]!, acceptedForms(q)), 0) / practised.length;
+        pqBank.close();
+        log(`pq: codebooks from ${sample.length} memories and a bank of ${bankIds.length} in ${((performance.now() - tq) / 1000).toFixed(1)} s; explicit EM ${vq.toFixed(3)} (bf16 ${main.explicit.toFixed(3)})`);
       }
-      await pqBank.reindex();
-      const vqEx = await explicitAnswers(practised, new MemoryReader(gpu, model, tok, pqBank));
-      const vq = practised.reduce((n, q, i) => n + exactMatch(vqEx[i]!, acceptedForms(q)), 0) / practised.length;
-      pqBank.close();
-      log(`pq: codebooks from ${sample.length} memories and a bank of ${bankIds.length} in ${((performance.now() - tq) / 1000).toFixed(1)} s; explicit EM ${vq.toFixed(3)} (bf16 ${main.explicit.toFixed(3)})`);
       // editing a live bank: the facts behind the questions explicit memory got right are
       // removed (their answers should go), then added back (they should return), asked each time
       // (a fact whose statement is too short for a memory is not in the bank: such right answers came without one)
@@ -295,8 +309,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           gen_tok_s_rag: genRag,
           bytes_per_memory_raw: (refTokens / n) * config.layers * 2 * config.kvHeads * HS * 2,
           bytes_per_memory_sparse: blobBytes / n,
-          bytes_per_memory_vq: pqBytes / n,
-          qa_em_explicit_vq: vq,
+          ...(vqOn ? { bytes_per_memory_vq: pqBytes / n, qa_em_explicit_vq: vq } : {}),
           memory_answer_kept: covered / Math.max(1, slots),
           bank_write_refs_s: n / writeSeconds,
           questions: practised.length,
