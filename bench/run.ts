@@ -19,6 +19,7 @@ const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   tokenizer: () => import('./suites/tokenizer.ts'),
   demo: () => import('./suites/demo.ts'),
   explicit: () => import('./suites/explicit.ts'),
+  explicit_retrieval: () => import('./suites/explicit_retrieval.ts'),
 };
 
 async function main(): Promise<void> {
