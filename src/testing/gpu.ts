@@ -3,6 +3,7 @@
 
 import { after } from 'node:test';
 import { Gpu, type GpuOptions } from '../gpu/device.ts';
+import type { TensorDType } from '../gpu/dtype.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 
 let shared: Promise<Gpu> | null = null;
@@ -44,4 +45,17 @@ export async function withMapping<T>(gpu: Gpu, mapping: Mapping, fn: () => Promi
 /** a tensor's raw bits (NaN payloads and -0 kept) */
 export async function bits(gpu: Gpu, t: Tensor): Promise<number[]> {
   return Array.from(new Uint32Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)));
+}
+
+/** a test's tensor maker: mk(shape, dtype, label) makes a tensor and remembers it; dispose() frees all it made */
+export function tensorMaker(gpu: Gpu): { mk: (shape: number[], dtype: TensorDType, label: string) => Promise<Tensor>; dispose: () => void } {
+  const made: Tensor[] = [];
+  return {
+    mk: async (shape, dtype, label) => {
+      const t = await gpu.tensor(shape, dtype, label);
+      made.push(t);
+      return t;
+    },
+    dispose: () => made.forEach((t) => t.dispose()),
+  };
 }

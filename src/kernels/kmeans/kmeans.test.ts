@@ -5,7 +5,7 @@ import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { kmeansAssign as kmeansRef, kmeansDistances, type KmeansDims } from '../../reference/kmeans.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
-import { testGpu, withMapping } from '../../testing/gpu.ts';
+import { tensorMaker, testGpu, withMapping } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { kmeansAssign } from './kmeans.ts';
 
@@ -114,12 +114,7 @@ test('kmeansAssign: N = 0 dispatches nothing and succeeds', async () => {
 
 test('kmeansAssign: shape, dtype and limit errors name the tensor and the rule', async () => {
   const gpu = await testGpu();
-  const made: Tensor[] = [];
-  const mk = async (shape: number[], dtype: 'f32' | 'f16' | 'u32', label: string) => {
-    const t = await gpu.tensor(shape, dtype, label);
-    made.push(t);
-    return t;
-  };
+  const { mk, dispose } = tensorMaker(gpu);
   const x = await mk([4, 2, 3], 'f32', 'x');
   const centroids = await mk([2, 5, 3], 'f32', 'centroids');
   const codes = await mk([4, 2], 'u32', 'codes');
@@ -143,5 +138,5 @@ test('kmeansAssign: shape, dtype and limit errors name the tensor and the rule',
   await bad({}, { dist: await mk([4, 2], 'u32', 'du') }, /kmeansAssign: dist du\[4,2\]:u32 must be one of f32/);
   await bad({}, { dist: codes.reshape([4, 2]) }, /kmeansAssign: dist codes\[4,2\]:u32 must be one of f32/);
   await bad({ x: dist.reshape([4, 2, 1]), centroids: await mk([2, 5, 1], 'f32', 'c1') }, {}, /dist\[4,2\]:f32 and dist\[4,2,1\]:f32 overlap/);
-  for (const t of made) t.dispose();
+  dispose();
 });

@@ -7,7 +7,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { NO_TOKEN, memselRef, validRange, type MemselDims } from '../../reference/memsel.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
-import { testGpu, withMapping, type Mapping } from '../../testing/gpu.ts';
+import { tensorMaker, testGpu, withMapping, type Mapping } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
 import { MEMSEL_NONE, memselForward, type MemselGroup } from './memsel.ts';
 
@@ -208,12 +208,7 @@ test('memsel: every tensor in one buffer (an arena): start/length bound read_wri
 test('memsel: shape, dtype and limit errors name the tensor'
 , async () => {
   const gpu = await testGpu();
-  const made: Tensor[] = [];
-  const mk = async (shape: number[], dtype: 'f32' | 'f16' | 'u32', label: string) => {
-    const t = await gpu.tensor(shape, dtype, label);
-    made.push(t);
-    return t;
-  };
+  const { mk, dispose } = tensorMaker(gpu);
   const q = await mk([2, 10, 4, 8], 'f32', 'q');
   const k = await mk([2, 10, 2, 8], 'f32', 'k');
   const start = await mk([2], 'u32', 'start');
@@ -241,7 +236,7 @@ test('memsel: shape, dtype and limit errors name the tensor'
   await bad({}, { indices: start.reshape([1, 2, 1]) }, /memselForward: indices start\[1,2,1\]:u32 should have shape \[2,2,\*\]/);
   await bad({ start: indices.reshape([32]).leading([2]) }, {}, /indices\[2,2,8\]:u32 and indices\[2\]:u32 overlap/);
   await assert.rejects(memselForward(gpu, { indices }, i, { group: 'mean' as MemselGroup }), is(/group 'mean' must be 'sum' or 'first'/));
-  for (const t of made) t.dispose();
+  dispose();
 });
 
 test('memsel: MEMSEL_NONE is the reference NO_TOKEN', () => {
