@@ -1,13 +1,15 @@
 // text generation: a prompt through the model once, then one token at a time against the KV
 // cache (Transformer.logits with a cache), sampling on the host from the last position's logits.
+// generateBatch does this for prompts of one length in lockstep, one cache for their batch;
+// generate() is its one-row case.
 //
 // greedyBatch: greedy continuations of many prompts at once (evaluation: ~1,000 short questions),
 // without a KV cache. Each step runs the whole batch (B active rows, T = the longest row so far,
 // shorter rows right-padded with token 0) through Transformer.logits and reads back, in one
 // readback, only the logits row of each row's last real position. Causal attention keeps padding
 // after a row's end from reaching that row's earlier positions, and every other op is per token,
-// so each row's logits are its own. No cache because the cache decodes one sequence (B = 1) and
-// rows grow at different lengths; recomputing the prefix costs O(T) more work per step, which is
+// so each row's logits are its own. No cache because a batched cache decodes rows in lockstep
+// (one length for all) and these rows grow at different lengths; recomputing the prefix costs O(T) more work per step, which is
 // cheap for short prompts and answers, and one step per new token for the whole batch (instead
 // of one per token per prompt) is what saves the time: per-step latency (submit + readback)
 // dominates small-batch decoding. Rows that finished are dropped from later steps.

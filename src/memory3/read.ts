@@ -126,7 +126,7 @@ class MemoryCache {
   }
 }
 
-/** generation with explicit memories from a bank (one sequence) */
+/** generation with explicit memories from a bank: one sequence, or a lockstep batch of one length */
 export class MemoryReader {
   private readonly memCache: MemoryCache;
   private readonly o: Required<Omit<ReadOptions, 'cacheSize'>>;
