@@ -159,7 +159,7 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
   }
   const params = model.params.reduce((n, p) => n + p.value.size, 0);
   console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
-  const batches = a.memoryKb ? await memoryBatches(gpu, model, tok, train, a) : undefined;
+  const mem = a.memoryKb ? await memoryBatches(gpu, model, tok, train, val, a) : undefined;
   const progress = new TrainProgress({ total: a.steps, start: opt.step });
   const started = performance.now();
   let stop = false;
@@ -183,7 +183,7 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
       saveEvery: a.saveEvery,
       files: { 'tokenizer.json': tokJson },
       history,
-      ...(batches ? { batches } : {}),
+      ...(mem ? { batches: mem.train, ...(mem.val ? { valBatches: mem.val } : {}) } : {}),
       stop: () => stop || (a.maxMinutes !== undefined && a.maxMinutes > 0 && performance.now() - started > a.maxMinutes * 60000),
       log: (l) => {
         tokS = l.tokensPerSecond;
@@ -203,9 +203,17 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
 /**
  * Memory³'s second stage for `engram train --memory-kb`: the knowledge base's references, one per
  * chunk of the training stream (planRetrieval: BM25 over token ids, leaking pairs dropped), and
- * the batches with their memories (MemoryBatcher); validation stays without memory
+ * the batches with their memories (MemoryBatcher); validation reads memories the same way, with
+ * references planned for the validation stream (none when it is shorter than a sequence)
  */
-async function memoryBatches(gpu: Gpu, model: Transformer, tok: Tokenizer, train: Uint32Array, a: TrainArgs): Promise<(s: number, j: number) => ReturnType<MemoryBatcher['batch']>> {
+async function memoryBatches(
+  gpu: Gpu,
+  model: Transformer,
+  tok: Tokenizer,
+  train: Uint32Array,
+  val: Uint32Array | undefined,
+  a: TrainArgs,
+): Promise<{ train: (s: number, j: number) => ReturnType<MemoryBatcher['batch']>; val?: (j: number) => ReturnType<MemoryBatcher['batch']> }> {
   const tokens = a.memoryTokens ?? 8;
   const lines = readFileSync(a.memoryKb!, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l !== '');
   const refs = lines.map((l) => referenceTokens(tok, l).tokens).filter((r) => r.length >= tokens);
@@ -215,9 +223,15 @@ async function memoryBatches(gpu: Gpu, model: Transformer, tok: Tokenizer, train
   const plan = planRetrieval(train, refs, { chunk: 64, context: a.seq });
   const found = plan.reduce((n, r) => n + (r >= 0 ? 1 : 0), 0);
   console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} of ${plan.length} chunks retrieved one (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  const batcher = new MemoryBatcher(gpu, model, refs, plan, { prefix: referenceTokens(tok, '').prefix, window: a.memoryWindow ?? 5, tokens, seed: a.seed });
+  const o = { prefix: referenceTokens(tok, '').prefix, window: a.memoryWindow ?? 5, tokens, seed: a.seed };
+  const batcher = new MemoryBatcher(gpu, model, refs, plan, o);
   const accum = a.accum;
-  return (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j);
+  const out: Awaited<ReturnType<typeof memoryBatches>> = { train: (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j) };
+  if (val && val.length > a.seq) {
+    const vb = new MemoryBatcher(gpu, model, refs, planRetrieval(val, refs, { chunk: 64, context: a.seq }), { ...o, seed: 0x5eed });
+    out.val = (j) => vb.batch(val, a.batch, a.seq, j);
+  }
+  return out;
 }
 
 export async function openModel(dir: string): Promise<{ gpu: Gpu; model: Transformer; tok: Tokenizer }> {

@@ -206,8 +206,11 @@ test('engram train --init --memory-kb: the second stage trains from a checkpoint
   const kb = join(root, 'kb.txt');
   await writeFile(kb, `${[EXTRA, ...FACTS].join('\n')}\nshort\n`);
   const out = join(root, 'stage2');
-  await trainCommand({ data, out, config: 'unused', steps: 2, batch: 2, seq: 64, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb, memoryWindow: 2, memoryTokens: 8 });
+  await trainCommand({ data, out, config: 'unused', steps: 2, batch: 2, seq: 64, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 1, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb, memoryWindow: 2, memoryTokens: 8 });
   assert.ok(existsSync(join(out, 'model.safetensors')) && existsSync(join(out, 'trainer.json')));
+  // validation ran at both steps, with memories of references planned for the validation stream
+  const history = JSON.parse(await readFile(join(out, 'history.json'), 'utf8')) as { step: number; valLoss?: number }[];
+  assert.deepEqual(history.filter((h) => Number.isFinite(h.valLoss)).map((h) => h.step).slice(-2), [1, 2]);
   await assert.rejects(
     trainCommand({ data, out: join(root, 'stage2b'), config: 'unused', steps: 1, batch: 2, seq: 48, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb }),
     /--seq 48 must be a whole number of 64-token chunks/,

@@ -52,6 +52,8 @@ export interface LoopOptions {
    * resumption to be exact. dispose() frees it after the step (default: its ids and targets)
    */
   batches?: (s: number, j: number) => Promise<Batch & { dispose?: () => void }>;
+  /** validation micro-batch j (0 .. evalBatches - 1) from the caller, the same at every evaluation (e.g. with explicit memory); default: fixed windows of val */
+  valBatches?: (j: number) => Promise<Batch & { dispose?: () => void }>;
   log?: (l: LogLine) => void;
 }
 
@@ -172,7 +174,10 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
       etaSeconds: (secs / (r.step - first)) * (o.steps - r.step),
     };
     const last = r.step === o.steps;
-    if (data.val && evalEvery > 0 && (r.step % evalEvery === 0 || last)) Object.assign(line, await validate(gpu, model, data.val, B, T, evalBatches));
+    if (data.val && evalEvery > 0 && (r.step % evalEvery === 0 || last)) {
+      const val = data.val;
+      Object.assign(line, await validate(gpu, model, evalBatches, o.valBatches ?? ((j) => batchAt(gpu, val, B, T, 0x5eed, 0, j))));
+    }
     history.push({ step: r.step, loss: r.loss, ...(line.valLoss !== undefined ? { valLoss: line.valLoss } : {}) });
     const stop = o.stop?.() ?? false;
     if (o.dir && ((saveEvery > 0 && r.step % saveEvery === 0) || last || stop)) {
@@ -187,17 +192,19 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
   return losses;
 }
 
-/** mean loss over fixed validation windows, and the memory layers' read statistics on the first */
-async function validate(gpu: Gpu, model: Transformer, val: Uint32Array, B: number, T: number, n: number): Promise<{ valLoss: number; memory: MemoryReadStats[] }> {
+/** mean loss over the validation batches (fixed per j), and the memory layers' read statistics on the first */
+async function validate(gpu: Gpu, model: Transformer, n: number, batch: (j: number) => Promise<Batch & { dispose?: () => void }>): Promise<{ valLoss: number; memory: MemoryReadStats[] }> {
   let sum = 0;
   let memory: MemoryReadStats[] = [];
   for (let j = 0; j < n; j++) {
-    const b = await batchAt(gpu, val, B, T, 0x5eed, 0, j);
-    const loss: Tensor = await model.forward(b.ids, b.targets);
+    const b = await batch(j);
+    const loss: Tensor = await model.forward(b.ids, b.targets, b.memory);
     if (j === 0) memory = await Promise.all(model.memoryLayers.map((m) => m.stats()));
     model.release();
     sum += (await gpu.read(loss))[0]!;
-    for (const t of [loss, b.ids, b.targets]) t.dispose();
+    loss.dispose();
+    if (b.dispose) b.dispose();
+    else for (const t of [b.ids, b.targets]) t.dispose();
   }
   return { valLoss: sum / n, memory };
 }
