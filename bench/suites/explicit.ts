@@ -55,9 +55,9 @@ import type { SuiteOutput } from '../run.ts';
 
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, own: false, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank
   for (const a of args) {
     const m = /^--(\w+)=(.+)$/.exec(a);
@@ -110,8 +110,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const kbTexts = all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [texts[i]!]));
       const prefix = referenceTokens(tok, '').prefix;
       const kb = kbTexts.map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
-      const plan = planRetrieval(train, kb, { chunk: 64, context: P.seq });
-      const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1 });
+      // P.own: each chunk reads its own 5 best references (MemoryBatcher own), not the paper's 1 + the previous 4 chunks'
+      const plan = planRetrieval(train, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
+      const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own });
       // does the model read its memories? the loss on the same sequences with their own
       // references and with other chunks' (the plan's references permuted; chunks without one
       // keep none, so both draw the same sequences), before and after stage 2
@@ -119,7 +120,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const has = [...permuted.keys()].filter((i) => permuted[i]! >= 0);
       const shuffled = new Rng(11).shuffle(has.map((i) => permuted[i]!));
       has.forEach((i, j) => (permuted[i] = shuffled[j]!));
-      const other = new MemoryBatcher(gpu, model, kb, permuted, { prefix, layers, seed: 1 });
+      const other = new MemoryBatcher(gpu, model, kb, permuted, { prefix, layers, seed: 1, own: P.own });
       const memoryLoss = async (b: MemoryBatcher) => {
         let sum = 0;
         for (let j = 0; j < 4; j++) {
@@ -138,7 +139,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const schedule2 = { warmup: opt.step + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
       const t2 = performance.now();
       await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train, P.batch, P.seq, s + j) });
-      notes['stage2'] = `${P.stage2} steps with memory (${kb.length} references of kept facts; ${plan.filter((x) => x >= 0).length} of ${plan.length} chunks retrieved one), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
+      notes['stage2'] = `${P.stage2} steps with memory (${kb.length} references of kept facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>

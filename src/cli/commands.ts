@@ -122,6 +122,8 @@ export interface TrainArgs {
   memoryKb?: string;
   /** memories per chunk (own + previous chunks' references; default 5) and tokens kept per head (default 8) */
   memoryWindow?: number;
+  /** each chunk reads its own best memoryWindow references (MemoryBatcher own) */
+  memoryOwn?: boolean;
   memoryTokens?: number;
 }
 
@@ -220,15 +222,17 @@ async function memoryBatches(
   if (refs.length === 0) throw new EngramError(`--memory-kb ${a.memoryKb}: no reference of at least ${tokens} tokens`);
   if (a.seq % 64 !== 0) throw new EngramError(`--memory-kb: --seq ${a.seq} must be a whole number of 64-token chunks`);
   const t0 = performance.now();
-  const plan = planRetrieval(train, refs, { chunk: 64, context: a.seq });
+  const window = a.memoryWindow ?? 5;
+  const perChunk = a.memoryOwn ? window : 1;
+  const plan = planRetrieval(train, refs, { chunk: 64, context: a.seq, perChunk });
   const found = plan.reduce((n, r) => n + (r >= 0 ? 1 : 0), 0);
-  console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} of ${plan.length} chunks retrieved one (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  const o = { prefix: referenceTokens(tok, '').prefix, window: a.memoryWindow ?? 5, tokens, seed: a.seed };
+  console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} references planned for ${plan.length / perChunk} chunks (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const o = { prefix: referenceTokens(tok, '').prefix, window, tokens, seed: a.seed, own: a.memoryOwn ?? false };
   const batcher = new MemoryBatcher(gpu, model, refs, plan, o);
   const accum = a.accum;
   const out: Awaited<ReturnType<typeof memoryBatches>> = { train: (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j) };
   if (val && val.length > a.seq) {
-    const vb = new MemoryBatcher(gpu, model, refs, planRetrieval(val, refs, { chunk: 64, context: a.seq }), { ...o, seed: 0x5eed });
+    const vb = new MemoryBatcher(gpu, model, refs, planRetrieval(val, refs, { chunk: 64, context: a.seq, perChunk }), { ...o, seed: 0x5eed });
     out.val = (j) => vb.batch(val, a.batch, a.seq, j);
   }
   return out;

@@ -33,4 +33,10 @@ test('planRetrieval: one reference per chunk, the best that does not leak; -1 wh
   const wide = planRetrieval(stream, [refA, refB], { chunk: 16, context: 64 });
   assert.equal(wide[3], 1);
   assert.throws(() => planRetrieval(stream, [refA], { chunk: 0 }), /positive integers/);
+  // perChunk 2: each chunk's best non-leaking references in order, -1 after the last found
+  const two = planRetrieval(stream, [refA, refB], { chunk: 16, context: 64, perChunk: 2 });
+  assert.deepEqual([...two], [1, -1, -1, -1, -1, -1, 1, -1]);
+  const loose = planRetrieval(stream, [refA, refB], { chunk: 16, context: 16, perChunk: 2, threshold: 1.1 });
+  assert.deepEqual([...loose.subarray(0, 2)], [0, 1]);
+  assert.throws(() => planRetrieval(stream, [refA], { perChunk: 3, candidates: 2 }), /perChunk 3 must be a positive integer, at most candidates 2/);
 });

@@ -66,7 +66,9 @@ export class TokenBm25 {
 export interface RetrievalPlanOptions {
   /** tokens per chunk (default 64) */
   chunk?: number;
-  /** candidates checked per chunk for leakage, best first (default 5) */
+  /** references per chunk (default 1, the paper's training scheme; more: as many as inference reads, each chunk its own) */
+  perChunk?: number;
+  /** candidates checked per chunk for leakage, best first (default max(5, 2 perChunk)) */
   candidates?: number;
   /** tokens around a chunk that it trains with (its training sequence length; default 2048): the leakage window */
   context?: number;
@@ -76,26 +78,30 @@ export interface RetrievalPlanOptions {
 
 /**
  * the reference (an index into refs, or -1: nothing retrieved or every candidate leaks) of every
- * `chunk`-token chunk of the stream, chunk i covering tokens [i chunk, (i + 1) chunk)
+ * `chunk`-token chunk of the stream, chunk i covering tokens [i chunk, (i + 1) chunk); with
+ * perChunk p, the p best that do not leak, at [i p, (i + 1) p), best first, -1 after the last found
  */
 export function planRetrieval(stream: ArrayLike<number>, refs: readonly (readonly number[])[], o: RetrievalPlanOptions = {}): Int32Array {
   const chunk = o.chunk ?? 64;
-  const candidates = o.candidates ?? 5;
+  const per = o.perChunk ?? 1;
+  const candidates = o.candidates ?? Math.max(5, 2 * per);
+  if (!(Number.isInteger(per) && per > 0 && per <= candidates)) throw new EngramError(`planRetrieval: perChunk ${per} must be a positive integer, at most candidates ${candidates}`);
   const context = o.context ?? 2048;
   if (!(Number.isInteger(chunk) && chunk > 0 && Number.isInteger(candidates) && candidates > 0 && context >= chunk)) {
     throw new EngramError(`planRetrieval: chunk ${chunk} and candidates ${candidates} must be positive integers and context ${context} at least a chunk`);
   }
   const index = new TokenBm25(refs);
   const n = Math.floor(stream.length / chunk);
-  const plan = new Int32Array(n).fill(-1);
+  const plan = new Int32Array(n * per).fill(-1);
   const slice = (a: number, b: number) => Array.from({ length: Math.max(0, Math.min(stream.length, b) - Math.max(0, a)) }, (_, i) => stream[Math.max(0, a) + i]!);
   for (let c = 0; c < n; c++) {
     const q = slice(c * chunk, (c + 1) * chunk);
     const around = slice((c + 1) * chunk - context, c * chunk + context);
+    let found = 0;
     for (const hit of index.search(q, candidates)) {
       if (!leaks(around, refs[hit.doc]!, o.threshold ?? 0.9)) {
-        plan[c] = hit.doc;
-        break;
+        plan[c * per + found++] = hit.doc;
+        if (found === per) break;
       }
     }
   }

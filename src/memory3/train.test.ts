@@ -63,3 +63,41 @@ test('MemoryBatcher: sink and window layout, deterministic per step; Trainer ste
     model.dispose();
   }
 });
+
+test('MemoryBatcher own: each chunk reads the window of references planned for itself', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({ vocabSize: 48, dim: 16, layers: 2, heads: 4, kvHeads: 2, ffnHidden: 32, maxSeqLen: 64 });
+  const model = await Transformer.create(gpu, config, 2);
+  const rng = new Rng(4);
+  const stream = Uint32Array.from({ length: 300 }, (_, i) => 4 + ((i * 5 + rng.int(7)) % 44));
+  const refs = Array.from({ length: 10 }, (_, r) => Array.from({ length: 12 }, (_, j) => 4 + ((r * 7 + j * 3) % 44)));
+  const plan = planRetrieval(stream, refs, { chunk: 8, context: 32, perChunk: 3 });
+  assert.equal(plan.length, 3 * Math.floor(300 / 8));
+  const o = { prefix: [1, 2], chunk: 8, window: 3, tokens: 4, memoryPositions: 12, seed: 1, own: true };
+  assert.throws(() => new MemoryBatcher(gpu, model, refs, plan.subarray(1), o), /with own, the plan needs window \(3\) references per chunk/);
+  try {
+    const batcher = new MemoryBatcher(gpu, model, refs, plan, o);
+    const a = await batcher.batch(stream, 2, 16, 5);
+    // a chunk's block at a memory layer: the sink, then the chunk's own 3 references' memories
+    assert.deepEqual(a.memory!.blocks[0]!.k.shape, [2, 2 * (2 + 3 * 4), 2, 4]);
+    // the first sequence's first chunk reads the planned references (all found here): its block
+    // equals one laid out from encodeReferences of exactly those
+    const ids = (await gpu.read(a.ids)) as Uint32Array;
+    const g = [...Array(Math.floor(300 / 8)).keys()].find((c) => ids.subarray(0, 8).every((x, i) => x === stream[c * 8 + i]))!;
+    const want = [...plan.subarray(g * 3, g * 3 + 3)];
+    assert.ok(want.every((r) => r >= 0), `chunk ${g}: ${want}`);
+    const { encodeReferences } = await import('./write.ts');
+    const mems = await encodeReferences(gpu, model, want.map((r) => ({ prefix: [1, 2], tokens: refs[r]! })), { layers: [0], tokens: 4 });
+    const k0 = (await gpu.read(a.memory!.blocks[0]!.k)) as Float32Array;
+    const row = 2 * 4;
+    mems.forEach((m, i) => {
+      for (let t = 0; t < 4; t++) for (let h = 0; h < 2; h++) for (let d = 0; d < 4; d++) {
+        const got = k0[(2 + i * 4 + t) * row + h * 4 + d]!;
+        assert.ok(Math.abs(got - m.k[(h * 4 + t) * 4 + d]!) < 1e-5, `memory ${i} token ${t} head ${h}`);
+      }
+    });
+    a.dispose();
+  } finally {
+    model.dispose();
+  }
+});

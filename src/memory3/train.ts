@@ -12,6 +12,8 @@
 //   - a chunk whose reference is missing (every candidate leaked, or the stream has none there)
 //     gets a reference drawn at random from the knowledge base (seeded by the step): every chunk
 //     reads `window` memories, as every inference chunk reads `topk`
+//   - `own`: each chunk may instead read the `window` best references of its own text, as an
+//     inference chunk reads its search's top k (more to encode per step; aligned with reading)
 //   - sequences start at chunk boundaries of the stream, so a chunk is one of planRetrieval's
 // layout, as at inference (read.ts): at every block the sink (the prefix's keys and values) comes
 // first; at memory blocks each chunk then sees its `window` memories (keys at their positions
@@ -34,6 +36,13 @@ export interface StageTwoOptions {
   chunk?: number;
   /** memories per chunk: its own and the previous window - 1 chunks' references (default 5) */
   window?: number;
+  /**
+   * each chunk reads the `window` references planned for itself (planRetrieval perChunk = window),
+   * as an inference chunk reads its own search's top k, instead of its own and the previous
+   * chunks' one each (default false: the paper's scheme, which shares a chunk's reference with the
+   * next window - 1 chunks to save encoding)
+   */
+  own?: boolean;
   /** tokens kept per (memory block, KV head) (default 8) */
   tokens?: number;
   /** memory blocks (default the first half) */
@@ -52,7 +61,7 @@ export class MemoryBatcher {
     private readonly model: Transformer,
     /** the knowledge base: each reference's token ids (without the prefix) */
     private readonly refs: readonly (readonly number[])[],
-    /** planRetrieval's reference per chunk of the stream (-1: none) */
+    /** planRetrieval's reference per chunk of the stream (-1: none); with `own`, `window` per chunk */
     private readonly plan: Int32Array,
     o: StageTwoOptions,
   ) {
@@ -60,6 +69,7 @@ export class MemoryBatcher {
       prefix: o.prefix,
       chunk: o.chunk ?? 64,
       window: o.window ?? 5,
+      own: o.own ?? false,
       tokens: o.tokens ?? 8,
       layers: [...(o.layers ?? defaultMemoryLayers(model.config))],
       memoryPositions: o.memoryPositions ?? 128,
@@ -67,6 +77,7 @@ export class MemoryBatcher {
     };
     if (refs.length === 0) throw new EngramError('MemoryBatcher: the knowledge base has no references');
     if (o.prefix.length === 0) throw new EngramError('MemoryBatcher: the prefix needs at least one token');
+    if (this.o.own && plan.length % this.o.window !== 0) throw new EngramError(`MemoryBatcher: with own, the plan needs window (${this.o.window}) references per chunk (planRetrieval perChunk), got ${plan.length} entries`);
   }
 
   /**
@@ -82,7 +93,7 @@ export class MemoryBatcher {
     const rng = new Rng((this.o.seed * 0x9e3779b1 + step * 0x85ebca6b + 1) >>> 0);
     const ids = new Uint32Array(B * T);
     const targets = new Uint32Array(B * T);
-    // per (sequence, chunk): the references of the window, oldest first
+    // per (sequence, chunk): the references of the window (oldest first; with own, best first)
     const windows: number[][] = [];
     for (let b = 0; b < B; b++) {
       const at = chunk * rng.int(span);
@@ -91,8 +102,11 @@ export class MemoryBatcher {
       for (let c = 0; c < C; c++) {
         const g = at / chunk + c;
         const w: number[] = [];
-        for (let j = window - 1; j >= 0; j--) {
-          const r = g - j >= 0 && g - j < this.plan.length ? this.plan[g - j]! : -1;
+        const planned = this.o.own
+          ? (j: number) => (g * window + j < this.plan.length ? this.plan[g * window + j]! : -1)
+          : (j: number) => (g - (window - 1 - j) >= 0 && g - (window - 1 - j) < this.plan.length ? this.plan[g - (window - 1 - j)]! : -1);
+        for (let j = 0; j < window; j++) {
+          const r = planned(j);
           w.push(r >= 0 ? r : rng.int(this.refs.length));
         }
         windows.push(w);
