@@ -27,7 +27,7 @@
 //   gen_tok_s_*              generated tokens per second at batch 32, 128 in / 128 out, as the paper
 //                            measured (infer/generate.ts generateBatch, MemoryReader.generateBatch)
 // --quick: a tiny model and a few steps (a smoke run on lavapipe: not the suite's figures). the full
-// plan fits one 10-minute device command on an H100 (about 9 minutes; BENCHMARKS.md `explicit`).
+// plan fits one 10-minute device command on an H100 (its logs in BENCHMARKS.md `explicit` give the times).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -276,7 +276,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const ragLen = Math.min(...ragRows.map((x) => x.length));
       const ragIns = ragRows.map((x) => x.slice(x.length - ragLen));
       // the three interleaved, 3 rounds, the median of each: per-step host overhead dominates at this
-      // model size, and a single pass moved by 15% from one position in the order to another
+      // model size, and a single pass moved with its place in the order (BENCHMARKS.md `explicit`)
       const speed = async (f: (maxNew: number) => Promise<number[][]>) => {
         const t = performance.now();
         const rows = await f(OUT);
