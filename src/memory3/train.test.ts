@@ -1,6 +1,8 @@
 // Memory³'s second stage on a tiny random model: a batch's memories have the layout the model
 // reads (the sink at every block, the chunk's window of memories at memory blocks), batches are a
-// function of the step, and training with them runs and lowers the loss.
+// function of the step, and training with them runs and lowers the loss; with `own`, a chunk
+// reads its own planned references; and end to end, training teaches a model to read a token
+// that only its memory holds.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseModelConfig } from '../model/config.ts';
@@ -98,6 +100,52 @@ test('MemoryBatcher own: each chunk reads the window of references planned for i
     });
     a.dispose();
   } finally {
+    model.dispose();
+  }
+});
+
+// the whole second stage, end to end: can a model learn to read its memories at all? each 8-token
+// chunk is [f v f v f v f v]: fillers f and one value v, the value its reference (8 copies of v)
+// holds. the first v of a chunk follows only a filler, so only the memory can predict it (chance:
+// 1 in 32 values, loss ln 32 = 3.47). after training with memories, the loss there must be far
+// below chance with the chunk's own memory and stay near it with another chunk's.
+test('stage 2 teaches a small model to read its memory: a token only the memory holds becomes predictable', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({ vocabSize: 48, dim: 32, layers: 2, heads: 4, kvHeads: 2, ffnHidden: 64, maxSeqLen: 32 });
+  const model = await Transformer.create(gpu, config, 5);
+  const rng = new Rng(8);
+  const refs = Array.from({ length: 64 }, (_, r) => Array.from({ length: 8 }, () => 16 + (r % 32)));
+  const chunks = 400;
+  const plan = Int32Array.from({ length: chunks }, () => rng.int(refs.length));
+  const stream = new Uint32Array(chunks * 8 + 1);
+  for (let g = 0; g < chunks; g++) for (let i = 0; i < 8; i++) stream[g * 8 + i] = i % 2 === 0 ? 4 + rng.int(12) : refs[plan[g]!]![0]!;
+  const other = Int32Array.from(plan, (r) => (r + 1 + rng.int(refs.length - 1)) % refs.length);
+  const o = { prefix: [1, 2], chunk: 8, window: 1, tokens: 8, memoryPositions: 8, seed: 3 };
+  const own = new MemoryBatcher(gpu, model, refs, plan, o);
+  const wrong = new MemoryBatcher(gpu, model, refs, other, o);
+  const opt = await AdamW.create(gpu, model.params, { lr: 1e-2 });
+  // mean loss over the chunks' first values only (every other target ignored)
+  const firstValueLoss = async (b: MemoryBatcher) => {
+    let sum = 0;
+    for (let j = 0; j < 4; j++) {
+      const x = await b.batch(stream, 8, 16, 1000 + j);
+      const t = (await gpu.read(x.targets)) as Uint32Array;
+      const masked = Uint32Array.from(t, (v, i) => (i % 8 === 0 ? v : 0xffffffff));
+      const targets = await gpu.tensorFrom(masked, [8, 16], 'u32', 'targets');
+      const loss = await model.forward(x.ids, targets, x.memory);
+      sum += (await gpu.read(loss))[0]!;
+      for (const u of [loss, targets]) u.dispose();
+      model.release();
+      x.dispose();
+    }
+    return sum / 4;
+  };
+  try {
+    await trainLoop(gpu, model, opt, { train: stream }, { steps: 150, batch: 8, seqLen: 16, schedule: { warmup: 10, steps: 150, minRatio: 0.1 }, batches: (s, j) => own.batch(stream, 8, 16, s + j) });
+    const [ownLoss, wrongLoss] = [await firstValueLoss(own), await firstValueLoss(wrong)];
+    assert.ok(ownLoss < 1 && wrongLoss > ownLoss + 1.5, `first-value loss ${ownLoss.toFixed(3)} with the chunk's own memory, ${wrongLoss.toFixed(3)} with another's (chance ${Math.log(32).toFixed(2)})`);
+  } finally {
+    opt.dispose();
     model.dispose();
   }
 });
