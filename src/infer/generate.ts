@@ -23,7 +23,7 @@
 
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
-import type { Transformer } from '../model/transformer.ts';
+import type { AttentionRows, KvCache, Transformer } from '../model/transformer.ts';
 
 export interface SampleOptions {
   /** 0: greedy; default 1 */
@@ -128,43 +128,98 @@ export interface BatchGenerateOptions extends SampleOptions {
  * server's (rows of other lengths, joining and leaving, need a per-row key mask).
  */
 export async function generateBatch(gpu: Gpu, model: Transformer, prompts: readonly (readonly number[])[], o: BatchGenerateOptions): Promise<number[][]> {
-  const B = prompts.length;
-  const L = prompts[0]?.length ?? 0;
-  if (B === 0) return [];
-  if (L === 0) throw new EngramError('generateBatch: the prompts need at least one token');
-  const bad = prompts.findIndex((p) => p.length !== L);
-  if (bad >= 0) throw new EngramError(`generateBatch: rows decode in lockstep, so every prompt needs the same length: prompt 0 has ${L} tokens, prompt ${bad} ${prompts[bad]!.length}`);
-  const V = model.config.vocabSize;
+  if (prompts.length === 0) return [];
+  const L = lockstepLength(prompts, 'generateBatch');
   const max = Math.min(model.config.maxSeqLen, L + o.maxNew);
-  const cache = await model.createCache(max, { batch: B });
-  const random = prompts.map((_, r) => rng((o.seed ?? 0) + r));
-  const out: number[][] = prompts.map(() => []);
-  const live = prompts.map(() => o.maxNew > 0);
+  const cache = await model.createCache(max, { batch: prompts.length });
+  const rows = new Lockstep(prompts, o);
   try {
     let next: readonly (readonly number[])[] = prompts;
-    while (live.some((x) => x) && cache.length + next[0]!.length <= max) {
-      const T = next[0]!.length;
-      const flat = new Uint32Array(B * T);
-      next.forEach((row, b) => flat.set(row, b * T));
-      const ids = await gpu.tensorFrom(flat, [B, T], 'u32', 'ids');
-      const logits = await model.logits(ids, cache);
-      // only each row's last position comes back
-      const back = await gpu.readRanges(logits.buffer, next.map((_, b) => ({ offset: logits.offset + (b * T + T - 1) * V * 4, size: V * 4 })));
-      ids.dispose();
-      logits.dispose();
-      next = back.map((bytes, r) => {
-        if (!live[r]) return [out[r]!.at(-1) ?? prompts[r]!.at(-1)!];
-        const id = sample(new Float32Array(bytes), o, random[r]!);
-        out[r]!.push(id);
-        o.onToken?.(r, id);
-        if (o.stopIds?.includes(id) || o.shouldStop?.(r, out[r]!) || out[r]!.length >= o.maxNew) live[r] = false;
-        return [id];
-      });
-    }
+    while (!rows.done && cache.length + next[0]!.length <= max) next = rows.next(await lastLogits(gpu, model, next, { cache })).map((id) => [id]);
   } finally {
     for (const t of [...cache.k, ...cache.v]) t.dispose();
   }
-  return out;
+  return rows.out;
+}
+
+/** the one length of prompts decoded in lockstep; throws (naming `what`) for none, or for rows of other lengths */
+export function lockstepLength(prompts: readonly (readonly number[])[], what: string): number {
+  const L = prompts[0]?.length ?? 0;
+  if (L === 0) throw new EngramError(`${what}: the prompts need at least one token`);
+  const bad = prompts.findIndex((p) => p.length !== L);
+  if (bad >= 0) throw new EngramError(`${what}: rows decode in lockstep, so every prompt needs the same length: prompt 0 has ${L} tokens, prompt ${bad} ${prompts[bad]!.length}`);
+  return L;
+}
+
+/**
+ * the rows of a lockstep decode: each row's output, generator (seed + r) and whether it still
+ * takes tokens. next() picks every row's token from its last logits: a live row samples (and
+ * stops after a stop id, when shouldStop says so, or at maxNew); a stopped row repeats its last
+ * token, which is stepped with the others and dropped
+ */
+export class Lockstep {
+  readonly out: number[][];
+  private readonly live: boolean[];
+  private readonly random: (() => number)[];
+
+  constructor(
+    private readonly prompts: readonly (readonly number[])[],
+    private readonly o: BatchGenerateOptions,
+  ) {
+    this.out = prompts.map(() => []);
+    this.live = prompts.map(() => o.maxNew > 0);
+    this.random = prompts.map((_, r) => rng((o.seed ?? 0) + r));
+  }
+
+  /** every row has stopped */
+  get done(): boolean {
+    return !this.live.some((x) => x);
+  }
+
+  isLive(r: number): boolean {
+    return this.live[r]!;
+  }
+
+  next(logits: readonly Float32Array[]): number[] {
+    const { o, out } = this;
+    return logits.map((l, r) => {
+      if (!this.live[r]) return out[r]!.at(-1) ?? this.prompts[r]!.at(-1)!;
+      const id = sample(l, o, this.random[r]!);
+      out[r]!.push(id);
+      o.onToken?.(r, id);
+      if (o.stopIds?.includes(id) || o.shouldStop?.(r, out[r]!) || out[r]!.length >= o.maxNew) this.live[r] = false;
+      return id;
+    });
+  }
+}
+
+/**
+ * rows of ids (right-padded with token 0 to the longest) through model.logits, after `cache` when
+ * given (then every row continues its cache row: one length for all); the logits of each row's
+ * last real position, all in one readback. `watch` as Transformer.logits's
+ */
+export async function lastLogits(
+  gpu: Gpu,
+  model: Transformer,
+  rows: readonly (readonly number[])[],
+  o: { cache?: KvCache; watch?: (layer: number, t: AttentionRows) => Promise<void> } = {},
+): Promise<Float32Array[]> {
+  const V = model.config.vocabSize;
+  const T = Math.max(...rows.map((r) => r.length));
+  const flat = new Uint32Array(rows.length * T); // zeros: the padding
+  rows.forEach((s, b) => flat.set(s, b * T));
+  const ids = await gpu.tensorFrom(flat, [rows.length, T], 'u32', 'ids');
+  try {
+    const logits = await model.logits(ids, o.cache, o.watch);
+    try {
+      const back = await gpu.readRanges(logits.buffer, rows.map((s, b) => ({ offset: logits.offset + (b * T + s.length - 1) * V * 4, size: V * 4 })));
+      return back.map((bytes) => new Float32Array(bytes));
+    } finally {
+      logits.dispose();
+    }
+  } finally {
+    ids.dispose();
+  }
 }
 
 export interface GreedyBatchOptions {
@@ -199,7 +254,7 @@ export async function greedyBatch(gpu: Gpu, model: Transformer, prompts: readonl
     const T = Math.max(...active.map((r) => seqs[r]!.length));
     const per = Math.max(1, Math.floor(MAX_STEP_LOGITS_BYTES / (T * V * 4)));
     const next: number[] = [];
-    for (let g = 0; g < active.length; g += per) next.push(...(await lastLogitsArgmax(gpu, model, active.slice(g, g + per).map((r) => seqs[r]!), T)));
+    for (let g = 0; g < active.length; g += per) next.push(...(await lastLogits(gpu, model, active.slice(g, g + per).map((r) => seqs[r]!))).map(argmax));
     const still: number[] = [];
     active.forEach((r, b) => {
       const id = next[b]!;
@@ -210,24 +265,4 @@ export async function greedyBatch(gpu: Gpu, model: Transformer, prompts: readonl
     active = still; // finished rows leave the batch
   }
   return out;
-}
-
-/** one uncached step for a group of rows padded to T: the argmax of each row's last real position's logits */
-async function lastLogitsArgmax(gpu: Gpu, model: Transformer, rows: readonly (readonly number[])[], T: number): Promise<number[]> {
-  const V = model.config.vocabSize;
-  const flat = new Uint32Array(rows.length * T); // zeros: the padding
-  rows.forEach((s, b) => flat.set(s, b * T));
-  const ids = await gpu.tensorFrom(flat, [rows.length, T], 'u32', 'ids');
-  try {
-    const logits = await model.logits(ids);
-    try {
-      const ranges = rows.map((s, b) => ({ offset: logits.offset + (b * T + s.length - 1) * V * 4, size: V * 4 }));
-      const back = await gpu.readRanges(logits.buffer, ranges);
-      return back.map((bytes) => argmax(new Float32Array(bytes)));
-    } finally {
-      logits.dispose();
-    }
-  } finally {
-    ids.dispose();
-  }
 }

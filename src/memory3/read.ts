@@ -28,9 +28,9 @@
 import type { Tokenizer } from '../data/tokenizer.ts';
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
-import { rng, sample, type SampleOptions } from '../infer/generate.ts';
+import { lastLogits, Lockstep, lockstepLength, type BatchGenerateOptions, type SampleOptions } from '../infer/generate.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import type { KvCache, Transformer } from '../model/transformer.ts';
+import type { AttentionRows, KvCache, Transformer } from '../model/transformer.ts';
 import type { MemoryBank, SearchHit } from './bank.ts';
 import { copyMemoryRows, decodeMemory, type SparseMemory } from './blob.ts';
 import { REFERENCE_PREFIX, sinkKV } from './write.ts';
@@ -74,12 +74,8 @@ export interface MemoryGenerateOptions extends SampleOptions {
   onChunk?: (c: ChunkInfo) => void;
 }
 
-/** generateBatch's options: MemoryGenerateOptions with the row each call is about */
-export interface MemoryBatchOptions extends SampleOptions {
-  maxNew: number;
-  stopIds?: readonly number[];
-  onToken?: (row: number, id: number) => void;
-  shouldStop?: (row: number, ids: readonly number[]) => boolean;
+/** generateBatch's options: generateBatch's (infer/generate.ts), and what each row's chunks retrieved */
+export interface MemoryBatchOptions extends BatchGenerateOptions {
   onChunk?: (row: number, c: ChunkInfo) => void;
 }
 
@@ -187,10 +183,7 @@ export class MemoryReader {
     const c = model.config;
     const B = prompts.length;
     if (B === 0) return [];
-    const L = prompts[0]!.length;
-    if (L === 0) throw new EngramError('memory reader: the prompts need at least one token');
-    const bad = prompts.findIndex((p) => p.length !== L);
-    if (bad >= 0) throw new EngramError(`memory reader: rows decode in lockstep, so every prompt needs the same length: prompt 0 has ${L} tokens, prompt ${bad} ${prompts[bad]!.length}`);
+    const L = lockstepLength(prompts, 'memory reader');
     const prefix = Array.from(this.tok.encode(ro.prefix));
     const p = prefix.length;
     const max = Math.min(c.maxSeqLen, L + o.maxNew);
@@ -202,8 +195,7 @@ export class MemoryReader {
       batch: B,
     });
     const chunks: ChunkInfo[][] = prompts.map(() => []);
-    const out: number[][] = prompts.map(() => []);
-    const live = prompts.map(() => o.maxNew > 0);
+    const lock = new Lockstep(prompts, o);
     const report = (infos: ChunkInfo[]) =>
       infos.forEach((info, r) => {
         chunks[r]!.push(info);
@@ -218,30 +210,22 @@ export class MemoryReader {
         report(await this.retrieve(cache, sink, ids.map((x) => this.tok.decode(x)), s, s + ids[0]!.length));
         last = await this.step(cache, ids);
       }
-      const random = prompts.map((_, r) => rng((o.seed ?? 0) + r));
       let current = chunks.map((x) => x[x.length - 1]!);
-      while (live.some((x) => x) && cache.length < max) {
-        const next = last.map((logits, r) => {
-          if (!live[r]) return out[r]!.at(-1) ?? prompts[r]!.at(-1)!;
-          const id = sample(logits, o, random[r]!);
-          out[r]!.push(id);
-          o.onToken?.(r, id);
-          if (o.stopIds?.includes(id) || o.shouldStop?.(r, out[r]!) || out[r]!.length >= o.maxNew) live[r] = false;
-          return id;
-        });
-        if (!live.some((x) => x) || cache.length >= max) break;
+      while (!lock.done && cache.length < max) {
+        const next = lock.next(last);
+        if (lock.done || cache.length >= max) break;
         // every `chunk` new tokens: memories retrieved with those tokens (rows in lockstep)
         const n = cache.length - L + 1;
         if (n % ro.chunk === 0) {
           const at = L + n;
-          current = await this.retrieve(cache, sink, out.map((x, r) => (live[r] ? this.tok.decode(x.slice(-ro.chunk)) : '')), at, at, current);
+          current = await this.retrieve(cache, sink, lock.out.map((x, r) => (lock.isLive(r) ? this.tok.decode(x.slice(-ro.chunk)) : '')), at, at, current);
           report(current);
         }
         for (const info of current) info.end = L + n + 1;
         last = await this.step(cache, next.map((id) => [id]));
       }
       this.settle();
-      return out.map((ids, r) => ({ ids, chunks: chunks[r]! }));
+      return lock.out.map((ids, r) => ({ ids, chunks: chunks[r]! }));
     } finally {
       for (const t of [...cache.k, ...cache.v]) t.dispose();
     }
@@ -319,21 +303,9 @@ export class MemoryReader {
     }
   }
 
-  /** runs each row's ids after the cache; each row's last position's logits */
-  private async step(cache: KvCache, ids: readonly (readonly number[])[]): Promise<Float32Array[]> {
-    const T = ids[0]!.length;
-    const flat = new Uint32Array(ids.length * T);
-    ids.forEach((row, b) => flat.set(row, b * T));
-    const t = await this.gpu.tensorFrom(flat, [ids.length, T], 'u32', 'ids');
-    try {
-      const logits = await this.model.logits(t, cache, this.acc ? (layer, r) => this.inspect(layer, r.q, r.lse) : undefined);
-      const V = this.model.config.vocabSize;
-      const back = await this.gpu.readRanges(logits.buffer, ids.map((_, b) => ({ offset: logits.offset + (b * T + T - 1) * V * 4, size: V * 4 })));
-      logits.dispose();
-      return back.map((x) => new Float32Array(x));
-    } finally {
-      t.dispose();
-    }
+  /** runs each row's ids after the cache; each row's last position's logits (inspected when a chunk is) */
+  private step(cache: KvCache, ids: readonly (readonly number[])[]): Promise<Float32Array[]> {
+    return lastLogits(this.gpu, this.model, ids, { cache, ...(this.acc ? { watch: (layer: number, r: AttentionRows) => this.inspect(layer, r.q, r.lse) } : {}) });
   }
 }
 
