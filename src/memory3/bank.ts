@@ -175,6 +175,7 @@ const IN_CHUNK = 512;
 /** blob bytes per Arrow record batch: well under Arrow's 2 GiB per binary column */
 const BATCH_BYTES = 256 * 2 ** 20;
 
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const isRemote = (uri: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(uri);
 const sqlString = (s: string): string => `'${s.replaceAll("'", "''")}'`;
 const inList = (ids: readonly string[]): string => ids.map(sqlString).join(', ');
@@ -306,7 +307,7 @@ export class MemoryBank {
         if (o.model.dtype === 'pq') {
           if (!o.codebooks) throw new MemoryBankError(`MemoryBank.open: creating a bank of dtype 'pq' needs its codebooks (quantize.ts trainMemoryCodebooks)`);
           const bytes = encodeCodebooks(o.codebooks);
-          hash = createHash('sha256').update(bytes).digest('hex');
+          hash = sha256(bytes);
           // first the codebooks, then the refs table whose manifest names them: a crash between leaves no bank
           const books = await db.createTable(CODEBOOK_TABLE, [{ data: bytes }], { mode: 'overwrite', schema: new arrow.Schema([new arrow.Field('data', new arrow.Binary(), false)]) });
           books.close();
@@ -644,7 +645,7 @@ async function readCodebooks(uri: string, db: lancedb.Connection, m: BankManifes
     const rows = (await t.query().toArray()) as { data: Uint8Array }[];
     if (rows.length !== 1) throw fail(`its '${CODEBOOK_TABLE}' table has ${rows.length} rows, not 1`);
     const bytes = new Uint8Array(rows[0]!.data);
-    const hash = createHash('sha256').update(bytes).digest('hex');
+    const hash = sha256(bytes);
     if (hash !== m.codebooks) throw fail(`its codebooks hash to ${hash}, but its manifest names ${m.codebooks}`);
     return decodeCodebooks(bytes, `memory bank at ${uri}, codebooks`);
   } finally {

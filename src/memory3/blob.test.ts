@@ -7,7 +7,6 @@ import { bf16BitsToF32, f32ToBf16Bits } from '../gpu/dtype.ts';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
 import {
-  crc32Js,
   decodeMemory,
   encodeMemory,
   MEMORY_HEADER_BYTES,
@@ -17,7 +16,6 @@ import {
   type MemoryDType,
   type SparseMemory,
 } from './blob.ts';
-import zlib from 'node:zlib';
 
 function randomMemory(seed: number, dims: { layers: number; kvHeads: number; tokens: number; headDim: number }, dtype: MemoryDType, maxPos = 128): SparseMemory {
   const rng = new Rng(seed);
@@ -98,13 +96,6 @@ test('size formula: the paper model (22 layers, 8 KV heads, 8 tokens, 80 dims, b
   for (const dtype of ['bf16', 'f32'] as const) {
     assert.equal(encodeMemory(randomMemory(5, { layers: 1, kvHeads: 1, tokens: 1, headDim: 1 }, dtype)).length, memoryBytes({ layers: 1, kvHeads: 1, tokens: 1, headDim: 1, dtype }));
   }
-});
-
-test('crc32: the table-driven fallback agrees with zlib (and the standard check value)', () => {
-  assert.equal(crc32Js(new TextEncoder().encode('123456789')), 0xcbf43926);
-  const data = Uint8Array.from(new Rng(6).uniforms(1000, 0, 256), Math.floor);
-  assert.equal(crc32Js(data.subarray(400), crc32Js(data.subarray(0, 400))), crc32Js(data));
-  if (typeof (zlib as { crc32?: unknown }).crc32 === 'function') assert.equal(crc32Js(data), zlib.crc32(data));
 });
 
 test('damage is an error naming the blob and what is wrong', () => {

@@ -47,8 +47,8 @@
 // its dims, a checksum mismatch) is a MemoryBlobError naming the blob and what is wrong; nothing is read
 // out of bounds and nothing is silently misread.
 
-import zlib from 'node:zlib';
 import { EngramError } from '../gpu/errors.ts';
+import { crc32 } from '../io/crc32.ts';
 import { pqDecode, type PqCodebook } from './pq.ts';
 
 export type MemoryDType = 'bf16' | 'f32' | 'pq';
@@ -125,29 +125,6 @@ export function memoryBytes(shape: MemoryShape & { positionBytes?: 2 | 4 }): num
   const { layers: L, kvHeads: H, tokens: T } = shape;
   return MEMORY_HEADER_BYTES + kvBytes(shape) + L * H * T * (shape.positionBytes ?? 2);
 }
-
-// ---- CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320: the one of zlib, gzip and PNG) ----
-
-let table: Uint32Array | undefined;
-
-/** Table-driven CRC-32, continuing from `crc` (0 to start); the fallback where node:zlib has no crc32 (< 20.15). */
-export function crc32Js(data: Uint8Array, crc = 0): number {
-  if (!table) {
-    table = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      table[n] = c >>> 0;
-    }
-  }
-  let c = ~crc >>> 0;
-  for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
-/** CRC-32 continuing from `crc`: node:zlib's (native, fast) where this Node has it, else crc32Js */
-const crc32: (data: Uint8Array, crc?: number) => number =
-  typeof (zlib as { crc32?: unknown }).crc32 === 'function' ? (d, c = 0) => zlib.crc32(d, c) : crc32Js;
 
 /** the checksum a blob stores: header bytes [0, 20), then the payload */
 const blobCrc = (b: Uint8Array): number => crc32(b.subarray(MEMORY_HEADER_BYTES), crc32(b.subarray(0, 20)));

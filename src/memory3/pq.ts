@@ -33,7 +33,7 @@
 //    8     4    u32 dim
 //   12     4    u32 subvectors (M)
 //   16     4    u32 centroids (C)
-//   20     4    u32 CRC-32 (IEEE, memory3/blob.ts crc32Js) of bytes [0, 20) then the data [24, end)
+//   20     4    u32 CRC-32 (IEEE, io/crc32.ts) of bytes [0, 20) then the data [24, end)
 //   24          f32 centroids, (M, C, dim/M)
 // a damaged codebook (short, wrong magic or version, impossible sizes, truncated, trailing bytes, checksum
 // mismatch) is a PqError naming where it came from and what is wrong.
@@ -43,7 +43,7 @@ import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { KMEANS_MAX_D, kmeansAssign } from '../kernels/kmeans/kmeans.ts';
 import { Rng } from '../testing/rng.ts';
-import { crc32Js } from './blob.ts';
+import { crc32 } from '../io/crc32.ts';
 
 export interface PqCodebook {
   /** length of the vectors coded */
@@ -358,7 +358,7 @@ export function pqDecode(book: PqCodebook, codes: Uint8Array): Float32Array {
 
 // ---------------------------------------------------------------- codebook bytes
 
-const bookCrc = (b: Uint8Array): number => crc32Js(b.subarray(PQ_HEADER_BYTES), crc32Js(b.subarray(0, 20)));
+const bookCrc = (b: Uint8Array): number => crc32(b.subarray(PQ_HEADER_BYTES), crc32(b.subarray(0, 20)));
 const hex = (x: number): string => `0x${x.toString(16).padStart(8, '0')}`;
 
 /** A codebook's bytes (layout in the file header). */
