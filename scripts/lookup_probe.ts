@@ -21,7 +21,7 @@ import { MemoryBatcher } from '../src/memory3/train.ts';
 import { parseModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { Rng } from '../src/testing/rng.ts';
-import { trainLoop } from '../src/train/loop.ts';
+import { freeBatch, trainLoop } from '../src/train/loop.ts';
 import { AdamW } from '../src/train/optimizer.ts';
 import type { Batch } from '../src/train/trainer.ts';
 
@@ -51,8 +51,7 @@ async function lookupLoss(model: Transformer, batch: (j: number) => Promise<Batc
     sum += (await gpu.read(loss))[0]!;
     for (const u of [loss, targets]) u.dispose();
     model.release();
-    if (x.dispose) x.dispose();
-    else for (const u of [x.ids, x.targets]) u.dispose();
+    freeBatch(x);
   }
   return sum / 4;
 }

@@ -102,11 +102,10 @@ export class MemoryBatcher {
       for (let c = 0; c < C; c++) {
         const g = at / chunk + c;
         const w: number[] = [];
-        const planned = this.o.own
-          ? (j: number) => (g * window + j < this.plan.length ? this.plan[g * window + j]! : -1)
-          : (j: number) => (g - (window - 1 - j) >= 0 && g - (window - 1 - j) < this.plan.length ? this.plan[g - (window - 1 - j)]! : -1);
         for (let j = 0; j < window; j++) {
-          const r = planned(j);
+          // own: the chunk's j-th planned reference; else chunk g - (window - 1 - j)'s one
+          const at = this.o.own ? g * window + j : g - (window - 1 - j);
+          const r = at >= 0 && at < this.plan.length ? this.plan[at]! : -1;
           w.push(r >= 0 ? r : rng.int(this.refs.length));
         }
         windows.push(w);

@@ -158,10 +158,7 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
     const micro: (Batch & { dispose?: () => void })[] = [];
     for (let j = 0; j < accum; j++) micro.push(o.batches ? await o.batches(s, j) : await batchAt(gpu, data.train, B, T, seed, s, j));
     const r = await trainer.step(micro);
-    for (const m of micro) {
-      if (m.dispose) m.dispose();
-      else for (const t of [m.ids, m.targets]) t.dispose();
-    }
+    for (const m of micro) freeBatch(m);
     losses.push(r.loss);
     tokens += r.tokens;
     const secs = (performance.now() - t0) / 1000;
@@ -192,6 +189,12 @@ export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: 
   return losses;
 }
 
+/** frees a batch: its own dispose() (e.g. MemoryBatcher's, which owns its memory too), else its ids and targets */
+export function freeBatch(b: Batch & { dispose?: () => void }): void {
+  if (b.dispose) b.dispose();
+  else for (const t of [b.ids, b.targets]) t.dispose();
+}
+
 /** mean loss over the validation batches (fixed per j), and the memory layers' read statistics on the first */
 async function validate(gpu: Gpu, model: Transformer, n: number, batch: (j: number) => Promise<Batch & { dispose?: () => void }>): Promise<{ valLoss: number; memory: MemoryReadStats[] }> {
   let sum = 0;
@@ -203,8 +206,7 @@ async function validate(gpu: Gpu, model: Transformer, n: number, batch: (j: numb
     model.release();
     sum += (await gpu.read(loss))[0]!;
     loss.dispose();
-    if (b.dispose) b.dispose();
-    else for (const t of [b.ids, b.targets]) t.dispose();
+    freeBatch(b);
   }
   return { valLoss: sum / n, memory };
 }
