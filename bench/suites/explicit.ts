@@ -39,7 +39,7 @@ import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedy
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { planRetrieval } from '../../src/memory3/bm25.ts';
-import { MemoryBank, type NewReference } from '../../src/memory3/bank.ts';
+import { MemoryBank, type NewReference, type SearchHit } from '../../src/memory3/bank.ts';
 import { decodeMemory, encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
 import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quantize.ts';
 import { MemoryReader } from '../../src/memory3/read.ts';
@@ -208,15 +208,16 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         }
         return answers;
       };
-      const ragPrompt = async (prompt: string) => (await bank.search(prompt, { k: 5 })).map((h) => h.text).join('\n') + '\n' + prompt;
+      const ragPrompt = (hits: readonly SearchHit[], prompt: string) => hits.map((h) => h.text).join('\n') + '\n' + prompt;
       const qa = async (qs: readonly Question[]) => {
         const none = (await evalFacts(gpu, model, tok, qs)).em;
         const ex = await explicitAnswers(qs);
         const right = qs.filter((q, i) => exactMatch(ex[i]!, acceptedForms(q)) === 1);
-        const ragAnswers = await greedyAnswers(gpu, model, tok, await Promise.all(qs.map((q) => ragPrompt(q.prompt))));
+        const hits = await Promise.all(qs.map((q) => bank.search(q.prompt, { k: 5 })));
+        const ragAnswers = await greedyAnswers(gpu, model, tok, qs.map((q, i) => ragPrompt(hits[i]!, q.prompt)));
         const rag = qs.reduce((n, q, i) => n + exactMatch(ragAnswers[i]!, acceptedForms(q)), 0) / qs.length;
         // how often the search (the question's text, as both read it) has the fact's reference in its top 5
-        const found = await Promise.all(qs.map(async (q) => (await bank.search(q.prompt, { k: 5 })).some((h) => h.id === `f${index.get(factKey(q.fact))}`)));
+        const found = qs.map((q, i) => hits[i]!.some((h) => h.id === `f${index.get(factKey(q.fact))}`));
         return { none, explicit: right.length / qs.length, rag, right, recall5: found.filter((x) => x).length / qs.length };
       };
       const asked = selectQuestions(questions(corpus.heldOut), { perRelation: P.perRelation });
@@ -272,7 +273,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const stride = Math.floor((val.length - IN) / GB);
       const ins = Array.from({ length: GB }, (_, r) => Array.from(val.subarray(r * stride, r * stride + IN)));
       const hitsOf = await Promise.all(ins.map((x) => bank.search(tok.decode(x), { k: 5 })));
-      const ragRows = ins.map((x, r) => [...tok.encode(hitsOf[r]!.map((h) => h.text).join('\n') + '\n'), ...x]);
+      const ragRows = ins.map((x, r) => [...tok.encode(ragPrompt(hitsOf[r]!, '')), ...x]);
       const ragLen = Math.min(...ragRows.map((x) => x.length));
       const ragIns = ragRows.map((x) => x.slice(x.length - ragLen));
       // the three interleaved, 3 rounds, the median of each: per-step host overhead dominates at this
