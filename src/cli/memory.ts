@@ -328,6 +328,9 @@ export async function memoryBuildCommand(a: BuildArgs, env: MemoryEnv = {}): Pro
 
 /** a new pq bank's codebooks: learned from the memories of up to PQ_SAMPLE references, evenly spread */
 async function learnCodebooks(mm: MemoryModel, refs: readonly ReferenceLine[], m: BankModel, vqBytes: number | undefined, log: (line: string) => void): Promise<MemoryCodebooks> {
+  if (vqBytes !== undefined && !(Number.isInteger(vqBytes) && vqBytes >= 1 && m.headDim % vqBytes === 0)) {
+    throw new EngramError(`--vq-bytes: expected a divisor of the head dim ${m.headDim}, got ${vqBytes}`);
+  }
   const step = Math.max(1, Math.floor(refs.length / PQ_SAMPLE));
   const sample = refs.filter((_, i) => i % step === 0).slice(0, PQ_SAMPLE);
   const prefix = referenceTokens(mm.tok, 'x').prefix.length;
@@ -335,9 +338,6 @@ async function learnCodebooks(mm: MemoryModel, refs: readonly ReferenceLine[], m
   for (let s = 0; s < sample.length; s += 64) {
     const w = await writeMemories(mm.gpu, mm.model, mm.tok, sample.slice(s, s + 64).map((r) => r.text), { layers: m.layers, tokens: m.tokens, dtype: 'f32', maxTokens: maxReferenceTokens(mm, prefix) });
     mems.push(...w.map((x) => x.memory));
-  }
-  if (vqBytes !== undefined && !(Number.isInteger(vqBytes) && vqBytes >= 1 && m.headDim % vqBytes === 0)) {
-    throw new EngramError(`--vq-bytes: expected a divisor of the head dim ${m.headDim}, got ${vqBytes}`);
   }
   log(`memory build: learning pq codebooks from ${mems.length} references' memories`);
   return trainMemoryCodebooks(mm.gpu, mems, vqBytes !== undefined ? { subvectors: vqBytes } : {});

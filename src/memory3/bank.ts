@@ -79,7 +79,7 @@ import { existsSync } from 'node:fs';
 import * as lancedb from '@lancedb/lancedb';
 import * as arrow from 'apache-arrow';
 import { EngramError } from '../gpu/errors.ts';
-import { MemoryBlobError, memoryHeader, type MemoryCodebooks, type MemoryDType } from './blob.ts';
+import { fmtShape, MemoryBlobError, memoryHeader, type MemoryCodebooks, type MemoryDType } from './blob.ts';
 import { decodeCodebooks, encodeCodebooks } from './quantize.ts';
 
 /** what a bank's memories were computed by and with: the bank refuses any other model */
@@ -632,9 +632,6 @@ function compareModel(uri: string, bank: BankManifest, model: BankModel): void {
     );
   }
 }
-
-const fmtShape = (s: { layers: number; kvHeads: number; tokens: number; headDim: number; dtype: MemoryDType; subvectors?: number }): string =>
-  `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}${s.dtype === 'pq' ? ` of ${s.subvectors} bytes` : ''}`;
 
 /** a pq bank's codebooks, verified against the hash its manifest records */
 async function readCodebooks(uri: string, db: lancedb.Connection, m: BankManifest): Promise<MemoryCodebooks> {

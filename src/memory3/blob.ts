@@ -299,7 +299,8 @@ export function decodeMemory(bytes: Uint8Array, label = 'memory blob', codebooks
 }
 
 const hex = (x: number): string => `0x${x.toString(16).padStart(8, '0')}`;
-const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}${s.dtype === 'pq' ? ` of ${s.subvectors} bytes` : ''}`;
+/** a memory shape as errors print it: (L, 2, Hkv, T, D) dtype */
+export const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}${s.dtype === 'pq' ? ` of ${s.subvectors} bytes` : ''}`;
 
 /**
  * copies a memory's keys and values at memory layer `layer` (its index among the memory's layers)
