@@ -3,9 +3,11 @@
 //   npm run bench -- explicit [--quick]
 //
 // one command, one machine: data with a share of the facts held out of the corpus entirely
-// (buildCorpus holdOut), the first training stage (no memory), the second (memories of the kept
-// facts' statements, encoded on the fly: memory3/train.ts), a bank of every fact's statement
-// (memory3/write.ts, bank.ts), then questions about held-out facts three ways:
+// (buildCorpus holdOut) and reading documents about invented facts (data/invented.ts), the first
+// training stage (no memory), the second (memories of the kept facts' statements and of invented
+// facts that only the memories state, asked about in the stream; encoded on the fly:
+// memory3/train.ts), a bank of every real fact's statement (memory3/write.ts, bank.ts), then
+// questions about held-out facts three ways:
 //   qa_em_no_memory      the model alone
 //   qa_em_explicit       the model reading the bank's memories (memory3/read.ts; 64-token chunks, top 5)
 //   qa_em_rag            the model with the same bank search's 5 references' text before the question
@@ -23,7 +25,7 @@
 //   bytes_per_memory_sparse  a stored memory (memory3/blob.ts: 8 tokens per KV head at the memory blocks, bf16)
 //   bytes_per_memory_vq      the same memory product-quantised (memory3/quantize.ts: 8 bytes per 64-dim vector),
 //                            and qa_em_explicit_vq, the practice-form questions read from a bank of those
-//   bank_write_refs_s        references written per second (encoding, selection, blobs, bank adds)
+//   bank_write_refs_s        references written per second (encoding and selection in batches of 256, blobs, bank adds)
 //   gen_tok_s_*              generated tokens per second at batch 32, 128 in / 128 out, as the paper
 //                            measured (infer/generate.ts generateBatch, MemoryReader.generateBatch)
 // --quick: a tiny model and a few steps (a smoke run on lavapipe: not the suite's figures). the full
@@ -32,8 +34,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readTokens, writeTokenData } from '../../src/cli/commands.ts';
+import { encodeDocuments, readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
+import { askingDocument, inventFacts } from '../../src/data/invented.ts';
 import { loadFacts, practice, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
 import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
@@ -55,9 +58,9 @@ import type { SuiteOutput } from '../run.ts';
 
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, own: false, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, own: true, asking: 20000, corpus2: 0.5, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank
   for (const a of args) {
     const m = /^--(\w+)=(.+)$/.exec(a);
@@ -109,9 +112,21 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const texts = all.map(phrase);
       const kbTexts = all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [texts[i]!]));
       const prefix = referenceTokens(tok, '').prefix;
-      const kb = kbTexts.map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
+      // stage 2's stream: the corpus's train documents and P.asking asking documents (data/invented.ts):
+      // questions and answers about 3 invented facts each, whose statements only the knowledge base holds.
+      // a memory of a kept fact tells the model what its weights already know, so only these reward
+      // reading a memory (BENCHMARKS.md `explicit`: without them a model learns to ignore its memories)
+      const invented = inventFacts(3 * P.asking, new Rng(13), new Set(corpus.invented.map((f) => f.subject)));
+      const asking = Array.from({ length: P.asking }, (_, d) => askingDocument(invented.slice(3 * d, 3 * d + 3)));
+      // and a share (P.corpus2) of the corpus's, so that language modelling goes on (and planning stays short)
+      const mix = new Rng(17);
+      const docs2 = mix.shuffle([...mix.shuffle([...corpus.train]).slice(0, Math.round(P.corpus2 * corpus.train.length)), ...asking]);
+      const train2 = encodeDocuments(tok, docs2);
+      const kb = [...kbTexts, ...invented.map(phrase)].map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
       // P.own: each chunk reads its own 5 best references (MemoryBatcher own), not the paper's 1 + the previous 4 chunks'
-      const plan = planRetrieval(train, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
+      const tp = performance.now();
+      const plan = planRetrieval(train2, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
+      log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
       const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own });
       // does the model read its memories? the loss on the same sequences with their own
       // references and with other chunks' (the plan's references permuted; chunks without one
@@ -124,7 +139,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const memoryLoss = async (b: MemoryBatcher) => {
         let sum = 0;
         for (let j = 0; j < 4; j++) {
-          const x = await b.batch(train, P.batch, P.seq, 1e6 + j);
+          const x = await b.batch(train2, P.batch, P.seq, 1e6 + j);
           const loss = await model.forward(x.ids, x.targets, x.memory);
           sum += (await gpu.read(loss))[0]!;
           loss.dispose();
@@ -138,8 +153,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const stage2 = opt.step + P.stage2;
       const schedule2 = { warmup: opt.step + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
       const t2 = performance.now();
-      await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train, P.batch, P.seq, s + j) });
-      notes['stage2'] = `${P.stage2} steps with memory (${kb.length} references of kept facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
+      await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train2, P.batch, P.seq, s + j) });
+      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents (${kb.length} references: kept and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
@@ -152,7 +167,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       let refTokens = 0;
       for (let i = 0; i < bankIds.length; i += 256) {
         const ids = bankIds.slice(i, i + 256);
-        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers });
+        const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers, batch: 256 });
         const refs = written.map((w, r) => {
           if ((i + r) % 4 === 0) sample.push(w.memory);
           const memory = encodeMemory(w.memory);
@@ -238,7 +253,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         pqBytes = 0;
         for (let i = 0; i < bankIds.length; i += 256) {
           const ids = bankIds.slice(i, i + 256);
-          const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers });
+          const written = await writeMemories(gpu, model, tok, ids.map((j) => texts[j]!), { layers, batch: 256 });
           const coded = await quantizeMemories(gpu, codebooks, written.map((w) => w.memory));
           const refs = written.map((w, r) => ({ id: `f${ids[r]}`, text: w.text, tokens: w.tokens, memory: encodeMemory(coded[r]!) }));
           for (const r of refs) pqBytes += r.memory.byteLength;

@@ -41,17 +41,24 @@ export async function writeTokenData(dir: string, docs: { train: string[]; val: 
   const json = await trainTokenizer([files.train], { vocabSize: vocab, special: [EOT] });
   writeFileSync(join(dir, 'tokenizer.json'), json);
   const tok = await Tokenizer.fromJson(json);
-  const eot = tok.tokenId(EOT)!;
   for (const [split, list] of [['train', docs.train], ['val', docs.val]] as const) {
-    const ids: number[] = [];
-    for (const d of list) {
-      for (const id of tok.encode(d)) ids.push(id);
-      ids.push(eot);
-    }
-    writeFileSync(join(dir, `${split}.bin`), new Uint8Array(Uint32Array.from(ids).buffer));
+    const ids = encodeDocuments(tok, list);
+    writeFileSync(join(dir, `${split}.bin`), new Uint8Array(ids.buffer));
     console.log(`${split}.bin: ${ids.length} tokens`);
   }
   return tok;
+}
+
+/** documents as one token stream, each ended by EOT (as train.bin holds them) */
+export function encodeDocuments(tok: Tokenizer, docs: readonly string[]): Uint32Array {
+  const eot = tok.tokenId(EOT);
+  if (eot === undefined) throw new EngramError(`the tokenizer has no ${EOT} token: train it with writeTokenData`);
+  const ids: number[] = [];
+  for (const d of docs) {
+    for (const id of tok.encode(d)) ids.push(id);
+    ids.push(eot);
+  }
+  return Uint32Array.from(ids);
 }
 
 /** a token file that writeTokenData wrote (u32 ids) */

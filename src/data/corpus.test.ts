@@ -311,26 +311,34 @@ function b64(n: number): string {
   return s;
 }
 
-test('buildCorpus: reading adds documents of statements and questions whose answers they state, in train only, never about held-out facts', () => {
+test('buildCorpus: reading adds documents of invented facts\' statements and questions whose answers they state, in train only', () => {
   const base = buildCorpus({ include: ['facts'], holdOut: 0.2, seed: 3 });
   const c = buildCorpus({ include: ['facts'], holdOut: 0.2, reading: 30, seed: 3 });
   assert.equal(c.counts['reading'], 30);
   assert.deepEqual(c.val, base.val);
+  assert.deepEqual(base.invented, []);
   assert.equal(c.train.length, base.train.length + 30);
+  assert.equal(c.invented.length, 30 * 6);
   const docs = c.train.filter((d) => d.includes('\nQ: '));
   assert.equal(docs.length, 30);
-  const held = new Set(c.heldOut.flatMap((f) => statements(f, () => 0)));
+  const real = new Set(loadFacts().map((f) => f.subject));
+  for (const f of c.invented) assert.ok(!real.has(f.subject), f.subject);
+  // every statement line of a reading document is an invented fact's, and nothing else in train names their subjects
+  const said = new Set(c.invented.flatMap((f) => statements(f, () => 0)));
+  const subjects = c.invented.map((f) => f.subject.toLowerCase());
   for (const d of docs) {
     const lines = d.split('\n');
     const statementsPart = lines.slice(0, 6).join('\n');
     const qa = lines.slice(6);
-    assert.ok(qa.length >= 2 && qa.length <= 6 && qa.length % 2 === 0, d);
+    assert.equal(qa.length, 6, d);
     for (let i = 0; i < qa.length; i += 2) {
       assert.match(qa[i]!, /^Q: /);
       const answer = qa[i + 1]!.replace(/^A: /, '');
       assert.ok(statementsPart.toLowerCase().includes(answer.toLowerCase()), `answer '${answer}' is stated: ${d}`);
     }
-    for (const l of lines.slice(0, 6)) assert.ok(!held.has(l), `a held-out fact: ${l}`);
+    for (const l of lines.slice(0, 6)) assert.ok(said.has(l), `not an invented fact's statement: ${l}`);
   }
+  const rest = base.train.join('\n').toLowerCase();
+  assert.ok(subjects.every((s) => !rest.includes(s)), 'an invented subject occurs elsewhere in train');
   assert.throws(() => buildCorpus({ reading: -1 }), /reading must be an integer >= 0/);
 });

@@ -33,12 +33,14 @@
 // then the copies, in a shuffled order, are put at seeded random places in it (a uniform interleaving), so they
 // are spread through the stream like the rest (the training loop reads windows at random offsets in train.bin).
 //
-// Reading documents (reading n, default 0): n documents more in train only, each 6 statements of kept facts (one
-// phrasing each, drawn from their own stream) followed by 3 practice questions and answers about askable facts
-// among those 6: the answer is in the document, a few lines up. They teach reading a fact out of the context (what
-// a model needs to use retrieved text, or an explicit memory of it: memory3/), which fact lines alone never
-// reward; short, so that a training window holds whole documents, and many are needed (a small model learns such
-// lookups late). They go in at seeded random places like the repeats, and never to val.
+// Reading documents (reading n, default 0): n documents more in train only, each 6 statements of invented facts
+// (data/invented.ts: made-up subjects, real objects; one phrasing each, drawn from their own stream) followed by 3
+// practice questions and answers about 3 of those 6: the answer is in the document, a few lines up, and nowhere
+// else. They teach reading a fact out of the context (what a model needs to use retrieved text, or an explicit
+// memory of it: memory3/), which fact lines never reward, and neither do documents about kept facts (a model
+// answers those from its weights). Short, so that a training window holds whole documents, and many are needed
+// (a small model learns such lookups late). They go in at seeded random places like the repeats, and never to
+// val; Corpus.invented lists their facts.
 //
 // Held-out facts (holdOut share, default 0): a seeded share of the facts (their own stream) is left out before any
 // fact document is made: none of their statements, and none of their practice questions, is in train or val.
@@ -57,6 +59,7 @@ import { gunzipSync } from 'node:zlib';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
 import { loadFacts, practice, statements, type Fact, type Question } from './facts.ts';
+import { inventFacts, readingDocument } from './invented.ts';
 
 /** Put between documents in train.txt / val.txt; the tokenizer's special token, on a line of its own. */
 export const DOC_SEPARATOR = '\n\n<|endoftext|>\n\n';
@@ -106,6 +109,8 @@ export interface Corpus {
   practised: Question[];
   /** the facts kept out of the corpus (see `holdOut`), in loadFacts() order */
   heldOut: Fact[];
+  /** the invented facts the reading documents state (see `reading`; data/invented.ts) */
+  invented: Fact[];
 }
 
 const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats', 'holdOut', 'reading']);
@@ -129,6 +134,7 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   // held-out facts: their own stream, so the rest of the corpus is drawn as without them
   const holdRng = sourceRng(seed + 5, 'facts');
   const heldOut: Fact[] = [];
+  let invented: Fact[] = [];
   const kept = loadFacts().filter((f) => (holdOut > 0 && holdRng.next() < holdOut ? (heldOut.push(f), false) : true));
   const sources = new Map<CorpusSource, SourceDocs>();
   for (const s of include) {
@@ -169,26 +175,20 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   }
   if (reading > 0 && include.includes('facts')) {
     const rng = sourceRng(seed + 6, 'facts');
-    const docs = readingDocs(kept, reading, rng);
+    const { docs, facts } = readingDocs(reading, rng);
+    invented = facts;
     counts['reading'] = docs.length;
     for (const d of docs) bytes += Buffer.byteLength(d);
     out = interleave(out, docs, rng);
   }
-  return { train: out, val, counts, bytes, notes, practised, heldOut };
+  return { train: out, val, counts, bytes, notes, practised, heldOut, invented };
 }
 
-/** n reading documents (see the header): READING_FACTS statements of kept facts, then READING_QUESTIONS questions about askable ones among them */
-function readingDocs(facts: Fact[], n: number, rng: Rng): string[] {
-  const asks = new Map(practice(facts).map((q) => [q.fact, q]));
-  const docs: string[] = [];
-  for (let d = 0; d < n; d++) {
-    const chosen: Fact[] = [];
-    for (let i = 0; i < READING_FACTS; i++) chosen.push(facts[rng.int(facts.length)]!);
-    const lines = chosen.map((f) => statements(f, () => rng.next())[0]!);
-    const qs = rng.shuffle(chosen.filter((f) => asks.has(f))).slice(0, READING_QUESTIONS);
-    docs.push([...lines, ...qs.map((f) => `${asks.get(f)!.prompt}${asks.get(f)!.answer}`)].join('\n'));
-  }
-  return docs;
+/** n reading documents (see the header): READING_FACTS statements of invented facts, then READING_QUESTIONS questions about them */
+function readingDocs(n: number, rng: Rng): { docs: string[]; facts: Fact[] } {
+  const facts = inventFacts(n * READING_FACTS, rng);
+  const docs = Array.from({ length: n }, (_, d) => readingDocument(facts.slice(d * READING_FACTS, (d + 1) * READING_FACTS), READING_QUESTIONS, rng));
+  return { docs, facts };
 }
 
 /** writes train.txt and val.txt into dir (created if need be): documents joined by DOC_SEPARATOR */

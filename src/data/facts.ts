@@ -301,6 +301,11 @@ function spec(relation: string): RelationSpec {
   return r;
 }
 
+/** what a relation's subjects are: a country, a chemical element or a city */
+export function subjectKind(relation: string): RelationSpec['kind'] {
+  return spec(relation).kind;
+}
+
 function names(f: Fact, r: RelationSpec): Names {
   if (r.kind === 'element') return elementNames(f.subject);
   return r.kind === 'city' ? cityNames(f.subject) : countryNames(f.subject);

@@ -21,25 +21,33 @@ const B = 0.75;
 
 /** BM25 over documents of token ids */
 export class TokenBm25 {
-  private readonly postings = new Map<number, { doc: number; tf: number }[]>();
-  private readonly lengths: Uint32Array;
-  private readonly avg: number;
+  /** per token: its documents (ascending) and term frequencies there */
+  private readonly postings = new Map<number, { docs: Int32Array; tf: Float64Array }>();
+  /** per document: the BM25 length normalisation K1 (1 - B + B length / avg) */
+  private readonly norm: Float64Array;
+  /** scratch for search: scores per document and the documents touched */
+  private readonly scores: Float64Array;
+  private readonly touched: Int32Array;
 
   constructor(private readonly docs: readonly (readonly number[])[]) {
-    this.lengths = new Uint32Array(docs.length);
+    const lists = new Map<number, { docs: number[]; tf: number[] }>();
     let total = 0;
     docs.forEach((d, i) => {
-      this.lengths[i] = d.length;
       total += d.length;
       const tf = new Map<number, number>();
       for (const t of d) tf.set(t, (tf.get(t) ?? 0) + 1);
       for (const [t, n] of tf) {
-        let p = this.postings.get(t);
-        if (!p) this.postings.set(t, (p = []));
-        p.push({ doc: i, tf: n });
+        let p = lists.get(t);
+        if (!p) lists.set(t, (p = { docs: [], tf: [] }));
+        p.docs.push(i);
+        p.tf.push(n);
       }
     });
-    this.avg = docs.length > 0 ? total / docs.length : 0;
+    for (const [t, p] of lists) this.postings.set(t, { docs: Int32Array.from(p.docs), tf: Float64Array.from(p.tf) });
+    const avg = docs.length > 0 ? total / docs.length : 0;
+    this.norm = Float64Array.from(docs, (d) => K1 * (1 - B + (B * d.length) / avg));
+    this.scores = new Float64Array(docs.length);
+    this.touched = new Int32Array(docs.length);
   }
 
   /**
@@ -49,17 +57,33 @@ export class TokenBm25 {
    */
   search(query: ArrayLike<number>, k: number, maxDf = 0.25): { doc: number; score: number }[] {
     const N = this.docs.length;
-    const scores = new Map<number, number>();
+    if (k <= 0) return [];
+    const { scores, touched, norm } = this;
+    let n = 0;
     for (const t of new Set(Array.from(query))) {
       const p = this.postings.get(t);
-      if (!p || (p.length > maxDf * N && N >= 8)) continue;
-      const idf = Math.log(1 + (N - p.length + 0.5) / (p.length + 0.5));
-      for (const { doc, tf } of p) {
-        const s = (idf * tf * (K1 + 1)) / (tf + K1 * (1 - B + (B * this.lengths[doc]!) / this.avg));
-        scores.set(doc, (scores.get(doc) ?? 0) + s);
+      if (!p || (p.docs.length > maxDf * N && N >= 8)) continue;
+      const idf = Math.log(1 + (N - p.docs.length + 0.5) / (p.docs.length + 0.5));
+      for (let i = 0; i < p.docs.length; i++) {
+        const doc = p.docs[i]!;
+        const tf = p.tf[i]!;
+        if (scores[doc] === 0) touched[n++] = doc; // every term's score is > 0
+        scores[doc] = scores[doc]! + (idf * tf * (K1 + 1)) / (tf + norm[doc]!);
       }
     }
-    return [...scores].map(([doc, score]) => ({ doc, score })).sort((a, b) => b.score - a.score || a.doc - b.doc).slice(0, k);
+    // the k best by (score desc, doc asc), kept in order by insertion
+    const best: { doc: number; score: number }[] = [];
+    for (let i = 0; i < n; i++) {
+      const doc = touched[i]!;
+      const score = scores[doc]!;
+      scores[doc] = 0;
+      if (best.length === k && !(score > best[k - 1]!.score || (score === best[k - 1]!.score && doc < best[k - 1]!.doc))) continue;
+      let j = Math.min(best.length, k - 1);
+      while (j > 0 && (score > best[j - 1]!.score || (score === best[j - 1]!.score && doc < best[j - 1]!.doc))) j--;
+      best.splice(j, 0, { doc, score });
+      if (best.length > k) best.pop();
+    }
+    return best;
   }
 }
 

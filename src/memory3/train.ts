@@ -112,7 +112,8 @@ export class MemoryBatcher {
       }
     }
     const distinct = [...new Set(windows.flat())];
-    const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K });
+    // one encoding batch for the step's references: a batch costs a readback per memory block, whatever its size
+    const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K, batch: distinct.length });
     const memOf = new Map(distinct.map((r, i) => [r, mems[i]!]));
     const sink = await sinkKV(this.gpu, this.model, prefix);
     const c = this.model.config;
