@@ -29,15 +29,18 @@
 //   gen_tok_s_*              generated tokens per second at batch 32, 128 in / 128 out, as the paper
 //                            measured (infer/generate.ts generateBatch, MemoryReader.generateBatch)
 // --quick: a tiny model and a few steps (a smoke run on lavapipe: not the suite's figures). the full
-// plan fits one 10-minute device command on an H100 (its logs in BENCHMARKS.md `explicit` give the times).
+// plan takes two 10-minute device commands on an H100: `explicit --save1=DIR` (stage 1: reading a fact
+// out of the context appears only after ~2,000 steps, scripts/reading_probe.ts), then
+// `explicit --load1=DIR` (the rest; the logs in BENCHMARKS.md `explicit` give the times).
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeDocuments, readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
 import { askingDocument, inventFacts } from '../../src/data/invented.ts';
 import { loadFacts, practice, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
+import { Tokenizer } from '../../src/data/tokenizer.ts';
 import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
@@ -48,6 +51,7 @@ import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quanti
 import { MemoryReader } from '../../src/memory3/read.ts';
 import { MemoryBatcher } from '../../src/memory3/train.ts';
 import { defaultMemoryLayers, referenceTokens, writeMemories } from '../../src/memory3/write.ts';
+import { loadModel, saveModel } from '../../src/model/checkpoint.ts';
 import { parseModelConfig } from '../../src/model/config.ts';
 import { Transformer } from '../../src/model/transformer.ts';
 import { Rng } from '../../src/testing/rng.ts';
@@ -60,11 +64,15 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
     ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 6, vocab: 8192, dim: 384, layers: 6, stage1: 900, stage2: 450, reading: 10000, allLayers: true, own: true, asking: 20000, corpus2: 0.5, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
-  // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 350, reading: 40000, allLayers: true, own: true, asking: 20000, corpus2: 0.5, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+  // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
+  // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
+  // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command)
+  const folder = (k: string) => args.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
+  const [save1, load1] = [folder('save1'), folder('load1')];
   for (const a of args) {
     const m = /^--(\w+)=(.+)$/.exec(a);
-    if (!m) continue;
+    if (!m || m[1] === 'save1' || m[1] === 'load1') continue;
     if (!(m[1]! in P)) throw new Error(`explicit: unknown option ${a}; sizes: ${Object.keys(P).join(', ')}`);
     const x = m[2] === 'true' ? 1 : m[2] === 'false' ? 0 : Number(m[2]);
     if (!Number.isFinite(x)) throw new Error(`explicit: ${a} is not a number`);
@@ -80,13 +88,19 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     // answered by them: corpus.ts) teach reading a fact out of the context, which an explicit
     // memory (and RAG) needs and fact lines alone never reward
     const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, reading: P.reading, seed: 0 });
-    const tok = await writeTokenData(join(dir, 'data'), corpus, P.vocab);
+    // stage 1 from a folder: its plan must be this one's (the corpus and the model depend on it)
+    const loaded = load1 ? await loadModel(gpu, load1) : undefined;
+    const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
+    const differs = stage1 ? (['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1'] as const).filter((k) => stage1.plan[k] !== P[k]) : [];
+    if (differs.length > 0) throw new Error(`explicit: ${load1} holds stage 1 of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
+    const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
     log(`data: ${corpus.heldOut.length} facts held out, ${P.reading} reading documents`);
-    const train = readTokens(join(dir, 'data', 'train.bin'));
-    const val = readTokens(join(dir, 'data', 'val.bin'));
+    const train = loaded ? encodeDocuments(tok, corpus.train) : readTokens(join(dir, 'data', 'train.bin'));
+    const val = loaded ? encodeDocuments(tok, corpus.val) : readTokens(join(dir, 'data', 'val.bin'));
     const heads = P.dim / 64 > 1 ? P.dim / 64 : 4;
     const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: 2 * P.seq, tiedEmbeddings: true });
-    const model = await Transformer.create(gpu, config, 0);
+    const model = loaded?.model ?? (await Transformer.create(gpu, config, 0));
+    // a loaded stage 1 starts stage 2 with fresh optimizer moments (the folder holds the weights alone)
     const opt = await AdamW.create(gpu, model.params, { lr: P.lr });
     try {
       // memory blocks: the spec's first half, or every block (P.allLayers): a 6-block model has room in
@@ -96,9 +110,15 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const schedule = (steps: number) => ({ warmup: Math.max(1, Math.round(steps / 25)), steps, minRatio: 0.1 });
       // stage 1: no memory
       const t1 = performance.now();
-      await trainLoop(gpu, model, opt, { train, val }, { steps: P.stage1, batch: P.batch, seqLen: P.seq, schedule: schedule(P.stage1), evalEvery: 0 });
-      notes['stage1'] = `${P.stage1} steps of ${P.batch} x ${P.seq}, ${((performance.now() - t1) / 1000).toFixed(0)} s`;
+      if (!stage1) await trainLoop(gpu, model, opt, { train, val }, { steps: P.stage1, batch: P.batch, seqLen: P.seq, schedule: schedule(P.stage1), evalEvery: 0 });
+      notes['stage1'] = stage1 ? `${stage1.note} (from ${load1})` : `${P.stage1} steps of ${P.batch} x ${P.seq} (${train.length} tokens), ${((performance.now() - t1) / 1000).toFixed(0)} s`;
       log(`stage 1: ${notes['stage1']}`);
+      if (save1) {
+        const tokenizer = readFileSync(join(dir, 'data', 'tokenizer.json'));
+        await saveModel(gpu, save1, model, { 'tokenizer.json': tokenizer, 'stage1.json': JSON.stringify({ plan: P, note: notes['stage1'] }) });
+        log(`stage 1 saved to ${save1}: go on with --load1=${save1}`);
+        return { results: { stage1_steps: P.stage1, stage1_seconds: (performance.now() - t1) / 1000 }, notes };
+      }
       // stage 2: every chunk reads memories of the kept facts' statements (one phrasing each)
       const factKey = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
       const heldOut = new Set(corpus.heldOut.map((f) => factKey(f)));
