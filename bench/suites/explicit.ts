@@ -28,6 +28,8 @@
 //   bank_write_refs_s        references written per second (encoding and selection in batches of 256, blobs, bank adds)
 //   gen_tok_s_*              generated tokens per second at batch 32, 128 in / 128 out, as the paper
 //                            measured (infer/generate.ts generateBatch, MemoryReader.generateBatch)
+//   gen_bank_s_explicit      seconds of an explicit run's bank work alone (its 3 searches per row and
+//                            memory loads), against the run's GB * OUT / gen_tok_s_explicit
 // --quick: a tiny model and a few steps (a smoke run on lavapipe: not the suite's figures). the full
 // plan takes two 10-minute device commands on an H100: `explicit --save1=DIR` (stage 1: reading a fact
 // out of the context appears only after ~2,000 steps, scripts/reading_probe.ts), then
@@ -64,7 +66,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
     ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 350, reading: 40000, allLayers: true, own: true, asking: 20000, corpus2: 0.5, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 500, reading: 40000, allLayers: true, own: true, asking: 20000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command)
@@ -329,6 +331,20 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       for (let round = 0; round < 3; round++) for (const [k, f] of Object.entries(runs)) rates[k as keyof typeof runs].push(await speed(f));
       const [genNone, genExplicit, genRag] = [median(rates.none), median(rates.explicit), median(rates.rag)];
       log(`tokens/s at batch ${GB}, ${IN} in, ${OUT} out: no memory ${genNone.toFixed(0)}, explicit ${genExplicit.toFixed(0)}, RAG ${genRag.toFixed(0)} (${ragLen} tokens in)`);
+      // how much of an explicit run is the bank's work: its 3 retrievals (each row's search, then one
+      // load of their memories), as the reader does them, without the model (median of 3 rounds)
+      const outs = await generateBatch(gpu, model, ins, { maxNew: OUT, ...greedy });
+      const queries = [ins.map((x) => x.slice(0, 64)), ins.map((x) => x.slice(64)), outs.map((x) => x.slice(0, 64))].map((rows) => rows.map((x) => tok.decode(x)));
+      const bankSeconds = async () => {
+        const t = performance.now();
+        for (const qs of queries) {
+          const found = await Promise.all(qs.map((q) => bank.search(q, { k: 5 })));
+          await bank.get([...new Set(found.flat().map((h) => h.id))]);
+        }
+        return (performance.now() - t) / 1000;
+      };
+      const retrievalSeconds = median([await bankSeconds(), await bankSeconds(), await bankSeconds()]);
+      log(`the bank's share of an explicit run: ${retrievalSeconds.toFixed(3)} s of ${((GB * OUT) / genExplicit).toFixed(3)} s`);
       const n = bankIds.length;
       const HS = config.dim / config.heads;
       bank.close();
@@ -357,6 +373,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           gen_tok_s_no_memory: genNone,
           gen_tok_s_explicit: genExplicit,
           gen_tok_s_rag: genRag,
+          gen_bank_s_explicit: retrievalSeconds,
           bytes_per_memory_raw: (refTokens / n) * config.layers * 2 * config.kvHeads * HS * 2,
           bytes_per_memory_sparse: blobBytes / n,
           ...(vqOn ? { bytes_per_memory_vq: pqBytes / n, qa_em_explicit_vq: vq } : {}),
