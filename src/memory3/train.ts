@@ -52,6 +52,9 @@ export interface StageTwoOptions {
   seed?: number;
 }
 
+/** tokens per batch of references encoded together (their activations at every block live at once) */
+const ENCODE_TOKENS = 16384;
+
 /** training batches with their explicit memories */
 export class MemoryBatcher {
   private readonly o: Required<Omit<StageTwoOptions, 'layers'>> & { layers: number[] };
@@ -112,8 +115,9 @@ export class MemoryBatcher {
       }
     }
     const distinct = [...new Set(windows.flat())];
-    // one encoding batch for the step's references: a batch costs a readback per memory block, whatever its size
-    const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K, batch: distinct.length });
+    // encoding batches of up to ENCODE_TOKENS tokens: a batch costs a readback per memory block, whatever its size
+    const longest = Math.max(...distinct.map((r) => prefix.length + this.refs[r]!.length));
+    const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K, batch: Math.max(1, Math.floor(ENCODE_TOKENS / longest)) });
     const memOf = new Map(distinct.map((r, i) => [r, mems[i]!]));
     const sink = await sinkKV(this.gpu, this.model, prefix);
     const c = this.model.config;
