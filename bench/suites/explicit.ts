@@ -2,7 +2,7 @@
 //
 //   npm run bench -- explicit [--quick]
 //
-// one command, one machine: data with a share of the facts held out of the corpus entirely
+// one process (or two commands, --save1 then --load1: below): data with a share of the facts held out of the corpus entirely
 // (buildCorpus holdOut) and reading documents about invented facts (data/invented.ts), the first
 // training stage (no memory), the second (memories of the kept facts' statements and of invented
 // facts that only the memories state, asked about in the stream; encoded on the fly:
@@ -92,6 +92,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, reading: P.reading, seed: 0 });
     // stage 1 from a folder: its plan must be this one's (the corpus and the model depend on it)
     const loaded = load1 ? await loadModel(gpu, load1) : undefined;
+    if (loaded && !loaded.files['stage1.json']) throw new Error(`explicit: ${load1} holds no stage1.json, so it is not this suite's stage 1: make one with --save1=${load1}`);
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
     const differs = stage1 ? (['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1'] as const).filter((k) => stage1.plan[k] !== P[k]) : [];
     if (differs.length > 0) throw new Error(`explicit: ${load1} holds stage 1 of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
@@ -121,7 +122,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         log(`stage 1 saved to ${save1}: go on with --load1=${save1}`);
         return { results: { stage1_steps: P.stage1, stage1_seconds: (performance.now() - t1) / 1000 }, notes };
       }
-      // stage 2: every chunk reads memories of the kept facts' statements (one phrasing each)
+      // stage 2: every chunk reads memories of the kept facts' and invented facts' statements (one phrasing each)
       const factKey = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
       const heldOut = new Set(corpus.heldOut.map((f) => factKey(f)));
       // one phrasing per fact, the first of at least 8 tokens (a memory keeps 8 tokens per KV head)
