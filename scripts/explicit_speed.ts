@@ -1,0 +1,117 @@
+// where does batched explicit-memory decoding spend its time? (the explicit suite's gen_tok_s rows)
+//
+//   node --import tsx scripts/explicit_speed.ts [--quick]
+//
+// the explicit suite's model (dim 384, 6 blocks, heads of 64, untrained: speed does not depend on
+// the weights) and a bank of every fact's statement; batch 32, 128 tokens in (validation text), 128
+// out, greedy, no stops; each way run once for 2 tokens first (pipelines compile), then the ways
+// interleaved, 3 rounds, the median of each (tokens/s):
+//   tok_s_none        generateBatch (infer/generate.ts)
+//   tok_s_front       the same decode with a cache whose every block has a front of the explicit
+//                     reader's size (the sink and 5 memories of 8 rows) of random rows: the model's
+//                     share of explicit memory's cost, without the reader
+//   tok_s_explicit    MemoryReader.generateBatch (memory3/read.ts)
+//   explicit_prefill_s, explicit_decode_s   the explicit run's time to its first new token, and after
+// writes bench/results/explicit_speed-<device>-<date>.json (timings: a GPU run).
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { deviceName, median, writeResults } from '../bench/lib.ts';
+import { readTokens, writeTokenData } from '../src/cli/commands.ts';
+import { buildCorpus } from '../src/data/corpus.ts';
+import { loadFacts, statements } from '../src/data/facts.ts';
+import { Gpu } from '../src/gpu/device.ts';
+import { generateBatch, lastLogits } from '../src/infer/generate.ts';
+import { MemoryBank } from '../src/memory3/bank.ts';
+import { encodeMemory } from '../src/memory3/blob.ts';
+import { MemoryReader } from '../src/memory3/read.ts';
+import { referenceTokens, writeMemories } from '../src/memory3/write.ts';
+import { parseModelConfig } from '../src/model/config.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { Rng } from '../src/testing/rng.ts';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const quick = values.quick;
+const [dim, layers, vocab, GB, IN, OUT] = quick ? [64, 2, 1024, 4, 64, 16] : [384, 6, 8192, 32, 128, 128];
+const gpu = await Gpu.create();
+const dir = mkdtempSync(join(tmpdir(), 'engram-speed-'));
+const t0 = performance.now();
+const log = (m: string) => console.error(`[speed ${((performance.now() - t0) / 1000).toFixed(0)} s] ${m}`);
+try {
+  const corpus = buildCorpus({ maxBytes: 2 ** 20, practice: 0.5, seed: 0 });
+  const tok = await writeTokenData(join(dir, 'data'), corpus, vocab);
+  const val = readTokens(join(dir, 'data', 'val.bin'));
+  const heads = dim / 64 > 1 ? dim / 64 : 4;
+  const config = parseModelConfig({ vocabSize: tok.vocabSize, dim, layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * dim) / 3 / 64), maxSeqLen: 512, tiedEmbeddings: true });
+  const model = await Transformer.create(gpu, config, 0);
+  const memLayers = [...Array(layers).keys()];
+  const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model: { fingerprint: 'speed', layers: memLayers, kvHeads: config.kvHeads, tokens: 8, headDim: dim / heads, dtype: 'bf16' } });
+  const rng = new Rng(7);
+  const texts = loadFacts().map((f) => statements(f, () => rng.next())[0]!).filter((t) => referenceTokens(tok, t).tokens.length >= 8);
+  for (let i = 0; i < texts.length; i += 256) {
+    const written = await writeMemories(gpu, model, tok, texts.slice(i, i + 256), { layers: memLayers, batch: 256 });
+    await bank.add(written.map((w, j) => ({ id: `r${i + j}`, text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })), { deferIndex: true });
+  }
+  await bank.reindex();
+  log(`bank: ${texts.length} references`);
+  const stride = Math.floor((val.length - IN) / GB);
+  const ins = Array.from({ length: GB }, (_, r) => Array.from(val.subarray(r * stride, r * stride + IN)));
+  const p = referenceTokens(tok, '').prefix.length;
+  const frontRows = p + 5 * 8;
+  const HS = dim / heads;
+  // a decode against a cache with a random front of the reader's size at every block
+  const front = async (maxNew: number) => {
+    const cache = await model.createCache(Math.min(config.maxSeqLen, IN + maxNew), { frontMax: memLayers.map(() => frontRows), pos0: p + 128, batch: GB });
+    try {
+      const r = new Rng(3);
+      for (const l of memLayers) {
+        const k = Float32Array.from({ length: GB * frontRows * config.kvHeads * HS }, () => r.normal());
+        await model.setCacheFront(cache, l, k, k.map((x) => x / 2));
+      }
+      const out: number[][] = ins.map(() => []);
+      let next: number[][] = ins;
+      for (let s = 0; s < maxNew; s++) {
+        const logits = await lastLogits(gpu, model, next, { cache });
+        next = logits.map((x) => [x.indexOf(Math.max(...x))]);
+        next.forEach((id, b) => out[b]!.push(id[0]!));
+      }
+      return out;
+    } finally {
+      for (const t of [...cache.k, ...cache.v]) t.dispose();
+    }
+  };
+  let prefill = 0;
+  const explicit = async (maxNew: number) => {
+    const t = performance.now();
+    let first = 0;
+    const rows = await new MemoryReader(gpu, model, tok, bank).generateBatch(ins, { maxNew, temperature: 0, onToken: () => void (first ||= performance.now()) });
+    prefill = ((first || performance.now()) - t) / 1000;
+    return rows.map((x) => x.ids);
+  };
+  const ways = { none: (n: number) => generateBatch(gpu, model, ins, { maxNew: n, temperature: 0 }), front, explicit };
+  for (const f of Object.values(ways)) await f(2);
+  const rates: Record<string, number[]> = { none: [], front: [], explicit: [] };
+  const prefills: number[] = [];
+  for (let round = 0; round < 3; round++) {
+    for (const [k, f] of Object.entries(ways)) {
+      const t = performance.now();
+      const rows = await f(OUT);
+      const s = (performance.now() - t) / 1000;
+      rates[k]!.push(rows.reduce((n, x) => n + x.length, 0) / s);
+      if (k === 'explicit') prefills.push(prefill);
+    }
+  }
+  const results = { tok_s_none: median(rates['none']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills) };
+  const run = (GB * OUT) / results.tok_s_explicit;
+  Object.assign(results, { explicit_decode_s: run - results.explicit_prefill_s });
+  log(JSON.stringify(results));
+  bank.close();
+  model.dispose();
+  const path = writeResults('explicit_speed', deviceName(gpu), results, { setup: `dim ${dim}, ${layers} blocks (untrained), batch ${GB}, ${IN} in, ${OUT} out, greedy; ${texts.length} references; front: ${frontRows} random rows at every block` }, `node --import tsx scripts/explicit_speed.ts ${process.argv.slice(2).join(' ')}`.trim());
+  log(`wrote ${path}`);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+  gpu.destroy();
+}
