@@ -7,9 +7,10 @@
 // out, greedy, no stops; each way run once for 2 tokens first (pipelines compile), then the ways
 // interleaved, 3 rounds, the median of each (tokens/s):
 //   tok_s_none        generateBatch (infer/generate.ts)
-//   tok_s_front       the same decode with a cache whose every block has a front of the explicit
+//   tok_s_front       a decode against a cache whose every block has a front of the explicit
 //                     reader's size (the sink and 5 memories of 8 rows) of random rows: the model's
-//                     share of explicit memory's cost, without the reader
+//                     share of explicit memory's cost, without the reader. its loop is a plain one
+//                     (lastLogits, then an argmax per row in JS), not generateBatch's Lockstep
 //   tok_s_explicit    MemoryReader.generateBatch (memory3/read.ts)
 //   explicit_prefill_s, explicit_decode_s   the explicit run's time to its first new token, and after
 // writes bench/results/explicit_speed-<device>-<date>.json (timings: a GPU run).
