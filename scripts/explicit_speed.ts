@@ -7,10 +7,11 @@
 // out, greedy, no stops; each way run once for 2 tokens first (pipelines compile), then the ways
 // interleaved, 3 rounds, the median of each (tokens/s):
 //   tok_s_none        generateBatch (infer/generate.ts)
-//   tok_s_front       a decode against a cache whose every block has a front of the explicit
-//                     reader's size (the sink and 5 memories of 8 rows) of random rows: the model's
-//                     share of explicit memory's cost, without the reader. its loop is a plain one
-//                     (lastLogits, then an argmax per row in JS), not generateBatch's Lockstep
+//   tok_s_wide        generateBatch's loop against a cache made as the reader makes it (room for a
+//                     front at every block, the context from position prefix + 128) but no front
+//   tok_s_front       the same with a front of the reader's size (the sink and 5 memories of 8
+//                     rows) of random rows at every block: the model's share of explicit memory's
+//                     cost, without the reader
 //   tok_s_explicit    MemoryReader.generateBatch (memory3/read.ts)
 //   explicit_prefill_s, explicit_decode_s   the explicit run's time to its first new token, and after
 // writes bench/results/explicit_speed-<device>-<date>.json (timings: a GPU run).
@@ -24,7 +25,7 @@ import { readTokens, writeTokenData } from '../src/cli/commands.ts';
 import { buildCorpus } from '../src/data/corpus.ts';
 import { loadFacts, statements } from '../src/data/facts.ts';
 import { Gpu } from '../src/gpu/device.ts';
-import { generateBatch, lastLogits } from '../src/infer/generate.ts';
+import { generateBatch, lastLogits, Lockstep } from '../src/infer/generate.ts';
 import { MemoryBank } from '../src/memory3/bank.ts';
 import { encodeMemory } from '../src/memory3/blob.ts';
 import { MemoryReader } from '../src/memory3/read.ts';
@@ -62,27 +63,24 @@ try {
   const p = referenceTokens(tok, '').prefix.length;
   const frontRows = p + 5 * 8;
   const HS = dim / heads;
-  // a decode against a cache with a random front of the reader's size at every block
-  const front = async (maxNew: number) => {
-    const cache = await model.createCache(Math.min(config.maxSeqLen, IN + maxNew), { frontMax: memLayers.map(() => frontRows), pos0: p + 128, batch: GB });
+  // generateBatch's loop against a cache made with `o` (and, with `fill`, a random front of the reader's size at every block)
+  const decode = (o: { frontMax?: number[]; pos0?: number }, fill: boolean) => async (maxNew: number) => {
+    const cache = await model.createCache(Math.min(config.maxSeqLen, IN + maxNew), { ...o, batch: GB });
     try {
       const r = new Rng(3);
-      for (const l of memLayers) {
+      for (const l of fill ? memLayers : []) {
         const k = Float32Array.from({ length: GB * frontRows * config.kvHeads * HS }, () => r.normal());
         await model.setCacheFront(cache, l, k, k.map((x) => x / 2));
       }
-      const out: number[][] = ins.map(() => []);
-      let next: number[][] = ins;
-      for (let s = 0; s < maxNew; s++) {
-        const logits = await lastLogits(gpu, model, next, { cache });
-        next = logits.map((x) => [x.indexOf(Math.max(...x))]);
-        next.forEach((id, b) => out[b]!.push(id[0]!));
-      }
-      return out;
+      const rows = new Lockstep(ins, { maxNew, temperature: 0 });
+      let next: readonly (readonly number[])[] = ins;
+      while (!rows.done && cache.length + next[0]!.length <= cache.max) next = rows.next(await lastLogits(gpu, model, next, { cache })).map((id) => [id]);
+      return rows.out;
     } finally {
       for (const t of [...cache.k, ...cache.v]) t.dispose();
     }
   };
+  const wide = { frontMax: memLayers.map(() => frontRows), pos0: p + 128 };
   let prefill = 0;
   const explicit = async (maxNew: number) => {
     const t = performance.now();
@@ -91,9 +89,9 @@ try {
     prefill = ((first || performance.now()) - t) / 1000;
     return rows.map((x) => x.ids);
   };
-  const ways = { none: (n: number) => generateBatch(gpu, model, ins, { maxNew: n, temperature: 0 }), front, explicit };
+  const ways = { none: (n: number) => generateBatch(gpu, model, ins, { maxNew: n, temperature: 0 }), wide: decode(wide, false), front: decode(wide, true), explicit };
   for (const f of Object.values(ways)) await f(2);
-  const rates: Record<string, number[]> = { none: [], front: [], explicit: [] };
+  const rates: Record<string, number[]> = { none: [], wide: [], front: [], explicit: [] };
   const prefills: number[] = [];
   for (let round = 0; round < 3; round++) {
     for (const [k, f] of Object.entries(ways)) {
@@ -104,7 +102,7 @@ try {
       if (k === 'explicit') prefills.push(prefill);
     }
   }
-  const results = { tok_s_none: median(rates['none']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills) };
+  const results = { tok_s_none: median(rates['none']!), tok_s_wide: median(rates['wide']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills) };
   const run = (GB * OUT) / results.tok_s_explicit;
   Object.assign(results, { explicit_decode_s: run - results.explicit_prefill_s });
   log(JSON.stringify(results));
