@@ -2,6 +2,7 @@
 // the chunk's training context does not nearly copy.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { Rng } from '../testing/rng.ts';
 import { planRetrieval, TokenBm25 } from './bm25.ts';
 
 test('TokenBm25: rare shared tokens rank first; common tokens weigh little; ties by index', () => {
@@ -18,6 +19,40 @@ test('TokenBm25: rare shared tokens rank first; common tokens weigh little; ties
   const s = idx.search([1, 2, 3, 50], 4);
   assert.equal(s[0]!.doc, 0);
   assert.ok(s[0]!.score > s[1]!.score && s[1]!.score === s[2]!.score && s[1]!.doc < s[2]!.doc);
+});
+
+test('TokenBm25.search equals a plain scoring of every document (Okapi BM25, k1 1.2, b 0.75), best k by score then index', () => {
+  const rng = new Rng(4);
+  for (let trial = 0; trial < 20; trial++) {
+    // few distinct tokens, so that scores tie; documents of 1..12 tokens; some tokens past maxDf
+    const docs = Array.from({ length: 5 + rng.int(60) }, () => Array.from({ length: 1 + rng.int(12) }, () => rng.int(trial % 2 ? 6 : 40)));
+    const idx = new TokenBm25(docs);
+    const N = docs.length;
+    const avg = docs.reduce((n, d) => n + d.length, 0) / N;
+    for (let q = 0; q < 5; q++) {
+      const query = Array.from({ length: 1 + rng.int(8) }, () => rng.int(45));
+      const k = 1 + rng.int(8);
+      const maxDf = [0.25, 0.5, 1][q % 3]!;
+      const want: { doc: number; score: number }[] = [];
+      docs.forEach((d, doc) => {
+        let score = 0;
+        let hit = false;
+        for (const t of new Set(query)) {
+          const df = docs.filter((x) => x.includes(t)).length;
+          if (df === 0 || (df > maxDf * N && N >= 8)) continue;
+          const tf = d.filter((x) => x === t).length;
+          if (tf === 0) continue;
+          hit = true;
+          score += (Math.log(1 + (N - df + 0.5) / (df + 0.5)) * tf * 2.2) / (tf + 1.2 * (1 - 0.75 + (0.75 * d.length) / avg));
+        }
+        if (hit) want.push({ doc, score });
+      });
+      want.sort((a, b) => b.score - a.score || a.doc - b.doc);
+      const got = idx.search(query, k, maxDf);
+      assert.deepEqual(got.map((h) => h.doc), want.slice(0, k).map((h) => h.doc), `trial ${trial} query ${query.join(' ')} k ${k}`);
+      got.forEach((h, i) => assert.ok(Math.abs(h.score - want[i]!.score) < 1e-9 * Math.max(1, want[i]!.score)));
+    }
+  }
 });
 
 test('planRetrieval: one reference per chunk, the best that does not leak; -1 when every candidate leaks or nothing matches', () => {
