@@ -33,7 +33,9 @@
 // --quick: a tiny model and a few steps (a smoke run on lavapipe: not the suite's figures). the full
 // plan takes two 10-minute device commands on an H100: `explicit --save1=DIR` (stage 1: reading a fact
 // out of the context appears only after ~2,000 steps, scripts/reading_probe.ts), then
-// `explicit --load1=DIR` (the rest; the logs in BENCHMARKS.md `explicit` give the times).
+// `explicit --load1=DIR` (the rest; the logs in BENCHMARKS.md `explicit` give the times). a longer
+// stage 2 spans commands: `--load1=DIR --save2=DIR2 --stop2=N` trains N of its steps and saves them
+// with the optimizer, and `--load1=DIR2` goes on (the same batches and schedule as one run).
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -53,11 +55,12 @@ import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quanti
 import { MemoryReader } from '../../src/memory3/read.ts';
 import { MemoryBatcher } from '../../src/memory3/train.ts';
 import { defaultMemoryLayers, referenceTokens, writeMemories } from '../../src/memory3/write.ts';
+import { readCheckpoint } from '../../src/io/checkpoint.ts';
 import { loadModel, saveModel } from '../../src/model/checkpoint.ts';
 import { parseModelConfig } from '../../src/model/config.ts';
 import { Transformer } from '../../src/model/transformer.ts';
 import { Rng } from '../../src/testing/rng.ts';
-import { trainLoop } from '../../src/train/loop.ts';
+import { resumeTraining, saveTraining, trainLoop } from '../../src/train/loop.ts';
 import { AdamW } from '../../src/train/optimizer.ts';
 import { median } from '../lib.ts';
 import type { SuiteOutput } from '../run.ts';
@@ -69,12 +72,17 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 500, reading: 40000, allLayers: true, own: true, asking: 20000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
-  // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command)
+  // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
+  // --save2=<dir> --stop2=<n>: stop stage 2 after n of its steps, saved with the optimizer; --load1 of that
+  // folder goes on from there (the same batches and schedule), so stage 2 can span several commands
   const folder = (k: string) => args.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
-  const [save1, load1] = [folder('save1'), folder('load1')];
+  const [save1, load1, save2, stop2] = [folder('save1'), folder('load1'), folder('save2'), folder('stop2')];
+  if ((save2 === undefined) !== (stop2 === undefined) || (stop2 !== undefined && !(Number.isInteger(Number(stop2)) && Number(stop2) > 0))) {
+    throw new Error(`explicit: --save2=<dir> and --stop2=<steps, a positive integer> go together (got ${save2 ?? 'no --save2'}, ${stop2 ?? 'no --stop2'})`);
+  }
   for (const a of args) {
     const m = /^--(\w+)=(.+)$/.exec(a);
-    if (!m || m[1] === 'save1' || m[1] === 'load1') continue;
+    if (!m || ['save1', 'load1', 'save2', 'stop2'].includes(m[1]!)) continue;
     if (!(m[1]! in P)) throw new Error(`explicit: unknown option ${a}; sizes: ${Object.keys(P).join(', ')}`);
     const x = m[2] === 'true' ? 1 : m[2] === 'false' ? 0 : Number(m[2]);
     if (!Number.isFinite(x)) throw new Error(`explicit: ${a} is not a number`);
@@ -90,21 +98,23 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     // answered by them: corpus.ts) teach reading a fact out of the context, which an explicit
     // memory (and RAG) needs and fact lines alone never reward
     const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, reading: P.reading, seed: 0 });
-    // stage 1 from a folder: its plan must be this one's (the corpus and the model depend on it)
-    const loaded = load1 ? await loadModel(gpu, load1) : undefined;
-    if (loaded && !loaded.files['stage1.json']) throw new Error(`explicit: ${load1} holds no stage1.json, so it is not this suite's stage 1: make one with --save1=${load1}`);
+    // stage 1 (and part of stage 2) from a folder: its plan must be this one's (the corpus and the model depend on it)
+    const loaded = load1 ? await loadStage(gpu, load1, P.lr) : undefined;
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
-    const differs = stage1 ? (['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1'] as const).filter((k) => stage1.plan[k] !== P[k]) : [];
-    if (differs.length > 0) throw new Error(`explicit: ${load1} holds stage 1 of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
+    const part2 = loaded?.files['stage2.json'] && (JSON.parse(new TextDecoder().decode(loaded.files['stage2.json'])) as Stage2Part);
+    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'allLayers', 'batch', 'lr'] : [])] as const;
+    const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => stage1.plan[k] !== P[k]) : [];
+    if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
     const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
+    const tokenizerJson = loaded ? loaded.files['tokenizer.json']! : readFileSync(join(dir, 'data', 'tokenizer.json'));
     log(`data: ${corpus.heldOut.length} facts held out, ${P.reading} reading documents`);
     const train = loaded ? encodeDocuments(tok, corpus.train) : readTokens(join(dir, 'data', 'train.bin'));
     const val = loaded ? encodeDocuments(tok, corpus.val) : readTokens(join(dir, 'data', 'val.bin'));
     const heads = P.dim / 64 > 1 ? P.dim / 64 : 4;
     const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: 2 * P.seq, tiedEmbeddings: true });
     const model = loaded?.model ?? (await Transformer.create(gpu, config, 0));
-    // a loaded stage 1 starts stage 2 with fresh optimizer moments (the folder holds the weights alone)
-    const opt = await AdamW.create(gpu, model.params, { lr: P.lr });
+    // a loaded stage 1 starts stage 2 with fresh optimizer moments (its folder holds the weights alone); part of stage 2, with its own
+    const opt = loaded?.opt ?? (await AdamW.create(gpu, model.params, { lr: P.lr }));
     try {
       // memory blocks: the spec's first half, or every block (P.allLayers): a 6-block model has room in
       // its first 3 for few of the heads that read from the context (they need earlier blocks to
@@ -116,9 +126,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       if (!stage1) await trainLoop(gpu, model, opt, { train, val }, { steps: P.stage1, batch: P.batch, seqLen: P.seq, schedule: schedule(P.stage1), evalEvery: 0 });
       notes['stage1'] = stage1 ? `${stage1.note} (from ${load1})` : `${P.stage1} steps of ${P.batch} x ${P.seq} (${train.length} tokens), ${((performance.now() - t1) / 1000).toFixed(0)} s`;
       log(`stage 1: ${notes['stage1']}`);
+      const stage1Json = JSON.stringify({ plan: P, note: stage1?.note ?? notes['stage1'] });
       if (save1) {
-        const tokenizer = readFileSync(join(dir, 'data', 'tokenizer.json'));
-        await saveModel(gpu, save1, model, { 'tokenizer.json': tokenizer, 'stage1.json': JSON.stringify({ plan: P, note: notes['stage1'] }) });
+        await saveModel(gpu, save1, model, { 'tokenizer.json': tokenizerJson, 'stage1.json': stage1Json });
         log(`stage 1 saved to ${save1}: go on with --load1=${save1}`);
         return { results: { stage1_steps: P.stage1, stage1_seconds: (performance.now() - t1) / 1000 }, notes };
       }
@@ -171,13 +181,23 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         }
         return sum / 4;
       };
-      const lossBefore = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
-      // a fresh warmup and decay for stage 2 (stage 1 ended at minRatio): lrFactor counts the optimizer's steps
-      const stage2 = opt.step + P.stage2;
-      const schedule2 = { warmup: opt.step + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
+      const lossBefore = part2?.before ?? { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
+      // a fresh warmup and decay for stage 2 (stage 1 ended at minRatio): lrFactor counts the optimizer's steps,
+      // from `from` (the optimizer's step where stage 2 began: kept across --save2 / --load1)
+      const from = part2?.from ?? opt.step;
+      const stage2 = from + P.stage2;
+      const schedule2 = { warmup: from + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
       const t2 = performance.now();
-      await trainLoop(gpu, model, opt, { train, val }, { steps: stage2, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train2, P.batch, P.seq, s + j) });
-      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents (${kb.length} references: kept and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks), ${((performance.now() - t2) / 1000).toFixed(0)} s`;
+      const until = stop2 !== undefined ? Math.min(stage2, from + Number(stop2)) : stage2;
+      await trainLoop(gpu, model, opt, { train, val }, { steps: until, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train2, P.batch, P.seq, s + j) });
+      const seconds2 = (part2?.seconds ?? 0) + (performance.now() - t2) / 1000;
+      if (save2) {
+        const part: Stage2Part = { from, done: opt.step - from, before: lossBefore, seconds: seconds2 };
+        await saveTraining(gpu, save2, model, opt, { 'tokenizer.json': tokenizerJson, 'stage1.json': stage1Json, 'stage2.json': JSON.stringify(part) });
+        log(`stage 2: ${part.done} of ${P.stage2} steps saved to ${save2}: go on with --load1=${save2}`);
+        return { results: { stage2_steps_done: part.done, stage2_seconds: seconds2 }, notes };
+      }
+      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents (${kb.length} references: kept and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks), ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
@@ -391,4 +411,20 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** where a stage-2 run saved with --save2 stopped: the optimizer's step where stage 2 began, the steps done, the losses before it, its seconds so far */
+interface Stage2Part {
+  from: number;
+  done: number;
+  before: { memory: number; other: number };
+  seconds: number;
+}
+
+/** a --save1 folder (the weights: stage 2 starts with a fresh optimizer) or a --save2 one (the optimizer too) */
+async function loadStage(gpu: Gpu, dir: string, lr: number): Promise<{ model: Transformer; opt?: AdamW; files: Record<string, Uint8Array> }> {
+  const files = await readCheckpoint(dir);
+  if (!files['stage1.json']) throw new Error(`explicit: ${dir} holds no stage1.json, so it is not this suite's stage 1: make one with --save1=${dir}`);
+  if (files['stage2.json']) return resumeTraining(gpu, dir, { lr });
+  return loadModel(gpu, dir);
 }
