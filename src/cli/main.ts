@@ -11,6 +11,9 @@ commands:
   data       build the corpus, train a tokenizer, write token files and held-out questions
              --out data  --max-mb 4  --vocab 2048  --seed 0  --practice 0 (share of facts also
              trained in a practice question form; the held-out question templates never are)
+             --reading 0 (documents of invented facts' statements and questions about them, in
+             train only: they teach reading a fact out of the context, which retrieved text and
+             Memory³ memories need; a small model learns it late, after thousands of steps)
   train      train a model (or resume the run in --out)
              --data data  --out runs/tiny  --config tiny|base|<file.json>  --steps 300  --batch 8
              --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
@@ -80,8 +83,8 @@ switch (cmd) {
     break;
   case 'data': {
     const { dataCommand } = await import('./commands.ts');
-    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0', practice: '0' });
-    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed'), practice: o.num('practice') });
+    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0', practice: '0', reading: '0' });
+    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed'), practice: o.num('practice'), reading: o.num('reading') });
     break;
   }
   case 'train': {
