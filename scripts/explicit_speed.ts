@@ -30,7 +30,7 @@ import { MemoryBank } from '../src/memory3/bank.ts';
 import { encodeMemory } from '../src/memory3/blob.ts';
 import { MemoryReader } from '../src/memory3/read.ts';
 import { referenceTokens, writeMemories } from '../src/memory3/write.ts';
-import { parseModelConfig } from '../src/model/config.ts';
+import { denseConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { Rng } from '../src/testing/rng.ts';
 
@@ -45,8 +45,8 @@ try {
   const corpus = buildCorpus({ maxBytes: 2 ** 20, practice: 0.5, seed: 0 });
   const tok = await writeTokenData(join(dir, 'data'), corpus, vocab);
   const val = readTokens(join(dir, 'data', 'val.bin'));
-  const heads = dim / 64 > 1 ? dim / 64 : 4;
-  const config = parseModelConfig({ vocabSize: tok.vocabSize, dim, layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * dim) / 3 / 64), maxSeqLen: 512, tiedEmbeddings: true });
+  const config = denseConfig({ vocabSize: tok.vocabSize, dim, layers, maxSeqLen: 512, headDim: dim > 64 ? 64 : dim / 4 });
+  const heads = config.heads;
   const model = await Transformer.create(gpu, config, 0);
   const memLayers = [...Array(layers).keys()];
   const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model: { fingerprint: 'speed', layers: memLayers, kvHeads: config.kvHeads, tokens: 8, headDim: dim / heads, dtype: 'bf16' } });

@@ -24,7 +24,7 @@ import { practice } from '../src/data/facts.ts';
 import { inventFacts, readingDocument } from '../src/data/invented.ts';
 import { acceptedForms, exactMatch, greedyAnswers } from '../src/eval/facts.ts';
 import { Gpu } from '../src/gpu/device.ts';
-import { parseModelConfig } from '../src/model/config.ts';
+import { denseConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { Rng } from '../src/testing/rng.ts';
 import { trainLoop } from '../src/train/loop.ts';
@@ -68,8 +68,7 @@ try {
     bare.push(q.prompt);
     answers.push(q);
   }
-  const heads = dim / 64;
-  const config = parseModelConfig({ vocabSize: tok.vocabSize, dim, layers, heads, kvHeads: Math.max(1, heads / 2), ffnHidden: 64 * Math.round((8 * dim) / 3 / 64), maxSeqLen: T, tiedEmbeddings: true });
+  const config = denseConfig({ vocabSize: tok.vocabSize, dim, layers, maxSeqLen: T });
   const model = await Transformer.create(gpu, config, 0);
   const opt = await AdamW.create(gpu, model.params, { lr: 2e-3 });
   const results: Record<string, number> = { steps, tokens: stream.length };

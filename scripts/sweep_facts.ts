@@ -52,7 +52,7 @@ import { loadFacts, questions } from '../src/data/facts.ts';
 import { Tokenizer } from '../src/data/tokenizer.ts';
 import { evalFacts, majorityBaseline, selectQuestions, type FactsScore } from '../src/eval/facts.ts';
 import { Gpu } from '../src/gpu/device.ts';
-import { centredLayers, parseModelConfig, type MemoryConfig, type ModelConfig } from '../src/model/config.ts';
+import { centredLayers, denseConfig, parseModelConfig, type MemoryConfig, type ModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { historyOf, resumeTraining, trainLoop } from '../src/train/loop.ts';
 import { AdamW, type OptimizerConfig } from '../src/train/optimizer.ts';
@@ -139,21 +139,6 @@ interface Shape {
   layers: number;
 }
 
-/** the dense model of a width and depth: head dim and kv grouping as the baseline's, SwiGLU 8d/3 rounded to `ffnMultiple` */
-function denseConfig(base: { vocab: number; seq: number; headDim: number; kvGroup: number; ffnMultiple: number }, s: Shape): ModelConfig {
-  const heads = s.dim / base.headDim;
-  return parseModelConfig({
-    vocabSize: base.vocab,
-    dim: s.dim,
-    layers: s.layers,
-    heads,
-    kvHeads: Math.max(1, heads / base.kvGroup),
-    ffnHidden: Math.max(base.ffnMultiple, base.ffnMultiple * Math.round((8 * s.dim) / 3 / base.ffnMultiple)),
-    maxSeqLen: base.seq,
-    tiedEmbeddings: true,
-  });
-}
-
 /**
  * the width and depth whose FLOPs per token come closest to `target` x the baseline's (log
  * distance), widths in steps of dimStep (whole kv groups of heads) up to 2.5x, depths up to 4x; among near ties the
@@ -175,20 +160,20 @@ export function scaledShape(flops: (s: Shape) => number, base: Shape, dimStep: n
 /** the five models' configs for a tokenizer of `vocab` ids and sequences of `seq` */
 export function modelFamily(quick: boolean, vocab: number, seq: number): Record<MainRun, ModelConfig> {
   const base: Shape = quick ? { dim: 32, layers: 2 } : { dim: 512, layers: 8 };
-  const fam = { vocab, seq, headDim: quick ? 16 : 64, kvGroup: 2, ffnMultiple: quick ? 16 : 64 };
-  const dense = denseConfig(fam, base);
+  const fam = { vocabSize: vocab, maxSeqLen: seq, headDim: quick ? 16 : 64, kvGroup: 2, ffnMultiple: quick ? 16 : 64 };
+  const dense = denseConfig({ ...fam, ...base });
   const mem = quick
     ? { nKeys: 8, heads: 2, topk: 4, keyDim: 16, valueDtype: 'f32' }
     : { nKeys: 256, heads: 4, topk: 32, keyDim: 256, valueDtype: 'bf16' };
   const plusCount = Math.min(3, base.layers);
   const plusStride = Math.max(1, Math.floor(base.layers / 3));
-  const flops = (s: Shape) => flopsPerToken(denseConfig(fam, s), seq);
+  const flops = (s: Shape) => flopsPerToken(denseConfig({ ...fam, ...s }), seq);
   return {
     dense,
     memory: parseModelConfig({ ...dense, memory: { ...mem, layers: centredLayers(base.layers, 1, 1), gated: false } }),
     memory_plus: parseModelConfig({ ...dense, memory: { ...mem, layers: centredLayers(base.layers, plusCount, plusStride), gated: true } }),
-    dense_2x: denseConfig(fam, scaledShape(flops, base, fam.headDim * fam.kvGroup, 2)),
-    dense_4x: denseConfig(fam, scaledShape(flops, base, fam.headDim * fam.kvGroup, 4)),
+    dense_2x: denseConfig({ ...fam, ...scaledShape(flops, base, fam.headDim * fam.kvGroup, 2) }),
+    dense_4x: denseConfig({ ...fam, ...scaledShape(flops, base, fam.headDim * fam.kvGroup, 4) }),
   };
 }
 

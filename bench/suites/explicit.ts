@@ -57,7 +57,7 @@ import { MemoryBatcher } from '../../src/memory3/train.ts';
 import { defaultMemoryLayers, referenceTokens, writeMemories } from '../../src/memory3/write.ts';
 import { readCheckpoint } from '../../src/io/checkpoint.ts';
 import { loadModel, saveModel } from '../../src/model/checkpoint.ts';
-import { parseModelConfig } from '../../src/model/config.ts';
+import { denseConfig } from '../../src/model/config.ts';
 import { Transformer } from '../../src/model/transformer.ts';
 import { Rng } from '../../src/testing/rng.ts';
 import { resumeTraining, saveTraining, trainLoop } from '../../src/train/loop.ts';
@@ -110,8 +110,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     log(`data: ${corpus.heldOut.length} facts held out, ${P.reading} reading documents`);
     const train = loaded ? encodeDocuments(tok, corpus.train) : readTokens(join(dir, 'data', 'train.bin'));
     const val = loaded ? encodeDocuments(tok, corpus.val) : readTokens(join(dir, 'data', 'val.bin'));
-    const heads = P.dim / 64 > 1 ? P.dim / 64 : 4;
-    const config = parseModelConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, heads, kvHeads: heads / 2, ffnHidden: 64 * Math.round((8 * P.dim) / 3 / 64), maxSeqLen: 2 * P.seq, tiedEmbeddings: true });
+    // heads of 64 (--quick's dim 64: 4 of 16)
+    const config = denseConfig({ vocabSize: tok.vocabSize, dim: P.dim, layers: P.layers, maxSeqLen: 2 * P.seq, headDim: P.dim > 64 ? 64 : P.dim / 4 });
     const model = loaded?.model ?? (await Transformer.create(gpu, config, 0));
     // a loaded stage 1 starts stage 2 with fresh optimizer moments (its folder holds the weights alone); part of stage 2, with its own
     const opt = loaded?.opt ?? (await AdamW.create(gpu, model.params, { lr: P.lr }));

@@ -107,8 +107,8 @@ export class MemoryBatcher {
         const w: number[] = [];
         for (let j = 0; j < window; j++) {
           // own: the chunk's j-th planned reference; else chunk g - (window - 1 - j)'s one
-          const at = this.o.own ? g * window + j : g - (window - 1 - j);
-          const r = at >= 0 && at < this.plan.length ? this.plan[at]! : -1;
+          const slot = this.o.own ? g * window + j : g - (window - 1 - j);
+          const r = slot >= 0 && slot < this.plan.length ? this.plan[slot]! : -1;
           w.push(r >= 0 ? r : rng.int(this.refs.length));
         }
         windows.push(w);

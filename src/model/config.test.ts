@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { centredLayers, parseModelConfig } from './config.ts';
+import { centredLayers, denseConfig, ModelConfigError, parseModelConfig } from './config.ts';
 
 const base = { vocabSize: 512, dim: 64, layers: 24, heads: 4, ffnHidden: 172, maxSeqLen: 256 };
 
@@ -47,4 +47,12 @@ test('model config: every impossible setting is named in one error', () => {
   );
   assert.throws(() => parseModelConfig([]), /expected a JSON object/);
   assert.throws(() => parseModelConfig({ ...base, dim: 60, heads: 4 }), /head dim 15 \(dim \/ heads\) must be even for RoPE/);
+});
+
+test('denseConfig: heads of headDim, a KV head per kvGroup, SwiGLU 8 dim / 3 rounded to ffnMultiple, tied embeddings', () => {
+  const c = denseConfig({ vocabSize: 100, dim: 384, layers: 6, maxSeqLen: 256 });
+  assert.deepEqual([c.heads, c.kvHeads, c.ffnHidden, c.tiedEmbeddings, c.memory], [6, 3, 1024, true, null]);
+  const s = denseConfig({ vocabSize: 100, dim: 32, layers: 2, maxSeqLen: 64, headDim: 16, kvGroup: 4, ffnMultiple: 16 });
+  assert.deepEqual([s.heads, s.kvHeads, s.ffnHidden], [2, 1, 80]);
+  assert.throws(() => denseConfig({ vocabSize: 100, dim: 100, layers: 2, maxSeqLen: 64 }), ModelConfigError);
 });

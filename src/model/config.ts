@@ -46,6 +46,36 @@ export function centredLayers(layers: number, count: number, stride: number): nu
   return Array.from({ length: count }, (_, i) => first + i * stride);
 }
 
+/** a dense Llama of a width and depth (no memory layers, tied embeddings) */
+export interface DenseShape {
+  vocabSize: number;
+  dim: number;
+  layers: number;
+  maxSeqLen: number;
+  /** dims per attention head (default 64): heads = dim / headDim */
+  headDim?: number;
+  /** query heads per KV head (default 2) */
+  kvGroup?: number;
+  /** the SwiGLU hidden size is 8 dim / 3 rounded to a multiple of this (default 64) */
+  ffnMultiple?: number;
+}
+
+/** the config of a dense model of that shape: dim / headDim heads, a KV head per kvGroup of them, SwiGLU hidden 8 dim / 3 rounded to ffnMultiple */
+export function denseConfig(s: DenseShape): ModelConfig {
+  const { headDim = 64, kvGroup = 2, ffnMultiple = 64 } = s;
+  const heads = s.dim / headDim;
+  return parseModelConfig({
+    vocabSize: s.vocabSize,
+    dim: s.dim,
+    layers: s.layers,
+    heads,
+    kvHeads: Math.max(1, heads / kvGroup),
+    ffnHidden: Math.max(ffnMultiple, ffnMultiple * Math.round((8 * s.dim) / 3 / ffnMultiple)),
+    maxSeqLen: s.maxSeqLen,
+    tiedEmbeddings: true,
+  });
+}
+
 const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v);
 
 export function parseModelConfig(json: unknown): ModelConfig {
