@@ -14,6 +14,13 @@
 //                     cost, without the reader
 //   tok_s_explicit    MemoryReader.generateBatch (memory3/read.ts)
 //   explicit_prefill_s, explicit_decode_s   the explicit run's time to its first new token, and after
+// and where one decode step's time goes, for none, front and rag (no memory, 64 more context tokens
+// per row: RAG's longer rows), over 32 steps from 128 cached tokens (medians, milliseconds):
+//   step_ms_<way>          a whole step (lastLogits: encode, submit, wait, read back)
+//   step_encode_ms_<way>   recording its dispatches on the host (model.logits returning)
+//   step_gpu_ms_<way>      its kernels' GPU time (timestamp queries, gpu/profiler.ts: each dispatch in a
+//                          pass of its own, so no overlap between them), with the 3 largest in the log
+//   readback_ms            an empty round trip: a 4-byte read with nothing else recorded
 // writes bench/results/explicit_speed-<device>-<date>.json (timings: a GPU run).
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -25,6 +32,7 @@ import { readTokens, writeTokenData } from '../src/cli/commands.ts';
 import { buildCorpus } from '../src/data/corpus.ts';
 import { loadFacts, statements } from '../src/data/facts.ts';
 import { Gpu } from '../src/gpu/device.ts';
+import { formatProfile, KernelProfiler } from '../src/gpu/profiler.ts';
 import { generateBatch, lastLogits, Lockstep } from '../src/infer/generate.ts';
 import { MemoryBank } from '../src/memory3/bank.ts';
 import { encodeMemory } from '../src/memory3/blob.ts';
@@ -102,7 +110,60 @@ try {
       if (k === 'explicit') prefills.push(prefill);
     }
   }
-  const results = { tok_s_none: median(rates['none']!), tok_s_wide: median(rates['wide']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills) };
+  // one step's parts: `steps` decode steps after the prompt, timed piece by piece, per way
+  const parts = async (prompts: number[][], o: { frontMax?: number[]; pos0?: number }, fill: boolean, steps = 32) => {
+    const cache = await model.createCache(Math.min(config.maxSeqLen, prompts[0]!.length + 2 * steps + 2), { ...o, batch: GB });
+    try {
+      const r = new Rng(3);
+      for (const l of fill ? memLayers : []) {
+        const k = Float32Array.from({ length: GB * frontRows * config.kvHeads * HS }, () => r.normal());
+        await model.setCacheFront(cache, l, k, k.map((x) => x / 2));
+      }
+      await lastLogits(gpu, model, prompts, { cache });
+      const next = prompts.map((x) => [x[x.length - 1]!]);
+      const whole: number[] = [];
+      const encode: number[] = [];
+      for (let s = 0; s < steps; s++) {
+        const t = performance.now();
+        const ids = await gpu.tensorFrom(new Uint32Array(next.flat()), [GB, 1], 'u32', 'ids');
+        const logits = await model.logits(ids, cache);
+        encode.push(performance.now() - t);
+        await gpu.readRanges(logits.buffer, next.map((_, b) => ({ offset: logits.offset + b * config.vocabSize * 4, size: config.vocabSize * 4 })));
+        whole.push(performance.now() - t);
+        logits.dispose();
+        ids.dispose();
+      }
+      const prof = KernelProfiler.attach(gpu);
+      for (let s = 0; s < 8; s++) {
+        const ids = await gpu.tensorFrom(new Uint32Array(next.flat()), [GB, 1], 'u32', 'ids');
+        const logits = await model.logits(ids, cache);
+        await gpu.readRanges(logits.buffer, [{ offset: logits.offset, size: 4 }]);
+        logits.dispose();
+        ids.dispose();
+      }
+      const table = await prof.report();
+      return { step: median(whole), encode: median(encode), gpu: table.reduce((n, x) => n + x.ms, 0) / 8, table };
+    } finally {
+      for (const t of [...cache.k, ...cache.v]) t.dispose();
+    }
+  };
+  const ragLike = ins.map((x, r) => [...Array.from(val.subarray(r * stride + IN, r * stride + IN + 64)), ...x]);
+  const breakdown: Record<string, number> = {};
+  for (const [way, prompts, o, fill] of [['none', ins, {}, false], ['front', ins, wide, true], ['rag', ragLike, {}, false]] as const) {
+    const x = await parts(prompts as number[][], o, fill);
+    Object.assign(breakdown, { [`step_ms_${way}`]: x.step, [`step_encode_ms_${way}`]: x.encode, [`step_gpu_ms_${way}`]: x.gpu });
+    log(`${way}: step ${x.step.toFixed(2)} ms, encode ${x.encode.toFixed(2)} ms, kernels ${x.gpu.toFixed(2)} ms per step\n${formatProfile(x.table.slice(0, 3))}`);
+  }
+  const tiny = await gpu.tensorFrom([1], [1], 'f32', 'tiny');
+  const trips: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const t = performance.now();
+    await gpu.read(tiny);
+    trips.push(performance.now() - t);
+  }
+  tiny.dispose();
+  breakdown['readback_ms'] = median(trips);
+  const results = { tok_s_none: median(rates['none']!), tok_s_wide: median(rates['wide']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills), ...breakdown };
   const run = (GB * OUT) / results.tok_s_explicit;
   Object.assign(results, { explicit_decode_s: run - results.explicit_prefill_s });
   log(JSON.stringify(results));
