@@ -23,7 +23,7 @@
 
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
-import type { AttentionRows, KvCache, Transformer } from '../model/transformer.ts';
+import type { AttentionRows, KvCache, MemoryReads, Transformer } from '../model/transformer.ts';
 
 export interface SampleOptions {
   /** 0: greedy; default 1 */
@@ -196,13 +196,13 @@ export class Lockstep {
 /**
  * rows of ids (right-padded with token 0 to the longest) through model.logits, after `cache` when
  * given (then every row continues its cache row: one length for all); the logits of each row's
- * last real position, all in one readback. `watch` as Transformer.logits's
+ * last real position, all in one readback. `watch` and `watchMemory` as Transformer.logits's
  */
 export async function lastLogits(
   gpu: Gpu,
   model: Transformer,
   rows: readonly (readonly number[])[],
-  o: { cache?: KvCache; watch?: (layer: number, t: AttentionRows) => Promise<void> } = {},
+  o: { cache?: KvCache; watch?: (layer: number, t: AttentionRows) => Promise<void>; watchMemory?: (layer: number, r: MemoryReads) => Promise<void> } = {},
 ): Promise<Float32Array[]> {
   const V = model.config.vocabSize;
   const T = Math.max(...rows.map((r) => r.length));
@@ -210,7 +210,7 @@ export async function lastLogits(
   rows.forEach((s, b) => flat.set(s, b * T));
   const ids = await gpu.tensorFrom(flat, [rows.length, T], 'u32', 'ids');
   try {
-    const logits = await model.logits(ids, o.cache, o.watch);
+    const logits = await model.logits(ids, o.cache, o.watch, o.watchMemory);
     try {
       const back = await gpu.readRanges(logits.buffer, rows.map((s, b) => ({ offset: logits.offset + (b * T + s.length - 1) * V * 4, size: V * 4 })));
       return back.map((bytes) => new Float32Array(bytes));

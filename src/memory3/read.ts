@@ -31,8 +31,8 @@ import { EngramError } from '../gpu/errors.ts';
 import { lastLogits, Lockstep, lockstepLength, type BatchGenerateOptions, type SampleOptions } from '../infer/generate.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import type { AttentionRows, KvCache, Transformer } from '../model/transformer.ts';
-import type { MemoryBank, SearchHit } from './bank.ts';
-import { copyMemoryRows, decodeMemory, type SparseMemory } from './blob.ts';
+import type { BankManifest, SearchHit, StoredReference } from './bank.ts';
+import { copyMemoryRows, decodeMemory, type MemoryCodebooks, type SparseMemory } from './blob.ts';
 import { REFERENCE_PREFIX, sinkKV } from './write.ts';
 
 export interface ReadOptions {
@@ -79,6 +79,17 @@ export interface MemoryBatchOptions extends BatchGenerateOptions {
   onChunk?: (row: number, c: ChunkInfo) => void;
 }
 
+/**
+ * what the reader needs of a bank: its shape, a search and a load. MemoryBank (bank.ts, LanceDB on
+ * disk) is one; a browser holds a small exported bank in memory instead (no LanceDB there)
+ */
+export interface MemorySource {
+  readonly manifest: Pick<BankManifest, 'layers' | 'kvHeads' | 'tokens' | 'headDim'>;
+  readonly codebooks: MemoryCodebooks | null;
+  search(query: string, o: { k: number }): Promise<SearchHit[]>;
+  get(ids: readonly string[]): Promise<StoredReference[]>;
+}
+
 /** a least-recently-used map of decoded memories */
 class MemoryCache {
   private readonly map = new Map<string, SparseMemory>();
@@ -87,7 +98,7 @@ class MemoryCache {
   constructor(private readonly size: number) {}
 
   /** the memories of ids, in order (answered from what this call found or loaded: later evictions cannot lose them) */
-  async get(bank: MemoryBank, ids: readonly string[]): Promise<SparseMemory[]> {
+  async get(bank: MemorySource, ids: readonly string[]): Promise<SparseMemory[]> {
     const found = new Map<string, SparseMemory>();
     const missing: string[] = [];
     for (const id of new Set(ids)) {
@@ -136,7 +147,7 @@ export class MemoryReader {
     private readonly gpu: Gpu,
     private readonly model: Transformer,
     private readonly tok: Tokenizer,
-    private readonly bank: MemoryBank,
+    private readonly bank: MemorySource,
     o: ReadOptions = {},
   ) {
     const c = model.config;

@@ -101,6 +101,14 @@ export interface AttentionRows {
   lse: Tensor;
 }
 
+/** a Memory+ block's reads in one forward (logits' `watchMemory`): per token, head and pick, the value-table slot and its weight */
+export interface MemoryReads {
+  /** (B T, heads, topk) u32 */
+  slots: Tensor;
+  /** (B T, heads, topk) f32, softmax over each head's picks */
+  weights: Tensor;
+}
+
 /**
  * Keys and values of every block for the positions decoded so far, for `batch` sequences decoded
  * in lockstep (every row has the same length and front sizes): the next tokens' queries attend
@@ -392,9 +400,10 @@ export class Transformer {
       mem?: BlockMemory;
       tap?: (t: AttentionInputs) => Promise<void>;
       watch?: (t: AttentionRows) => Promise<void>;
+      watchMemory?: (r: MemoryReads) => Promise<void>;
     } = {},
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
-    const { cache, mem, tap, watch } = opts;
+    const { cache, mem, tap, watch, watchMemory } = opts;
     const { gpu, config: c } = this;
     const N = B * T;
     const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = c;
@@ -448,6 +457,8 @@ export class Transformer {
     let f: Tensor;
     if (blk.memory) {
       f = await blk.memory.forward(n2);
+      const read = watchMemory && blk.memory.lastRead();
+      if (read) await watchMemory(read);
       if (!keep) blk.memory.release();
     } else {
       const ffn = blk.ffn!;
@@ -544,9 +555,10 @@ export class Transformer {
   /**
    * Logits (B T, V) of ids (B, T), for inference: nothing is kept for a backward. With a cache
    * (B = its batch), the ids continue the cached positions and their keys and values are appended.
-   * `watch` sees each block's queries and attention logsumexps (valid until it returns).
+   * `watch` sees each block's queries and attention logsumexps (valid until it returns);
+   * `watchMemory` each Memory+ block's reads: the slots and weights (B T, heads, topk) it picked.
    */
-  async logits(ids: Tensor, cache?: KvCache, watch?: (layer: number, t: AttentionRows) => Promise<void>): Promise<Tensor> {
+  async logits(ids: Tensor, cache?: KvCache, watch?: (layer: number, t: AttentionRows) => Promise<void>, watchMemory?: (layer: number, r: MemoryReads) => Promise<void>): Promise<Tensor> {
     const c = this.config;
     if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const [B, T] = ids.shape as [number, number];
@@ -558,6 +570,7 @@ export class Transformer {
       const r = await this.block(blk, h, B, T, false, {
         ...(cache ? { cache: { k: cache.k[i]!, v: cache.v[i]!, P, front: cache.front[i]!, pos0: cache.pos0 } } : {}),
         ...(watch ? { watch: (t: AttentionRows) => watch(i, t) } : {}),
+        ...(watchMemory ? { watchMemory: (r: MemoryReads) => watchMemory(i, r) } : {}),
       });
       h.dispose();
       h = r.h;
