@@ -30,7 +30,7 @@ import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import { lastLogits, Lockstep, lockstepLength, type BatchGenerateOptions, type SampleOptions } from '../infer/generate.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import type { AttentionRows, KvCache, Transformer } from '../model/transformer.ts';
+import type { AttentionRows, KvCache, MemoryReads, Transformer } from '../model/transformer.ts';
 import type { BankManifest, SearchHit, StoredReference } from './bank.ts';
 import { copyMemoryRows, decodeMemory, type MemoryCodebooks, type SparseMemory } from './blob.ts';
 import { REFERENCE_PREFIX, sinkKV } from './write.ts';
@@ -72,11 +72,14 @@ export interface MemoryGenerateOptions extends SampleOptions {
   /** polled after each new token with everything generated so far: true stops (e.g. a stop string appeared) */
   shouldStop?: (ids: readonly number[]) => boolean;
   onChunk?: (c: ChunkInfo) => void;
+  watchMemory?: (layer: number, r: MemoryReads) => Promise<void>;
 }
 
 /** generateBatch's options: generateBatch's (infer/generate.ts), and what each row's chunks retrieved */
 export interface MemoryBatchOptions extends BatchGenerateOptions {
   onChunk?: (row: number, c: ChunkInfo) => void;
+  /** each step's Memory+ reads (Transformer.logits's watchMemory), e.g. to show which slots a token used */
+  watchMemory?: (layer: number, r: MemoryReads) => Promise<void>;
 }
 
 /**
@@ -219,7 +222,7 @@ export class MemoryReader {
       for (let s = 0; s < L; s += ro.chunk) {
         const ids = prompts.map((pr) => pr.slice(s, s + ro.chunk));
         report(await this.retrieve(cache, sink, ids.map((x) => this.tok.decode(x)), s, s + ids[0]!.length));
-        last = await this.step(cache, ids);
+        last = await this.step(cache, ids, o.watchMemory);
       }
       let current = chunks.map((x) => x[x.length - 1]!);
       while (!lock.done && cache.length < max) {
@@ -233,7 +236,7 @@ export class MemoryReader {
           report(current);
         }
         for (const info of current) info.end = L + n + 1;
-        last = await this.step(cache, next.map((id) => [id]));
+        last = await this.step(cache, next.map((id) => [id]), o.watchMemory);
       }
       this.settle();
       return lock.out.map((ids, r) => ({ ids, chunks: chunks[r]! }));
@@ -315,8 +318,8 @@ export class MemoryReader {
   }
 
   /** runs each row's ids after the cache; each row's last position's logits (inspected when a chunk is) */
-  private step(cache: KvCache, ids: readonly (readonly number[])[]): Promise<Float32Array[]> {
-    return lastLogits(this.gpu, this.model, ids, { cache, ...(this.acc ? { watch: (layer: number, r: AttentionRows) => this.inspect(layer, r.q, r.lse) } : {}) });
+  private step(cache: KvCache, ids: readonly (readonly number[])[], watchMemory?: (layer: number, r: MemoryReads) => Promise<void>): Promise<Float32Array[]> {
+    return lastLogits(this.gpu, this.model, ids, { cache, ...(this.acc ? { watch: (layer: number, r: AttentionRows) => this.inspect(layer, r.q, r.lse) } : {}), ...(watchMemory ? { watchMemory } : {}) });
   }
 }
 
