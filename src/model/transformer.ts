@@ -24,11 +24,14 @@ import { embeddingBackward, embeddingForward } from '../kernels/embedding/embedd
 import { fillNormal } from '../kernels/init/init.ts';
 import { linearBackward, linearForward } from '../kernels/matmul/matmul.ts';
 import { rmsnormBackward, rmsnormForward } from '../kernels/rmsnorm/rmsnorm.ts';
+import { decodeAttention } from '../kernels/attention/decode_attention.ts';
+import { scatterRows } from '../kernels/copy/scatter_rows.ts';
 import { createRopeTable, ropeBackward, ropeForward } from '../kernels/rope/rope.ts';
 import { swigluBackward, swigluForward } from '../kernels/swiglu/swiglu.ts';
 import { xentBackward, xentForward } from '../kernels/xent/xent.ts';
 import type { ModelConfig } from './config.ts';
 import { MemoryLayer } from './memory_layer.ts';
+import type { SlotCache } from './slot_cache.ts';
 import { createParam, disposeParams, type Param } from './param.ts';
 import { ValueTable } from './value_table.ts';
 
@@ -401,9 +404,10 @@ export class Transformer {
       tap?: (t: AttentionInputs) => Promise<void>;
       watch?: (t: AttentionRows) => Promise<void>;
       watchMemory?: (r: MemoryReads) => Promise<void>;
+      slot?: { cache: SlotCache; layer: number };
     } = {},
   ): Promise<{ h: Tensor; saved: BlockSaved | null }> {
-    const { cache, mem, tap, watch, watchMemory } = opts;
+    const { cache, mem, tap, watch, watchMemory, slot } = opts;
     const { gpu, config: c } = this;
     const N = B * T;
     const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = c;
@@ -424,8 +428,15 @@ export class Transformer {
     await linearForward(gpu, { y: v }, { x: n1, w: blk.v.value });
     const q = take([B, T, NH, HS], 'q');
     const k = take([B, T, NKV, HS], 'k');
-    await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0 });
-    await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0 });
+    if (slot) {
+      // one token a row, each at its own position: the batch goes through RoPE as one sequence of B positions
+      const positions = slot.cache.pos.leading([B]);
+      await ropeForward(gpu, { out: q.reshape([1, B, NH, HS]) }, { x: qp.reshape([1, B, NH, HS]), table: this.rope }, { positions });
+      await ropeForward(gpu, { out: k.reshape([1, B, NKV, HS]) }, { x: kp.reshape([1, B, NKV, HS]), table: this.rope }, { positions });
+    } else {
+      await ropeForward(gpu, { out: q }, { x: qp.reshape([B, T, NH, HS]), table: this.rope }, { pos0 });
+      await ropeForward(gpu, { out: k }, { x: kp.reshape([B, T, NKV, HS]), table: this.rope }, { pos0 });
+    }
     if (tap) await tap({ q0: qp.reshape([B, T, NH, HS]), k0: kp.reshape([B, T, NKV, HS]), k, v: v.reshape([B, T, NKV, HS]) });
     qp.dispose();
     kp.dispose();
@@ -433,7 +444,18 @@ export class Transformer {
     const lse = take([B, NH, T], 'att_lse');
     // with a cache, the prefix is the whole cache tensor (batch rows S apart) of which R rows are filled
     const prefix = cache && R > 0 ? { pk: cache.k, pv: cache.v } : mem ? { pk: mem.k, pv: mem.v } : {};
-    await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : cache && R > 0 ? { prefixLen: R } : {});
+    if (slot) {
+      // append each row's key and value at its own length, then attend over exactly its rows
+      const { cache: sc, layer } = slot;
+      const S = sc.frontMax[layer]! + sc.max;
+      const width = NKV * HS;
+      await scatterRows(gpu, { dst: sc.k[layer]!.reshape([sc.slots * S, width]) }, { src: k.reshape([B, width]), idx: sc.dst }, { base: layer * sc.slots });
+      await scatterRows(gpu, { dst: sc.v[layer]!.reshape([sc.slots * S, width]) }, { src: v.reshape([B, width]), idx: sc.dst }, { base: layer * sc.slots });
+      const kv = (t: Tensor) => t.leading([B, S, NKV, HS]);
+      await decodeAttention(gpu, { out: att.reshape([B, NH, HS]) }, { q: q.reshape([B, NH, HS]), k: kv(sc.k[layer]!), v: kv(sc.v[layer]!), rows: sc.rows }, { F: sc.frontMax[layer]!, rowBase: layer * sc.slots });
+    } else {
+      await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : cache && R > 0 ? { prefixLen: R } : {});
+    }
     if (watch) await watch({ q, lse });
     if (cache) {
       const row = NKV * HS * 4;
@@ -578,6 +600,28 @@ export class Transformer {
     const { nf, rf, logits } = await this.headLogits(h);
     for (const u of [h, nf, rf]) u.dispose();
     if (cache) cache.length += T;
+    return logits;
+  }
+
+  /**
+   * Logits (B, V) of one new token in each of the first B slots of a SlotCache (slot_cache.ts),
+   * whose step tensors writeSlotStep wrote: each row's token goes at its own position and
+   * attends to exactly its own front and context. ids (B, 1) u32; an idle slot's row computes
+   * garbage that nothing reads (its key is not stored). The caller advances the slots' lengths.
+   */
+  async decodeSlots(ids: Tensor, cache: SlotCache, watchMemory?: (layer: number, r: MemoryReads) => Promise<void>): Promise<Tensor> {
+    if (ids.shape.length !== 2 || ids.shape[1] !== 1 || ids.dtype !== 'u32') throw new EngramError(`Transformer: decodeSlots takes ids [B, 1]:u32, got ${ids}`);
+    const B = ids.shape[0]!;
+    if (B > cache.slots) throw new EngramError(`Transformer: ${B} rows for a slot cache of ${cache.slots}`);
+    if (cache.frontMax.length !== this.blocks.length) throw new EngramError(`Transformer: a slot cache of ${cache.frontMax.length} blocks; the model has ${this.blocks.length}`);
+    let h = await this.embedIds(ids);
+    for (const [i, blk] of this.blocks.entries()) {
+      const r = await this.block(blk, h, B, 1, false, { slot: { cache, layer: i }, ...(watchMemory ? { watchMemory: (m: MemoryReads) => watchMemory(i, m) } : {}) });
+      h.dispose();
+      h = r.h;
+    }
+    const { nf, rf, logits } = await this.headLogits(h);
+    for (const u of [h, nf, rf]) u.dispose();
     return logits;
   }
 
