@@ -142,7 +142,7 @@ export class MemoryReader {
   private readonly o: Required<Omit<ReadOptions, 'cacheSize'>>;
   private readonly layers: readonly number[];
   /** per memory block: its front's keys (batch x rows x kvHeads x headDim), rows per batch row and how many are the sink's, for inspection */
-  private readonly fronts = new Map<number, { k: Float32Array; rows: number; sinkRows: number }>();
+  private readonly inspected = new Map<number, { k: Float32Array; rows: number; sinkRows: number }>();
   /** per batch row, the chunk whose attention shares are being summed, and the sums */
   private acc: { info: ChunkInfo; sums: number[]; sink: number; n: number }[] | null = null;
 
@@ -195,35 +195,13 @@ export class MemoryReader {
   async generateBatch(prompts: readonly (readonly number[])[], o: MemoryBatchOptions): Promise<{ ids: number[]; chunks: ChunkInfo[] }[]> {
     const { model, o: ro } = this;
     const c = model.config;
-    const B = prompts.length;
-    if (B === 0) return [];
+    if (prompts.length === 0) return [];
     const L = lockstepLength(prompts, 'memory reader');
-    const prefix = Array.from(this.tok.encode(ro.prefix));
-    const p = prefix.length;
     const max = Math.min(c.maxSeqLen, L + o.maxNew);
-    if (L > max) throw new EngramError(`memory reader: a prompt of ${L} tokens passes maxSeqLen ${c.maxSeqLen}`);
-    const rows = ro.topk * this.bank.manifest.tokens;
-    const cache = await model.createCache(max, {
-      frontMax: Array.from({ length: c.layers }, (_, l) => p + (this.layers.includes(l) ? rows : 0)),
-      pos0: p + ro.memoryPositions,
-      batch: B,
-    });
-    const chunks: ChunkInfo[][] = prompts.map(() => []);
     const lock = new Lockstep(prompts, o);
-    const report = (infos: ChunkInfo[]) =>
-      infos.forEach((info, r) => {
-        chunks[r]!.push(info);
-        o.onChunk?.(r, info);
-      });
+    const { cache, last: first, chunks, sink } = await this.prefillRows(prompts, max, o);
+    let last = first;
     try {
-      const sink = await sinkKV(this.gpu, model, prefix);
-      for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, repeat(s.k, B), repeat(s.v, B));
-      let last: Float32Array[] = [];
-      for (let s = 0; s < L; s += ro.chunk) {
-        const ids = prompts.map((pr) => pr.slice(s, s + ro.chunk));
-        report(await this.retrieve(cache, sink, ids.map((x) => this.tok.decode(x)), s, s + ids[0]!.length));
-        last = await this.step(cache, ids, o.watchMemory);
-      }
       let current = chunks.map((x) => x[x.length - 1]!);
       while (!lock.done && cache.length < max) {
         const next = lock.next(last);
@@ -233,7 +211,10 @@ export class MemoryReader {
         if (n % ro.chunk === 0) {
           const at = L + n;
           current = await this.retrieve(cache, sink, lock.out.map((x, r) => (lock.isLive(r) ? this.tok.decode(x.slice(-ro.chunk)) : '')), at, at, current);
-          report(current);
+          current.forEach((info, r) => {
+            chunks[r]!.push(info);
+            o.onChunk?.(r, info);
+          });
         }
         for (const info of current) info.end = L + n + 1;
         last = await this.step(cache, next.map((id) => [id]), o.watchMemory);
@@ -245,11 +226,96 @@ export class MemoryReader {
     }
   }
 
+  /** tokens per chunk: memories are retrieved again after each chunk of new tokens */
+  get chunkSize(): number {
+    return this.o.chunk;
+  }
+
+  /** per block, the front rows the reader keeps: the sink's everywhere, and topk memories' at the memory blocks */
+  frontRows(): number[] {
+    const p = this.tok.encode(this.o.prefix).length;
+    const rows = this.o.topk * this.bank.manifest.tokens;
+    return Array.from({ length: this.model.config.layers }, (_, l) => p + (this.layers.includes(l) ? rows : 0));
+  }
+
+  /** the RoPE position of the context's first token (after the sink and the memories' shared range) */
+  contextStart(): number {
+    return this.tok.encode(this.o.prefix).length + this.o.memoryPositions;
+  }
+
+  /**
+   * one prompt run chunk by chunk, each chunk attending to the memories its own text retrieved
+   * (the prompt half of generate()): its cache (batch 1, room for `max` positions; the caller's to
+   * dispose), the last position's logits, and what each chunk retrieved
+   */
+  async prefill(prompt: readonly number[], max: number, o: { onChunk?: (c: ChunkInfo) => void } = {}): Promise<{ cache: KvCache; logits: Float32Array; chunks: ChunkInfo[] }> {
+    if (prompt.length === 0) throw new EngramError('memory reader: the prompt needs at least one token');
+    const r = await this.prefillRows([prompt], max, o.onChunk ? { onChunk: (_: number, c: ChunkInfo) => o.onChunk!(c) } : {});
+    return { cache: r.cache, logits: r.last[0]!, chunks: r.chunks[0]! };
+  }
+
+  /**
+   * one row's memories retrieved with `query` (a row decoding on its own: serve/engine.ts), as the
+   * memory blocks' front rows (the sink, then the memories; keys rotated), and what was retrieved
+   */
+  async frontFor(query: string, start: number): Promise<{ info: ChunkInfo; fronts: { layer: number; k: Float32Array; v: Float32Array }[] }> {
+    const prefix = Array.from(this.tok.encode(this.o.prefix));
+    const sink = await sinkKV(this.gpu, this.model, prefix);
+    const { infos, fronts } = await this.fronts(sink, [query], start, start);
+    return { info: infos[0]!, fronts: [...fronts].map(([layer, f]) => ({ layer, k: f.k, v: f.v })) };
+  }
+
+  /** prompts of one length run chunk by chunk after the sink, each chunk with the memories its own text retrieved */
+  private async prefillRows(
+    prompts: readonly (readonly number[])[],
+    max: number,
+    o: { onChunk?: (row: number, c: ChunkInfo) => void; watchMemory?: (layer: number, r: MemoryReads) => Promise<void> },
+  ): Promise<{ cache: KvCache; last: Float32Array[]; chunks: ChunkInfo[][]; sink: { k: Float32Array; v: Float32Array }[] }> {
+    const { model, o: ro } = this;
+    const c = model.config;
+    const B = prompts.length;
+    const L = lockstepLength(prompts, 'memory reader');
+    const prefix = Array.from(this.tok.encode(ro.prefix));
+    if (L > max || max > c.maxSeqLen) throw new EngramError(`memory reader: a prompt of ${L} tokens passes maxSeqLen ${c.maxSeqLen}`);
+    const cache = await model.createCache(max, { frontMax: this.frontRows(), pos0: this.contextStart(), batch: B });
+    const chunks: ChunkInfo[][] = prompts.map(() => []);
+    try {
+      const sink = await sinkKV(this.gpu, model, prefix);
+      for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, repeat(s.k, B), repeat(s.v, B));
+      let last: Float32Array[] = [];
+      for (let s = 0; s < L; s += ro.chunk) {
+        const ids = prompts.map((pr) => pr.slice(s, s + ro.chunk));
+        const infos = await this.retrieve(cache, sink, ids.map((x) => this.tok.decode(x)), s, s + ids[0]!.length);
+        infos.forEach((info, r) => {
+          chunks[r]!.push(info);
+          o.onChunk?.(r, info);
+        });
+        last = await this.step(cache, ids, o.watchMemory);
+      }
+      return { cache, last, chunks, sink };
+    } catch (e) {
+      for (const t of [...cache.k, ...cache.v]) t.dispose();
+      throw e;
+    }
+  }
+
   /**
    * retrieves memories with each row's query and puts them behind the sink in the memory blocks'
    * fronts; a row with an empty query keeps `keep`'s (its previous chunk's) references
    */
   private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[]): Promise<ChunkInfo[]> {
+    const { infos, fronts } = await this.fronts(sink, queries, start, end, keep);
+    for (const [layer, f] of fronts) {
+      await this.model.setCacheFront(cache, layer, f.k, f.v);
+      this.inspected.set(layer, f);
+    }
+    this.settle();
+    if (this.o.inspect) this.acc = infos.map((info) => ({ info, sums: info.retrieved.map(() => 0), sink: 0, n: 0 }));
+    return infos;
+  }
+
+  /** each row's search (or `keep`'s references), loaded, as every memory block's front: the sink, then the memories (rows of a batch padded to the most) */
+  private async fronts(sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[]) {
     const { topk } = this.o;
     const hits = await Promise.all(queries.map(async (q, r) => (q.trim() ? await this.bank.search(q, { k: topk }) : (keep?.[r]?.retrieved ?? []))));
     // one load for every row's references (rows share many)
@@ -259,6 +325,7 @@ export class MemoryReader {
     const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
     const width = Hkv * HS;
     const most = Math.max(...mems.map((m) => m.length));
+    const fronts = new Map<number, { k: Float32Array; v: Float32Array; rows: number; sinkRows: number }>();
     for (const [li, layer] of this.layers.entries()) {
       const s = sink[layer]!;
       const sinkRows = s.k.length / width;
@@ -270,13 +337,10 @@ export class MemoryReader {
         v.set(s.v, r * rows * width);
         ms.forEach((m, i) => copyMemoryRows(m, li, k, v, r * rows + sinkRows + i * K));
       });
-      await this.model.setCacheFront(cache, layer, k, v);
-      this.fronts.set(layer, { k, rows, sinkRows });
+      fronts.set(layer, { k, v, rows, sinkRows });
     }
     const infos = queries.map((query, r) => ({ start, end, query: query.trim() ? query : '', retrieved: hits[r]! }));
-    this.settle();
-    if (this.o.inspect) this.acc = infos.map((info) => ({ info, sums: info.retrieved.map(() => 0), sink: 0, n: 0 }));
-    return infos;
+    return { infos, fronts };
   }
 
   /** closes the chunks being inspected: their sums become mean shares */
@@ -290,7 +354,7 @@ export class MemoryReader {
 
   /** adds one memory block's attention weights on its front rows (exp(scale q.k - lse)) to each row's chunk sums */
   private async inspect(layer: number, q: Tensor, lse: Tensor): Promise<void> {
-    const f = this.fronts.get(layer);
+    const f = this.inspected.get(layer);
     if (!this.acc || !f) return;
     const c = this.model.config;
     const { heads: NH, kvHeads: NKV } = c;
