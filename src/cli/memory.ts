@@ -28,18 +28,17 @@ import { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import { loadModel } from '../model/checkpoint.ts';
 import type { Transformer } from '../model/transformer.ts';
-import { checkId, MemoryBank, type BankManifest, type BankModel, type SearchHit } from '../memory3/bank.ts';
-import { encodeMemory, type MemoryCodebooks, type MemoryDType } from '../memory3/blob.ts';
-import { quantizeMemories, trainMemoryCodebooks } from '../memory3/quantize.ts';
+import { MemoryBank, type BankManifest, type BankModel, type SearchHit } from '../memory3/bank.ts';
+import type { MemoryCodebooks, MemoryDType } from '../memory3/blob.ts';
+import { trainMemoryCodebooks } from '../memory3/quantize.ts';
 import { MemoryReader, type ChunkInfo } from '../memory3/read.ts';
-import { defaultMemoryLayers, modelFingerprint, referenceSpan, referenceTokens, writeMemories } from '../memory3/write.ts';
+import { defaultMemoryLayers, modelFingerprint, referenceTokens, writeMemories } from '../memory3/write.ts';
+import { checkNewIds, checkReferences, maxReferenceTokens, oneLine, writeAndAdd, type ReferenceLine } from '../memory3/add.ts';
 import { streamText } from './commands.ts';
 
+export { oneLine, type ReferenceLine };
+
 const EOT = '<|endoftext|>';
-/** the longest reference a memory is written from (writeMemories' default maxTokens) */
-const MAX_REFERENCE_TOKENS = 128;
-/** characters of a reference's text shown on one line */
-const SHOW_CHARS = 100;
 
 /** what a command writes to and computes with; tests pass their own */
 export interface MemoryEnv {
@@ -67,12 +66,6 @@ const io = (env: MemoryEnv) => ({
   write: env.write ?? ((s: string) => void process.stdout.write(s)),
   log: env.log ?? ((line: string) => console.error(line)),
 });
-
-/** one line of a reference's text: whitespace runs as one space, cut with an ellipsis */
-export function oneLine(text: string, max = SHOW_CHARS): string {
-  const s = text.replace(/\s+/g, ' ').trim();
-  return s.length > max ? `${s.slice(0, max - 1)}…` : s;
-}
 
 /** the bank folder: --bank, else <model>.memory */
 export function bankPath(a: { bank?: string | undefined; model?: string | undefined }, cmd: string): string {
@@ -170,13 +163,6 @@ async function bankModelFor(uri: string, mm: MemoryModel, dims: MemoryDims, crea
   return model;
 }
 
-/** a reference to write: its text, optional id, and where it came from (file:line) */
-export interface ReferenceLine {
-  text: string;
-  id?: string;
-  where: string;
-}
-
 /** references from a file: one per non-empty line (.txt), or a JSON object {text, id?} per line (.jsonl) */
 export function readReferences(path: string): ReferenceLine[] {
   const jsonl = ['.jsonl', '.ndjson'].includes(extname(path).toLowerCase());
@@ -207,79 +193,6 @@ export function readReferences(path: string): ReferenceLine[] {
   return out;
 }
 
-/** the reference tokens a memory may hold for this model (writeMemories' maxTokens) */
-function maxReferenceTokens(mm: MemoryModel, prefixLength: number): number {
-  return Math.min(MAX_REFERENCE_TOKENS, referenceSpan(mm.model.config) - prefixLength);
-}
-
-/** every reference long enough for K tokens per head, ids unique in the file; throws naming the line */
-function checkReferences(refs: readonly ReferenceLine[], mm: MemoryModel, K: number): Map<string, string> {
-  const prefix = referenceTokens(mm.tok, 'x').prefix.length;
-  const maxTokens = maxReferenceTokens(mm, prefix);
-  for (const r of refs) {
-    const n = referenceTokens(mm.tok, r.text, { maxTokens }).tokens.length;
-    if (n < K) {
-      throw new EngramError(`${r.where}: the reference '${oneLine(r.text, 60)}' has ${n} tokens; a memory keeps ${K} per KV head (--tokens), so a reference needs at least ${K}`);
-    }
-  }
-  const lineOf = new Map<string, string>();
-  for (const r of refs) {
-    if (r.id === undefined) continue;
-    // the bank's own id rules, here so that a bad id fails before anything is added
-    checkId(r.id, r.where);
-    const first = lineOf.get(r.id);
-    if (first) throw new EngramError(`${r.where}: id '${r.id}' is used twice (first at ${first})`);
-    lineOf.set(r.id, r.where);
-  }
-  return lineOf;
-}
-
-/** throws naming the line of the first id (of `lineOf`: id -> file:line) that the bank holds already */
-async function checkNewIds(lineOf: ReadonlyMap<string, string>, bank: MemoryBank): Promise<void> {
-  const ids = [...lineOf.keys()];
-  for (let s = 0; s < ids.length; s += 512) {
-    const taken = await bank.get(ids.slice(s, s + 512));
-    if (taken.length) {
-      throw new EngramError(`${lineOf.get(taken[0]!.id)}: id '${taken[0]!.id}' is already in the bank at ${bank.uri}${taken.length > 1 ? ` (and ${taken.length - 1} more)` : ''}; remove it first to replace it`);
-    }
-  }
-}
-
-/**
- * writes the memories of `refs` and adds them to the bank, `batch` at a time; their ids. `deferIndex`:
- * leave the indexes to the caller's reindex() (a bulk build)
- */
-async function writeAndAdd(
-  mm: MemoryModel,
-  bank: MemoryBank,
-  refs: readonly ReferenceLine[],
-  o: { batch: number; deferIndex: boolean; onBatch?: (done: number) => void },
-): Promise<string[]> {
-  const { batch } = o;
-  const m = bank.manifest;
-  const prefix = referenceTokens(mm.tok, 'x').prefix.length;
-  const maxTokens = maxReferenceTokens(mm, prefix);
-  const ids: string[] = [];
-  for (let s = 0; s < refs.length; s += batch) {
-    const part = refs.slice(s, s + batch);
-    const written = await writeMemories(
-      mm.gpu,
-      mm.model,
-      mm.tok,
-      part.map((r) => r.text),
-      { layers: m.layers, tokens: m.tokens, dtype: m.dtype === 'pq' ? 'f32' : m.dtype, batch, maxTokens },
-    );
-    const mems = bank.codebooks ? await quantizeMemories(mm.gpu, bank.codebooks, written.map((w) => w.memory)) : written.map((w) => w.memory);
-    const added = await bank.add(
-      written.map((w, i) => ({ ...(part[i]!.id !== undefined ? { id: part[i]!.id } : {}), text: w.text, tokens: w.tokens, memory: encodeMemory(mems[i]!) })),
-      { deferIndex: o.deferIndex },
-    );
-    ids.push(...added);
-    o.onBatch?.(s + part.length);
-  }
-  return ids;
-}
-
 export interface BuildArgs extends MemoryDims {
   model: string;
   bank?: string;
@@ -301,7 +214,7 @@ export async function memoryBuildCommand(a: BuildArgs, env: MemoryEnv = {}): Pro
   try {
     // every reference checked before the bank is created or touched: a bad file adds nothing
     const model = await bankModelFor(uri, mm, a, true);
-    const lineOf = checkReferences(refs, mm, model.tokens);
+    const lineOf = checkReferences(mm, refs, model.tokens);
     const codebooks = model.dtype === 'pq' && !(await readBankManifest(uri)) ? await learnCodebooks(mm, refs, model, a.vqBytes, log) : undefined;
     const bank = await MemoryBank.open(uri, { model, create: true, ...(codebooks ? { codebooks } : {}) });
     try {
@@ -336,7 +249,7 @@ async function learnCodebooks(mm: MemoryModel, refs: readonly ReferenceLine[], m
   const prefix = referenceTokens(mm.tok, 'x').prefix.length;
   const mems = [];
   for (let s = 0; s < sample.length; s += 64) {
-    const w = await writeMemories(mm.gpu, mm.model, mm.tok, sample.slice(s, s + 64).map((r) => r.text), { layers: m.layers, tokens: m.tokens, dtype: 'f32', maxTokens: maxReferenceTokens(mm, prefix) });
+    const w = await writeMemories(mm.gpu, mm.model, mm.tok, sample.slice(s, s + 64).map((r) => r.text), { layers: m.layers, tokens: m.tokens, dtype: 'f32', maxTokens: maxReferenceTokens(mm.model.config, prefix) });
     mems.push(...w.map((x) => x.memory));
   }
   log(`memory build: learning pq codebooks from ${mems.length} references' memories`);
@@ -355,7 +268,7 @@ export async function memoryAddCommand(a: MemoryDims & { model: string; bank?: s
     if (model.dtype === 'pq' && !(await readBankManifest(uri))) {
       throw new EngramError(`engram memory add: a pq bank is made by \`engram memory build --dtype pq\` (its codebooks are learned from the references); there is no bank at ${uri}`);
     }
-    const lineOf = checkReferences(refs, mm, model.tokens);
+    const lineOf = checkReferences(mm, refs, model.tokens);
     const bank = await MemoryBank.open(uri, { model, create: true });
     try {
       await checkNewIds(lineOf, bank);
