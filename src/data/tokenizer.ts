@@ -18,10 +18,11 @@
 // against 5-8 MB/s for kitoken on the whole text (and kitoken's own split differs from tokenizers' in a corner).
 // Decoding is a table lookup id -> bytes here, then UTF-8. decode(encode(s)) === s for every well-formed string
 // (lone surrogates become U+FFFD on the way in, as in any UTF-8 tokenizer).
+//
+// Browsers: Tokenizer.fromJson and everything after it run in a browser too (the web demo): kitoken's `web`
+// build (its WASM fetched next to the module; bundlers rewrite that URL) stands in for the Node one, and the
+// Node modules that training needs are imported only when training.
 
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Kitoken as Kit } from 'kitoken/node';
 import { EngramError } from '../gpu/errors.ts';
 
@@ -104,6 +105,7 @@ function checkSpecials(special: string[]): void {
 }
 
 async function checkFile(f: string): Promise<void> {
+  const { stat } = await import('node:fs/promises');
   let st;
   try {
     st = await stat(f);
@@ -115,8 +117,9 @@ async function checkFile(f: string): Promise<void> {
 
 /** Trains at the binding's fixed vocab size and returns the saved tokenizer.json, parsed. */
 async function trainRaw(files: string[]): Promise<TokenizerJson> {
-  // loaded lazily: a native module needed only for training
+  // loaded lazily: a native module, and Node's, needed only for training (a browser loads this file to encode)
   const hf = await import('tokenizers');
+  const [{ mkdtemp, readFile, rm }, { tmpdir }, { join }] = await Promise.all([import('node:fs/promises'), import('node:os'), import('node:path')]);
   const tok = new hf.Tokenizer(hf.BPE.empty());
   tok.setPreTokenizer(hf.byteLevelPreTokenizer(false, true));
   tok.train(files);
@@ -209,7 +212,7 @@ export class Tokenizer {
     if (t.model?.type !== 'BPE' || typeof t.model.vocab !== 'object') {
       throw new EngramError(`Tokenizer.fromJson: expected a tokenizer.json with a BPE model, got model type '${String(t.model?.type)}'`);
     }
-    const { Kitoken } = await import('kitoken/node');
+    const Kitoken = await kitoken();
     let kit: Kit;
     try {
       kit = Kitoken.from_tokenizers(new TextEncoder().encode(json));
@@ -298,6 +301,14 @@ export class Tokenizer {
   tokenId(token: string): number | undefined {
     return this.ids.get(token);
   }
+}
+
+/** kitoken's class: its Node build under Node, else its web build, whose WASM is fetched once */
+async function kitoken(): Promise<typeof Kit> {
+  if (typeof process !== 'undefined' && typeof process.versions?.node === 'string') return (await import('kitoken/node')).Kitoken;
+  const web = await import('kitoken/web');
+  await web.default(); // fetches web_bg.wasm beside the module (once: later calls return at once)
+  return web.Kitoken;
 }
 
 /** bytes of a byte-level spelled token, or undefined when it has a character outside the byte-level alphabet */
@@ -398,7 +409,9 @@ class FastEncoder {
 
   encode(text: string): Uint32Array {
     if (text.length > this.u.length) this.u = new Uint16Array(text.length);
-    Buffer.from(this.u.buffer, 0, 2 * text.length).write(text, 'utf16le'); // code units as they are, lone surrogates too
+    // code units as they are, lone surrogates too (a browser has no Buffer: a plain loop there)
+    if (typeof Buffer !== 'undefined') Buffer.from(this.u.buffer, 0, 2 * text.length).write(text, 'utf16le');
+    else for (let i = 0; i < text.length; i++) this.u[i] = text.charCodeAt(i);
     this.out = new Uint32Array(Math.max(16, (text.length >> 1) + 16));
     this.n = 0;
     // next occurrence of each special at or after `at` (-1: none left), refreshed only when passed, so that a

@@ -8,17 +8,24 @@
 // (architectures LlamaForCausalLM) plus an "engram" key with the full engram config, so a
 // checkpoint without memory layers loads in transformers as is; a folder with only HF fields
 // (a dense HF Llama) loads here too.
+//
+// modelFromFiles builds a model from the files already in memory (what a browser fetched); it and
+// this module use no Node API: io/checkpoint.ts (node:fs, node:crypto) is imported by saveModel and
+// loadModel only when they run, so that a browser bundle never loads it.
 
 import type { Gpu } from '../gpu/device.ts';
 import type { DType } from '../gpu/dtype.ts';
+import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import { CheckpointError, readCheckpoint, writeCheckpoint } from '../io/checkpoint.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeDType, type SafeTensor } from '../io/safetensors.ts';
 import { parseModelConfig, type ModelConfig } from './config.ts';
 import { Transformer } from './transformer.ts';
 
 const VALUES = 'model.memory_values';
 const SAFE: Record<DType, SafeDType> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
+
+/** checkpoint files (in memory) that do not make a model: a missing file, a config of neither kind, a tensor missing, extra or of another shape (loadModel reports these as io/checkpoint.ts's CheckpointError) */
+export class ModelFilesError extends EngramError {}
 
 /** config.json: Hugging Face LlamaConfig fields, and engram's own config under "engram" */
 export function hfConfig(c: ModelConfig): Record<string, unknown> {
@@ -47,7 +54,7 @@ export function hfConfig(c: ModelConfig): Record<string, unknown> {
 export function configFromJson(json: unknown, source: string): ModelConfig {
   const o = json as Record<string, unknown>;
   if (o && typeof o === 'object' && o['engram']) return parseModelConfig(o['engram']);
-  if (!o || o['model_type'] !== 'llama') throw new CheckpointError(`${source}: config.json is neither an engram config nor a Hugging Face Llama config`);
+  if (!o || o['model_type'] !== 'llama') throw new ModelFilesError(`${source}: config.json is neither an engram config nor a Hugging Face Llama config`);
   return parseModelConfig({
     vocabSize: o['vocab_size'],
     dim: o['hidden_size'],
@@ -84,6 +91,7 @@ export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files
     }
     tensors[VALUES] = { dtype: SAFE[table.dtype], shape: [table.rows, table.dim], data };
   }
+  const { writeCheckpoint } = await import('../io/checkpoint.ts');
   await writeCheckpoint(dir, {
     'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
     'config.json': JSON.stringify(hfConfig(model.config), null, 2) + '\n',
@@ -93,21 +101,35 @@ export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files
 
 /** Reads a checkpoint folder into a new model; every tensor's presence, dtype and shape is checked. */
 export async function loadModel(gpu: Gpu, dir: string): Promise<{ model: Transformer; files: Record<string, Uint8Array> }> {
+  const { CheckpointError, readCheckpoint } = await import('../io/checkpoint.ts');
   const files = await readCheckpoint(dir);
+  try {
+    return { model: await modelFromFiles(gpu, files, dir), files };
+  } catch (e) {
+    throw e instanceof ModelFilesError ? new CheckpointError(e.message, { cause: e }) : e;
+  }
+}
+
+/**
+ * A new model from checkpoint files already in memory (config.json and model.safetensors, e.g.
+ * fetched by a browser); every tensor's presence, dtype and shape is checked. `source` names the
+ * files in errors (ModelFilesError).
+ */
+export async function modelFromFiles(gpu: Gpu, files: Readonly<Record<string, Uint8Array>>, source = 'checkpoint'): Promise<Transformer> {
   const cfgBytes = files['config.json'];
   const stBytes = files['model.safetensors'];
-  if (!cfgBytes || !stBytes) throw new CheckpointError(`${dir}: a model checkpoint needs config.json and model.safetensors`);
-  const config = configFromJson(JSON.parse(new TextDecoder().decode(cfgBytes)), dir);
-  const { tensors } = decodeSafetensors(stBytes, `${dir}/model.safetensors`);
+  if (!cfgBytes || !stBytes) throw new ModelFilesError(`${source}: a model checkpoint needs config.json and model.safetensors`);
+  const config = configFromJson(JSON.parse(new TextDecoder().decode(cfgBytes)), source);
+  const { tensors } = decodeSafetensors(stBytes, `${source}/model.safetensors`);
   const model = await Transformer.create(gpu, config);
   try {
     const seen = new Set<string>();
     const put = (t: Tensor, bytes: Uint8Array) => gpu.writeBytes(t, bytes);
     const expect = (name: string, dtype: DType, shape: readonly number[]): SafeTensor => {
       const st = tensors[name];
-      if (!st) throw new CheckpointError(`${dir}: model.safetensors has no tensor '${name}' (the config wants [${shape.join(', ')}] ${SAFE[dtype]})`);
+      if (!st) throw new ModelFilesError(`${source}: model.safetensors has no tensor '${name}' (the config wants [${shape.join(', ')}] ${SAFE[dtype]})`);
       if (st.dtype !== SAFE[dtype] || st.shape.length !== shape.length || st.shape.some((d, i) => d !== shape[i])) {
-        throw new CheckpointError(`${dir}: tensor '${name}' is [${st.shape.join(', ')}] ${st.dtype}; the config wants [${shape.join(', ')}] ${SAFE[dtype]}`);
+        throw new ModelFilesError(`${source}: tensor '${name}' is [${st.shape.join(', ')}] ${st.dtype}; the config wants [${shape.join(', ')}] ${SAFE[dtype]}`);
       }
       seen.add(name);
       return st;
@@ -126,11 +148,11 @@ export async function loadModel(gpu: Gpu, dir: string): Promise<{ model: Transfo
       }
     }
     const extra = Object.keys(tensors).filter((n) => !seen.has(n));
-    if (extra.length) throw new CheckpointError(`${dir}: model.safetensors has tensors the config does not use: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
+    if (extra.length) throw new ModelFilesError(`${source}: model.safetensors has tensors the config does not use: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
     await gpu.sync();
   } catch (e) {
     model.dispose();
     throw e;
   }
-  return { model, files };
+  return model;
 }
