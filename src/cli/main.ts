@@ -44,6 +44,15 @@ commands:
     remove   --bank <folder> --id <id>[,<id>...]: fails, removing nothing, if an id is not there
     list     --bank <folder> --offset 0 --limit 20: id and text, in insertion order
     search   --bank <folder> --query "..." --k 5: id, BM25 score and text, best first
+  serve      an OpenAI-compatible HTTP server: --model runs/tiny  --host 127.0.0.1  --port 8080
+             --slots 32 (requests decoded together)  --name <model id; default the folder's name>
+             --memory-bank <folder> (Memory³ bank: /v1/memory add/remove/list/search, and reading)
+             --memory on|off (read memories unless a request says; default on with a bank)
+             --chat-template qa|plain  --max-prompt <tokens>  --max-tokens <tokens>
+             GET /v1/models, POST /v1/completions and /v1/chat/completions ("stream": true for
+             SSE), /v1/memory; Ctrl-C (SIGINT) or SIGTERM finishes the running requests and stops
+  chat       a terminal chat: --model runs/tiny  --memory-bank <folder>  --chat-template qa|plain
+             --max-tokens 64  --temperature 0.7  --seed 0; /memory on|off, /refs on|off, /reset, /quit
   demo       all of it in one go: builds a fact drill, trains a small memory model for a few
              minutes, asks it questions; --gpu for a bigger model on a GPU
              --out demo  --gpu  --steps <n>  --max-minutes 8  --seed 0
@@ -126,6 +135,35 @@ switch (cmd) {
       const { generateWithMemoryCommand } = await import('./memory.ts');
       await generateWithMemoryCommand({ ...a, memory: o.str('memory') });
     }
+    break;
+  }
+  case 'serve': {
+    const { serveCommand } = await import('./serve.ts');
+    const o = opt({ model: 'runs/tiny', host: '127.0.0.1', port: '8080', slots: '32', name: '', 'memory-bank': '', memory: '', 'chat-template': 'qa', 'max-prompt': '0', 'max-tokens': '0' });
+    const memory = o.str('memory');
+    if (!['', 'on', 'off'].includes(memory)) throw new Error(`--memory: expected on or off, got '${memory}'`);
+    const template = o.str('chat-template');
+    if (template !== 'qa' && template !== 'plain') throw new Error(`--chat-template: expected qa or plain, got '${template}'`);
+    await serveCommand({
+      model: o.str('model'),
+      host: o.str('host'),
+      port: o.num('port'),
+      slots: o.num('slots'),
+      chatTemplate: template,
+      ...(o.str('name') ? { name: o.str('name') } : {}),
+      ...(o.str('memory-bank') ? { bank: o.str('memory-bank') } : {}),
+      ...(memory ? { memory: memory === 'on' } : {}),
+      ...(o.num('max-prompt') > 0 ? { maxPromptTokens: o.num('max-prompt') } : {}),
+      ...(o.num('max-tokens') > 0 ? { maxTokens: o.num('max-tokens') } : {}),
+    });
+    break;
+  }
+  case 'chat': {
+    const { chatCommand } = await import('./serve.ts');
+    const o = opt({ model: 'runs/tiny', 'memory-bank': '', 'chat-template': 'qa', 'max-tokens': '64', temperature: '0.7', seed: '0' });
+    const template = o.str('chat-template');
+    if (template !== 'qa' && template !== 'plain') throw new Error(`--chat-template: expected qa or plain, got '${template}'`);
+    await chatCommand({ model: o.str('model'), chatTemplate: template, maxTokens: o.num('max-tokens'), temperature: o.num('temperature'), seed: o.num('seed'), ...(o.str('memory-bank') ? { bank: o.str('memory-bank') } : {}) });
     break;
   }
   case 'ask': {
