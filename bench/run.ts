@@ -20,6 +20,7 @@ const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   demo: () => import('./suites/demo.ts'),
   explicit: () => import('./suites/explicit.ts'),
   explicit_retrieval: () => import('./suites/explicit_retrieval.ts'),
+  serve: () => import('./suites/serve.ts'),
 };
 
 async function main(): Promise<void> {
