@@ -2,7 +2,7 @@
 // (WebGPU needs a secure context: localhost is one). the page's defaults find them:
 //   /                 the site (index.html, assets/)
 //   /model/<file>     the checkpoint folder's files (config.json, model.safetensors, tokenizer.json)
-//   /bank.engram      the bank export (web/export_bank.ts, memory3/export.ts)
+//   /bank.engram      the bank export (`engram memory export`, memory3/export.ts)
 // node --import tsx web/serve.ts --model <checkpoint> --bank <export> [--site .out/web] [--port 8080]
 // tests/demo_browser.test.ts serves its fixtures with serveDemo.
 

@@ -44,6 +44,8 @@ commands:
     remove   --bank <folder> --id <id>[,<id>...]: fails, removing nothing, if an id is not there
     list     --bank <folder> --offset 0 --limit 20: id and text, in insertion order
     search   --bank <folder> --query "..." --k 5: id, BM25 score and text, best first
+    export   --bank <folder> --out bank.engram --limit <n>: the bank (its first n references) as one
+             checksummed file, for the browser demo (web/; up to 10,000 references without --limit)
   serve      an OpenAI-compatible HTTP server: --model runs/tiny  --host 127.0.0.1  --port 8080
              --slots 32 (requests decoded together)  --name <model id; default the folder's name>
              --memory-bank <folder> (Memory³ bank: /v1/memory add/remove/list/search, and reading)
@@ -206,6 +208,7 @@ switch (cmd) {
       remove: ['model', 'bank', 'id'],
       list: ['model', 'bank', 'offset', 'limit'],
       search: ['model', 'bank', 'query', 'k'],
+      export: ['model', 'bank', 'out', 'limit'],
     };
     const known = flags[sub];
     if (!known) {
@@ -234,7 +237,8 @@ switch (cmd) {
       ...(v['vq-bytes'] !== undefined ? { vqBytes: int('vq-bytes', 1)! } : {}),
     };
     try {
-      if (sub === 'build') await m.memoryBuildCommand({ ...where, ...dims, model: need('model'), from: need('from'), ...(v.batch !== undefined ? { batch: int('batch', 1)! } : {}) });
+      if (sub === 'export') await m.memoryExportCommand({ ...where, out: need('out'), ...(v.limit !== undefined ? { limit: int('limit', 0)! } : {}) });
+      else if (sub === 'build') await m.memoryBuildCommand({ ...where, ...dims, model: need('model'), from: need('from'), ...(v.batch !== undefined ? { batch: int('batch', 1)! } : {}) });
       else if (sub === 'add') await m.memoryAddCommand({ ...where, ...dims, model: need('model'), text: need('text'), ...(v.id !== undefined ? { id: v.id } : {}) });
       else if (sub === 'remove') await m.memoryRemoveCommand({ ...where, ids: need('id').split(',').map((id) => id.trim()).filter((id) => id !== '') });
       else if (sub === 'list') await m.memoryListCommand({ ...where, offset: int('offset', 0) ?? 0, limit: int('limit', 0) ?? 20 });

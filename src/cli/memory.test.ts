@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -17,11 +17,13 @@ import type { Gpu } from '../gpu/device.ts';
 import { saveModel } from '../model/checkpoint.ts';
 import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
+import { StaticBank } from '../memory3/export.ts';
 import { testGpu } from '../testing/gpu.ts';
 import {
   generateWithMemoryCommand,
   memoryAddCommand,
   memoryBuildCommand,
+  memoryExportCommand,
   memoryListCommand,
   memoryRemoveCommand,
   memorySearchCommand,
@@ -230,4 +232,22 @@ test('--dtype pq: build learns codebooks and writes coded memories, add codes wi
   await memoryAddCommand({ model: modelA, bank, text: EXTRA }, capture());
   const got = await generateWithMemoryCommand({ model: modelA, memory: bank, prompt: ' Who blows blue bottles in Pellam?', maxNew: 3, temperature: 0, topP: 1, topK: 0, seed: 0, stop: '' }, capture());
   assert.ok(got.chunks[0]!.retrieved.some((h) => h.text === EXTRA), JSON.stringify(got.chunks));
+});
+
+test('export: the bank as one file that StaticBank reads back, --limit the first references', async () => {
+  const bank = join(root, 'export-bank');
+  const refs = join(root, 'export.txt');
+  await writeFile(refs, FACTS.join('\n'));
+  await memoryBuildCommand({ model: modelA, bank, from: refs }, capture());
+  const out = join(root, 'bank.engram');
+  const env = capture();
+  await memoryExportCommand({ bank, out }, env);
+  assert.match(env.err.join('\n'), new RegExp(`${FACTS.length} references`));
+  const all = StaticBank.load(new Uint8Array(await readFile(out)));
+  const listed = await memoryListCommand({ bank }, capture());
+  assert.deepEqual((await all.get(listed.map((r) => r.id))).map((r) => r.text), listed.map((r) => r.text));
+  await memoryExportCommand({ bank, out, limit: 2 }, capture());
+  const two = StaticBank.load(new Uint8Array(await readFile(out)));
+  assert.equal((await two.get(listed.map((r) => r.id))).length, 2);
+  await assert.rejects(memoryExportCommand({ bank: join(root, 'nowhere'), out }, capture()), /no memory bank/);
 });

@@ -22,6 +22,7 @@
 // the bank's codebooks. a pq bank is made by build only (its codebooks need references to learn from).
 
 import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { Tokenizer } from '../data/tokenizer.ts';
 import { Gpu } from '../gpu/device.ts';
@@ -31,6 +32,7 @@ import type { Transformer } from '../model/transformer.ts';
 import { MemoryBank, type BankManifest, type BankModel, type SearchHit } from '../memory3/bank.ts';
 import type { MemoryCodebooks, MemoryDType } from '../memory3/blob.ts';
 import { trainMemoryCodebooks } from '../memory3/quantize.ts';
+import { exportBank } from '../memory3/export.ts';
 import { MemoryReader, type ChunkInfo } from '../memory3/read.ts';
 import { defaultMemoryLayers, modelFingerprint, referenceTokens, writeMemories } from '../memory3/write.ts';
 import { checkNewIds, checkReferences, maxReferenceTokens, oneLine, writeAndAdd, type ReferenceLine } from '../memory3/add.ts';
@@ -330,6 +332,21 @@ export async function memorySearchCommand(a: { bank?: string; model?: string; qu
     const hits = await bank.search(a.query, { k: a.k ?? 5 });
     for (const h of hits) write(`${h.id}\t${h.score.toFixed(3)}\t${oneLine(h.text)}\n`);
     return hits;
+  } finally {
+    bank.close();
+  }
+}
+
+/** `engram memory export`: the bank (its first `limit` references) as one file for the browser (memory3/export.ts); its bytes */
+export async function memoryExportCommand(a: { bank?: string; model?: string; out: string; limit?: number }, env: MemoryEnv = {}): Promise<number> {
+  const { log } = io(env);
+  const uri = bankPath(a, 'memory export');
+  const bank = await openExistingBank(uri);
+  try {
+    const bytes = await exportBank(bank, a.limit === undefined ? {} : { limit: a.limit });
+    await writeFile(a.out, bytes);
+    log(`${a.out}: ${(bytes.length / 1024).toFixed(1)} KiB, ${Math.min(await bank.count(), a.limit ?? Infinity)} references of ${uri}`);
+    return bytes.length;
   } finally {
     bank.close();
   }
