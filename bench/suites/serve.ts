@@ -65,7 +65,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0, timeout: 600_000 });
     log(`model dim ${dim}, ${layers} blocks; bank of ${texts.length} references; serving at ${url}`);
     try {
-      const prompt = (i: number) => tok.decode(Array.from(val.subarray(i * 97, i * 97 + 48)));
+      const prompt = (i: number) => tok.decode(Array.from(val.subarray((i * 97) % (val.length - 48), ((i * 97) % (val.length - 48)) + 48)));
       const one = async (i: number) => {
         const t = performance.now();
         let first = 0;
