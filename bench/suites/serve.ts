@@ -11,6 +11,9 @@
 //   load_requests_s          requests completed per second over the load
 //   load_tokens_s            completion tokens streamed per second over the load
 //   load_ttft_ms_median      median time from a request to its first content chunk
+//   engine_steps, engine_rows_per_step   decoding steps over the load and the rows each ran (the batch)
+//   engine_step_ms           wall time of a decoding step (all its rows), mean
+//   engine_prefill_ms        wall time of admitting a request (its prompt run alone, first token), mean
 //   load_stream_errors       streams that ended without exactly one finish_reason chunk and [DONE] (want 0)
 //   fuzz_requests            malformed requests sent (bad JSON, wrong types, huge prompts, negative limits, ...)
 //   fuzz_4xx, fuzz_5xx       their answers by class (want every one 4xx); alive_after: 1 when a
@@ -80,6 +83,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         return { ttft: (first || performance.now()) - t, tokens, ok: finishes === 1 };
       };
       await one(0); // pipelines compile
+      const e0 = engine.stats();
       const t0 = performance.now();
       const results = (await Promise.all(Array.from({ length: CLIENTS }, async (_, c) => {
         const mine = [];
@@ -88,7 +92,10 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       }))).flat();
       const seconds = (performance.now() - t0) / 1000;
       const tokens = results.reduce((n, r) => n + r.tokens, 0);
-      log(`${results.length} requests, ${tokens} tokens in ${seconds.toFixed(1)} s`);
+      const e1 = engine.stats();
+      const steps = e1.steps - e0.steps;
+      const prefills = e1.prefills - e0.prefills;
+      log(`${results.length} requests, ${tokens} tokens in ${seconds.toFixed(1)} s: ${steps} steps (${((e1.stepMs - e0.stepMs) / 1000).toFixed(1)} s), ${prefills} prompts (${((e1.prefillMs - e0.prefillMs) / 1000).toFixed(1)} s)`);
       // the fuzz run: raw HTTP, malformed in every way we could think of
       const fuzz: { body: string; type?: string; path?: string }[] = [];
       const frng = new Rng(11);
@@ -138,6 +145,10 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           load_ttft_ms_median: median(results.map((r) => r.ttft)),
           load_stream_errors: results.filter((r) => !r.ok).length,
           load_requests: results.length,
+          engine_steps: steps,
+          engine_rows_per_step: (e1.tokens - e0.tokens - prefills) / steps,
+          engine_step_ms: (e1.stepMs - e0.stepMs) / steps,
+          engine_prefill_ms: (e1.prefillMs - e0.prefillMs) / prefills,
           fuzz_requests: fuzz.length,
           fuzz_4xx: c4,
           fuzz_5xx: c5,

@@ -66,6 +66,11 @@ export interface EngineStats {
   steps: number;
   tokens: number;
   requests: number;
+  /** prompts run (admissions) */
+  prefills: number;
+  /** wall milliseconds in admissions (prompts run, first tokens) and in decoding steps */
+  prefillMs: number;
+  stepMs: number;
 }
 
 interface Row {
@@ -87,7 +92,7 @@ export class Engine {
   private wake: (() => void) | null = null;
   private readonly loop: Promise<void>;
   private gpuTurn: Promise<unknown> = Promise.resolve();
-  private counts = { steps: 0, tokens: 0, requests: 0 };
+  private counts = { steps: 0, tokens: 0, requests: 0, prefills: 0, prefillMs: 0, stepMs: 0 };
 
   private constructor(
     private readonly gpu: Gpu,
@@ -166,8 +171,12 @@ export class Engine {
         continue;
       }
       await this.exclusive(async () => {
+        const t0 = performance.now();
         await this.admit();
+        const t1 = performance.now();
         await this.step();
+        this.counts.prefillMs += t1 - t0;
+        this.counts.stepMs += performance.now() - t1;
       }).catch((e: unknown) => this.fail(e));
     }
   }
@@ -218,6 +227,7 @@ export class Engine {
         for (const t of [...kv.k, ...kv.v]) t.dispose();
       }
       this.rows[s] = row;
+      this.counts.prefills++;
       this.take(s, logits);
     }
   }
