@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
-import { generate, generateBatch, greedyBatch, sample } from './generate.ts';
+import { generate, generateBatch, greedyBatch, rng, sample, type SampleOptions } from './generate.ts';
 
 /** a two-block model with a memory block, vocab 40, 24 positions */
 const CONFIG = parseModelConfig({
@@ -145,4 +145,30 @@ test('readRanges: several ranges of a buffer in one readback; misaligned ranges 
   } finally {
     t.dispose();
   }
+});
+
+test('sample: each token drawn as often as its probability, with and without a nucleus', () => {
+  const logits = [0.5, 2, -1, 1.2, 0, 2, -3];
+  const T = 0.7;
+  const e = logits.map((l) => Math.exp(l / T));
+  const Z = e.reduce((a, b) => a + b, 0);
+  const rand = rng(3);
+  const N = 40_000;
+  const freq = (o: SampleOptions) => {
+    const c = logits.map(() => 0);
+    for (let i = 0; i < N; i++) c[sample(logits, o, rand)]!++;
+    return c.map((x) => x / N);
+  };
+  freq({ temperature: T }).forEach((f, i) => assert.ok(Math.abs(f - e[i]! / Z) < 0.01, `token ${i}: ${f} vs ${e[i]! / Z}`));
+  // top-p 0.6: the two tied logits 2 (ids 1, 5) hold 2 e^(2/T) / Z of it; the nucleus is them and 1.2 if they fall short
+  const order = [1, 5, 3, 0, 4, 2, 6];
+  let acc = 0;
+  const nucleus: number[] = [];
+  for (const i of order) {
+    nucleus.push(i);
+    acc += e[i]! / Z;
+    if (acc >= 0.6) break;
+  }
+  const mass = nucleus.reduce((a, i) => a + e[i]!, 0);
+  freq({ temperature: T, topP: 0.6 }).forEach((f, i) => assert.ok(Math.abs(f - (nucleus.includes(i) ? e[i]! / mass : 0)) < 0.01, `top-p token ${i}: ${f}`));
 });

@@ -19,7 +19,8 @@
 //
 // sampling: temperature 0 is greedy (argmax, lowest id on ties); otherwise softmax(logits / T)
 // restricted to the topK most likely tokens and then to the smallest set whose probability
-// reaches topP (nucleus), renormalised, drawn with a seeded generator.
+// reaches topP (nucleus), renormalised, drawn with a seeded generator; O(V) per draw unless topK
+// or topP narrow it (sample()).
 
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
@@ -65,7 +66,13 @@ export function argmax(logits: ArrayLike<number>): number {
   return best;
 }
 
-/** One token id from logits (V) under the options. */
+/**
+ * One token id from logits (V) under the options. Without topK or topP the draw scans the ids in
+ * order (O(V): what a server's rows pay each step); with them, the candidates in order of logit
+ * (ties: the lower id first), only those that can be in the nucleus sorted (a token whose
+ * probability is below (1 - topP) / 2V of the total cannot be, since all of them together hold
+ * less than the 1 - topP left out).
+ */
 export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () => number): number {
   const { temperature = 1, topK = 0, topP = 1 } = o;
   if (!(temperature >= 0) || !(topP > 0 && topP <= 1) || !(topK >= 0)) {
@@ -73,27 +80,47 @@ export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () =
   }
   const V = logits.length;
   if (temperature === 0) return argmax(logits);
-  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
-  const keep = order.slice(0, topK > 0 ? Math.min(topK, V) : V);
-  const m = logits[keep[0]!]!;
-  const p = keep.map((i) => Math.exp((logits[i]! - m) / temperature));
-  const total = p.reduce((a, b) => a + b, 0);
-  let cut = keep.length;
-  let acc = 0;
-  for (let j = 0; j < keep.length; j++) {
-    acc += p[j]! / total;
-    if (acc >= topP) {
-      cut = j + 1;
-      break;
+  const byLogit = (a: number, b: number) => logits[b]! - logits[a]! || a - b;
+  let keep: number[] | null = null; // null: every id, in id order
+  if (topK > 0 && topK < V) keep = Array.from({ length: V }, (_, i) => i).sort(byLogit).slice(0, topK);
+  const ids = keep ?? null;
+  const n = ids ? ids.length : V;
+  const id = (j: number) => (ids ? ids[j]! : j);
+  let m = -Infinity;
+  for (let j = 0; j < n; j++) m = Math.max(m, logits[id(j)]!);
+  const p = new Float64Array(n);
+  let total = 0;
+  for (let j = 0; j < n; j++) total += p[j] = Math.exp((logits[id(j)]! - m) / temperature);
+  if (topP < 1) {
+    // the nucleus: the most likely candidates until their share reaches topP
+    const floor = ((1 - topP) * total) / (2 * n);
+    const cand: number[] = [];
+    for (let j = 0; j < n; j++) if (p[j]! >= floor) cand.push(j);
+    cand.sort((a, b) => byLogit(id(a), id(b)));
+    let acc = 0;
+    let cut = cand.length;
+    for (let j = 0; j < cand.length; j++) {
+      acc += p[cand[j]!]! / total;
+      if (acc >= topP) {
+        cut = j + 1;
+        break;
+      }
     }
+    const nucleus = cand.slice(0, cut);
+    const mass = nucleus.reduce((a, j) => a + p[j]!, 0);
+    let r = random() * mass;
+    for (const j of nucleus) {
+      r -= p[j]!;
+      if (r <= 0) return id(j);
+    }
+    return id(nucleus[nucleus.length - 1]!);
   }
-  const mass = p.slice(0, cut).reduce((a, b) => a + b, 0);
-  let r = random() * mass;
-  for (let j = 0; j < cut; j++) {
+  let r = random() * total;
+  for (let j = 0; j < n; j++) {
     r -= p[j]!;
-    if (r <= 0) return keep[j]!;
+    if (r <= 0) return id(j);
   }
-  return keep[cut - 1]!;
+  return id(n - 1);
 }
 
 /** The prompt's continuation: up to maxNew new token ids (the prompt not included). */
