@@ -127,7 +127,7 @@ export async function chatCommand(a: ChatArgs, io: { input?: Readable; output?: 
   let memory = !!m.bank;
   let refs = true;
   let history: ChatBody['messages'] = [];
-  const eot = m.tok.encode(EOT);
+  const eot = m.tok.tokenId(EOT);
   write(`engram chat: ${a.model}${m.bank ? ` with the memory bank ${a.bank} (memory on; /memory off to stop reading it)` : ''}. /quit leaves.\n`);
   const rl = createInterface({ input: io.input ?? process.stdin, terminal: false });
   try {
@@ -177,7 +177,7 @@ export async function chatCommand(a: ChatArgs, io: { input?: Readable; output?: 
         temperature: a.temperature,
         seed: a.seed,
         stop: r.stop,
-        stopIds: eot.length === 1 ? [eot[0]!] : [],
+        stopIds: eot !== undefined ? [eot] : [],
         memory,
         onToken: (id) => {
           ids.push(id);

@@ -145,6 +145,7 @@ export class MemoryReader {
   private readonly inspected = new Map<number, { k: Float32Array; rows: number; sinkRows: number }>();
   /** per batch row, the chunk whose attention shares are being summed, and the sums */
   private acc: { info: ChunkInfo; sums: number[]; sink: number; n: number }[] | null = null;
+  private sinkKv: Promise<{ k: Float32Array; v: Float32Array }[]> | null = null;
 
   constructor(
     private readonly gpu: Gpu,
@@ -259,10 +260,18 @@ export class MemoryReader {
    * memory blocks' front rows (the sink, then the memories; keys rotated), and what was retrieved
    */
   async frontFor(query: string, start: number): Promise<{ info: ChunkInfo; fronts: { layer: number; k: Float32Array; v: Float32Array }[] }> {
-    const prefix = Array.from(this.tok.encode(this.o.prefix));
-    const sink = await sinkKV(this.gpu, this.model, prefix);
-    const { infos, fronts } = await this.fronts(sink, [query], start, start);
+    const { infos, fronts } = await this.fronts(await this.sink(), [query], start, start);
     return { info: infos[0]!, fronts: [...fronts].map(([layer, f]) => ({ layer, k: f.k, v: f.v })) };
+  }
+
+  /**
+   * the sink's keys and values per block, computed once per reader: a reader reads one model whose
+   * weights do not change while it is in use (a server re-retrieving for each row every chunk)
+   */
+  private sink(): Promise<{ k: Float32Array; v: Float32Array }[]> {
+    this.sinkKv ??= sinkKV(this.gpu, this.model, Array.from(this.tok.encode(this.o.prefix)));
+    this.sinkKv.catch(() => (this.sinkKv = null));
+    return this.sinkKv;
   }
 
   /** prompts of one length run chunk by chunk after the sink, each chunk with the memories its own text retrieved */
@@ -275,12 +284,11 @@ export class MemoryReader {
     const c = model.config;
     const B = prompts.length;
     const L = lockstepLength(prompts, 'memory reader');
-    const prefix = Array.from(this.tok.encode(ro.prefix));
     if (L > max || max > c.maxSeqLen) throw new EngramError(`memory reader: a prompt of ${L} tokens passes maxSeqLen ${c.maxSeqLen}`);
     const cache = await model.createCache(max, { frontMax: this.frontRows(), pos0: this.contextStart(), batch: B });
     const chunks: ChunkInfo[][] = prompts.map(() => []);
     try {
-      const sink = await sinkKV(this.gpu, model, prefix);
+      const sink = await this.sink();
       for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, repeat(s.k, B), repeat(s.v, B));
       let last: Float32Array[] = [];
       for (let s = 0; s < L; s += ro.chunk) {

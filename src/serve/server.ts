@@ -60,8 +60,8 @@ export async function buildServer(o: ServeOptions): Promise<FastifyInstance> {
   const maxTokens = o.maxTokens ?? context;
   const memoryDefault = o.memory ?? !!o.bank;
   const template = o.chatTemplate ?? 'qa';
-  const eot = tok.encode(EOT);
-  const stopIds = eot.length === 1 ? [eot[0]!] : [];
+  const eot = tok.tokenId(EOT);
+  const stopIds = eot !== undefined ? [eot] : [];
   const created = Math.floor(Date.now() / 1000);
   let closing = false;
   let seq = 0;
