@@ -7,7 +7,10 @@
 //  - memory: every buffer goes through createBuffer(), which keeps byte accounting per label.
 //  - dispatch: kernels are recorded into one compute pass; their uniform blocks are staged on
 //    the host and written with one writeBuffer right before the submit (queue order makes this
-//    safe even though the uniform buffer is reused by every flush).
+//    safe even though the uniform buffer is reused by every flush). bind groups are made once
+//    per (pipeline, bound ranges) and kept until one of their buffers is destroyed: a decode
+//    step binds the same scratch buffers at the same offsets every step, and making a bind group
+//    cost more host time than recording the dispatch.
 
 import { describeAdapter, isCpuAdapter, releaseGpuEntry, requestAdapter, type AdapterOptions } from './adapter.ts';
 import { byteSize, decode, encode, type TensorDType } from './dtype.ts';
@@ -49,6 +52,8 @@ export interface MemoryStats {
 }
 
 const UNIFORM_STAGING_BYTES = 1 << 18;
+/** bind groups kept for reuse (dispatch) before the cache starts over */
+const MAX_BIND_GROUPS = 1 << 14;
 
 /** live Gpu instances: Dawn's entry object is released with the last one */
 let liveGpus = 0;
@@ -73,7 +78,13 @@ export class Gpu {
   private readonly pending: EngramError[] = [];
   private lost: GPUDeviceLostInfo | null = null;
   private destroyed = false;
-  private readonly live = new Map<GPUBuffer, { bytes: number; label: string }>();
+  private readonly live = new Map<GPUBuffer, { bytes: number; label: string; id: number }>();
+  private nextBufferId = 0;
+  /** bind groups already made, by pipeline and bound ranges (dispatch), and the keys each buffer is in */
+  private readonly bindGroups = new Map<string, GPUBindGroup>();
+  private readonly groupsOf = new Map<GPUBuffer, string[]>();
+  private readonly pipelineIds = new WeakMap<Pipeline, number>();
+  private nextPipelineId = 0;
   private readonly byLabel = new Map<string, number>();
   private liveBytes = 0;
   private peakBytes = 0;
@@ -89,6 +100,8 @@ export class Gpu {
   /** dispatches recorded and submits made since creation (for tests, timing and profiling) */
   dispatches = 0;
   flushes = 0;
+  /** bind groups made (dispatch reuses one per pipeline and bound ranges) */
+  bindGroupsMade = 0;
   /** called with the kernel's name before each dispatch is recorded (see profiler.ts) */
   beforeDispatch: ((kernel: string) => void) | null = null;
 
@@ -166,7 +179,7 @@ export class Gpu {
     void this.device.popErrorScope().then((e) => {
       if (e) this.pending.push(new OutOfMemoryError(`out of GPU memory allocating '${label}' (${size} bytes): ${e.message}`));
     });
-    this.live.set(buffer, { bytes: size, label });
+    this.live.set(buffer, { bytes: size, label, id: this.nextBufferId++ });
     this.liveBytes += size;
     this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     this.byLabel.set(label, (this.byLabel.get(label) ?? 0) + size);
@@ -180,6 +193,8 @@ export class Gpu {
     // whole submit, so they go first (the GPU finishes them before the memory is reused)
     if (this.encoder) this.flush();
     this.live.delete(buffer);
+    for (const key of this.groupsOf.get(buffer) ?? []) this.bindGroups.delete(key);
+    this.groupsOf.delete(buffer);
     this.liveBytes -= rec.bytes;
     const left = (this.byLabel.get(rec.label) ?? 0) - rec.bytes;
     if (left > 0) this.byLabel.set(rec.label, left);
@@ -260,24 +275,55 @@ export class Gpu {
       throw new LimitError(`kernel '${p.name}': dispatch [${x},${y},${z}] exceeds maxComputeWorkgroupsPerDimension ${maxWg}`);
     }
     if (x === 0 || y === 0 || z === 0) return;
-    const entries: GPUBindGroupEntry[] = [];
+    // a bind group per (pipeline, bound ranges), made once: a decode step binds the same scratch
+    // buffers at the same offsets every step, and making a bind group costs more on the host than
+    // recording the dispatch. a buffer's groups go when it is destroyed (destroyBuffer)
+    let uniform: GPUBufferBinding | null = null;
     if (params) {
       const need = Math.ceil(params.byteLength / this.uniformAlign) * this.uniformAlign;
       if (this.stagingUsed + need > UNIFORM_STAGING_BYTES) this.flush();
       new Uint8Array(this.staging, this.stagingUsed, params.byteLength).set(new Uint8Array(params));
-      entries.push({ binding: 0, resource: { buffer: this.uniforms, offset: this.stagingUsed, size: params.byteLength } });
+      uniform = { buffer: this.uniforms, offset: this.stagingUsed, size: params.byteLength };
       this.stagingUsed += need;
     }
-    storage.forEach((s, i) => {
+    const bindings = storage.map((s) => {
       if (s instanceof Tensor && s.isDisposed) throw new EngramError(`kernel '${p.name}': tensor '${s.label}' was disposed`);
-      entries.push({ binding: i + 1, resource: s instanceof Tensor ? s.binding() : s });
+      return s instanceof Tensor ? s.binding() : s;
     });
+    let pid = this.pipelineIds.get(p);
+    if (pid === undefined) this.pipelineIds.set(p, (pid = this.nextPipelineId++));
+    let key = `${pid}`;
+    if (uniform) key += `|u${uniform.offset}:${uniform.size}`;
+    for (const b of bindings) key += `|${this.live.get(b.buffer)?.id ?? -1}:${b.offset ?? 0}:${b.size ?? -1}`;
+    let group = this.bindGroups.get(key);
+    if (!group) {
+      const entries: GPUBindGroupEntry[] = bindings.map((b, i) => ({ binding: i + 1, resource: b }));
+      if (uniform) entries.unshift({ binding: 0, resource: uniform });
+      group = this.device.createBindGroup({ label: p.name, layout: p.layout, entries });
+      this.bindGroupsMade++;
+      // only groups of tracked buffers are kept (an untracked one could be destroyed unseen)
+      if (bindings.every((b) => this.live.has(b.buffer))) {
+        if (this.bindGroups.size >= MAX_BIND_GROUPS) this.forgetBindGroups();
+        this.bindGroups.set(key, group);
+        for (const b of new Set(bindings.map((x) => x.buffer))) {
+          const keys = this.groupsOf.get(b);
+          if (keys) keys.push(key);
+          else this.groupsOf.set(b, [key]);
+        }
+      }
+    }
     this.beforeDispatch?.(p.name);
     const pass = this.currentPass();
     pass.setPipeline(p.pipeline);
-    pass.setBindGroup(0, this.device.createBindGroup({ label: p.name, layout: p.layout, entries }));
+    pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
     this.dispatches++;
+  }
+
+  /** drops every kept bind group (the cache is full: a workload binding ever new ranges) */
+  private forgetBindGroups(): void {
+    this.bindGroups.clear();
+    this.groupsOf.clear();
   }
 
   private currentPass(): GPUComputePassEncoder {

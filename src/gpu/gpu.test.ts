@@ -137,6 +137,34 @@ test('more dispatches than one uniform staging block keep their own parameters',
   for (const t of ts) t.dispose();
 });
 
+test('dispatches reuse a bind group per pipeline and bound ranges; a destroyed buffer\'s groups go with it', async () => {
+  const gpu = await testGpu();
+  const a = await gpu.tensor([40], 'f32', 'a');
+  await fill(gpu, a, 1);
+  gpu.flush();
+  const made = gpu.bindGroupsMade;
+  // the same ranges (each submit starts the uniform blocks over, so a decode step's repeat): no new group
+  for (let k = 2; k < 6; k++) {
+    await fill(gpu, a, k);
+    gpu.flush();
+  }
+  assert.equal(gpu.bindGroupsMade, made);
+  assert.deepEqual([...(await gpu.read(a))], new Array(40).fill(5));
+  await fill(gpu, a.leading([8]), 7); // another range of the buffer: a group of its own
+  gpu.flush();
+  assert.equal(gpu.bindGroupsMade, made + 1);
+  a.dispose();
+  // new buffers (Dawn may hand out the same memory): their own groups, and the right bytes
+  for (let k = 0; k < 3; k++) {
+    const b = await gpu.tensor([40], 'f32', 'b');
+    await fill(gpu, b, 10 + k);
+    gpu.flush();
+    assert.deepEqual([...(await gpu.read(b))], new Array(40).fill(10 + k));
+    b.dispose();
+  }
+  assert.equal(gpu.bindGroupsMade, made + 4);
+});
+
 test('GPU timer measures a region', async () => {
   const gpu = await testGpu();
   assert.ok(gpu.features.timestamps, 'the test adapter should expose timestamp-query');

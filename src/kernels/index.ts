@@ -1,6 +1,7 @@
 // every kernel, forward and backward. model code imports kernels from here.
 
 export { copy, fill } from './copy/copy.ts';
+export { appendRows } from './copy/append_rows.ts';
 export { rmsnormBackward, rmsnormForward } from './rmsnorm/rmsnorm.ts';
 export { addColumnSums } from './reduce/reduce.ts';
 export { addBackward, addForward, scale } from './add/add.ts';

@@ -26,6 +26,7 @@ import { linearBackward, linearForward } from '../kernels/matmul/matmul.ts';
 import { rmsnormBackward, rmsnormForward } from '../kernels/rmsnorm/rmsnorm.ts';
 import { decodeAttention } from '../kernels/attention/decode_attention.ts';
 import { scatterRows } from '../kernels/copy/scatter_rows.ts';
+import { appendRows } from '../kernels/copy/append_rows.ts';
 import { createRopeTable, ropeBackward, ropeForward } from '../kernels/rope/rope.ts';
 import { swigluBackward, swigluForward } from '../kernels/swiglu/swiglu.ts';
 import { xentBackward, xentForward } from '../kernels/xent/xent.ts';
@@ -458,14 +459,8 @@ export class Transformer {
     }
     if (watch) await watch({ q, lse });
     if (cache) {
-      const row = NKV * HS * 4;
-      const S = cache.k.shape[1]!;
-      gpu.encode((enc) => {
-        for (let b = 0; b < B; b++) {
-          enc.copyBufferToBuffer(k.buffer, k.offset + b * T * row, cache.k.buffer, cache.k.offset + (b * S + R) * row, T * row);
-          enc.copyBufferToBuffer(v.buffer, v.offset + b * T * row, cache.v.buffer, cache.v.offset + (b * S + R) * row, T * row);
-        }
-      });
+      await appendRows(gpu, { dst: cache.k }, { src: k }, { at: R });
+      await appendRows(gpu, { dst: cache.v }, { src: v.reshape([B, T, NKV, HS]) }, { at: R });
     }
     const o = take([N, d], 'o');
     await linearForward(gpu, { y: o }, { x: att.reshape([N, NH * HS]), w: blk.o.value });
