@@ -291,14 +291,25 @@ export class MemoryReader {
       const sink = await this.sink();
       for (const [l, s] of sink.entries()) await model.setCacheFront(cache, l, repeat(s.k, B), repeat(s.v, B));
       let last: Float32Array[] = [];
+      // each chunk's search and loads go while the chunk before it runs (the prompt's text is known)
+      const chunkIds = (s: number) => prompts.map((pr) => pr.slice(s, s + ro.chunk));
+      const fetch = (s: number) => {
+        const f = this.fronts(sink, chunkIds(s).map((x) => this.tok.decode(x)), s, Math.min(L, s + ro.chunk));
+        f.catch(() => undefined); // awaited below; a failure while the previous chunk runs is not unhandled
+        return f;
+      };
+      let next = fetch(0);
       for (let s = 0; s < L; s += ro.chunk) {
-        const ids = prompts.map((pr) => pr.slice(s, s + ro.chunk));
-        const infos = await this.retrieve(cache, sink, ids.map((x) => this.tok.decode(x)), s, s + ids[0]!.length);
+        const fronts = await next;
+        if (s + ro.chunk < L) next = fetch(s + ro.chunk);
+        const infos = await this.apply(cache, fronts);
         infos.forEach((info, r) => {
           chunks[r]!.push(info);
           o.onChunk?.(r, info);
         });
-        last = await this.step(cache, ids, o.watchMemory);
+        // only the last chunk's logits are read: the chunks before go to the GPU without a wait
+        if (s + ro.chunk < L && !this.acc && !o.watchMemory) await this.advance(cache, chunkIds(s));
+        else last = await this.step(cache, chunkIds(s), o.watchMemory);
       }
       return { cache, last, chunks, sink };
     } catch (e) {
@@ -312,7 +323,11 @@ export class MemoryReader {
    * fronts; a row with an empty query keeps `keep`'s (its previous chunk's) references
    */
   private async retrieve(cache: KvCache, sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[]): Promise<ChunkInfo[]> {
-    const { infos, fronts } = await this.fronts(sink, queries, start, end, keep);
+    return this.apply(cache, await this.fronts(sink, queries, start, end, keep));
+  }
+
+  /** puts fronts() into the cache's memory blocks (and starts inspecting the chunk) */
+  private async apply(cache: KvCache, { infos, fronts }: Awaited<ReturnType<MemoryReader['fronts']>>): Promise<ChunkInfo[]> {
     for (const [layer, f] of fronts) {
       await this.model.setCacheFront(cache, layer, f.k, f.v);
       this.inspected.set(layer, f);
@@ -386,6 +401,16 @@ export class MemoryReader {
           a.n++;
         }
       }
+    }
+  }
+
+  /** runs rows of ids of one length after the cache, reading nothing back */
+  private async advance(cache: KvCache, ids: readonly (readonly number[])[]): Promise<void> {
+    const t = await this.gpu.tensorFrom(Uint32Array.from(ids.flat()), [ids.length, ids[0]!.length], 'u32', 'ids');
+    try {
+      (await this.model.logits(t, cache)).dispose();
+    } finally {
+      t.dispose();
     }
   }
 
