@@ -85,6 +85,8 @@ export class Gpu {
   private readonly groupsOf = new Map<GPUBuffer, string[]>();
   private readonly pipelineIds = new WeakMap<Pipeline, number>();
   private nextPipelineId = 0;
+  /** an unmapped readback buffer kept for the next readRanges */
+  private spareReadback: GPUBuffer | null = null;
   private readonly byLabel = new Map<string, number>();
   private liveBytes = 0;
   private peakBytes = 0;
@@ -451,22 +453,35 @@ export class Gpu {
       starts.push(total);
       total += r.size;
     }
-    const staging = this.createBuffer('readback', Math.max(4, total), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    // a decode step reads the same bytes every step: its staging buffer is kept for the next read
+    const need = Math.max(4, total);
+    const spare = this.spareReadback;
+    const staging = spare && spare.size >= need && spare.size <= 2 * need ? spare : this.createBuffer('readback', need, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    if (staging === spare) this.spareReadback = null;
+    let mapped = false;
     try {
       this.encode((enc) => {
-        ranges.forEach((r, i) => {
-          if (r.size > 0) enc.copyBufferToBuffer(buffer, r.offset, staging, starts[i]!, r.size);
-        });
+        // ranges that continue one another (a decode step's rows of logits) go as one copy
+        for (let i = 0; i < ranges.length; ) {
+          let j = i + 1;
+          while (j < ranges.length && ranges[j]!.offset === ranges[j - 1]!.offset + ranges[j - 1]!.size) j++;
+          const size = starts[j - 1]! + ranges[j - 1]!.size - starts[i]!;
+          if (size > 0) enc.copyBufferToBuffer(buffer, ranges[i]!.offset, staging, starts[i]!, size);
+          i = j;
+        }
       });
       this.flush();
-      await staging.mapAsync(GPUMapMode.READ);
-      const mapped = staging.getMappedRange();
-      const out = ranges.map((r, i) => mapped.slice(starts[i]!, starts[i]! + r.size));
+      await staging.mapAsync(GPUMapMode.READ, 0, need);
+      mapped = true;
+      const bytes = staging.getMappedRange(0, need);
+      const out = ranges.map((r, i) => bytes.slice(starts[i]!, starts[i]! + r.size));
       staging.unmap();
+      mapped = false;
       this.throwPending();
       return out;
     } finally {
-      this.destroyBuffer(staging);
+      if (!mapped && !this.spareReadback && !this.destroyed) this.spareReadback = staging;
+      else this.destroyBuffer(staging);
     }
   }
 

@@ -139,6 +139,11 @@ test('readRanges: several ranges of a buffer in one readback; misaligned ranges 
       [],
       [5, 6, 7, 8, 9, 10, 11, 12, 13, 14].map((i) => i * 1.5),
     ]);
+    // ranges that continue one another (one copy), twice (the second read reuses the first's staging buffer)
+    for (let k = 0; k < 2; k++) {
+      const rows = await gpu.readRanges(t.buffer, [0, 1, 2].map((r) => ({ offset: t.offset + 4 * (3 * r + k), size: 12 })));
+      assert.deepEqual(rows.map((b) => [...new Float32Array(b)]), [0, 1, 2].map((r) => [0, 1, 2].map((i) => (3 * r + k + i) * 1.5)));
+    }
     assert.deepEqual(await gpu.readRanges(t.buffer, []), []);
     await assert.rejects(gpu.readRanges(t.buffer, [{ offset: t.offset + 2, size: 4 }]), /multiples of 4/);
     await assert.rejects(gpu.readRanges(t.buffer, [{ offset: t.offset, size: 6 }]), /multiples of 4/);
