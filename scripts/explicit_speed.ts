@@ -14,6 +14,10 @@
 //                     cost, without the reader
 //   tok_s_explicit    MemoryReader.generateBatch (memory3/read.ts)
 //   explicit_prefill_s, explicit_decode_s   the explicit run's time to its first new token, and after
+//   interval_ms_<way>, interval_mean_ms_<way>, interval_max_ms_<way>   the whole runs' decode steps:
+//                     the median, mean and longest time between one step's token and the next's
+//                     (row 0's tokens, all rounds): a median near the step table's with a larger
+//                     mean puts a way's extra time in a few long steps (retrievals, collections)
 // and where one decode step's time goes, for none, front and rag (no memory, 64 more context tokens
 // per row: RAG's longer rows), over 32 steps from 128 cached tokens (medians, milliseconds):
 //   step_ms_<way>          a whole step (lastLogits: encode, submit, wait, read back)
@@ -72,6 +76,9 @@ try {
   const frontRows = p + 5 * 8;
   const HS = dim / heads;
   // generateBatch's loop against a cache made with `o` (and, with `fill`, a random front of the reader's size at every block)
+  // row 0's token times of the run going on (intervals between them: the decode steps)
+  let ticks: number[] = [];
+  const tick = (r: number) => void (r === 0 && ticks.push(performance.now()));
   const decode = (o: { frontMax?: number[]; pos0?: number }, fill: boolean) => async (maxNew: number) => {
     const cache = await model.createCache(Math.min(config.maxSeqLen, IN + maxNew), { ...o, batch: GB });
     try {
@@ -80,7 +87,7 @@ try {
         const k = Float32Array.from({ length: GB * frontRows * config.kvHeads * HS }, () => r.normal());
         await model.setCacheFront(cache, l, k, k.map((x) => x / 2));
       }
-      const rows = new Lockstep(ins, { maxNew, temperature: 0 });
+      const rows = new Lockstep(ins, { maxNew, temperature: 0, onToken: tick });
       let next: readonly (readonly number[])[] = ins;
       while (!rows.done && cache.length + next[0]!.length <= cache.max) next = rows.next(await lastLogits(gpu, model, next, { cache })).map((id) => [id]);
       return rows.out;
@@ -93,23 +100,38 @@ try {
   const explicit = async (maxNew: number) => {
     const t = performance.now();
     let first = 0;
-    const rows = await new MemoryReader(gpu, model, tok, bank).generateBatch(ins, { maxNew, temperature: 0, onToken: () => void (first ||= performance.now()) });
+    const rows = await new MemoryReader(gpu, model, tok, bank).generateBatch(ins, {
+      maxNew,
+      temperature: 0,
+      onToken: (r) => {
+        first ||= performance.now();
+        tick(r);
+      },
+    });
     prefill = ((first || performance.now()) - t) / 1000;
     return rows.map((x) => x.ids);
   };
-  const ways = { none: (n: number) => generateBatch(gpu, model, ins, { maxNew: n, temperature: 0 }), wide: decode(wide, false), front: decode(wide, true), explicit };
+  const ways = { none: (n: number) => generateBatch(gpu, model, ins, { maxNew: n, temperature: 0, onToken: tick }), wide: decode(wide, false), front: decode(wide, true), explicit };
   for (const f of Object.values(ways)) await f(2);
   const rates: Record<string, number[]> = { none: [], wide: [], front: [], explicit: [] };
   const prefills: number[] = [];
+  const intervals: Record<string, number[]> = { none: [], wide: [], front: [], explicit: [] };
   for (let round = 0; round < 3; round++) {
     for (const [k, f] of Object.entries(ways)) {
+      ticks = [];
       const t = performance.now();
       const rows = await f(OUT);
       const s = (performance.now() - t) / 1000;
       rates[k]!.push(rows.reduce((n, x) => n + x.length, 0) / s);
       if (k === 'explicit') prefills.push(prefill);
+      intervals[k]!.push(...ticks.slice(1).map((x, i) => x - ticks[i]!));
     }
   }
+  const stepTimes: Record<string, number> = {};
+  for (const [k, xs] of Object.entries(intervals)) {
+    Object.assign(stepTimes, { [`interval_ms_${k}`]: median(xs), [`interval_mean_ms_${k}`]: xs.reduce((a, b) => a + b, 0) / xs.length, [`interval_max_ms_${k}`]: Math.max(...xs) });
+  }
+  log(`decode steps in the whole runs (median / mean / longest, ms): ${Object.keys(intervals).map((k) => `${k} ${stepTimes[`interval_ms_${k}`]!.toFixed(1)} / ${stepTimes[`interval_mean_ms_${k}`]!.toFixed(1)} / ${stepTimes[`interval_max_ms_${k}`]!.toFixed(0)}`).join(', ')}`);
   // one step's parts: `steps` decode steps after the prompt, timed piece by piece, per way
   const parts = async (prompts: number[][], o: { frontMax?: number[]; pos0?: number }, fill: boolean, steps = 32) => {
     const cache = await model.createCache(Math.min(config.maxSeqLen, prompts[0]!.length + 2 * steps + 2), { ...o, batch: GB });
@@ -163,7 +185,7 @@ try {
   }
   tiny.dispose();
   breakdown['readback_ms'] = median(trips);
-  const results = { tok_s_none: median(rates['none']!), tok_s_wide: median(rates['wide']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills), ...breakdown };
+  const results = { tok_s_none: median(rates['none']!), tok_s_wide: median(rates['wide']!), tok_s_front: median(rates['front']!), tok_s_explicit: median(rates['explicit']!), explicit_prefill_s: median(prefills), ...stepTimes, ...breakdown };
   const run = (GB * OUT) / results.tok_s_explicit;
   Object.assign(results, { explicit_decode_s: run - results.explicit_prefill_s });
   log(JSON.stringify(results));
