@@ -198,9 +198,12 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const stage2 = from + P.stage2;
       const schedule2 = { warmup: from + Math.max(1, Math.round(P.stage2 / 20)), steps: stage2, minRatio: 0.1 };
       const t2 = performance.now();
+      Object.assign(batcher.time, { batches: 0, seconds: 0, encodeSeconds: 0, references: 0 }); // the loss measurement's batches not counted
       const until = stop2 !== undefined ? Math.min(stage2, from + Number(stop2)) : stage2;
       await trainLoop(gpu, model, opt, { train, val }, { steps: until, batch: P.batch, seqLen: P.seq, schedule: schedule2, evalEvery: 0, batches: (s, j) => batcher.batch(train2, P.batch, P.seq, s + j) });
       const seconds2 = (part2?.seconds ?? 0) + (performance.now() - t2) / 1000;
+      const bt = batcher.time;
+      log(`stage 2 batches (this command): ${bt.batches} in ${bt.seconds.toFixed(0)} s of ${((performance.now() - t2) / 1000).toFixed(0)}, encoding ${bt.references} references in ${bt.encodeSeconds.toFixed(0)} s`);
       if (save2) {
         const part: Stage2Part = { from, done: opt.step - from, before: lossBefore, seconds: seconds2 };
         await saveTraining(gpu, save2, model, opt, { 'tokenizer.json': tokenizerJson, 'stage1.json': stage1Json, 'stage2.json': JSON.stringify(part) });

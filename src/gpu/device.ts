@@ -80,9 +80,9 @@ export class Gpu {
   private destroyed = false;
   private readonly live = new Map<GPUBuffer, { bytes: number; label: string; id: number }>();
   private nextBufferId = 0;
-  /** bind groups already made, by pipeline and bound ranges (dispatch), and the keys each buffer is in */
-  private readonly bindGroups = new Map<string, GPUBindGroup>();
-  private readonly groupsOf = new Map<GPUBuffer, string[]>();
+  /** bind groups already made, by pipeline and bound ranges (dispatch) with their buffers, and the keys each buffer is in */
+  private readonly bindGroups = new Map<string, { group: GPUBindGroup; buffers: GPUBuffer[] }>();
+  private readonly groupsOf = new Map<GPUBuffer, Set<string>>();
   private readonly pipelineIds = new WeakMap<Pipeline, number>();
   private nextPipelineId = 0;
   /** an unmapped readback buffer kept for the next readRanges */
@@ -195,7 +195,12 @@ export class Gpu {
     // whole submit, so they go first (the GPU finishes them before the memory is reused)
     if (this.encoder) this.flush();
     this.live.delete(buffer);
-    for (const key of this.groupsOf.get(buffer) ?? []) this.bindGroups.delete(key);
+    // its bind groups go, from every buffer's list (a weight's list would otherwise grow by a key
+    // for each step's fresh input buffer)
+    for (const key of this.groupsOf.get(buffer) ?? []) {
+      for (const b of this.bindGroups.get(key)?.buffers ?? []) if (b !== buffer) this.groupsOf.get(b)?.delete(key);
+      this.bindGroups.delete(key);
+    }
     this.groupsOf.delete(buffer);
     this.liveBytes -= rec.bytes;
     const left = (this.byLabel.get(rec.label) ?? 0) - rec.bytes;
@@ -297,7 +302,7 @@ export class Gpu {
     let key = `${pid}`;
     if (uniform) key += `|u${uniform.offset}:${uniform.size}`;
     for (const b of bindings) key += `|${this.live.get(b.buffer)?.id ?? -1}:${b.offset ?? 0}:${b.size ?? -1}`;
-    let group = this.bindGroups.get(key);
+    let group = this.bindGroups.get(key)?.group;
     if (!group) {
       const entries: GPUBindGroupEntry[] = bindings.map((b, i) => ({ binding: i + 1, resource: b }));
       if (uniform) entries.unshift({ binding: 0, resource: uniform });
@@ -306,11 +311,12 @@ export class Gpu {
       // only groups of tracked buffers are kept (an untracked one could be destroyed unseen)
       if (bindings.every((b) => this.live.has(b.buffer))) {
         if (this.bindGroups.size >= MAX_BIND_GROUPS) this.forgetBindGroups();
-        this.bindGroups.set(key, group);
-        for (const b of new Set(bindings.map((x) => x.buffer))) {
+        const buffers = [...new Set(bindings.map((x) => x.buffer))];
+        this.bindGroups.set(key, { group, buffers });
+        for (const b of buffers) {
           const keys = this.groupsOf.get(b);
-          if (keys) keys.push(key);
-          else this.groupsOf.set(b, [key]);
+          if (keys) keys.add(key);
+          else this.groupsOf.set(b, new Set([key]));
         }
       }
     }
@@ -320,6 +326,13 @@ export class Gpu {
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
     this.dispatches++;
+  }
+
+  /** bind groups kept, and the (buffer, group) links that find them when a buffer goes (tests) */
+  bindGroupsKept(): { groups: number; links: number } {
+    let links = 0;
+    for (const keys of this.groupsOf.values()) links += keys.size;
+    return { groups: this.bindGroups.size, links };
   }
 
   /** drops every kept bind group (the cache is full: a workload binding ever new ranges) */

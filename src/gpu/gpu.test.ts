@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { addForward } from '../kernels/add/add.ts';
 import { fill } from '../kernels/copy/copy.ts';
 import { header, launch } from '../kernels/kernel.ts';
 import { rmsnormForward } from '../kernels/rmsnorm/rmsnorm.ts';
@@ -163,6 +164,20 @@ test('dispatches reuse a bind group per pipeline and bound ranges; a destroyed b
     b.dispose();
   }
   assert.equal(gpu.bindGroupsMade, made + 4);
+  // a kept tensor bound with a fresh one each time (a decode step's ids): nothing piles up
+  const w = await gpu.tensor([40], 'f32', 'w');
+  const out = await gpu.tensor([40], 'f32', 'out');
+  await fill(gpu, w, 2);
+  const kept = gpu.bindGroupsKept();
+  for (let k = 0; k < 5; k++) {
+    const x = await gpu.tensorFrom(new Array(40).fill(k), [40], 'f32', 'x');
+    await addForward(gpu, { out }, { a: w, b: x });
+    assert.deepEqual([...(await gpu.read(out))], new Array(40).fill(2 + k));
+    x.dispose();
+  }
+  assert.deepEqual(gpu.bindGroupsKept(), kept);
+  w.dispose();
+  out.dispose();
 });
 
 test('GPU timer measures a region', async () => {

@@ -58,6 +58,12 @@ const ENCODE_TOKENS = 16384;
 /** training batches with their explicit memories */
 export class MemoryBatcher {
   private readonly o: Required<Omit<StageTwoOptions, 'layers'>> & { layers: number[] };
+  /**
+   * wall time spent in batch() (seconds) and the part of it encoding references (the forward,
+   * selection and readbacks of encodeReferences); with GPU work of an earlier step still queued,
+   * the encoding waits for it too
+   */
+  readonly time = { batches: 0, seconds: 0, encodeSeconds: 0, references: 0 };
 
   constructor(
     private readonly gpu: Gpu,
@@ -88,6 +94,7 @@ export class MemoryBatcher {
    * the stream, their targets, and their memories; dispose() frees the memory tensors
    */
   async batch(stream: Uint32Array, B: number, T: number, step: number): Promise<Batch & { dispose(): void }> {
+    const t0 = performance.now();
     const { chunk, window, tokens: K, layers, prefix } = this.o;
     if (!(T > 0 && T % chunk === 0)) throw new EngramError(`MemoryBatcher: sequences of ${T} tokens must be a whole number of ${chunk}-token chunks`);
     const C = T / chunk;
@@ -117,7 +124,10 @@ export class MemoryBatcher {
     const distinct = [...new Set(windows.flat())];
     // encoding batches of up to ENCODE_TOKENS tokens: a batch costs a readback per memory block, whatever its size
     const longest = Math.max(...distinct.map((r) => prefix.length + this.refs[r]!.length));
+    const te = performance.now();
     const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K, batch: Math.max(1, Math.floor(ENCODE_TOKENS / longest)) });
+    this.time.encodeSeconds += (performance.now() - te) / 1000;
+    this.time.references += distinct.length;
     const memOf = new Map(distinct.map((r, i) => [r, mems[i]!]));
     const sink = await sinkKV(this.gpu, this.model, prefix);
     const c = this.model.config;
@@ -157,6 +167,8 @@ export class MemoryBatcher {
       }
       const idsT = await this.upload(ids, [B, T], owned, 'u32');
       const targetsT = await this.upload(targets, [B, T], owned, 'u32');
+      this.time.batches++;
+      this.time.seconds += (performance.now() - t0) / 1000;
       return {
         ids: idsT,
         targets: targetsT,
