@@ -14,10 +14,10 @@
 //              (SparseMemory, memory3/blob.ts; bf16 by default)
 //
 // a batch of references is padded to its longest; padding sits after each reference's end, so
-// causal attention keeps it out of the reference's own keys and values. the keys and values are
-// read back whole per layer and gathered on the host (a batch of 32 references of 136 positions
-// at head dim 64 and 4 KV heads is 4.5 MB per layer): writing is offline, and the selection, the
-// expensive part, stays on the GPU.
+// causal attention keeps it out of the reference's own keys and values. the selected keys and
+// values are gathered on the GPU (memselGather) and read back once per batch, every memory layer's
+// together: K rows per (reference, KV head) instead of every position (Memory³ training encodes
+// hundreds of references per step this way).
 //
 // a reference shorter than `tokens` has too few tokens to fill a memory: it is an error naming it
 // (a memory with empty slots would need a mask when it is read).
@@ -26,7 +26,9 @@ import { createHash } from 'node:crypto';
 import type { Tokenizer } from '../data/tokenizer.ts';
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
+import { Arena } from '../gpu/buffers.ts';
 import { memselForward, MEMSEL_MAX_T } from '../kernels/memsel/memsel.ts';
+import { memselGather } from '../kernels/memsel/memsel_gather.ts';
 import type { ModelConfig } from '../model/config.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { MemoryDType, SparseMemory } from './blob.ts';
@@ -148,45 +150,68 @@ export async function encodeReferences(
     const T = Math.max(...chunk.map((r) => r.prefix.length + r.tokens.length));
     const ids = new Uint32Array(B * T);
     chunk.forEach((r, b) => ids.set([...r.prefix, ...r.tokens], b * T));
-    const mems = chunk.map((): SparseMemory => ({
-      layers: layers.length,
-      kvHeads: Hkv,
-      tokens: K,
-      headDim: HS,
-      dtype: 'f32',
-      k: new Float32Array(layers.length * Hkv * K * HS),
-      v: new Float32Array(layers.length * Hkv * K * HS),
-      positions: new Uint32Array(layers.length * Hkv * K),
-    }));
     const idsT = await gpu.tensorFrom(ids, [B, T], 'u32', 'ref_ids');
     const start = await gpu.tensorFrom(chunk.map((r) => r.prefix.length), [B], 'u32', 'ref_start');
     const length = await gpu.tensorFrom(chunk.map((r) => r.prefix.length + r.tokens.length), [B], 'u32', 'ref_length');
-    const indices = await gpu.tensor([B, Hkv, K], 'u32', 'ref_selected');
-    try {
-      await model.attentionInputs(idsT, layers, async (layer, t) => {
-        await memselForward(gpu, { indices }, { q: t.q0, k: t.k0, start, length }, { group: o.group ?? 'sum' });
-        const sel = (await gpu.read(indices)) as Uint32Array;
-        const k = (await gpu.read(t.k)) as Float32Array;
-        const v = (await gpu.read(t.v)) as Float32Array;
-        const li = layers.indexOf(layer);
-        for (let b = 0; b < B; b++) {
-          const m = mems[b]!;
-          for (let g = 0; g < Hkv; g++) {
-            for (let j = 0; j < K; j++) {
-              const pos = sel[(b * Hkv + g) * K + j]!;
-              const slot = (li * Hkv + g) * K + j;
-              m.positions[slot] = pos;
-              const src = ((b * T + pos) * Hkv + g) * HS;
-              m.k.set(k.subarray(src, src + HS), slot * HS);
-              m.v.set(v.subarray(src, src + HS), slot * HS);
-            }
-          }
-        }
-      });
-    } finally {
-      for (const u of [idsT, start, length, indices]) u.dispose();
+    // per memory layer: the selection and the selected keys and values, read back together at the end
+    const picked = new Arena(gpu, 'ref_picked');
+    for (const li of layers.keys()) {
+      picked.declare(`sel${li}`, [B, Hkv, K], 'u32');
+      picked.declare(`k${li}`, [B, Hkv, K, HS]);
+      picked.declare(`v${li}`, [B, Hkv, K, HS]);
     }
+    let back: Map<string, ArrayBuffer>;
+    try {
+      await picked.commit();
+      await model.attentionInputs(idsT, layers, async (layer, t) => {
+        const li = layers.indexOf(layer);
+        const indices = picked.get(`sel${li}`);
+        await memselForward(gpu, { indices }, { q: t.q0, k: t.k0, start, length }, { group: o.group ?? 'sum' });
+        await memselGather(gpu, { ok: picked.get(`k${li}`), ov: picked.get(`v${li}`) }, { k: t.k, v: t.v, indices });
+      });
+      back = await readArena(gpu, picked);
+    } finally {
+      for (const u of [idsT, start, length]) u.dispose();
+      picked.dispose();
+    }
+    const per = Hkv * K;
+    const mems = chunk.map((_, b): SparseMemory => {
+      const m: SparseMemory = {
+        layers: layers.length,
+        kvHeads: Hkv,
+        tokens: K,
+        headDim: HS,
+        dtype: 'f32',
+        k: new Float32Array(layers.length * per * HS),
+        v: new Float32Array(layers.length * per * HS),
+        positions: new Uint32Array(layers.length * per),
+      };
+      for (const li of layers.keys()) {
+        // slots (layer, g, j): the batch's (b, g, j) rows are contiguous per b
+        m.positions.set(new Uint32Array(back.get(`sel${li}`)!, b * per * 4, per), li * per);
+        m.k.set(new Float32Array(back.get(`k${li}`)!, b * per * HS * 4, per * HS), li * per * HS);
+        m.v.set(new Float32Array(back.get(`v${li}`)!, b * per * HS * 4, per * HS), li * per * HS);
+      }
+      return m;
+    });
     out.push(...mems);
+  }
+  return out;
+}
+
+/** every tensor of a committed arena, read back: one readback per buffer of it */
+async function readArena(gpu: Gpu, arena: Arena): Promise<Map<string, ArrayBuffer>> {
+  const byBuffer = new Map<GPUBuffer, { name: string; offset: number; size: number }[]>();
+  for (const name of arena.names()) {
+    const t = arena.get(name);
+    const list = byBuffer.get(t.buffer) ?? [];
+    list.push({ name, offset: t.offset, size: t.byteLength });
+    byBuffer.set(t.buffer, list);
+  }
+  const out = new Map<string, ArrayBuffer>();
+  for (const [buffer, list] of byBuffer) {
+    const bytes = await gpu.readRanges(buffer, list);
+    list.forEach((r, i) => out.set(r.name, bytes[i]!));
   }
   return out;
 }
