@@ -52,7 +52,7 @@ import { Tokenizer } from '../../src/data/tokenizer.ts';
 import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
-import { planRetrieval } from '../../src/memory3/bm25.ts';
+import { planRetrievalParallel } from '../../src/memory3/plan_parallel.ts';
 import { MemoryBank, type NewReference, type SearchHit } from '../../src/memory3/bank.ts';
 import { decodeMemory, encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
 import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quantize.ts';
@@ -168,7 +168,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const kb = [...kbTexts, ...invented.map(phrase)].map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
       // P.own: each chunk reads its own 5 best references (MemoryBatcher own), not the paper's 1 + the previous 4 chunks'
       const tp = performance.now();
-      const plan = planRetrieval(train2, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
+      const plan = await planRetrievalParallel(train2, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
       log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
       const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own });
       // does the model read its memories? the loss on the same sequences with their own

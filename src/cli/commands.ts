@@ -17,7 +17,7 @@ import { historyOf, resumeTraining, trainLoop } from '../train/loop.ts';
 import type { CurvePoint } from '../train/plot.ts';
 import { TrainProgress } from './progress.ts';
 import { AdamW } from '../train/optimizer.ts';
-import { planRetrieval } from '../memory3/bm25.ts';
+import { planRetrievalParallel } from '../memory3/plan_parallel.ts';
 import { MemoryBatcher } from '../memory3/train.ts';
 import { referenceTokens } from '../memory3/write.ts';
 
@@ -231,7 +231,7 @@ async function memoryBatches(
   const t0 = performance.now();
   const window = a.memoryWindow ?? 5;
   const perChunk = a.memoryOwn ? window : 1;
-  const plan = planRetrieval(train, refs, { chunk: 64, context: a.seq, perChunk });
+  const plan = await planRetrievalParallel(train, refs, { chunk: 64, context: a.seq, perChunk });
   const found = plan.reduce((n, r) => n + (r >= 0 ? 1 : 0), 0);
   console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} references planned for ${plan.length / perChunk} chunks (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   const o = { prefix: referenceTokens(tok, '').prefix, window, tokens, seed: a.seed, own: a.memoryOwn ?? false };
@@ -239,7 +239,7 @@ async function memoryBatches(
   const accum = a.accum;
   const out: Awaited<ReturnType<typeof memoryBatches>> = { train: (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j) };
   if (val && val.length > a.seq) {
-    const vb = new MemoryBatcher(gpu, model, refs, planRetrieval(val, refs, { chunk: 64, context: a.seq, perChunk }), { ...o, seed: 0x5eed });
+    const vb = new MemoryBatcher(gpu, model, refs, await planRetrievalParallel(val, refs, { chunk: 64, context: a.seq, perChunk }), { ...o, seed: 0x5eed });
     out.val = (j) => vb.batch(val, a.batch, a.seq, j);
   }
   return out;

@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Rng } from '../testing/rng.ts';
-import { planRetrieval, TokenBm25 } from './bm25.ts';
+import { planChunks, planRetrieval, TokenBm25 } from './bm25.ts';
+import { planRetrievalParallel } from './plan_parallel.ts';
 
 test('TokenBm25: rare shared tokens rank first; common tokens weigh little; ties by index', () => {
   const docs = [
@@ -74,4 +75,15 @@ test('planRetrieval: one reference per chunk, the best that does not leak; -1 wh
   const loose = planRetrieval(stream, [refA, refB], { chunk: 16, context: 16, perChunk: 2, threshold: 1.1 });
   assert.deepEqual([...loose.subarray(0, 2)], [0, 1]);
   assert.throws(() => planRetrieval(stream, [refA], { perChunk: 3, candidates: 2 }), /perChunk 3 must be a positive integer, at most candidates 2/);
+});
+
+test('planRetrievalParallel: worker threads plan exactly what planRetrieval does', async () => {
+  const rng = new Rng(21);
+  const refs = Array.from({ length: 300 }, () => Array.from({ length: 8 + rng.int(20) }, () => rng.int(400)));
+  const stream = Uint32Array.from({ length: 64 * 5000 + 17 }, () => rng.int(400));
+  for (let i = 0; i < 40; i++) stream.set(refs[i]!, 64 * 37 * i + 5); // some copies, which leak
+  const o = { chunk: 64, context: 256, perChunk: 3 };
+  const want = planRetrieval(stream, refs, o);
+  assert.deepEqual(await planRetrievalParallel(stream, refs, o, 2), want);
+  assert.deepEqual(planChunks(stream, refs, o, 100, 160), want.subarray(300, 480));
 });

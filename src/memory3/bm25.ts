@@ -106,6 +106,14 @@ export interface RetrievalPlanOptions {
  * perChunk p, the p best that do not leak, at [i p, (i + 1) p), best first, -1 after the last found
  */
 export function planRetrieval(stream: ArrayLike<number>, refs: readonly (readonly number[])[], o: RetrievalPlanOptions = {}): Int32Array {
+  return planChunks(stream, refs, o, 0, Math.floor(stream.length / (o.chunk ?? 64)));
+}
+
+/**
+ * planRetrieval's entries for chunks [from, to) of the stream alone ((to - from) perChunk of
+ * them): the same as that slice of the whole plan (plan_parallel.ts splits the stream so)
+ */
+export function planChunks(stream: ArrayLike<number>, refs: readonly (readonly number[])[], o: RetrievalPlanOptions, from: number, to: number): Int32Array {
   const chunk = o.chunk ?? 64;
   const per = o.perChunk ?? 1;
   const candidates = o.candidates ?? Math.max(5, 2 * per);
@@ -116,15 +124,16 @@ export function planRetrieval(stream: ArrayLike<number>, refs: readonly (readonl
   }
   const index = new TokenBm25(refs);
   const n = Math.floor(stream.length / chunk);
-  const plan = new Int32Array(n * per).fill(-1);
+  if (!(Number.isInteger(from) && Number.isInteger(to) && 0 <= from && from <= to && to <= n)) throw new EngramError(`planRetrieval: chunks [${from}, ${to}) are not within the stream's ${n}`);
+  const plan = new Int32Array((to - from) * per).fill(-1);
   const slice = (a: number, b: number) => Array.from({ length: Math.max(0, Math.min(stream.length, b) - Math.max(0, a)) }, (_, i) => stream[Math.max(0, a) + i]!);
-  for (let c = 0; c < n; c++) {
+  for (let c = from; c < to; c++) {
     const q = slice(c * chunk, (c + 1) * chunk);
     const around = slice((c + 1) * chunk - context, c * chunk + context);
     let found = 0;
     for (const hit of index.search(q, candidates)) {
       if (!leaks(around, refs[hit.doc]!, o.threshold ?? 0.9)) {
-        plan[c * per + found++] = hit.doc;
+        plan[(c - from) * per + found++] = hit.doc;
         if (found === per) break;
       }
     }
