@@ -81,6 +81,13 @@ interface BlockMemory {
 export interface TrainMemory {
   /** per block: (B, rows, kvHeads, headDim) f32; rows = nChunks x rows per chunk when `chunk` > 0 */
   blocks: { k: Tensor; v: Tensor; chunk: number }[];
+  /**
+   * per block, optional: tensors of the blocks' shapes that backward() overwrites with the loss's
+   * gradient with respect to the memory's keys and values (else those gradients are dropped: the
+   * memory is a constant of the step). Memory³ training passes them on to the references'
+   * encoding (encodeBackward)
+   */
+  grads?: ({ dk: Tensor; dv: Tensor } | null)[];
   /** RoPE position of the sequence's first token (behind the sink and the memories' position range) */
   pos0: number;
 }
@@ -277,8 +284,7 @@ export class Transformer {
     const { gpu, config: c } = this;
     const { B, T } = sv;
     const N = B * T;
-    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F, vocabSize: V } = c;
-    const HS = d / NH;
+    const { dim: d, vocabSize: V } = c;
     const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
     try {
       const dlogits = take([N, V], 'dlogits');
@@ -290,79 +296,106 @@ export class Transformer {
       let dh = take([N, d], 'dh');
       await rmsnormBackward(gpu, { dx: dh, dw: this.finalNorm.grad }, { dout: dnf, x: sv.hL, w: this.finalNorm.value, rstd: sv.rf });
       dnf.dispose();
-      const tmp = take([N, d], 'dtmp');
-      for (let i = this.blocks.length - 1; i >= 0; i--) {
-        const blk = this.blocks[i]!;
-        const s = sv.blocks[i]!;
-        // FFN (or memory): dh is the gradient of h2 = h1 + f
-        let dn2: Tensor;
-        if (blk.memory) {
-          dn2 = await blk.memory.backward(dh);
-        } else {
-          const ffn = blk.ffn!;
-          const ds = take([N, F], 'ds');
-          await linearBackward(gpu, { dx: ds, dw: ffn.down.grad }, { dout: dh, x: s.s!, w: ffn.down.value });
-          const dg = take([N, F], 'dg');
-          const du = take([N, F], 'du');
-          await swigluBackward(gpu, { dg, du }, { dout: ds, g: s.g!, u: s.u! });
-          ds.dispose();
-          dn2 = take([N, d], 'dn2');
-          await linearBackward(gpu, { dx: dn2, dw: ffn.gate.grad }, { dout: dg, x: s.n2, w: ffn.gate.value });
-          await linearBackward(gpu, { dx: tmp, dw: ffn.up.grad }, { dout: du, x: s.n2, w: ffn.up.value });
-          await addForward(gpu, { out: dn2 }, { a: dn2, b: tmp });
-          dg.dispose();
-          du.dispose();
-        }
-        await rmsnormBackward(gpu, { dx: tmp, dw: blk.postNorm.grad }, { dout: dn2, x: s.h1, w: blk.postNorm.value, rstd: s.r2 });
-        dn2.dispose();
-        await addForward(gpu, { out: dh }, { a: dh, b: tmp }); // dh1
-        // attention: dh1 is the gradient of h1 = h + o
-        const datt = take([N, NH * HS], 'datt');
-        await linearBackward(gpu, { dx: datt, dw: blk.o.grad }, { dout: dh, x: s.att.reshape([N, NH * HS]), w: blk.o.value });
-        const dq = take([B, T, NH, HS], 'dq');
-        const dk = take([B, T, NKV, HS], 'dk');
-        const dv = take([N, NKV * HS], 'dv');
-        const v4 = s.v.reshape([B, T, NKV, HS]);
-        const m = sv.memory?.blocks[i];
-        // explicit memory: its keys and values are constants of the step; their gradients are dropped
-        const dpk = m && take(m.k.shape as number[], 'dpk');
-        const dpv = m && take(m.v.shape as number[], 'dpv');
-        await attentionBackward(
-          gpu,
-          { dq, dk, dv: dv.reshape([B, T, NKV, HS]), ...(dpk && dpv ? { dpk, dpv } : {}) },
-          { dout: datt.reshape([B, T, NH, HS]), q: s.q, k: s.k, v: v4, out: s.att, lse: s.lse, ...(m ? { pk: m.k, pv: m.v } : {}) },
-          m ? { prefixChunk: m.chunk } : {},
-        );
-        dpk?.dispose();
-        dpv?.dispose();
-        datt.dispose();
-        const dqp = take([N, NH * HS], 'dq_proj');
-        const dkp = take([N, NKV * HS], 'dk_proj');
-        const pos0 = sv.memory?.pos0 ?? 0;
-        await ropeBackward(gpu, { dx: dqp.reshape([B, T, NH, HS]) }, { dout: dq, table: this.rope }, { pos0 });
-        await ropeBackward(gpu, { dx: dkp.reshape([B, T, NKV, HS]) }, { dout: dk, table: this.rope }, { pos0 });
-        dq.dispose();
-        dk.dispose();
-        const dn1 = take([N, d], 'dn1');
-        await linearBackward(gpu, { dx: dn1, dw: blk.q.grad }, { dout: dqp, x: s.n1, w: blk.q.value });
-        await linearBackward(gpu, { dx: tmp, dw: blk.k.grad }, { dout: dkp, x: s.n1, w: blk.k.value });
-        await addForward(gpu, { out: dn1 }, { a: dn1, b: tmp });
-        await linearBackward(gpu, { dx: tmp, dw: blk.v.grad }, { dout: dv, x: s.n1, w: blk.v.value });
-        await addForward(gpu, { out: dn1 }, { a: dn1, b: tmp });
-        for (const u of [dqp, dkp, dv]) u.dispose();
-        await rmsnormBackward(gpu, { dx: tmp, dw: blk.inNorm.grad }, { dout: dn1, x: s.h, w: blk.inNorm.value, rstd: s.r1 });
-        dn1.dispose();
-        const dh0 = take([N, d], 'dh');
-        await addForward(gpu, { out: dh0 }, { a: dh, b: tmp });
-        dh.dispose();
-        dh = dh0;
-      }
-      tmp.dispose();
+      for (let i = this.blocks.length - 1; i >= 0; i--) dh = await this.blockBackward(i, sv.blocks[i]!, dh, B, T, { pos0: sv.memory?.pos0 ?? 0, mem: sv.memory?.blocks[i], into: sv.memory?.grads?.[i] ?? null });
       await embeddingBackward(gpu, { dW: this.embed.grad }, { dout: dh.reshape([B, T, d]), ids: sv.ids });
       dh.dispose();
     } finally {
       this.release();
     }
+  }
+
+  /**
+   * One block's backward: dh (B T, d), the gradient of the block's output (consumed), becomes the
+   * returned gradient of its input; parameter gradients are added. o.mem: the block's explicit
+   * memory in the forward, whose keys' and values' gradients go to o.into when given. o.extra:
+   * gradients of the block's keys (after RoPE, (B, T, kvHeads, headDim)) and values ((B T,
+   * kvHeads headDim)) from elsewhere (a memory read from this forward: encodeBackward), added to
+   * attention's own.
+   */
+  private async blockBackward(
+    i: number,
+    s: BlockSaved,
+    dh: Tensor,
+    B: number,
+    T: number,
+    o: { pos0: number; mem?: { k: Tensor; v: Tensor; chunk: number } | undefined; into?: { dk: Tensor; dv: Tensor } | null; extra?: { dk: Tensor; dv: Tensor } },
+  ): Promise<Tensor> {
+    const { gpu, config: c } = this;
+    const N = B * T;
+    const { dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = c;
+    const HS = d / NH;
+    const take = (shape: number[], label: string) => gpu.scratch.take(shape, 'f32', label);
+    const blk = this.blocks[i]!;
+    const tmp = take([N, d], 'dtmp');
+    // FFN (or memory): dh is the gradient of h2 = h1 + f
+    let dn2: Tensor;
+    if (blk.memory) {
+      dn2 = await blk.memory.backward(dh);
+    } else {
+      const ffn = blk.ffn!;
+      const ds = take([N, F], 'ds');
+      await linearBackward(gpu, { dx: ds, dw: ffn.down.grad }, { dout: dh, x: s.s!, w: ffn.down.value });
+      const dg = take([N, F], 'dg');
+      const du = take([N, F], 'du');
+      await swigluBackward(gpu, { dg, du }, { dout: ds, g: s.g!, u: s.u! });
+      ds.dispose();
+      dn2 = take([N, d], 'dn2');
+      await linearBackward(gpu, { dx: dn2, dw: ffn.gate.grad }, { dout: dg, x: s.n2, w: ffn.gate.value });
+      await linearBackward(gpu, { dx: tmp, dw: ffn.up.grad }, { dout: du, x: s.n2, w: ffn.up.value });
+      await addForward(gpu, { out: dn2 }, { a: dn2, b: tmp });
+      dg.dispose();
+      du.dispose();
+    }
+    await rmsnormBackward(gpu, { dx: tmp, dw: blk.postNorm.grad }, { dout: dn2, x: s.h1, w: blk.postNorm.value, rstd: s.r2 });
+    dn2.dispose();
+    await addForward(gpu, { out: dh }, { a: dh, b: tmp }); // dh1
+    // attention: dh1 is the gradient of h1 = h + o
+    const datt = take([N, NH * HS], 'datt');
+    await linearBackward(gpu, { dx: datt, dw: blk.o.grad }, { dout: dh, x: s.att.reshape([N, NH * HS]), w: blk.o.value });
+    const dq = take([B, T, NH, HS], 'dq');
+    const dk = take([B, T, NKV, HS], 'dk');
+    const dv = take([N, NKV * HS], 'dv');
+    const v4 = s.v.reshape([B, T, NKV, HS]);
+    const { mem: m, into } = o;
+    // explicit memory: its keys' and values' gradients go to `into` when given, else are dropped
+    const dpk = m && (into?.dk ?? take(m.k.shape as number[], 'dpk'));
+    const dpv = m && (into?.dv ?? take(m.v.shape as number[], 'dpv'));
+    await attentionBackward(
+      gpu,
+      { dq, dk, dv: dv.reshape([B, T, NKV, HS]), ...(dpk && dpv ? { dpk, dpv } : {}) },
+      { dout: datt.reshape([B, T, NH, HS]), q: s.q, k: s.k, v: v4, out: s.att, lse: s.lse, ...(m ? { pk: m.k, pv: m.v } : {}) },
+      m ? { prefixChunk: m.chunk } : {},
+    );
+    if (!into) {
+      dpk?.dispose();
+      dpv?.dispose();
+    }
+    datt.dispose();
+    if (o.extra) {
+      await addForward(gpu, { out: dk }, { a: dk, b: o.extra.dk });
+      await addForward(gpu, { out: dv }, { a: dv, b: o.extra.dv });
+    }
+    const dqp = take([N, NH * HS], 'dq_proj');
+    const dkp = take([N, NKV * HS], 'dk_proj');
+    const pos0 = o.pos0;
+    await ropeBackward(gpu, { dx: dqp.reshape([B, T, NH, HS]) }, { dout: dq, table: this.rope }, { pos0 });
+    await ropeBackward(gpu, { dx: dkp.reshape([B, T, NKV, HS]) }, { dout: dk, table: this.rope }, { pos0 });
+    dq.dispose();
+    dk.dispose();
+    const dn1 = take([N, d], 'dn1');
+    await linearBackward(gpu, { dx: dn1, dw: blk.q.grad }, { dout: dqp, x: s.n1, w: blk.q.value });
+    await linearBackward(gpu, { dx: tmp, dw: blk.k.grad }, { dout: dkp, x: s.n1, w: blk.k.value });
+    await addForward(gpu, { out: dn1 }, { a: dn1, b: tmp });
+    await linearBackward(gpu, { dx: tmp, dw: blk.v.grad }, { dout: dv, x: s.n1, w: blk.v.value });
+    await addForward(gpu, { out: dn1 }, { a: dn1, b: tmp });
+    for (const u of [dqp, dkp, dv]) u.dispose();
+    await rmsnormBackward(gpu, { dx: tmp, dw: blk.inNorm.grad }, { dout: dn1, x: s.h, w: blk.inNorm.value, rstd: s.r1 });
+    dn1.dispose();
+    const dh0 = take([N, d], 'dh');
+    await addForward(gpu, { out: dh0 }, { a: dh, b: tmp });
+    dh.dispose();
+    tmp.dispose();
+    return dh0;
   }
 
   /** h (B T, d) = the embedding rows of ids (B, T) */
