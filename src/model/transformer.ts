@@ -92,6 +92,19 @@ export interface TrainMemory {
   pos0: number;
 }
 
+/**
+ * a batch of references run through blocks 0..upTo with everything kept for encodeBackward: what
+ * Memory³ training encodes when the loss's gradient is to reach the encoding (the memories' keys
+ * and values are then functions of the weights, not constants)
+ */
+export interface EncodeState {
+  B: number;
+  T: number;
+  ids: Tensor;
+  /** per block 0..upTo: its saved activations; keys (after RoPE) in `.k` (B, T, kvHeads, headDim), values in `.v` (B T, kvHeads headDim) */
+  blocks: { k: Tensor; v: Tensor }[];
+}
+
 /** one block's attention inputs: queries and keys before RoPE, keys after it, values; f32 */
 export interface AttentionInputs {
   /** (B, T, heads, headDim) */
@@ -678,6 +691,59 @@ export class Transformer {
     }
   }
 
+  /**
+   * ids (B, T) at positions 0.. through blocks 0..upTo, keeping what encodeBackward needs (the
+   * caller's to free with it or disposeEncode); `visit` sees each block's attention inputs as in
+   * attentionInputs. Dense blocks only: a Memory+ block keeps one forward's state, the training
+   * forward's.
+   */
+  async encodeForward(ids: Tensor, upTo: number, visit?: (layer: number, t: AttentionInputs) => Promise<void>): Promise<EncodeState> {
+    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
+    this.checkBlock(upTo);
+    if (this.blocks.slice(0, upTo + 1).some((b) => b.memory)) throw new EngramError(`Transformer: encodeForward runs dense blocks only; blocks 0..${upTo} include a Memory+ block (train without gradients into the references' encoding)`);
+    const [B, T] = ids.shape as [number, number];
+    if (T > this.config.maxSeqLen) throw new EngramError(`Transformer: ${T} positions exceed maxSeqLen ${this.config.maxSeqLen}`);
+    let h = await this.embedIds(ids);
+    const saved: BlockSaved[] = [];
+    try {
+      for (let i = 0; i <= upTo; i++) {
+        const r = await this.block(this.blocks[i]!, h, B, T, true, visit ? { tap: (t) => visit(i, t) } : {});
+        saved.push(r.saved!);
+        h = r.h;
+      }
+    } catch (e) {
+      for (const sb of saved) for (const t of Object.values(sb)) (t as Tensor).dispose();
+      h.dispose();
+      throw e;
+    }
+    h.dispose(); // the last block's output: nothing reads it
+    return { B, T, ids, blocks: saved };
+  }
+
+  /**
+   * Adds into the parameters' gradients what flows back from gradients of the encoded blocks' keys
+   * and values (grads[i], shaped as EncodeState's k and v; null: none for that block), then frees
+   * the state.
+   */
+  async encodeBackward(state: EncodeState, grads: readonly ({ dk: Tensor; dv: Tensor } | null)[]): Promise<void> {
+    const { gpu, config: c } = this;
+    const { B, T } = state;
+    const saved = state.blocks as BlockSaved[];
+    try {
+      if (grads.length !== saved.length) throw new EngramError(`Transformer: encodeBackward takes a gradient (or null) for each of the ${saved.length} encoded blocks, got ${grads.length}`);
+      let dh = gpu.scratch.take([B * T, c.dim], 'f32', 'dh');
+      await fill(gpu, dh, 0); // nothing reads the last block's output
+      for (let i = saved.length - 1; i >= 0; i--) {
+        const g = grads[i];
+        dh = await this.blockBackward(i, saved[i]!, dh, B, T, { pos0: 0, ...(g ? { extra: g } : {}) });
+      }
+      await embeddingBackward(gpu, { dW: this.embed.grad }, { dout: dh.reshape([B, T, c.dim]), ids: state.ids });
+      dh.dispose();
+    } finally {
+      disposeEncode(state);
+    }
+  }
+
   private checkBlock(layer: number): void {
     if (!(Number.isInteger(layer) && layer >= 0 && layer < this.blocks.length)) throw new EngramError(`Transformer: layer ${layer} is not in 0..${this.blocks.length - 1}`);
   }
@@ -700,4 +766,10 @@ export class Transformer {
     this.table?.dispose();
     this.rope.dispose();
   }
+}
+
+/** frees an EncodeState's activations (encodeBackward does it itself) */
+export function disposeEncode(state: EncodeState): void {
+  for (const sb of state.blocks) for (const t of Object.values(sb)) (t as Tensor).dispose();
+  state.blocks.length = 0;
 }
