@@ -149,3 +149,80 @@ test('stage 2 teaches a small model to read its memory: a token only the memory 
     model.dispose();
   }
 });
+
+test('MemoryBatcher gradient: a step\'s gradients through the memories\' encoding match finite differences of the whole step', async () => {
+  const gpu = await testGpu();
+  const config = parseModelConfig({ vocabSize: 48, dim: 16, layers: 2, heads: 4, kvHeads: 2, ffnHidden: 32, maxSeqLen: 64 });
+  const model = await Transformer.create(gpu, config, 5);
+  const rng = new Rng(8);
+  // the stream uses tokens 4..39; the references also 40..47 (reached through the memories alone,
+  // and the tied output layer). references of exactly `tokens` tokens: every token is kept, so a
+  // small change of the weights cannot change the selection
+  const stream = Uint32Array.from({ length: 400 }, () => 4 + rng.int(36));
+  const refs = Array.from({ length: 6 }, (_, r) => [40 + r, 4 + rng.int(36), 42 + (r % 6), 4 + rng.int(36)]);
+  const plan = planRetrieval(stream, refs, { chunk: 8, context: 32 });
+  // block 1 a memory block too, or the sink alone there
+  for (const layers of [[0, 1], [0]]) await checkGradient(gpu, model, stream, refs, plan, layers);
+  model.dispose();
+});
+
+async function checkGradient(gpu: Awaited<ReturnType<typeof testGpu>>, model: Transformer, stream: Uint32Array, refs: number[][], plan: Int32Array, layers: number[]): Promise<void> {
+  const config = model.config;
+  const o = { prefix: [1, 2], chunk: 8, window: 2, tokens: 4, memoryPositions: 8, seed: 1, layers };
+  const withGrad = new MemoryBatcher(gpu, model, refs, plan, { ...o, gradient: true });
+  const loss = async (grad: boolean): Promise<number> => {
+    const x = await (grad ? withGrad : new MemoryBatcher(gpu, model, refs, plan, o)).batch(stream, 2, 16, 3);
+    try {
+      const l = await model.forward(x.ids, x.targets, x.memory);
+      const value = (await gpu.read(l))[0]!;
+      l.dispose();
+      if (grad) {
+        await model.backward();
+        await x.afterBackward!();
+      } else model.release();
+      return value;
+    } finally {
+      x.dispose();
+    }
+  };
+  try {
+    for (const p of model.params) gpu.write(p.grad, new Float32Array(p.grad.size));
+    await loss(true);
+    assert.equal(gpu.scratch.outstanding, 0);
+    const checks: { name: string; index: number }[] = [];
+    const embed = model.params.find((p) => p.name.endsWith('embed_tokens.weight'))!;
+    const ge = (await gpu.read(embed.grad)) as Float32Array;
+    const refRows = [...ge.keys()].filter((i) => i >= 40 * config.dim).sort((a, b) => Math.abs(ge[b]!) - Math.abs(ge[a]!));
+    for (const index of refRows.slice(0, 2)) checks.push({ name: embed.name, index });
+    for (const suffix of ['layers.0.self_attn.k_proj.weight', 'layers.0.self_attn.v_proj.weight', 'layers.1.self_attn.v_proj.weight']) {
+      const p = model.params.find((q) => q.name.endsWith(suffix))!;
+      const g = (await gpu.read(p.grad)) as Float32Array;
+      const order = [...g.keys()].sort((a, b) => Math.abs(g[b]!) - Math.abs(g[a]!));
+      for (const index of order.slice(0, 2)) checks.push({ name: p.name, index });
+    }
+    const eps = 4e-3;
+    let checked = 0;
+    for (const { name, index } of checks) {
+      const p = model.params.find((q) => q.name === name)!;
+      const analytic = ((await gpu.read(p.grad)) as Float32Array)[index]!;
+      const w = (await gpu.read(p.value)) as Float32Array;
+      const at = w[index]!;
+      w[index] = at + eps;
+      gpu.write(p.value, w);
+      const up = await loss(false);
+      w[index] = at - eps;
+      gpu.write(p.value, w);
+      const down = await loss(false);
+      w[index] = at;
+      gpu.write(p.value, w);
+      const numeric = (up - down) / (2 * eps);
+      if (Math.abs(numeric) < 1e-4 && Math.abs(analytic) < 2e-4) continue; // both too small to tell apart in f32
+      checked++;
+      assert.ok(Math.abs(analytic - numeric) <= 0.05 * Math.abs(numeric) + 2e-4, `layers [${layers.join(', ')}], ${name}[${index}]: analytic ${analytic}, finite differences ${numeric}`);
+    }
+    assert.ok(checked >= 4, `layers [${layers.join(', ')}]: only ${checked} gradients large enough to check`);
+    assert.equal(gpu.memory().byLabel.get('memory_batch'), undefined);
+  } finally {
+    await gpu.sync();
+  }
+}

@@ -5,9 +5,12 @@
 // encoded on the fly by the model being trained.
 //
 // choices where the spec is silent ([UNVERIFIED] there), each an option or stated here:
-//   - no gradient flows into the references' encoding: a step's memories are constants of that
-//     step (computed with its weights, before the forward). cheaper, and at inference memories are
-//     fixed too
+//   - by default no gradient flows into the references' encoding: a step's memories are constants
+//     of that step (computed with its weights, before the forward). cheaper, and at inference
+//     memories are fixed too. with `gradient`, the loss's gradients of the memory keys and values
+//     go back through the encoding into the weights (the references' forward is kept for it: the
+//     blocks up to the last memory block must be dense), so that training also shapes how a
+//     reference is written, as it shapes how a context is encoded for a lookup in it
 //   - the selection of `tokens` (8) per head is applied in training, as at inference
 //   - a chunk whose reference is missing (every candidate leaked, or the stream has none there)
 //     gets a reference drawn at random from the knowledge base (seeded by the step): every chunk
@@ -23,11 +26,13 @@
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
+import { fill } from '../kernels/copy/copy.ts';
+import { embeddingBackward } from '../kernels/embedding/embedding.ts';
 import type { TrainMemory, Transformer } from '../model/transformer.ts';
 import { Rng } from '../testing/rng.ts';
 import type { Batch } from '../train/trainer.ts';
 import { copyMemoryRows } from './blob.ts';
-import { defaultMemoryLayers, encodeReferences, sinkKV } from './write.ts';
+import { defaultMemoryLayers, disposeKept, encodeReferences, encodeReferencesKept, sinkKV } from './write.ts';
 
 export interface StageTwoOptions {
   /** the prefix's token ids ("Reference:" as the tokenizer writes it) */
@@ -50,6 +55,8 @@ export interface StageTwoOptions {
   /** the position range memories share (default 128) */
   memoryPositions?: number;
   seed?: number;
+  /** gradients through the references' encoding (default false: memories are constants of the step) */
+  gradient?: boolean;
 }
 
 /** tokens per batch of references encoded together (their activations at every block live at once) */
@@ -83,6 +90,7 @@ export class MemoryBatcher {
       layers: [...(o.layers ?? defaultMemoryLayers(model.config))],
       memoryPositions: o.memoryPositions ?? 128,
       seed: o.seed ?? 0,
+      gradient: o.gradient ?? false,
     };
     if (refs.length === 0) throw new EngramError('MemoryBatcher: the knowledge base has no references');
     if (o.prefix.length === 0) throw new EngramError('MemoryBatcher: the prefix needs at least one token');
@@ -91,11 +99,13 @@ export class MemoryBatcher {
 
   /**
    * step s's batch: B sequences of T tokens (T a multiple of the chunk) from chunk boundaries of
-   * the stream, their targets, and their memories; dispose() frees the memory tensors
+   * the stream, their targets, and their memories; dispose() frees the memory tensors. with
+   * `gradient`, afterBackward() (the Trainer calls it after the batch's backward) takes the
+   * memories' gradients back through the references' encoding
    */
   async batch(stream: Uint32Array, B: number, T: number, step: number): Promise<Batch & { dispose(): void }> {
     const t0 = performance.now();
-    const { chunk, window, tokens: K, layers, prefix } = this.o;
+    const { chunk, window, tokens: K, layers, prefix, gradient } = this.o;
     if (!(T > 0 && T % chunk === 0)) throw new EngramError(`MemoryBatcher: sequences of ${T} tokens must be a whole number of ${chunk}-token chunks`);
     const C = T / chunk;
     const span = Math.floor((stream.length - T - 1) / chunk) + 1;
@@ -125,19 +135,29 @@ export class MemoryBatcher {
     // encoding batches of up to ENCODE_TOKENS tokens: a batch costs a readback per memory block, whatever its size
     const longest = Math.max(...distinct.map((r) => prefix.length + this.refs[r]!.length));
     const te = performance.now();
-    const mems = await encodeReferences(this.gpu, this.model, distinct.map((r) => ({ prefix, tokens: this.refs[r]! })), { layers, tokens: K, batch: Math.max(1, Math.floor(ENCODE_TOKENS / longest)) });
+    const refs = distinct.map((r) => ({ prefix, tokens: this.refs[r]! }));
+    const eo = { layers, tokens: K, batch: Math.max(1, Math.floor(ENCODE_TOKENS / longest)) };
+    const last = this.model.config.layers - 1; // every block's sink takes its gradient too: the prefix rows of an encoding
+    const { mems, kept } = gradient ? await encodeReferencesKept(this.gpu, this.model, refs, { ...eo, through: last }) : { mems: await encodeReferences(this.gpu, this.model, refs, eo), kept: [] };
     this.time.encodeSeconds += (performance.now() - te) / 1000;
     this.time.references += distinct.length;
     const memOf = new Map(distinct.map((r, i) => [r, mems[i]!]));
-    const sink = await sinkKV(this.gpu, this.model, prefix);
-    const c = this.model.config;
-    const HS = c.dim / c.heads;
-    const Hkv = c.kvHeads;
-    const p = prefix.length;
-    const row = Hkv * HS;
     const owned: Tensor[] = [];
-    const blocks: TrainMemory['blocks'] = [];
+    let done = false;
+    const dispose = () => {
+      owned.forEach((t) => t.dispose());
+      if (!done) disposeKept(kept);
+      done = true;
+    };
     try {
+      const sink = await sinkKV(this.gpu, this.model, prefix);
+      const c = this.model.config;
+      const HS = c.dim / c.heads;
+      const Hkv = c.kvHeads;
+      const p = prefix.length;
+      const row = Hkv * HS;
+      const M = p + window * K;
+      const blocks: TrainMemory['blocks'] = [];
       for (let l = 0; l < c.layers; l++) {
         const li = layers.indexOf(l);
         const s = sink[l]!;
@@ -152,7 +172,6 @@ export class MemoryBatcher {
           blocks.push({ k: await this.upload(k, [B, p, Hkv, HS], owned), v: await this.upload(v, [B, p, Hkv, HS], owned), chunk: 0 });
           continue;
         }
-        const M = p + window * K;
         const k = new Float32Array(B * C * M * row);
         const v = new Float32Array(B * C * M * row);
         for (let b = 0; b < B; b++) {
@@ -167,18 +186,79 @@ export class MemoryBatcher {
       }
       const idsT = await this.upload(ids, [B, T], owned, 'u32');
       const targetsT = await this.upload(targets, [B, T], owned, 'u32');
+      const memory: TrainMemory = { blocks, pos0: p + this.o.memoryPositions };
+      let afterBackward: (() => Promise<void>) | undefined;
+      if (gradient) {
+        // every block's memory gradients, then per kept batch and block, each memory row as a row of
+        // the batch's keys: (reference, position, KV head) for a memory's rows; the prefix of the
+        // batch's first reference for the sink's rows (the sink is the prefix's keys and values,
+        // the same in every encoding; the first kept batch takes them); an id past the batch's
+        // rows (adds nothing) for rows of other batches
+        memory.grads = [];
+        for (const blk of blocks) memory.grads.push({ dk: await this.zeros(blk.k.shape, owned), dv: await this.zeros(blk.v.shape, owned) });
+        const slotOf = new Map(distinct.map((r, i) => [r, i]));
+        const rowIds: Tensor[][] = [];
+        for (const [b, kb] of kept.entries()) {
+          const out: Tensor[] = [];
+          for (let l = 0; l <= last; l++) {
+            const li = layers.indexOf(l);
+            const Mb = li < 0 ? p : M; // rows per chunk's block (sink-only blocks: one block per sequence)
+            const n = li < 0 ? B : B * C;
+            const idx = new Uint32Array(n * Mb * Hkv).fill(kb.count * kb.T * Hkv);
+            for (let bc = 0; bc < n; bc++) {
+              if (b === 0) for (let sr = 0; sr < p; sr++) for (let g = 0; g < Hkv; g++) idx[(bc * Mb + sr) * Hkv + g] = sr * Hkv + g;
+              if (li < 0) continue;
+              windows[bc]!.forEach((r, m) => {
+                const q = slotOf.get(r)! - kb.first;
+                if (q < 0 || q >= kb.count) return;
+                const mem = memOf.get(r)!;
+                for (let g = 0; g < Hkv; g++) {
+                  for (let j = 0; j < K; j++) idx[(bc * M + p + m * K + j) * Hkv + g] = (q * kb.T + mem.positions[(li * Hkv + g) * K + j]!) * Hkv + g;
+                }
+              });
+            }
+            out.push(await this.upload(idx, [idx.length], owned, 'u32'));
+          }
+          rowIds.push(out);
+        }
+        afterBackward = async () => {
+          for (const [b, kb] of kept.entries()) {
+            const rows = kb.count * kb.T * Hkv;
+            const grads: { dk: Tensor; dv: Tensor }[] = [];
+            const made: Tensor[] = [];
+            try {
+              for (let l = 0; l <= last; l++) {
+                const g = memory.grads![l]!;
+                const ids = rowIds[b]![l]!;
+                const dk = await this.zeros([rows, HS], made);
+                const dv = await this.zeros([rows, HS], made);
+                await embeddingBackward(this.gpu, { dW: dk }, { dout: g.dk.reshape([ids.size, HS]), ids });
+                await embeddingBackward(this.gpu, { dW: dv }, { dout: g.dv.reshape([ids.size, HS]), ids });
+                grads.push({ dk: dk.reshape([kb.count, kb.T, Hkv, HS]), dv: dv.reshape([kb.count * kb.T, Hkv * HS]) });
+              }
+              await this.model.encodeBackward(kb.state, grads);
+              kb.state.ids.dispose();
+            } finally {
+              made.forEach((t) => t.dispose());
+            }
+          }
+          done = true; // encodeBackward freed the kept forwards
+        };
+      }
       this.time.batches++;
       this.time.seconds += (performance.now() - t0) / 1000;
-      return {
-        ids: idsT,
-        targets: targetsT,
-        memory: { blocks, pos0: p + this.o.memoryPositions },
-        dispose: () => owned.forEach((t) => t.dispose()),
-      };
+      return { ids: idsT, targets: targetsT, memory, ...(afterBackward ? { afterBackward } : {}), dispose };
     } catch (e) {
-      owned.forEach((t) => t.dispose());
+      dispose();
       throw e;
     }
+  }
+
+  private async zeros(shape: readonly number[], owned: Tensor[]): Promise<Tensor> {
+    const t = await this.gpu.tensor(shape, 'f32', 'memory_grad');
+    await fill(this.gpu, t, 0);
+    owned.push(t);
+    return t;
   }
 
   private async upload(x: Float32Array | Uint32Array, shape: number[], owned: Tensor[], dtype: 'f32' | 'u32' = 'f32'): Promise<Tensor> {

@@ -30,7 +30,7 @@ import { Arena } from '../gpu/buffers.ts';
 import { memselForward, MEMSEL_MAX_T } from '../kernels/memsel/memsel.ts';
 import { memselGather } from '../kernels/memsel/memsel_gather.ts';
 import type { ModelConfig } from '../model/config.ts';
-import type { Transformer } from '../model/transformer.ts';
+import { disposeEncode, type AttentionInputs, type EncodeState, type Transformer } from '../model/transformer.ts';
 import type { MemoryDType, SparseMemory } from './blob.ts';
 
 export const REFERENCE_PREFIX = 'Reference:';
@@ -124,6 +124,49 @@ export async function encodeReferences(
   refs: readonly { prefix: readonly number[]; tokens: readonly number[] }[],
   o: Pick<WriteOptions, 'layers' | 'tokens' | 'batch' | 'group'> = {},
 ): Promise<SparseMemory[]> {
+  return (await encode(gpu, model, refs, o, false)).mems;
+}
+
+/** one batch of encodeReferencesKept: its forward, kept (EncodeState), and which references it holds */
+export interface KeptEncoding {
+  state: EncodeState;
+  /** the batch's references are refs[first .. first + count), row i of the batch is refs[first + i] */
+  first: number;
+  count: number;
+  /** positions per row (the batch's longest reference with its prefix) */
+  T: number;
+}
+
+/**
+ * encodeReferences, with each batch's forward kept for Transformer.encodeBackward (the memories'
+ * keys and values then take gradients back into the weights: Memory³ training with `gradient`),
+ * through block o.through at least (the prefix's keys and values there are the sink's); free what
+ * is not taken back with disposeKept
+ */
+export async function encodeReferencesKept(
+  gpu: Gpu,
+  model: Transformer,
+  refs: readonly { prefix: readonly number[]; tokens: readonly number[] }[],
+  o: Pick<WriteOptions, 'layers' | 'tokens' | 'batch' | 'group'> & { through?: number } = {},
+): Promise<{ mems: SparseMemory[]; kept: KeptEncoding[] }> {
+  return encode(gpu, model, refs, o, true);
+}
+
+/** frees kept encodings (their activations and ids) */
+export function disposeKept(kept: readonly KeptEncoding[]): void {
+  for (const k of kept) {
+    disposeEncode(k.state);
+    k.state.ids.dispose();
+  }
+}
+
+async function encode(
+  gpu: Gpu,
+  model: Transformer,
+  refs: readonly { prefix: readonly number[]; tokens: readonly number[] }[],
+  o: Pick<WriteOptions, 'layers' | 'tokens' | 'batch' | 'group'> & { through?: number },
+  keep: boolean,
+): Promise<{ mems: SparseMemory[]; kept: KeptEncoding[] }> {
   const c = model.config;
   const layers = [...(o.layers ?? defaultMemoryLayers(c))];
   const K = o.tokens ?? 8;
@@ -144,6 +187,7 @@ export async function encodeReferences(
   const HS = c.dim / c.heads;
   const Hkv = c.kvHeads;
   const out: SparseMemory[] = [];
+  const kept: KeptEncoding[] = [];
   for (let s = 0; s < refs.length; s += batch) {
     const chunk = refs.slice(s, s + batch);
     const B = chunk.length;
@@ -161,19 +205,29 @@ export async function encodeReferences(
       picked.declare(`v${li}`, [B, Hkv, K, HS]);
     }
     let back: Map<string, ArrayBuffer>;
+    let state: EncodeState | null = null;
     try {
       await picked.commit();
-      await model.attentionInputs(idsT, layers, async (layer, t) => {
+      const visit = async (layer: number, t: AttentionInputs) => {
         const li = layers.indexOf(layer);
+        if (li < 0) return;
         const indices = picked.get(`sel${li}`);
         await memselForward(gpu, { indices }, { q: t.q0, k: t.k0, start, length }, { group: o.group ?? 'sum' });
         await memselGather(gpu, { ok: picked.get(`k${li}`), ov: picked.get(`v${li}`) }, { k: t.k, v: t.v, indices });
-      });
+      };
+      if (keep) state = await model.encodeForward(idsT, Math.max(o.through ?? 0, ...layers), visit);
+      else await model.attentionInputs(idsT, layers, visit);
       back = await readArena(gpu, picked);
+    } catch (e) {
+      if (state) disposeEncode(state);
+      state = null;
+      throw e;
     } finally {
-      for (const u of [idsT, start, length]) u.dispose();
+      for (const u of [start, length]) u.dispose();
+      if (!state) idsT.dispose();
       picked.dispose();
     }
+    if (state) kept.push({ state, first: s, count: B, T });
     const per = Hkv * K;
     const mems = chunk.map((_, b): SparseMemory => {
       const m: SparseMemory = {
@@ -196,7 +250,7 @@ export async function encodeReferences(
     });
     out.push(...mems);
   }
-  return out;
+  return { mems: out, kept };
 }
 
 /** every tensor of a committed arena, read back: one readback per buffer of it */

@@ -16,6 +16,8 @@ export interface Batch {
   targets: Tensor;
   /** explicit memory the batch attends to (Memory³'s second stage) */
   memory?: TrainMemory;
+  /** called after the batch's backward, before the update (Memory³: gradients through the memories' encoding) */
+  afterBackward?: () => Promise<void>;
 }
 
 export interface StepResult {
@@ -43,6 +45,7 @@ export class Trainer {
     for (const b of micro) {
       losses.push(await model.forward(b.ids, b.targets, b.memory));
       await model.backward(1 / micro.length);
+      await b.afterBackward?.();
       tokens += b.ids.size;
     }
     const factor = lrFactor(opt.step + 1, this.schedule);
