@@ -9,9 +9,11 @@
 //   memory   the chunk alone (8 tokens), its reference as its Memory³ memory (every block, all 8
 //            tokens kept; MemoryBatcher: encoded by the model being trained, no gradient through
 //            the encoding), and the same model evaluated with another chunk's memory
+//   memory_gradient   the same with gradients through the encoding (MemoryBatcher gradient)
 // one model per variant (dim 64, 2 blocks, seed 5), AdamW 3e-3, batch 16, the same steps; metrics:
 // the mean loss at the chunks' key positions (the value targets), over 4 fixed batches:
-//   lookup_loss_context, lookup_loss_memory, lookup_loss_memory_other, chance
+//   lookup_loss_context, lookup_loss_memory, lookup_loss_memory_other, lookup_loss_memory_gradient,
+//   lookup_loss_memory_gradient_other, chance
 // writes bench/results/lookup_probe-<device>-<date>.json (a loss, not a timing: any adapter).
 
 import { parseArgs } from 'node:util';
@@ -79,7 +81,7 @@ async function contextVariant(): Promise<number> {
   }
 }
 
-async function memoryVariant(): Promise<{ own: number; other: number }> {
+async function memoryVariant(gradient: boolean): Promise<{ own: number; other: number }> {
   const model = await Transformer.create(gpu, config, 5);
   const opt = await AdamW.create(gpu, model.params, { lr: 3e-3 });
   const rng = new Rng(8);
@@ -88,7 +90,7 @@ async function memoryVariant(): Promise<{ own: number; other: number }> {
   const stream = Uint32Array.from([...made.flatMap((m) => m.chunk), 0]);
   const plan = Int32Array.from(made, (_, g) => g);
   const other = Int32Array.from(plan, (g) => (g + 1 + rng.int(made.length - 1)) % made.length);
-  const o = { prefix: [1, 2], chunk: 8, window: 1, tokens: 8, memoryPositions: 8, seed: 3, layers: [0, 1] };
+  const o = { prefix: [1, 2], chunk: 8, window: 1, tokens: 8, memoryPositions: 8, seed: 3, layers: [0, 1], gradient };
   const own = new MemoryBatcher(gpu, model, refs, plan, o);
   const wrong = new MemoryBatcher(gpu, model, refs, other, o);
   try {
@@ -103,13 +105,15 @@ async function memoryVariant(): Promise<{ own: number; other: number }> {
 try {
   const context = await contextVariant();
   console.log(`context: ${context.toFixed(3)}`);
-  const memory = await memoryVariant();
+  const memory = await memoryVariant(false);
   console.log(`memory: own ${memory.own.toFixed(3)}, other ${memory.other.toFixed(3)} (chance ${Math.log(32).toFixed(3)})`);
+  const grad = await memoryVariant(true);
+  console.log(`memory with gradients through the encoding: own ${grad.own.toFixed(3)}, other ${grad.other.toFixed(3)}`);
   const path = writeResults(
     'lookup_probe',
     deviceName(gpu),
-    { lookup_loss_context: context, lookup_loss_memory: memory.own, lookup_loss_memory_other: memory.other, chance: Math.log(32), steps },
-    { task: '4 (key, value) pairs asked in a shuffled order; loss at the value targets; dim 64, 2 blocks, AdamW 3e-3, batch 16; memory: no gradient through the reference encoding' },
+    { lookup_loss_context: context, lookup_loss_memory: memory.own, lookup_loss_memory_other: memory.other, lookup_loss_memory_gradient: grad.own, lookup_loss_memory_gradient_other: grad.other, chance: Math.log(32), steps },
+    { task: '4 (key, value) pairs asked in a shuffled order; loss at the value targets; dim 64, 2 blocks, AdamW 3e-3, batch 16; memory: no gradient through the reference encoding; memory_gradient: with it' },
     `node --import tsx scripts/lookup_probe.ts --steps ${steps}`,
   );
   console.log(`wrote ${path}`);
