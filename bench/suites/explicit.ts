@@ -71,9 +71,10 @@ import type { SuiteOutput } from '../run.ts';
 
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 500, reading: 40000, allLayers: true, own: true, asking: 20000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
+  // gradient: stage 2 with gradients through the references' encoding (MemoryBatcher gradient; the lookup probe learns far faster with them)
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 500, reading: 40000, allLayers: true, own: true, gradient: false, asking: 20000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 10, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
@@ -106,7 +107,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const loaded = load1 ? await loadStage(gpu, load1, P.lr) : undefined;
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
     const part2 = loaded?.files['stage2.json'] && (JSON.parse(new TextDecoder().decode(loaded.files['stage2.json'])) as Stage2Part);
-    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'allLayers', 'batch', 'lr'] : [])] as const;
+    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'allLayers', 'batch', 'lr'] : [])] as const;
     const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => stage1.plan[k] !== P[k]) : [];
     if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
     const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
@@ -170,7 +171,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const tp = performance.now();
       const plan = await planRetrievalParallel(train2, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
       log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
-      const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own });
+      const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own, gradient: P.gradient });
       // does the model read its memories? the loss on the same sequences with their own
       // references and with other chunks' (the plan's references permuted; chunks without one
       // keep none, so both draw the same sequences), before and after stage 2
@@ -210,7 +211,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         log(`stage 2: ${part.done} of ${P.stage2} steps saved to ${save2}: go on with --load1=${save2}`);
         return { results: { stage2_steps_done: part.done, stage2_seconds: seconds2 }, notes };
       }
-      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents (${kb.length} references: kept and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks), ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
+      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents (${kb.length} references: kept and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>

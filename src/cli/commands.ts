@@ -131,6 +131,8 @@ export interface TrainArgs {
   memoryWindow?: number;
   /** each chunk reads its own best memoryWindow references (MemoryBatcher own) */
   memoryOwn?: boolean;
+  /** gradients through the references' encoding (MemoryBatcher gradient) */
+  memoryGradient?: boolean;
   memoryTokens?: number;
 }
 
@@ -234,7 +236,7 @@ async function memoryBatches(
   const plan = await planRetrievalParallel(train, refs, { chunk: 64, context: a.seq, perChunk });
   const found = plan.reduce((n, r) => n + (r >= 0 ? 1 : 0), 0);
   console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} references planned for ${plan.length / perChunk} chunks (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  const o = { prefix: referenceTokens(tok, '').prefix, window, tokens, seed: a.seed, own: a.memoryOwn ?? false };
+  const o = { prefix: referenceTokens(tok, '').prefix, window, tokens, seed: a.seed, own: a.memoryOwn ?? false, gradient: a.memoryGradient ?? false };
   const batcher = new MemoryBatcher(gpu, model, refs, plan, o);
   const accum = a.accum;
   const out: Awaited<ReturnType<typeof memoryBatches>> = { train: (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j) };
