@@ -213,6 +213,12 @@ test('engram train --init --memory-kb: the second stage trains from a checkpoint
   // validation ran at both steps, with memories of references planned for the validation stream
   const history = JSON.parse(await readFile(join(out, 'history.json'), 'utf8')) as { step: number; valLoss?: number }[];
   assert.deepEqual(history.filter((h) => Number.isFinite(h.valLoss)).map((h) => h.step).slice(-2), [1, 2]);
+  // with gradients through the references' encoding (modelA is dense): the weights move differently
+  const outG = join(root, 'stage2g');
+  await trainCommand({ data, out: outG, config: 'unused', steps: 2, batch: 2, seq: 64, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb, memoryWindow: 2, memoryTokens: 8, memoryGradient: true });
+  const [plain, through] = await Promise.all([readFile(join(out, 'model.safetensors')), readFile(join(outG, 'model.safetensors'))]);
+  assert.equal(plain.length, through.length);
+  assert.ok(!plain.equals(through), 'gradients through the encoding should change the update');
   await assert.rejects(
     trainCommand({ data, out: join(root, 'stage2b'), config: 'unused', steps: 1, batch: 2, seq: 48, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb }),
     /--seq 48 must be a whole number of 64-token chunks/,
