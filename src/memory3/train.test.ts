@@ -6,7 +6,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseModelConfig } from '../model/config.ts';
+import type { Param } from '../model/param.ts';
 import { Transformer } from '../model/transformer.ts';
+import { checkAgainstFiniteDifferences, largestGradients } from '../testing/finite_diff.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { Rng } from '../testing/rng.ts';
 import { AdamW } from '../train/optimizer.ts';
@@ -189,38 +191,14 @@ async function checkGradient(gpu: Awaited<ReturnType<typeof testGpu>>, model: Tr
     for (const p of model.params) gpu.write(p.grad, new Float32Array(p.grad.size));
     await loss(true);
     assert.equal(gpu.scratch.outstanding, 0);
-    const checks: { name: string; index: number }[] = [];
+    const checks: { p: Param; index: number }[] = [];
     const embed = model.params.find((p) => p.name.endsWith('embed_tokens.weight'))!;
-    const ge = (await gpu.read(embed.grad)) as Float32Array;
-    const refRows = [...ge.keys()].filter((i) => i >= 40 * config.dim).sort((a, b) => Math.abs(ge[b]!) - Math.abs(ge[a]!));
-    for (const index of refRows.slice(0, 2)) checks.push({ name: embed.name, index });
+    for (const index of await largestGradients(gpu, embed, 2, (i) => i >= 40 * config.dim)) checks.push({ p: embed, index });
     for (const suffix of ['layers.0.self_attn.k_proj.weight', 'layers.0.self_attn.v_proj.weight', 'layers.1.self_attn.v_proj.weight']) {
       const p = model.params.find((q) => q.name.endsWith(suffix))!;
-      const g = (await gpu.read(p.grad)) as Float32Array;
-      const order = [...g.keys()].sort((a, b) => Math.abs(g[b]!) - Math.abs(g[a]!));
-      for (const index of order.slice(0, 2)) checks.push({ name: p.name, index });
+      for (const index of await largestGradients(gpu, p, 2)) checks.push({ p, index });
     }
-    const eps = 4e-3;
-    let checked = 0;
-    for (const { name, index } of checks) {
-      const p = model.params.find((q) => q.name === name)!;
-      const analytic = ((await gpu.read(p.grad)) as Float32Array)[index]!;
-      const w = (await gpu.read(p.value)) as Float32Array;
-      const at = w[index]!;
-      w[index] = at + eps;
-      gpu.write(p.value, w);
-      const up = await loss(false);
-      w[index] = at - eps;
-      gpu.write(p.value, w);
-      const down = await loss(false);
-      w[index] = at;
-      gpu.write(p.value, w);
-      const numeric = (up - down) / (2 * eps);
-      if (Math.abs(numeric) < 1e-4 && Math.abs(analytic) < 2e-4) continue; // both too small to tell apart in f32
-      checked++;
-      assert.ok(Math.abs(analytic - numeric) <= 0.05 * Math.abs(numeric) + 2e-4, `layers [${layers.join(', ')}], ${name}[${index}]: analytic ${analytic}, finite differences ${numeric}`);
-    }
-    assert.ok(checked >= 4, `layers [${layers.join(', ')}]: only ${checked} gradients large enough to check`);
+    await checkAgainstFiniteDifferences(gpu, checks, () => loss(false), { what: `memory blocks [${layers.join(', ')}]`, atLeast: 4 });
     assert.equal(gpu.memory().byLabel.get('memory_batch'), undefined);
   } finally {
     await gpu.sync();

@@ -3,12 +3,12 @@
 // back through the encoding (encodeBackward). checked against central finite differences of the
 // whole function (encode, read, loss) on the GPU in f32.
 
-import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { checkAgainstFiniteDifferences, largestGradients } from '../testing/finite_diff.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { Rng } from '../testing/rng.ts';
 import { denseConfig } from './config.ts';
-import { zeroGrads } from './param.ts';
+import { zeroGrads, type Param } from './param.ts';
 import { disposeEncode, Transformer } from './transformer.ts';
 
 test('encodeForward/encodeBackward: the loss gradient through a memory\'s encoding matches finite differences', async () => {
@@ -48,32 +48,13 @@ test('encodeForward/encodeBackward: the loss gradient through a memory\'s encodi
   await zeroGrads(gpu, model.params);
   await run(true);
   const byName = (suffix: string) => model.params.find((p) => p.name.endsWith(suffix))!;
-  const checks: { name: string; index: number }[] = [];
+  const checks: { p: Param; index: number }[] = [];
   const embed = byName('embed_tokens.weight');
-  for (let x = 0; x < 3; x++) checks.push({ name: embed.name, index: 40 * config.dim + 5 * x });
+  for (let x = 0; x < 3; x++) checks.push({ p: embed, index: 40 * config.dim + 5 * x });
   for (const suffix of ['layers.0.self_attn.k_proj.weight', 'layers.0.self_attn.v_proj.weight', 'layers.1.self_attn.k_proj.weight']) {
-    const g = (await gpu.read(byName(suffix).grad)) as Float32Array;
-    const order = [...g.keys()].sort((a, b) => Math.abs(g[b]!) - Math.abs(g[a]!));
-    for (const index of order.slice(0, 2)) checks.push({ name: byName(suffix).name, index });
+    for (const index of await largestGradients(gpu, byName(suffix), 2)) checks.push({ p: byName(suffix), index });
   }
-  const eps = 4e-3;
-  for (const { name, index } of checks) {
-    const p = model.params.find((q) => q.name === name)!;
-    const analytic = ((await gpu.read(p.grad)) as Float32Array)[index]!;
-    const w = (await gpu.read(p.value)) as Float32Array;
-    const at = w[index]!;
-    w[index] = at + eps;
-    gpu.write(p.value, w);
-    const up = await run(false);
-    w[index] = at - eps;
-    gpu.write(p.value, w);
-    const down = await run(false);
-    w[index] = at;
-    gpu.write(p.value, w);
-    const numeric = (up - down) / (2 * eps);
-    assert.ok(Math.abs(numeric) > 1e-4, `${name}[${index}]: the finite difference ${numeric} is too small to check`);
-    assert.ok(Math.abs(analytic - numeric) <= 0.05 * Math.abs(numeric) + 2e-4, `${name}[${index}]: analytic ${analytic}, finite differences ${numeric}`);
-  }
+  await checkAgainstFiniteDifferences(gpu, checks, () => run(false), { what: 'encode, read, loss', atLeast: 8 });
   for (const t of [refIds, ids, targets]) t.dispose();
   model.dispose();
 });
