@@ -188,69 +188,78 @@ async function encode(
   const Hkv = c.kvHeads;
   const out: SparseMemory[] = [];
   const kept: KeptEncoding[] = [];
-  for (let s = 0; s < refs.length; s += batch) {
-    const chunk = refs.slice(s, s + batch);
-    const B = chunk.length;
-    const T = Math.max(...chunk.map((r) => r.prefix.length + r.tokens.length));
-    const ids = new Uint32Array(B * T);
-    chunk.forEach((r, b) => ids.set([...r.prefix, ...r.tokens], b * T));
-    const idsT = await gpu.tensorFrom(ids, [B, T], 'u32', 'ref_ids');
-    const start = await gpu.tensorFrom(chunk.map((r) => r.prefix.length), [B], 'u32', 'ref_start');
-    const length = await gpu.tensorFrom(chunk.map((r) => r.prefix.length + r.tokens.length), [B], 'u32', 'ref_length');
-    // per memory layer: the selection and the selected keys and values, read back together at the end
-    const picked = new Arena(gpu, 'ref_picked');
-    for (const li of layers.keys()) {
-      picked.declare(`sel${li}`, [B, Hkv, K], 'u32');
-      picked.declare(`k${li}`, [B, Hkv, K, HS]);
-      picked.declare(`v${li}`, [B, Hkv, K, HS]);
-    }
-    let back: Map<string, ArrayBuffer>;
-    let state: EncodeState | null = null;
-    try {
-      await picked.commit();
-      const visit = async (layer: number, t: AttentionInputs) => {
-        const li = layers.indexOf(layer);
-        if (li < 0) return;
-        const indices = picked.get(`sel${li}`);
-        await memselForward(gpu, { indices }, { q: t.q0, k: t.k0, start, length }, { group: o.group ?? 'sum' });
-        await memselGather(gpu, { ok: picked.get(`k${li}`), ov: picked.get(`v${li}`) }, { k: t.k, v: t.v, indices });
-      };
-      if (keep) state = await model.encodeForward(idsT, Math.max(o.through ?? 0, ...layers), visit);
-      else await model.attentionInputs(idsT, layers, visit);
-      back = await readArena(gpu, picked);
-    } catch (e) {
-      if (state) disposeEncode(state);
-      state = null;
-      throw e;
-    } finally {
-      for (const u of [start, length]) u.dispose();
-      if (!state) idsT.dispose();
-      picked.dispose();
-    }
-    if (state) kept.push({ state, first: s, count: B, T });
-    const per = Hkv * K;
-    const mems = chunk.map((_, b): SparseMemory => {
-      const m: SparseMemory = {
-        layers: layers.length,
-        kvHeads: Hkv,
-        tokens: K,
-        headDim: HS,
-        dtype: 'f32',
-        k: new Float32Array(layers.length * per * HS),
-        v: new Float32Array(layers.length * per * HS),
-        positions: new Uint32Array(layers.length * per),
-      };
-      for (const li of layers.keys()) {
-        // slots (layer, g, j): the batch's (b, g, j) rows are contiguous per b
-        m.positions.set(new Uint32Array(back.get(`sel${li}`)!, b * per * 4, per), li * per);
-        m.k.set(new Float32Array(back.get(`k${li}`)!, b * per * HS * 4, per * HS), li * per * HS);
-        m.v.set(new Float32Array(back.get(`v${li}`)!, b * per * HS * 4, per * HS), li * per * HS);
-      }
-      return m;
-    });
-    out.push(...mems);
+  try {
+    await encodeBatches();
+  } catch (e) {
+    disposeKept(kept); // the batches kept before the failure
+    throw e;
   }
   return { mems: out, kept };
+
+  async function encodeBatches(): Promise<void> {
+    for (let s = 0; s < refs.length; s += batch) {
+      const chunk = refs.slice(s, s + batch);
+      const B = chunk.length;
+      const T = Math.max(...chunk.map((r) => r.prefix.length + r.tokens.length));
+      const ids = new Uint32Array(B * T);
+      chunk.forEach((r, b) => ids.set([...r.prefix, ...r.tokens], b * T));
+      const idsT = await gpu.tensorFrom(ids, [B, T], 'u32', 'ref_ids');
+      const start = await gpu.tensorFrom(chunk.map((r) => r.prefix.length), [B], 'u32', 'ref_start');
+      const length = await gpu.tensorFrom(chunk.map((r) => r.prefix.length + r.tokens.length), [B], 'u32', 'ref_length');
+      // per memory layer: the selection and the selected keys and values, read back together at the end
+      const picked = new Arena(gpu, 'ref_picked');
+      for (const li of layers.keys()) {
+        picked.declare(`sel${li}`, [B, Hkv, K], 'u32');
+        picked.declare(`k${li}`, [B, Hkv, K, HS]);
+        picked.declare(`v${li}`, [B, Hkv, K, HS]);
+      }
+      let back: Map<string, ArrayBuffer>;
+      let state: EncodeState | null = null;
+      try {
+        await picked.commit();
+        const visit = async (layer: number, t: AttentionInputs) => {
+          const li = layers.indexOf(layer);
+          if (li < 0) return;
+          const indices = picked.get(`sel${li}`);
+          await memselForward(gpu, { indices }, { q: t.q0, k: t.k0, start, length }, { group: o.group ?? 'sum' });
+          await memselGather(gpu, { ok: picked.get(`k${li}`), ov: picked.get(`v${li}`) }, { k: t.k, v: t.v, indices });
+        };
+        if (keep) state = await model.encodeForward(idsT, Math.max(o.through ?? 0, ...layers), visit);
+        else await model.attentionInputs(idsT, layers, visit);
+        back = await readArena(gpu, picked);
+      } catch (e) {
+        if (state) disposeEncode(state);
+        state = null;
+        throw e;
+      } finally {
+        for (const u of [start, length]) u.dispose();
+        if (!state) idsT.dispose();
+        picked.dispose();
+      }
+      if (state) kept.push({ state, first: s, count: B, T });
+      const per = Hkv * K;
+      const mems = chunk.map((_, b): SparseMemory => {
+        const m: SparseMemory = {
+          layers: layers.length,
+          kvHeads: Hkv,
+          tokens: K,
+          headDim: HS,
+          dtype: 'f32',
+          k: new Float32Array(layers.length * per * HS),
+          v: new Float32Array(layers.length * per * HS),
+          positions: new Uint32Array(layers.length * per),
+        };
+        for (const li of layers.keys()) {
+          // slots (layer, g, j): the batch's (b, g, j) rows are contiguous per b
+          m.positions.set(new Uint32Array(back.get(`sel${li}`)!, b * per * 4, per), li * per);
+          m.k.set(new Float32Array(back.get(`k${li}`)!, b * per * HS * 4, per * HS), li * per * HS);
+          m.v.set(new Float32Array(back.get(`v${li}`)!, b * per * HS * 4, per * HS), li * per * HS);
+        }
+        return m;
+      });
+      out.push(...mems);
+    }
+  }
 }
 
 /** every tensor of a committed arena, read back: one readback per buffer of it */
