@@ -52,6 +52,7 @@ import { Tokenizer } from '../../src/data/tokenizer.ts';
 import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
+import { writeAndAdd } from '../../src/memory3/add.ts';
 import { planRetrievalParallel } from '../../src/memory3/plan_parallel.ts';
 import { MemoryBank, type NewReference, type SearchHit } from '../../src/memory3/bank.ts';
 import { decodeMemory, encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
@@ -240,8 +241,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const writeSeconds = (performance.now() - tw) / 1000;
       const freshTexts = fresh.map(phrase);
       const freshIds = fresh.flatMap((_, j) => (referenceTokens(tok, freshTexts[j]!).tokens.length >= 8 ? [j] : []));
-      const freshWritten = await writeMemories(gpu, model, tok, freshIds.map((j) => freshTexts[j]!), { layers, batch: 256 });
-      await bank.add(freshWritten.map((w, r) => ({ id: `i${freshIds[r]}`, text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })));
+      await writeAndAdd({ gpu, model, tok }, bank, freshIds.map((j) => ({ id: `i${j}`, text: freshTexts[j]!, where: `invented fact ${j}` })), { batch: 256, deferIndex: false });
       log(`bank: ${bankIds.length} references of ${all.length} facts in ${writeSeconds.toFixed(1)} s, and ${freshIds.length} of ${fresh.length} new invented facts`);
       // are the answers in the memories? per held-out askable fact, the share of (block, KV head)
       // whose 8 kept tokens include a token of the object (the answer) in its reference
@@ -357,10 +357,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const speedBank = await MemoryBank.open(join(dir, 'bank-speed'), { create: true, model: MemoryBank.modelOf(bank.manifest) });
       const refStride = Math.floor((train.length - REF) / refCount);
       const refTexts = Array.from({ length: refCount }, (_, i) => tok.decode(train.subarray(i * refStride, i * refStride + REF)));
-      for (let i = 0; i < refTexts.length; i += 256) {
-        const written = await writeMemories(gpu, model, tok, refTexts.slice(i, i + 256), { layers, batch: 256 });
-        await speedBank.add(written.map((w, r) => ({ id: `w${i + r}`, text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })), { deferIndex: true });
-      }
+      await writeAndAdd({ gpu, model, tok }, speedBank, refTexts.map((text, i) => ({ id: `w${i}`, text, where: `window ${i}` })), { batch: 256, deferIndex: true });
       await speedBank.reindex();
       const stride = Math.floor((val.length - IN) / GB);
       const ins = Array.from({ length: GB }, (_, r) => Array.from(val.subarray(r * stride, r * stride + IN)));

@@ -81,9 +81,8 @@ export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () =
   const V = logits.length;
   if (temperature === 0) return argmax(logits);
   const byLogit = (a: number, b: number) => logits[b]! - logits[a]! || a - b;
-  let keep: number[] | null = null; // null: every id, in id order
-  if (topK > 0 && topK < V) keep = Array.from({ length: V }, (_, i) => i).sort(byLogit).slice(0, topK);
-  const ids = keep ?? null;
+  // the candidates: the topK most likely ids, or every id in id order (ids null)
+  const ids = topK > 0 && topK < V ? Array.from({ length: V }, (_, i) => i).sort(byLogit).slice(0, topK) : null;
   const n = ids ? ids.length : V;
   const id = (j: number) => (ids ? ids[j]! : j);
   let m = -Infinity;
@@ -91,6 +90,9 @@ export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () =
   const p = new Float64Array(n);
   let total = 0;
   for (let j = 0; j < n; j++) total += p[j] = Math.exp((logits[id(j)]! - m) / temperature);
+  // the draw's pool (candidate indices j; null: all n) and its mass
+  let pool: number[] | null = null;
+  let mass = total;
   if (topP < 1) {
     // the nucleus: the most likely candidates until their share reaches topP
     const floor = ((1 - topP) * total) / (2 * n);
@@ -106,21 +108,17 @@ export function sample(logits: ArrayLike<number>, o: SampleOptions, random: () =
         break;
       }
     }
-    const nucleus = cand.slice(0, cut);
-    const mass = nucleus.reduce((a, j) => a + p[j]!, 0);
-    let r = random() * mass;
-    for (const j of nucleus) {
-      r -= p[j]!;
-      if (r <= 0) return id(j);
-    }
-    return id(nucleus[nucleus.length - 1]!);
+    pool = cand.slice(0, cut);
+    mass = pool.reduce((a, j) => a + p[j]!, 0);
   }
-  let r = random() * total;
-  for (let j = 0; j < n; j++) {
-    r -= p[j]!;
-    if (r <= 0) return id(j);
+  const count = pool ? pool.length : n;
+  const at = (x: number) => (pool ? pool[x]! : x);
+  let r = random() * mass;
+  for (let x = 0; x < count; x++) {
+    r -= p[at(x)]!;
+    if (r <= 0) return id(at(x));
   }
-  return id(n - 1);
+  return id(at(count - 1));
 }
 
 /** The prompt's continuation: up to maxNew new token ids (the prompt not included). */

@@ -32,7 +32,7 @@ import type { TrainMemory, Transformer } from '../model/transformer.ts';
 import { Rng } from '../testing/rng.ts';
 import type { Batch } from '../train/trainer.ts';
 import { copyMemoryRows } from './blob.ts';
-import { defaultMemoryLayers, disposeKept, encodeReferences, encodeReferencesKept, sinkKV } from './write.ts';
+import { defaultMemoryLayers, disposeKept, encodeReferences, encodeReferencesKept, sinkKV, type KeptEncoding } from './write.ts';
 
 export interface StageTwoOptions {
   /** the prefix's token ids ("Reference:" as the tokenizer writes it) */
@@ -195,28 +195,16 @@ export class MemoryBatcher {
         // the same in every encoding; the first kept batch takes them); an id past the batch's
         // rows (adds nothing) for rows of other batches
         memory.grads = [];
-        for (const blk of blocks) memory.grads.push({ dk: await this.zeros(blk.k.shape, owned), dv: await this.zeros(blk.v.shape, owned) });
+        for (const blk of blocks) memory.grads.push({ dk: await this.alloc(blk.k.shape, owned), dv: await this.alloc(blk.v.shape, owned) }); // backward overwrites them
         const slotOf = new Map(distinct.map((r, i) => [r, i]));
         const rowIds: Tensor[][] = [];
         for (const [b, kb] of kept.entries()) {
           const out: Tensor[] = [];
           for (let l = 0; l <= last; l++) {
             const li = layers.indexOf(l);
-            const Mb = li < 0 ? p : M; // rows per chunk's block (sink-only blocks: one block per sequence)
-            const n = li < 0 ? B : B * C;
-            const idx = new Uint32Array(n * Mb * Hkv).fill(kb.count * kb.T * Hkv);
-            for (let bc = 0; bc < n; bc++) {
-              if (b === 0) for (let sr = 0; sr < p; sr++) for (let g = 0; g < Hkv; g++) idx[(bc * Mb + sr) * Hkv + g] = sr * Hkv + g;
-              if (li < 0) continue;
-              windows[bc]!.forEach((r, m) => {
-                const q = slotOf.get(r)! - kb.first;
-                if (q < 0 || q >= kb.count) return;
-                const mem = memOf.get(r)!;
-                for (let g = 0; g < Hkv; g++) {
-                  for (let j = 0; j < K; j++) idx[(bc * M + p + m * K + j) * Hkv + g] = (q * kb.T + mem.positions[(li * Hkv + g) * K + j]!) * Hkv + g;
-                }
-              });
-            }
+            // memory blocks: a block of M rows per chunk; sink-only blocks: p rows per sequence
+            const chunks = li < 0 ? null : windows.map((w) => w.map((r) => ({ q: slotOf.get(r)! - kb.first, positions: memOf.get(r)!.positions })));
+            const idx = encodingRows(kb, { blocks: li < 0 ? B : B * C, rows: li < 0 ? p : M, sink: b === 0 ? p : 0, Hkv, K, li, chunks });
             out.push(await this.upload(idx, [idx.length], owned, 'u32'));
           }
           rowIds.push(out);
@@ -230,8 +218,8 @@ export class MemoryBatcher {
               for (let l = 0; l <= last; l++) {
                 const g = memory.grads![l]!;
                 const ids = rowIds[b]![l]!;
-                const dk = await this.zeros([rows, HS], made);
-                const dv = await this.zeros([rows, HS], made);
+                const dk = await this.alloc([rows, HS], made, true);
+                const dv = await this.alloc([rows, HS], made, true);
                 await embeddingBackward(this.gpu, { dW: dk }, { dout: g.dk.reshape([ids.size, HS]), ids });
                 await embeddingBackward(this.gpu, { dW: dv }, { dout: g.dv.reshape([ids.size, HS]), ids });
                 grads.push({ dk: dk.reshape([kb.count, kb.T, Hkv, HS]), dv: dv.reshape([kb.count * kb.T, Hkv * HS]) });
@@ -254,10 +242,11 @@ export class MemoryBatcher {
     }
   }
 
-  private async zeros(shape: readonly number[], owned: Tensor[]): Promise<Tensor> {
+  /** an f32 tensor (zeroed with `zero`) that `owned` frees */
+  private async alloc(shape: readonly number[], owned: Tensor[], zero = false): Promise<Tensor> {
     const t = await this.gpu.tensor(shape, 'f32', 'memory_grad');
-    await fill(this.gpu, t, 0);
     owned.push(t);
+    if (zero) await fill(this.gpu, t, 0);
     return t;
   }
 
@@ -266,4 +255,31 @@ export class MemoryBatcher {
     owned.push(t);
     return t;
   }
+}
+
+/**
+ * for each row of a block's memory tensor ((blocks x rows, kvHeads) rows of headDim, flattened),
+ * the row of kb's keys (count x T x kvHeads) it was read from: the first `sink` rows of every
+ * block are the prefix's (the sink: the prefix's keys and values are the same in every encoding);
+ * with `chunks`, block c's memory m holds its reference's `K` kept positions per KV head at memory
+ * layer li (after the sink's p = rows - memories x K rows), q its row in kb (outside kb: not this
+ * batch's). every other row gets an id past kb's rows, which a scatter ignores
+ */
+function encodingRows(
+  kb: KeptEncoding,
+  o: { blocks: number; rows: number; sink: number; Hkv: number; K: number; li: number; chunks: { q: number; positions: Uint32Array }[][] | null },
+): Uint32Array {
+  const { blocks, rows, sink, Hkv, K, li, chunks } = o;
+  const idx = new Uint32Array(blocks * rows * Hkv).fill(kb.count * kb.T * Hkv);
+  const row = (block: number, r: number, g: number) => (block * rows + r) * Hkv + g;
+  for (let c = 0; c < blocks; c++) {
+    for (let r = 0; r < sink; r++) for (let g = 0; g < Hkv; g++) idx[row(c, r, g)] = r * Hkv + g;
+    const mems = chunks?.[c] ?? [];
+    const p = rows - mems.length * K;
+    mems.forEach(({ q, positions }, m) => {
+      if (q < 0 || q >= kb.count) return;
+      for (let g = 0; g < Hkv; g++) for (let j = 0; j < K; j++) idx[row(c, p + m * K + j, g)] = (q * kb.T + positions[(li * Hkv + g) * K + j]!) * Hkv + g;
+    });
+  }
+  return idx;
 }

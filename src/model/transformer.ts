@@ -672,23 +672,10 @@ export class Transformer {
    * visit returns. Memory³ writing reads them: it scores tokens with q0 and k0 and stores k and v.
    */
   async attentionInputs(ids: Tensor, layers: readonly number[], visit: (layer: number, t: AttentionInputs) => Promise<void>): Promise<void> {
-    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const want = new Set(layers);
     for (const l of want) this.checkBlock(l);
     if (want.size === 0) return;
-    const [B, T] = ids.shape as [number, number];
-    if (T > this.config.maxSeqLen) throw new EngramError(`Transformer: ${T} positions exceed maxSeqLen ${this.config.maxSeqLen}`);
-    const last = Math.max(...want);
-    let h = await this.embedIds(ids);
-    try {
-      for (let i = 0; i <= last; i++) {
-        const r = await this.block(this.blocks[i]!, h, B, T, false, want.has(i) ? { tap: (t) => visit(i, t) } : {});
-        h.dispose();
-        h = r.h;
-      }
-    } finally {
-      h.dispose();
-    }
+    await this.firstBlocks(ids, Math.max(...want), false, visit, (i) => want.has(i));
   }
 
   /**
@@ -698,26 +685,44 @@ export class Transformer {
    * forward's.
    */
   async encodeForward(ids: Tensor, upTo: number, visit?: (layer: number, t: AttentionInputs) => Promise<void>): Promise<EncodeState> {
-    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     this.checkBlock(upTo);
     if (this.blocks.slice(0, upTo + 1).some((b) => b.memory)) throw new EngramError(`Transformer: encodeForward runs dense blocks only; blocks 0..${upTo} include a Memory+ block (train without gradients into the references' encoding)`);
+    const blocks = await this.firstBlocks(ids, upTo, true, visit);
+    const [B, T] = ids.shape as [number, number];
+    return { B, T, ids, blocks };
+  }
+
+  /**
+   * ids (B, T) at positions 0.. through blocks 0..upTo (attentionInputs, encodeForward): `visit`
+   * sees the attention inputs of the blocks `tapped` names; with keep, every block's activations
+   * are kept and returned (else freed as it goes)
+   */
+  private async firstBlocks(
+    ids: Tensor,
+    upTo: number,
+    keep: boolean,
+    visit?: (layer: number, t: AttentionInputs) => Promise<void>,
+    tapped: (layer: number) => boolean = () => true,
+  ): Promise<BlockSaved[]> {
+    if (ids.shape.length !== 2 || ids.dtype !== 'u32') throw new EngramError(`Transformer: ids ${ids} must be [B, T]:u32`);
     const [B, T] = ids.shape as [number, number];
     if (T > this.config.maxSeqLen) throw new EngramError(`Transformer: ${T} positions exceed maxSeqLen ${this.config.maxSeqLen}`);
     let h = await this.embedIds(ids);
     const saved: BlockSaved[] = [];
     try {
       for (let i = 0; i <= upTo; i++) {
-        const r = await this.block(this.blocks[i]!, h, B, T, true, visit ? { tap: (t) => visit(i, t) } : {});
-        saved.push(r.saved!);
+        const r = await this.block(this.blocks[i]!, h, B, T, keep, visit && tapped(i) ? { tap: (t) => visit(i, t) } : {});
+        if (keep) saved.push(r.saved!); // the block's input h is kept with it
+        else h.dispose();
         h = r.h;
       }
     } catch (e) {
-      for (const sb of saved) for (const t of Object.values(sb)) (t as Tensor).dispose();
-      h.dispose();
+      disposeSaved(saved);
       throw e;
+    } finally {
+      h.dispose(); // the last block's output (after a failure: the failed block's input); nothing reads it
     }
-    h.dispose(); // the last block's output: nothing reads it
-    return { B, T, ids, blocks: saved };
+    return saved;
   }
 
   /**
@@ -752,7 +757,7 @@ export class Transformer {
   release(): void {
     const sv = this.saved;
     if (!sv) return;
-    for (const s of sv.blocks) for (const t of Object.values(s)) (t as Tensor).dispose();
+    disposeSaved(sv.blocks);
     for (const t of [sv.hL, sv.nf, sv.rf, sv.logits, sv.lse]) t.dispose();
     for (const m of this.memoryLayers) m.release();
     this.saved = null;
@@ -770,6 +775,11 @@ export class Transformer {
 
 /** frees an EncodeState's activations (encodeBackward does it itself) */
 export function disposeEncode(state: EncodeState): void {
-  for (const sb of state.blocks) for (const t of Object.values(sb)) (t as Tensor).dispose();
+  disposeSaved(state.blocks);
   state.blocks.length = 0;
+}
+
+/** frees blocks' saved activations */
+function disposeSaved(blocks: readonly object[]): void {
+  for (const s of blocks) for (const t of Object.values(s)) (t as Tensor).dispose();
 }
