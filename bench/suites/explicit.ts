@@ -54,7 +54,7 @@ import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { writeAndAdd } from '../../src/memory3/add.ts';
 import { planRetrievalParallel } from '../../src/memory3/plan_parallel.ts';
-import { MemoryBank, type NewReference, type SearchHit } from '../../src/memory3/bank.ts';
+import { MemoryBank, type NewReference } from '../../src/memory3/bank.ts';
 import { decodeMemory, encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
 import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quantize.ts';
 import { MemoryReader } from '../../src/memory3/read.ts';
@@ -68,6 +68,7 @@ import { Rng } from '../../src/testing/rng.ts';
 import { resumeTraining, saveTraining, trainLoop } from '../../src/train/loop.ts';
 import { AdamW } from '../../src/train/optimizer.ts';
 import { median } from '../lib.ts';
+import { ragPrompt, ragRows, windowTexts } from '../rag.ts';
 import type { SuiteOutput } from '../run.ts';
 
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
@@ -284,7 +285,6 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         }
         return answers;
       };
-      const ragPrompt = (hits: readonly SearchHit[], prompt: string) => hits.map((h) => h.text).join('\n') + '\n' + prompt;
       const qa = async (qs: readonly Question[], idOf = (f: Fact) => `f${index.get(factKey(f))}`) => {
         const none = (await evalFacts(gpu, model, tok, qs)).em;
         const ex = await explicitAnswers(qs);
@@ -355,20 +355,13 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const REF = 128; // tokens per speed reference: the spec's longest
       const refCount = quick ? 64 : 2048;
       const speedBank = await MemoryBank.open(join(dir, 'bank-speed'), { create: true, model: MemoryBank.modelOf(bank.manifest) });
-      const refStride = Math.floor((train.length - REF) / refCount);
-      const refTexts = Array.from({ length: refCount }, (_, i) => tok.decode(train.subarray(i * refStride, i * refStride + REF)));
+      const refTexts = windowTexts(tok, train, refCount, REF);
       await writeAndAdd({ gpu, model, tok }, speedBank, refTexts.map((text, i) => ({ id: `w${i}`, text, where: `window ${i}` })), { batch: 256, deferIndex: true });
       await speedBank.reindex();
       const stride = Math.floor((val.length - IN) / GB);
       const ins = Array.from({ length: GB }, (_, r) => Array.from(val.subarray(r * stride, r * stride + IN)));
-      const ragRowsOf = async (b: MemoryBank) => {
-        const hits = await Promise.all(ins.map((x) => b.search(tok.decode(x), { k: 5 })));
-        const rows = ins.map((x, r) => [...tok.encode(ragPrompt(hits[r]!, '')), ...x]);
-        const len = Math.min(...rows.map((x) => x.length), config.maxSeqLen - OUT);
-        return rows.map((x) => x.slice(x.length - len));
-      };
-      const ragIns = await ragRowsOf(speedBank);
-      const ragFactIns = await ragRowsOf(bank);
+      const ragIns = await ragRows(speedBank, tok, ins, config.maxSeqLen - OUT);
+      const ragFactIns = await ragRows(bank, tok, ins, config.maxSeqLen - OUT);
       // the ways interleaved, 3 rounds, the median of each: per-step host overhead dominates at this
       // model size, and a single pass moved with its place in the order (BENCHMARKS.md `explicit`)
       const speed = async (f: (maxNew: number) => Promise<number[][]>) => {
