@@ -62,8 +62,14 @@ import { denseConfig, parseModelConfig, type ModelConfig } from '../src/model/co
 import { Transformer } from '../src/model/transformer.ts';
 import { Rng } from '../src/testing/rng.ts';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, shape: { type: 'string', default: 'small' } } });
+// --ways=a,b,...: a subset of the ways (default all); --rounds=N (default 3); --parts=0: no step breakdown
+// (the paper shape's runs are long: none, explicit and rag over 2 rounds fit a 10-minute command)
+const { values } = parseArgs({
+  options: { quick: { type: 'boolean', default: false }, shape: { type: 'string', default: 'small' }, ways: { type: 'string', default: 'none,wide,front,explicit,rag' }, rounds: { type: 'string', default: '3' }, parts: { type: 'string', default: '1' } },
+});
 const { quick, shape } = values;
+const rounds = Number(values.rounds);
+if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`explicit_speed: --rounds=${values.rounds} is not a whole number >= 1`);
 if (shape !== 'small' && shape !== 'paper') throw new Error(`explicit_speed: --shape=${shape} is not a shape: use small (the explicit suite's model) or paper (Memory³-2.4B's)`);
 const [vocab, GB, IN, OUT, REF, refCount] = quick ? [1024, 4, 64, 16, 128, 64] : [8192, 32, 128, 128, 128, 2048];
 const maxSeqLen = 1024; // RAG's rows: 5 references of up to 128 tokens before 128 in, and 128 out
@@ -137,12 +143,14 @@ try {
     rag: (maxNew: number) => generateBatch(gpu, model, ragIns, { maxNew, ...greedy }),
   };
   type Way = keyof typeof ways;
-  const names = Object.keys(ways) as Way[];
+  const names = values.ways.split(',') as Way[];
+  const unknown = names.filter((k) => !(k in ways));
+  if (unknown.length > 0) throw new Error(`explicit_speed: --ways names ${unknown.join(', ')}: the ways are ${Object.keys(ways).join(', ')}`);
   for (const k of names) await ways[k](2);
   log(`compiled; RAG rows of ${ragIns[0]!.length} tokens`);
   const perWay = () => Object.fromEntries(names.map((k) => [k, [] as number[]])) as Record<Way, number[]>;
   const [rates, prefills, intervals] = [perWay(), perWay(), perWay()];
-  for (let round = 0; round < 3; round++) {
+  for (let round = 0; round < rounds; round++) {
     for (const k of names) {
       ticks = [];
       const t = performance.now();
@@ -193,7 +201,7 @@ try {
     }
   };
   const breakdown: Record<string, number> = {};
-  for (const [way, prompts, o, fill] of [['none', ins, {}, false], ['front', ins, wide, true], ['rag', ragIns, {}, false]] as const) {
+  for (const [way, prompts, o, fill] of values.parts === '0' ? [] : ([['none', ins, {}, false], ['front', ins, wide, true], ['rag', ragIns, {}, false]] as const)) {
     const x = await parts(prompts as number[][], o, fill);
     Object.assign(breakdown, { [`step_ms_${way}`]: x.step, [`step_encode_ms_${way}`]: x.encode, [`step_gpu_ms_${way}`]: x.gpu });
     log(`${way}: step ${x.step.toFixed(2)} ms, encode ${x.encode.toFixed(2)} ms, kernels ${x.gpu.toFixed(2)} ms per step\n${formatProfile(x.table.slice(0, 3))}`);
@@ -208,11 +216,11 @@ try {
   tiny.dispose();
   breakdown['readback_ms'] = median(trips);
   const results: Record<string, number> = { ...Object.fromEntries(names.map((k) => [`tok_s_${k}`, median(rates[k])])), ...stepTimes, ...breakdown };
-  results['explicit_decode_s'] = (GB * OUT) / results['tok_s_explicit']! - results['prefill_s_explicit']!;
+  if (names.includes('explicit')) results['explicit_decode_s'] = (GB * OUT) / results['tok_s_explicit']! - results['prefill_s_explicit']!;
   log(JSON.stringify(results));
   bank.close();
   model.dispose();
-  const setup = `${shape} shape: dim ${dim}, ${layers} blocks, ${heads} heads of ${HS}, ${config.kvHeads} KV heads, SwiGLU ${config.ffnHidden}, vocabulary ${config.vocabSize} (untrained); memory blocks ${memLayers[0]}-${memLayers.at(-1)}; batch ${GB}, ${IN} in, ${OUT} out, greedy; a bank of ${refCount} references of ${REF} tokens; RAG ${ragIns[0]!.length} tokens in; front: the reader's rows (${wide.frontMax.join(', ')}) of random values`;
+  const setup = `${shape} shape: dim ${dim}, ${layers} blocks, ${heads} heads of ${HS}, ${config.kvHeads} KV heads, SwiGLU ${config.ffnHidden}, vocabulary ${config.vocabSize} (untrained); memory blocks ${memLayers[0]}-${memLayers.at(-1)}; batch ${GB}, ${IN} in, ${OUT} out, greedy; ways ${names.join(', ')}, ${rounds} rounds; a bank of ${refCount} references of ${REF} tokens; RAG ${ragIns[0]!.length} tokens in; front: the reader's rows (${wide.frontMax.join(', ')}) of random values`;
   const suite = shape === 'paper' ? 'explicit_speed_paper' : 'explicit_speed';
   const path = writeResults(suite, deviceName(gpu), results, { setup }, `node --import tsx scripts/explicit_speed.ts ${process.argv.slice(2).join(' ')}`.trim());
   log(`wrote ${path}`);
