@@ -16,25 +16,31 @@ const printWgsl = (name: string): boolean => {
 };
 
 export class PipelineCache {
-  private readonly cache = new Map<string, Promise<Pipeline>>();
+  // source -> (name, entry point) -> pipeline: a source string reused from wgslOnce() hashes once
+  private readonly cache = new Map<string, Map<string, Promise<Pipeline>>>();
   compiled = 0;
 
   constructor(private readonly device: GPUDevice) {}
 
   get(name: string, wgsl: string, entryPoint = 'main'): Promise<Pipeline> {
-    const key = `${name}\u0000${entryPoint}\u0000${wgsl}`;
-    let p = this.cache.get(key);
+    const key = `${name}\u0000${entryPoint}`;
+    let named = this.cache.get(wgsl);
+    if (!named) this.cache.set(wgsl, (named = new Map()));
+    let p = named.get(key);
     if (!p) {
       p = this.compile(name, wgsl, entryPoint);
-      this.cache.set(key, p);
+      named.set(key, p);
       // a failed compile is not cached: the next call reports it again
-      p.catch(() => this.cache.delete(key));
+      const forget = named;
+      p.catch(() => forget.delete(key));
     }
     return p;
   }
 
   get size(): number {
-    return this.cache.size;
+    let n = 0;
+    for (const named of this.cache.values()) n += named.size;
+    return n;
   }
 
   private async compile(name: string, wgsl: string, entryPoint: string): Promise<Pipeline> {

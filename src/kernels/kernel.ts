@@ -141,6 +141,20 @@ export function resolveAliasing(name: string, wgsl: string, storage: readonly Te
   return out;
 }
 
+const SOURCES = new Map<string, string>();
+
+/**
+ * The WGSL of one kernel variant, built on its first dispatch and kept: `key` must name
+ * everything the source depends on (the kernel's family and its specialisation). A decode step
+ * records hundreds of dispatches, and building their sources again each time cost more host
+ * time than recording them; the same string object also makes the pipeline lookup cheap.
+ */
+export function wgslOnce(key: string, build: () => string): string {
+  let s = SOURCES.get(key);
+  if (s === undefined) SOURCES.set(key, (s = build()));
+  return s;
+}
+
 /** Compiles (once, cached) and records one dispatch. */
 export async function launch(gpu: Gpu, l: Launch): Promise<void> {
   // WebGPU guarantees 8 storage buffers per shader stage; browsers often give 8 or 10

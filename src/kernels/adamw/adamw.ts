@@ -27,7 +27,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { EngramError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, type BindingDecl, type ParamSpec, wgslOnce } from '../kernel.ts';
 
 const WG = 256;
 
@@ -183,9 +183,10 @@ export async function adamwStep(gpu: Gpu, groups: readonly AdamwGroup[], opts: A
   for (const { grp, t, dtype, storage } of jobs) {
     const n = t.p.size;
     const [x, y] = grid1d(gpu, Math.ceil(n / 2 / WG));
+    const name = `adamw_${dtype}${t.master ? '_master' : ''}${gpuScale ? '_gpuscale' : ''}${t.rows ? '_rows' : ''}`;
     await launch(gpu, {
-      name: `adamw_${dtype}${t.master ? '_master' : ''}${gpuScale ? '_gpuscale' : ''}${t.rows ? '_rows' : ''}`,
-      wgsl: adamwWgsl(dtype, !!t.master, gpuScale, !!t.rows),
+      name,
+      wgsl: wgslOnce(name, () => adamwWgsl(dtype, !!t.master, gpuScale, !!t.rows)),
       storage,
       params: PARAMS,
       values: {

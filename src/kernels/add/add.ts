@@ -11,7 +11,7 @@
 import type { Gpu } from '../../gpu/device.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { ShapeError } from '../../gpu/errors.ts';
-import { expectDisjoint, expectPackable, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectPackable, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 
 const WG = 256;
 const PARAMS: ParamSpec = [
@@ -56,9 +56,10 @@ export async function addForward(gpu: Gpu, o: { out: Tensor }, i: { a: Tensor; b
   const aliasA = same(o.out, i.a);
   const aliasB = same(o.out, i.b);
   const [x, y] = grid1d(gpu, Math.ceil(o.out.size / (2 * WG)));
+  const name = `add_${o.out.dtype}_${i.a.dtype}_${i.b.dtype}${aliasA ? '_ina' : ''}${aliasB ? '_inb' : ''}`;
   await launch(gpu, {
-    name: `add_${o.out.dtype}_${i.a.dtype}_${i.b.dtype}${aliasA ? '_ina' : ''}${aliasB ? '_inb' : ''}`,
-    wgsl: wgsl(o.out, i.a, i.b, aliasA, aliasB),
+    name,
+    wgsl: wgslOnce(name, () => wgsl(o.out, i.a, i.b, aliasA, aliasB)),
     storage: [o.out, ...(aliasA ? [] : [i.a]), ...(aliasB ? [] : [i.b])],
     params: PARAMS,
     values: { n: o.out.size, row: x * WG, alpha, beta },
@@ -80,9 +81,10 @@ export async function scale(gpu: Gpu, o: { out: Tensor }, i: { x: Tensor }, alph
   const alias = same(o.out, i.x);
   if (!alias) expectDisjoint(op, o.out, i.x);
   const [x, y] = grid1d(gpu, Math.ceil(o.out.size / (2 * WG)));
+  const name = `scale_${o.out.dtype}_${i.x.dtype}${alias ? '_in' : ''}`;
   await launch(gpu, {
-    name: `scale_${o.out.dtype}_${i.x.dtype}${alias ? '_in' : ''}`,
-    wgsl: wgsl(o.out, i.x, null, alias, false),
+    name,
+    wgsl: wgslOnce(name, () => wgsl(o.out, i.x, null, alias, false)),
     storage: alias ? [o.out] : [o.out, i.x],
     params: PARAMS,
     values: { n: o.out.size, row: x * WG, alpha, beta: 0 },

@@ -36,7 +36,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { cpuLanes, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { cpuLanes, expectDtype, expectShape, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 import {
   C4,
   DKV_PARAMS,
@@ -378,9 +378,10 @@ export async function attentionBackward(
   const dsum = gpu.scratch.take([s.B, s.NH, s.T], 'f32', 'attention_dsum');
   try {
     const rows = s.B * s.T * s.NH;
+    const dsumName = `attention_dsum_hs${HS}`;
     await launch(gpu, {
-      name: `attention_dsum_hs${HS}`,
-      wgsl: dsumWgsl(HS),
+      name: dsumName,
+      wgsl: wgslOnce(dsumName, () => dsumWgsl(HS)),
       storage: [dsum, i.dout, i.out],
       params: DSUM_PARAMS,
       values: { ...values, rows, ...dtValues(op, { dout: i.dout, out: i.out }) },
@@ -402,18 +403,20 @@ export async function attentionBackward(
       return;
     }
     const tq = pickTile(gpu, op, HS, DQ_TILES, dqBytes);
+    const dqName = `attention_dq_hs${HS}_${tq.BR}x${tq.BC}${nopre}`;
     await launch(gpu, {
-      name: `attention_dq_hs${HS}_${tq.BR}x${tq.BC}${nopre}`,
-      wgsl: dqWgsl(HS, tq, prefix),
+      name: dqName,
+      wgsl: wgslOnce(dqName, () => dqWgsl(HS, tq, prefix)),
       storage: dqStorage,
       params: DQ_PARAMS,
       values: dqValues,
       workgroups: [s.B * s.NH, Math.ceil(s.T / tq.BR)],
     });
     const tk = pickTile(gpu, op, HS, DKV_TILES, dkvBytes);
+    const dkdvName = `attention_dkdv_hs${HS}_${tk.BR}x${tk.BC}${nopre}`;
     await launch(gpu, {
-      name: `attention_dkdv_hs${HS}_${tk.BR}x${tk.BC}${nopre}`,
-      wgsl: dkdvWgsl(HS, tk, prefix),
+      name: dkdvName,
+      wgsl: wgslOnce(dkdvName, () => dkdvWgsl(HS, tk, prefix)),
       storage: dkvStorage,
       params: DKV_PARAMS,
       values: dkvValues,

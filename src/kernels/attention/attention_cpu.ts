@@ -51,7 +51,7 @@
 // requires the subgroups feature with a fixed subgroup size of 4, 8 or 16 (cpuLanes() in kernel.ts); a
 // CPU adapter without them runs the GPU mappings.
 
-import { header, type ParamSpec } from '../kernel.ts';
+import { header, type ParamSpec, wgslOnce } from '../kernel.ts';
 import {
   DKV_PARAMS,
   DQ_PARAMS,
@@ -98,7 +98,7 @@ export function cpuPlan(kernel: CpuKernel, s: AttentionShape, S: number): CpuPla
   // the dk/dv kernel's combined keys cover the whole of pk (PR rows)
   return {
     name: `attention_${kernel}_hs${s.HS}_s${S}${R > 1 ? `r${R}` : ''}${prefix ? '' : '_nopre'}_cpu`,
-    wgsl: kernel === 'forward' ? forwardWgsl(s.HS, S, R, prefix) : kernel === 'dq' ? dqWgsl(s.HS, S, R, prefix) : dkdvWgsl(s.HS, S, prefix),
+    wgsl: wgslOnce(`attention_cpu ${kernel} ${s.HS} ${S} ${R} ${prefix}`, () => (kernel === 'forward' ? forwardWgsl(s.HS, S, R, prefix) : kernel === 'dq' ? dqWgsl(s.HS, S, R, prefix) : dkdvWgsl(s.HS, S, prefix))),
     params: CPU_PARAMS[kernel],
     values: { slots: Math.ceil(s.HS / 4) },
     workgroups: kernel === 'dkdv' ? [s.B * s.NKV, Math.ceil((s.PR + s.T) / S)] : [s.B * s.NH, Math.ceil(s.T / (S * R))],

@@ -31,7 +31,7 @@
 import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { cpuLanes, expectDtype, expectShape, header, launch } from '../kernel.ts';
+import { cpuLanes, expectDtype, expectShape, header, launch, wgslOnce } from '../kernel.ts';
 import {
   C4,
   FWD_PARAMS,
@@ -191,7 +191,7 @@ export async function attentionForward(
   const tile = pickTile(gpu, op, s.HS, FWD_TILES, fwdBytes);
   await launch(gpu, {
     name: `attention_forward_hs${s.HS}_${tile.BR}x${tile.BC}${prefix ? '' : '_nopre'}`,
-    wgsl: forwardWgsl(s.HS, tile, prefix),
+    wgsl: wgslOnce(`attention_forward ${s.HS} ${tile.BR} ${tile.BC} ${prefix}`, () => forwardWgsl(s.HS, tile, prefix)),
     storage,
     params: FWD_PARAMS,
     values,

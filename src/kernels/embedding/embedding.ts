@@ -18,7 +18,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 import { fill } from '../copy/copy.ts';
 import { scatterAddRows } from '../membag/membag.ts';
 
@@ -114,9 +114,10 @@ export async function embeddingForward(gpu: Gpu, o: { out: Tensor }, i: { W: Ten
     const words = o.out.dtype === 'f32' ? C : C / 2;
     const vec = words % 4 === 0 ? 4 : words % 2 === 0 ? 2 : 1;
     const Q = words / vec;
+    const name = `embedding_forward_copy_${vec}`;
     await launch(gpu, {
-      name: `embedding_forward_copy_${vec}`,
-      wgsl: forwardCopyWgsl(vec),
+      name,
+      wgsl: wgslOnce(name, () => forwardCopyWgsl(vec)),
       storage: [o.out, i.W, i.ids],
       params: FWD_PARAMS,
       values: { N, C, V, Q },
@@ -125,9 +126,10 @@ export async function embeddingForward(gpu: Gpu, o: { out: Tensor }, i: { W: Ten
     return;
   }
   const Q = Math.ceil(C / 2);
+  const name = `embedding_forward_${o.out.dtype}_${i.W.dtype}`;
   await launch(gpu, {
-    name: `embedding_forward_${o.out.dtype}_${i.W.dtype}`,
-    wgsl: forwardConvertWgsl(o.out, i.W),
+    name,
+    wgsl: wgslOnce(name, () => forwardConvertWgsl(o.out, i.W)),
     storage: [o.out, i.W, i.ids],
     params: FWD_PARAMS,
     values: { N, C, V, Q },

@@ -21,7 +21,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { EngramError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, wgslOnce } from '../kernel.ts';
 
 const WG = 256;
 const UNROLL = 4; // pairs loaded per thread per iteration
@@ -165,9 +165,10 @@ export async function gradNorm(gpu: Gpu, o: { norm: Tensor; scale?: Tensor }, gr
     for (const [j, g] of grads.entries()) {
       const G = Gs[j]!;
       if (G === 0) continue;
+      const name = `gradnorm_partial_${dtypes[j]!}`;
       await launch(gpu, {
-        name: `gradnorm_partial_${dtypes[j]!}`,
-        wgsl: partialWgsl(dtypes[j]!),
+        name,
+        wgsl: wgslOnce(name, () => partialWgsl(dtypes[j]!)),
         storage: [part, g],
         params: [
           ['n', 'u32'],
@@ -179,9 +180,10 @@ export async function gradNorm(gpu: Gpu, o: { norm: Tensor; scale?: Tensor }, gr
       });
       base += G;
     }
+    const name = `gradnorm_final${o.scale ? '_scale' : ''}`;
     await launch(gpu, {
-      name: `gradnorm_final${o.scale ? '_scale' : ''}`,
-      wgsl: finalWgsl(!!o.scale),
+      name,
+      wgsl: wgslOnce(name, () => finalWgsl(!!o.scale)),
       storage: [...outs, part],
       params: [
         ['P', 'u32'],
@@ -210,9 +212,10 @@ export async function clipGrads(gpu: Gpu, grads: readonly Tensor[], scale: numbe
   for (const [j, g] of grads.entries()) {
     if (g.size === 0) continue;
     const [x, y] = grid1d(gpu, Math.ceil(g.size / 2 / WG));
+    const name = `clip_grads_${dtypes[j]!}${gpuScale ? '_gpuscale' : ''}`;
     await launch(gpu, {
-      name: `clip_grads_${dtypes[j]!}${gpuScale ? '_gpuscale' : ''}`,
-      wgsl: clipWgsl(dtypes[j]!, gpuScale),
+      name,
+      wgsl: wgslOnce(name, () => clipWgsl(dtypes[j]!, gpuScale)),
       storage: gpuScale ? [g, scale] : [g],
       params: [
         ['n', 'u32'],

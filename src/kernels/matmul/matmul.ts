@@ -53,7 +53,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { cpuLanes, expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { cpuLanes, expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 import { addColumnSums } from '../reduce/reduce.ts';
 import { matmulCpu } from './matmul_cpu.ts';
 import { matmulSubgroup, subgroupMatmulSupported } from './matmul_subgroup.ts';
@@ -644,7 +644,7 @@ async function matmulTiled(
     `_${out.dtype}_${a.dtype}_${b.dtype}${bias ? `_bias_${bias.dtype}` : ''}${spec.accumulate ? '_acc' : ''}`;
   await launch(gpu, {
     name,
-    wgsl: tiledWgsl(spec),
+    wgsl: wgslOnce(`matmul_tiled ${JSON.stringify(spec)}`, () => tiledWgsl(spec)),
     storage: bias ? [out, a, b, bias] : [out, a, b],
     params: PARAMS,
     values: { M: d.M, N: d.N, K: d.K, sA: d.sA, sB: d.sB, tilesM, tilesN, alpha: opts.alpha ?? 1 },
@@ -733,9 +733,10 @@ export async function linearBackward(
   const P = Math.ceil(M / ROWS);
   const part = gpu.scratch.take([P, N], 'f32', 'linear_db_partial');
   try {
+    const name = `linear_backward_db_partial_${dout.dtype}`;
     await launch(gpu, {
-      name: `linear_backward_db_partial_${dout.dtype}`,
-      wgsl: dbPartialWgsl(floatDtype(op, 'dout', dout)),
+      name,
+      wgsl: wgslOnce(name, () => dbPartialWgsl(floatDtype(op, 'dout', dout))),
       storage: [part, dout],
       params: [
         ['M', 'u32'],

@@ -27,7 +27,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { LimitError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { header, launch, simdLanes, type ParamSpec } from '../kernel.ts';
+import { header, launch, simdLanes, type ParamSpec, wgslOnce } from '../kernel.ts';
 import type { MatmulDims } from './matmul.ts'; // types only: matmul.ts imports this file
 
 /** rows of op(a) per workgroup, and columns of op(b) per lane */
@@ -114,7 +114,7 @@ export async function matmulCpu(
   const name = `matmul_cpu_s${S}_${o.transA ? 't' : 'n'}${o.transB ? 't' : 'n'}_${spec.a}_${spec.b}${spec.bias ? `_bias_${spec.bias}` : ''}${o.accumulate ? '_acc' : ''}`;
   await launch(gpu, {
     name,
-    wgsl: cpuWgsl(spec),
+    wgsl: wgslOnce(`matmul_cpu ${JSON.stringify(spec)}`, () => cpuWgsl(spec)),
     storage: i.bias ? [out, i.a, i.b, i.bias] : [out, i.a, i.b],
     params: PARAMS,
     values: { M: d.M, N: d.N, K: d.K, sA: d.sA, sB: d.sB, alpha: o.alpha },

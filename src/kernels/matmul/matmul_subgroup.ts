@@ -51,7 +51,7 @@ import type { Gpu, SubgroupMatrixConfig } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectPackable, floatDtype, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDtype, expectPackable, floatDtype, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 
 const OP = 'matmulSubgroup';
 const FEATURE = 'chromium-experimental-subgroup-matrix';
@@ -616,9 +616,10 @@ export async function matmulSubgroup(
     if (inPlace && bias) {
       // out = bias (+ out), then the tiles accumulate onto it
       const [x, y] = grid1d(gpu, Math.ceil(out.size / EW));
+      const name = `matmul_subgroup_bias_${bias.dtype}${accumulate ? '_acc' : ''}`;
       await launch(gpu, {
-        name: `matmul_subgroup_bias_${bias.dtype}${accumulate ? '_acc' : ''}`,
-        wgsl: biasWgsl(bias.dtype, accumulate),
+        name,
+        wgsl: wgslOnce(name, () => biasWgsl(bias.dtype, accumulate)),
         storage: [out, bias],
         params: [
           ['n', 'u32'],
@@ -647,7 +648,7 @@ export async function matmulSubgroup(
       `${spec.accumulate ? '_acc' : ''}${edge ? '_edge' : ''}_${fmtTile(tile)}_mma${sm.M}x${sm.N}x${sm.K}`;
     await launch(gpu, {
       name,
-      wgsl: subgroupMatmulWgsl(spec),
+      wgsl: wgslOnce(`matmul_subgroup ${JSON.stringify(spec)}`, () => subgroupMatmulWgsl(spec)),
       storage: spec.bias && bias ? [target, bias, a, b] : [target, a, b],
       params: PARAMS,
       values: { M, N, K, sA: (M * K) / 8, sB: sharedB ? 0 : (K * N) / 8, sO: viaBuffer ? Mp * Np : M * N, ldo: ld },
@@ -656,9 +657,10 @@ export async function matmulSubgroup(
     if (viaBuffer) {
       const ppr = Math.ceil(N / 2);
       const [x, y] = grid1d(gpu, Math.ceil((batch * M * ppr) / EW));
+      const name = `matmul_subgroup_finish_${out.dtype}${bias ? `_bias_${bias.dtype}` : ''}${accumulate ? '_acc' : ''}`;
       await launch(gpu, {
-        name: `matmul_subgroup_finish_${out.dtype}${bias ? `_bias_${bias.dtype}` : ''}${accumulate ? '_acc' : ''}`,
-        wgsl: finishWgsl(out.dtype, bias?.dtype ?? null, accumulate),
+        name,
+        wgsl: wgslOnce(name, () => finishWgsl(out.dtype, bias?.dtype ?? null, accumulate)),
         storage: bias ? [out, target, bias] : [out, target],
         params: FINISH_PARAMS,
         values: { M, N, Mp, Np, rows: batch * M, ppr, gx: x * EW },

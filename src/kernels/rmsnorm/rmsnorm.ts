@@ -17,7 +17,7 @@
 
 import type { Gpu } from '../../gpu/device.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectPackable, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDtype, expectPackable, expectShape, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 import { addColumnSums } from '../reduce/reduce.ts';
 
 const WG = 256;
@@ -164,9 +164,10 @@ export async function rmsnormForward(gpu: Gpu, o: { out: Tensor; rstd: Tensor },
   expectShape(op, 'rstd', o.rstd, [N]);
   expectDtype(op, 'rstd', o.rstd, ['f32']);
   expectPackable(op, 'out', o.out);
+  const name = `rmsnorm_forward_${o.out.dtype}_${i.x.dtype}_${i.w.dtype}${gpu.cpu ? '_cpu' : ''}`;
   await launch(gpu, {
-    name: `rmsnorm_forward_${o.out.dtype}_${i.x.dtype}_${i.w.dtype}${gpu.cpu ? '_cpu' : ''}`,
-    wgsl: forwardWgsl(o.out, i.x, i.w, gpu.cpu),
+    name,
+    wgsl: wgslOnce(name, () => forwardWgsl(o.out, i.x, i.w, gpu.cpu)),
     storage: [o.out, o.rstd, i.x, i.w],
     params: PARAMS,
     values: { N, C, eps },
@@ -190,9 +191,10 @@ export async function rmsnormBackward(
   expectDtype(op, 'rstd', i.rstd, ['f32']);
   expectPackable(op, 'dx', o.dx);
   const values = { N, C, eps: 0 };
+  const name = `rmsnorm_backward_dx_${o.dx.dtype}_${i.dout.dtype}_${i.x.dtype}_${i.w.dtype}${gpu.cpu ? '_cpu' : ''}`;
   await launch(gpu, {
-    name: `rmsnorm_backward_dx_${o.dx.dtype}_${i.dout.dtype}_${i.x.dtype}_${i.w.dtype}${gpu.cpu ? '_cpu' : ''}`,
-    wgsl: backwardDxWgsl(o.dx, i.dout, i.x, i.w, gpu.cpu),
+    name,
+    wgsl: wgslOnce(name, () => backwardDxWgsl(o.dx, i.dout, i.x, i.w, gpu.cpu)),
     storage: [o.dx, i.dout, i.x, i.w, i.rstd],
     params: PARAMS,
     values,
@@ -201,9 +203,10 @@ export async function rmsnormBackward(
   const P = Math.ceil(N / ROWS);
   const part = gpu.scratch.take([P, C], 'f32', 'rmsnorm_dw_partial');
   try {
+    const name = `rmsnorm_backward_dw_partial_${i.dout.dtype}_${i.x.dtype}`;
     await launch(gpu, {
-      name: `rmsnorm_backward_dw_partial_${i.dout.dtype}_${i.x.dtype}`,
-      wgsl: backwardDwPartialWgsl(i.dout, i.x),
+      name,
+      wgsl: wgslOnce(name, () => backwardDwPartialWgsl(i.dout, i.x)),
       storage: [part, i.dout, i.x, i.rstd],
       params: PARAMS,
       values,

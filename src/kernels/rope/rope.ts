@@ -20,7 +20,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
 
 const WG = 256;
 
@@ -134,9 +134,10 @@ async function rope(gpu: Gpu, op: string, dir: 'forward' | 'backward', out: Tens
   if (Tmax === 0) throw new ShapeError(`${op}: empty table ${table.label}[${table.shape.join(',')}]`);
   const BT = B * T;
   const Q = Math.ceil(H / 2);
+  const name = `rope_${dir}_${out.dtype}_${x.dtype}${opts.positions ? '_positions' : ''}`;
   await launch(gpu, {
-    name: `rope_${dir}_${out.dtype}_${x.dtype}${opts.positions ? '_positions' : ''}`,
-    wgsl: wgsl(out, x, !!opts.positions, dir === 'forward' ? 1 : -1),
+    name,
+    wgsl: wgslOnce(name, () => wgsl(out, x, !!opts.positions, dir === 'forward' ? 1 : -1)),
     storage: opts.positions ? [out, x, table, opts.positions] : [out, x, table],
     params: PARAMS,
     values: { BT, T, NH, H, Q, Tmax, pos0 },

@@ -19,7 +19,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import { DTYPES } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, grid1d, header, launch, type BindingDecl, type ParamSpec, wgslOnce } from '../kernel.ts';
 
 const WG = 256;
 const PER = 4; // units (pairs of columns) per thread
@@ -189,9 +189,10 @@ export async function swigluForward(gpu: Gpu, o: { out: Tensor }, x: GateUp): Pr
   expectPackedEven(op, H, [o.out, ...p.tensors]);
   for (const t of p.tensors) expectDisjoint(op, o.out, t);
   const Q = Math.ceil(H / 2);
+  const name = `swiglu_forward_${o.out.dtype}_${p.fused ? 'fused' : 'split'}_${p.tensors.map((t) => t.dtype).join('_')}`;
   await launch(gpu, {
-    name: `swiglu_forward_${o.out.dtype}_${p.fused ? 'fused' : 'split'}_${p.tensors.map((t) => t.dtype).join('_')}`,
-    wgsl: forwardWgsl(o.out, p),
+    name,
+    wgsl: wgslOnce(name, () => forwardWgsl(o.out, p)),
     storage: [o.out, ...p.tensors],
     params: PARAMS,
     values: { N, H, Q },
@@ -222,11 +223,12 @@ export async function swigluBackward(gpu: Gpu, o: GateUpGrad, i: { dout: Tensor 
   expectPackedEven(op, H, [...d.tensors, i.dout, ...p.tensors]);
   for (const w of d.tensors) for (const r of [i.dout, ...p.tensors]) expectDisjoint(op, w, r);
   const Q = Math.ceil(H / 2);
+  const name =
+    `swiglu_backward_${d.fused ? 'fused' : 'split'}_${d.tensors.map((t) => t.dtype).join('_')}_${i.dout.dtype}_` +
+    `${p.fused ? 'fused' : 'split'}_${p.tensors.map((t) => t.dtype).join('_')}`;
   await launch(gpu, {
-    name:
-      `swiglu_backward_${d.fused ? 'fused' : 'split'}_${d.tensors.map((t) => t.dtype).join('_')}_${i.dout.dtype}_` +
-      `${p.fused ? 'fused' : 'split'}_${p.tensors.map((t) => t.dtype).join('_')}`,
-    wgsl: backwardWgsl(d, i.dout, p),
+    name,
+    wgsl: wgslOnce(name, () => backwardWgsl(d, i.dout, p)),
     storage: [...d.tensors, i.dout, ...p.tensors],
     params: PARAMS,
     values: { N, H, Q },

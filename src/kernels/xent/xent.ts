@@ -33,7 +33,7 @@ import type { Gpu } from '../../gpu/device.ts';
 import type { DType } from '../../gpu/dtype.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, type BindingDecl, type ParamSpec } from '../kernel.ts';
+import { expectDisjoint, expectDtype, expectShape, floatDtype, grid1d, header, launch, type BindingDecl, type ParamSpec, wgslOnce } from '../kernel.ts';
 
 /** a target equal to this ignores its row (padding): loss 0, gradient 0, not counted in the mean */
 export const IGNORE_INDEX = 0xffffffff;
@@ -321,9 +321,10 @@ export async function xentForward(
   // no output may overlap another tensor (launch() binds arena neighbours read_write)
   const outs = [o.losses, o.lse, o.loss];
   for (const [j, w] of outs.entries()) for (const t of [...outs.slice(j + 1), i.logits, i.targets]) expectDisjoint(op, w, t);
+  const name = `xent_forward_${dtype}`;
   await launch(gpu, {
-    name: `xent_forward_${dtype}`,
-    wgsl: forwardWgsl(dtype),
+    name,
+    wgsl: wgslOnce(name, () => forwardWgsl(dtype)),
     storage: [o.losses, o.lse, i.logits, i.targets],
     params: FWD_PARAMS,
     values: { N, V, nan: NAN_BITS },
@@ -331,7 +332,7 @@ export async function xentForward(
   });
   await launch(gpu, {
     name: 'xent_mean',
-    wgsl: countWgsl(true),
+    wgsl: wgslOnce('xent_mean', () => countWgsl(true)),
     storage: [o.loss, i.targets, o.losses],
     params: [
       ['N', 'u32'],
@@ -374,7 +375,7 @@ export async function xentBackward(
   try {
     await launch(gpu, {
       name: 'xent_backward_coef',
-      wgsl: countWgsl(false),
+      wgsl: wgslOnce('xent_backward_coef', () => countWgsl(false)),
       storage: [coef, i.targets],
       params: [
         ['N', 'u32'],
@@ -386,9 +387,10 @@ export async function xentBackward(
     // units per row: elements (f32) or owned words (f16/bf16); a chunk is K * WG units
     const units = dtype === 'f32' ? V : Math.ceil(V / 2);
     const C = Math.ceil(units / (K * WG));
+    const name = `xent_backward_${dtype}${inPlace ? '_inplace' : ''}`;
     await launch(gpu, {
-      name: `xent_backward_${dtype}${inPlace ? '_inplace' : ''}`,
-      wgsl: backwardWgsl(dtype, inPlace),
+      name,
+      wgsl: wgslOnce(name, () => backwardWgsl(dtype, inPlace)),
       storage: [o.dlogits, ...reads, coef],
       params: BWD_PARAMS,
       values: { N, V, C, nan: NAN_BITS },
