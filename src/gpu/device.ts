@@ -5,12 +5,13 @@
 //  - errors: allocation is wrapped in an out-of-memory scope; uncaptured errors and device loss
 //    are recorded and rethrown, typed, at the next sync().
 //  - memory: every buffer goes through createBuffer(), which keeps byte accounting per label.
-//  - dispatch: kernels are recorded into one compute pass; their uniform blocks are staged on
-//    the host and written with one writeBuffer right before the submit (queue order makes this
-//    safe even though the uniform buffer is reused by every flush). bind groups are made once
-//    per (pipeline, bound ranges) and kept until one of their buffers is destroyed: a decode
-//    step binds the same scratch buffers at the same offsets every step, and making a bind group
-//    cost more host time than recording the dispatch.
+//  - dispatch: kernels are recorded into one compute pass, submitted every submitEvery
+//    dispatches (the GPU works while the host records on) and at every read; their uniform
+//    blocks are staged on the host and written with one writeBuffer right before the submit
+//    (queue order makes this safe even though the uniform buffer is reused by every flush).
+//    bind groups are made once per (pipeline, bound ranges) and kept until one of their
+//    buffers is destroyed: a decode step binds the same scratch buffers at the same offsets
+//    every step, and making a bind group cost more host time than recording the dispatch.
 
 import { describeAdapter, isCpuAdapter, releaseGpuEntry, requestAdapter, type AdapterOptions } from './adapter.ts';
 import { byteSize, decode, encode, type TensorDType } from './dtype.ts';
@@ -99,6 +100,15 @@ export class Gpu {
   private stagingUsed = 0;
   private readonly uniformAlign: number;
   private nextPassTimestamps: GPUComputePassTimestampWrites | null = null;
+  /** the open pass writes timestamps: it is not split by submitEvery */
+  private timedPass = false;
+  private sinceSubmit = 0;
+  /**
+   * dispatches recorded before they are submitted on their own (0: only flush() and reads
+   * submit). the GPU then starts on a long recording, a decode step of a deep model or a
+   * training step, while the host records the rest. a pass with timestamps is never split.
+   */
+  submitEvery = 64;
   /** dispatches recorded and submits made since creation (for tests, timing and profiling) */
   dispatches = 0;
   flushes = 0;
@@ -326,6 +336,7 @@ export class Gpu {
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
     this.dispatches++;
+    if (this.submitEvery > 0 && ++this.sinceSubmit >= this.submitEvery && !this.timedPass) this.flush();
   }
 
   /** bind groups kept, and the (buffer, group) links that find them when a buffer goes (tests) */
@@ -346,6 +357,7 @@ export class Gpu {
     if (!this.pass) {
       const desc: GPUComputePassDescriptor = { label: 'engram' };
       if (this.nextPassTimestamps) desc.timestampWrites = this.nextPassTimestamps;
+      this.timedPass = this.nextPassTimestamps !== null;
       this.nextPassTimestamps = null;
       this.pass = this.encoder.beginComputePass(desc);
     }
@@ -356,6 +368,7 @@ export class Gpu {
   endPass(): void {
     this.pass?.end();
     this.pass = null;
+    this.timedPass = false;
   }
 
   /** The next compute pass writes these timestamps (see timing.ts). */
@@ -381,6 +394,7 @@ export class Gpu {
     this.device.queue.submit([this.encoder.finish()]);
     this.encoder = null;
     this.flushes++;
+    this.sinceSubmit = 0;
   }
 
   /** Flushes, waits for the GPU to finish, and throws any error recorded meanwhile. */

@@ -141,10 +141,16 @@ test('a cache front holding a prefix\'s keys and values gives the logits of the 
     const ids = await gpu.tensorFrom(ctx, [1, 5], 'u32', 'ctx');
     const got = await read(model.logits(ids, cache));
     assertClose('logits with the prefix in the front', got, full.subarray(3 * 40), TOL.f32);
-    // another front size: the 5 context rows move behind it unchanged
-    const before = ((await gpu.read(cache.k[2]!)) as Float32Array).slice(3 * 8, 8 * 8);
+    // one more token, alone (a decode step: decodeAttention over the front and the context)
+    const longer = await gpu.tensorFrom([...prefix, ...ctx, 21], [1, 9], 'u32', 'longer');
+    const next = await gpu.tensorFrom([21], [1, 1], 'u32', 'next');
+    const step = await read(model.logits(next, cache));
+    assertClose('a decode step after the front', step, (await read(model.logits(longer))).subarray(8 * 40), TOL.f32);
+    for (const x of [longer, next]) x.dispose();
+    // another front size: the 6 context rows move behind it unchanged
+    const before = ((await gpu.read(cache.k[2]!)) as Float32Array).slice(3 * 8, 9 * 8);
     await model.setCacheFront(cache, 2, fronts[2]!.k.subarray(0, 8), fronts[2]!.v.subarray(0, 8));
-    const after = ((await gpu.read(cache.k[2]!)) as Float32Array).slice(1 * 8, 6 * 8);
+    const after = ((await gpu.read(cache.k[2]!)) as Float32Array).slice(1 * 8, 7 * 8);
     assert.deepEqual(after, before);
     assert.deepEqual(cache.front, [3, 3, 1]);
     await assert.rejects(model.setCacheFront(cache, 0, new Float32Array(5 * 8), new Float32Array(5 * 8)), /5 front rows for block 0, which has room for 4/);

@@ -47,6 +47,34 @@ for (const [ci, c] of CASES.entries()) {
   });
 }
 
+// a lockstep batch: one (f, n) for every row, from the uniforms (no rows buffer): the front as
+// wide as its room (the reader's memory blocks), narrower (rows before F are garbage), none; HS 80
+// (the paper's), 5 query heads per kv head; the new token's key is the context's last row
+const LOCKSTEP: (ref.DecodeDims & { lengths: [number, number] })[] = [
+  { B: 3, NH: 10, NKV: 2, HS: 80, S: 190, F: 44, lengths: [44, 129] },
+  { B: 2, NH: 4, NKV: 2, HS: 64, S: 100, F: 30, lengths: [4, 65] },
+  { B: 4, NH: 2, NKV: 1, HS: 6, S: 20, F: 0, lengths: [0, 1] },
+];
+
+for (const [ci, c] of LOCKSTEP.entries()) {
+  test(`decodeAttention with one length for every row matches the reference: case ${ci} (B ${c.B}, NH ${c.NH}/${c.NKV}, HS ${c.HS}, f ${c.lengths[0]}, n ${c.lengths[1]})`, async () => {
+    const gpu = await testGpu();
+    const rng = new Rng(200 + ci);
+    const { B, NH, NKV, HS, S } = c;
+    const q = Float32Array.from({ length: B * NH * HS }, () => rng.normal());
+    const k = Float32Array.from({ length: B * S * NKV * HS }, () => rng.normal());
+    const v = Float32Array.from({ length: B * S * NKV * HS }, () => rng.normal());
+    const tq = await gpu.tensorFrom(q, [B, NH, HS]);
+    const tk = await gpu.tensorFrom(k, [B, S, NKV, HS]);
+    const tv = await gpu.tensorFrom(v, [B, S, NKV, HS]);
+    const out = await gpu.tensor([B, NH, HS], 'f32');
+    await decodeAttention(gpu, { out }, { q: tq, k: tk, v: tv }, { F: c.F, lengths: c.lengths });
+    const want = ref.decodeAttention(q, k, v, Array.from({ length: B }, () => c.lengths), c);
+    assertClose('out', await gpu.read(out), want, TOL.f32);
+    for (const t of [tq, tk, tv, out]) t.dispose();
+  });
+}
+
 test('decodeAttention refuses shapes it cannot run, naming them', async () => {
   const gpu = await testGpu();
   const q = await gpu.tensor([2, 4, 8], 'f32');
@@ -56,4 +84,7 @@ test('decodeAttention refuses shapes it cannot run, naming them', async () => {
   const k2 = await gpu.tensor([2, 10, 2, 8], 'f32');
   await assert.rejects(decodeAttention(gpu, { out: q }, { q, k: k2, v: k2, rows }, { F: 11 }), /F = 11/);
   await assert.rejects(decodeAttention(gpu, { out: q }, { q, k: k2, v: k2, rows }, { F: 0, rowBase: 1 }), /rowBase/);
+  await assert.rejects(decodeAttention(gpu, { out: q }, { q, k: k2, v: k2, rows }, { F: 0, lengths: [0, 1] }), /not both/);
+  await assert.rejects(decodeAttention(gpu, { out: q }, { q, k: k2, v: k2 }, { F: 0 }), /without rows/);
+  await assert.rejects(decodeAttention(gpu, { out: q }, { q, k: k2, v: k2 }, { F: 4, lengths: [2, 7] }), /within the cache's 10/);
 });

@@ -1,13 +1,14 @@
-// attention of one new token per batch row against a KV cache whose rows hold different
-// lengths: the decode step of rows that joined at different times (serve/engine.ts). inference
-// only: no lse, no backward.
+// attention of one new token per batch row against a KV cache: the decode step of rows that
+// joined at different times and hold different lengths (serve/engine.ts), or of a lockstep batch
+// whose rows share one length (model/transformer.ts logits with a KvCache). inference only: no
+// lse, no backward.
 //
 //   out (B,NH,HS) = softmax(scale q k^T) v over row b's keys        q (B,NH,HS) f32, rotated
 //   k, v (B,S,NKV,HS) f32: the cache of one block; row b's keys are its front rows [0, f_b) and
 //   its context rows [F, F + n_b) (the new token's key already appended at F + n_b - 1); the
 //   rows between (a front shorter than the room F kept for it) and after are not keys.
-//   rows (R,4) u32: per batch row (f_b, n_b, *, *) at rows[rowBase + b]; query head h reads kv
-//   head h / (NH/NKV).
+//   rows (R,4) u32: per batch row (f_b, n_b, *, *) at rows[rowBase + b]; or no rows buffer and one
+//   (f, n) for every row in the uniforms (a lockstep batch). query head h reads kv head h / (NH/NKV).
 //
 // thread mapping: one workgroup of 64 threads per (b, h). keys go in tiles of 64, one key per
 // thread: its score (a dot product over HS from the cache row), the tile's max and sum by tree
@@ -20,7 +21,7 @@
 import type { Gpu } from '../../gpu/device.ts';
 import { ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
-import { expectDtype, expectShape, header, launch, type ParamSpec } from '../kernel.ts';
+import { expectDtype, expectShape, header, launch, wgslOnce, type ParamSpec } from '../kernel.ts';
 
 const NT = 64;
 /** largest head size (two dims per thread) */
@@ -35,16 +36,19 @@ const PARAMS: ParamSpec = [
   ['F', 'u32'], // the first context row
   ['rowBase', 'u32'],
   ['scale', 'f32'],
+  ['f', 'u32'], // without a rows buffer: every row's front rows and context rows
+  ['n', 'u32'],
 ];
 
-const WGSL = /* wgsl */ `
+/** the kernel reading each row's lengths from a rows buffer, or one pair from the uniforms */
+const wgsl = (perRow: boolean) => /* wgsl */ `
 ${header(
   [
     { name: 'out', type: 'f32', access: 'read_write' },
     { name: 'q', type: 'f32', access: 'read' },
     { name: 'k', type: 'f32', access: 'read' },
     { name: 'v', type: 'f32', access: 'read' },
-    { name: 'rows', type: 'u32', access: 'read' },
+    ...(perRow ? [{ name: 'rows', type: 'u32', access: 'read' } as const] : []),
   ],
   PARAMS,
 )}
@@ -72,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let b = wid.x / p.NH;
   let h = wid.x % p.NH;
   let kvh = h / p.G;
-  if (lid == 0u) { lens = vec2<u32>(rows[(p.rowBase + b) * 4u], rows[(p.rowBase + b) * 4u + 1u]); }
+  if (lid == 0u) { lens = ${perRow ? 'vec2<u32>(rows[(p.rowBase + b) * 4u], rows[(p.rowBase + b) * 4u + 1u])' : 'vec2<u32>(p.f, p.n)'}; }
   let fn_ = workgroupUniformLoad(&lens);
   let f = fn_.x;
   let n = fn_.x + fn_.y;
@@ -119,13 +123,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 /**
  * out (B,NH,HS) = attention of q (B,NH,HS) over each batch row's keys in the cache k, v (B,S,NKV,HS):
- * front rows [0, f_b) and context rows [F, F + n_b), with (f_b, n_b) = rows[rowBase + b] (rows: (R,4) u32).
+ * front rows [0, f_b) and context rows [F, F + n_b), with (f_b, n_b) = rows[rowBase + b] (rows: (R,4)
+ * u32), or without rows, opts.lengths = (f, n) for every row.
  */
 export async function decodeAttention(
   gpu: Gpu,
   o: { out: Tensor },
-  i: { q: Tensor; k: Tensor; v: Tensor; rows: Tensor },
-  opts: { F: number; rowBase?: number; scale?: number },
+  i: { q: Tensor; k: Tensor; v: Tensor; rows?: Tensor },
+  opts: { F: number; rowBase?: number; scale?: number; lengths?: readonly [f: number, n: number] },
 ): Promise<void> {
   const op = 'decodeAttention';
   if (i.q.shape.length !== 3) throw new ShapeError(`${op}: q ${i.q} should be [B, NH, HS]`);
@@ -136,21 +141,28 @@ export async function decodeAttention(
   expectShape(op, 'v', i.v, [B, S, NKV, HS]);
   expectShape(op, 'out', o.out, [B, NH, HS]);
   for (const [n, t] of [['q', i.q], ['k', i.k], ['v', i.v], ['out', o.out]] as const) expectDtype(op, n, t, ['f32']);
-  expectDtype(op, 'rows', i.rows, ['u32']);
   const rowBase = opts.rowBase ?? 0;
-  if (i.rows.shape.length !== 2 || i.rows.shape[1] !== 4 || i.rows.shape[0]! < rowBase + B) {
-    throw new ShapeError(`${op}: rows ${i.rows} should be [R, 4] u32 with R >= rowBase + B = ${rowBase + B}`);
+  const [f, n] = opts.lengths ?? [0, 0];
+  if (i.rows) {
+    expectDtype(op, 'rows', i.rows, ['u32']);
+    if (i.rows.shape.length !== 2 || i.rows.shape[1] !== 4 || i.rows.shape[0]! < rowBase + B) {
+      throw new ShapeError(`${op}: rows ${i.rows} should be [R, 4] u32 with R >= rowBase + B = ${rowBase + B}`);
+    }
+    if (opts.lengths) throw new ShapeError(`${op}: pass the rows' lengths in rows or in lengths, not both`);
+  } else if (!opts.lengths || !(Number.isInteger(f) && Number.isInteger(n) && f >= 0 && n >= 0 && f <= opts.F && opts.F + n <= S)) {
+    throw new ShapeError(`${op}: without rows, lengths (f, n) = (${opts.lengths?.join(', ') ?? 'none'}) must give every row f <= F = ${opts.F} front rows and n context rows within the cache's ${S}`);
   }
   if (NH % NKV !== 0) throw new ShapeError(`${op}: ${NH} query heads do not split into groups over ${NKV} kv heads`);
   if (!(HS > 0 && HS <= DECODE_MAX_HS)) throw new ShapeError(`${op}: head size ${HS} must be in 1..${DECODE_MAX_HS}`);
   if (!(Number.isInteger(opts.F) && opts.F >= 0 && opts.F <= S)) throw new ShapeError(`${op}: F = ${opts.F} must be a row of the cache's ${S}`);
   if (B === 0) return;
+  const name = i.rows ? 'decode_attention' : 'decode_attention_lockstep';
   await launch(gpu, {
-    name: 'decode_attention',
-    wgsl: WGSL,
-    storage: [o.out, i.q, i.k, i.v, i.rows],
+    name,
+    wgsl: wgslOnce(name, () => wgsl(!!i.rows)),
+    storage: i.rows ? [o.out, i.q, i.k, i.v, i.rows] : [o.out, i.q, i.k, i.v],
     params: PARAMS,
-    values: { NH, G: NH / NKV, NKV, HS, S, F: opts.F, rowBase, scale: opts.scale ?? 1 / Math.sqrt(HS) },
+    values: { NH, G: NH / NKV, NKV, HS, S, F: opts.F, rowBase, scale: opts.scale ?? 1 / Math.sqrt(HS), f, n },
     workgroups: [B * NH],
   });
 }
