@@ -3,8 +3,11 @@
 // metrics (issue "Foundation"): copy_GBps, matmul_f32_4096_TFLOPs, matmul_f16_4096_TFLOPs (best
 // path), attention_fwd_TFLOPs, attention_bwd_TFLOPs (B=4, T=2048, 16 heads, head dim 64, causal),
 // and from bench/torch/kernels.py torch_matmul_f32_4096_TFLOPs (TF32 off),
-// torch_matmul_f16_4096_TFLOPs, torch_attention_fwd_TFLOPs. `--quick` runs small sizes (for a
-// smoke run on a CPU adapter); its numbers are not the suite's metrics.
+// torch_matmul_f16_4096_TFLOPs, torch_attention_fwd_TFLOPs. matmul_f32_decode_GBps and
+// matmul_f32_decode_nosplit_GBps: a decode step's product at the paper shape (32 rows of 3,200
+// against a 3,200 x 3,200 f32 weight, nn.Linear's layout), weight bytes per second, with K split
+// as chooseSplitK picks and unsplit. `--quick` runs small sizes (for a smoke run on a CPU
+// adapter); its numbers are not the suite's metrics. `--only=decode` runs that section alone.
 
 import type { SuiteOutput } from '../run.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
@@ -37,6 +40,21 @@ export async function copyGBps(gpu: Gpu, quick: boolean): Promise<Record<string,
 async function randomTensor(gpu: Gpu, shape: number[], dtype: DType, seed: number, label: string) {
   const n = shape.reduce((a, b) => a * b, 1);
   return gpu.tensorFrom(new Rng(seed).normals(n), shape, dtype, label);
+}
+
+/** a decode step's product: x (32, K) times W (N, K) transposed, f32, K split as chosen and not at all */
+async function decodeMatmulGBps(gpu: Gpu, quick: boolean): Promise<Record<string, number>> {
+  const [M, N, K] = quick ? [32, 320, 320] : [32, 3200, 3200];
+  const x = await randomTensor(gpu, [M, K], 'f32', 4, 'x');
+  const w = await randomTensor(gpu, [N, K], 'f32', 5, 'w');
+  const y = await gpu.tensor([M, N], 'f32', 'y');
+  const out: Record<string, number> = {};
+  for (const [name, splitK] of [['matmul_f32_decode_GBps', undefined], ['matmul_f32_decode_nosplit_GBps', 1]] as const) {
+    const ms = await timeGpu(gpu, () => matmul(gpu, { out: y }, { a: x, b: w }, { transB: true, ...(splitK ? { splitK } : {}) }), { reps: 7, inner: 10 });
+    out[name] = (N * K * 4) / ms / 1e6;
+  }
+  for (const t of [x, w, y]) t.dispose();
+  return out;
 }
 
 /**
@@ -122,7 +140,13 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       console.log(`${name} failed: ${notes[`${name}_error`]}`);
     }
   };
+  const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length);
+  if (only === 'decode') {
+    await section('decode', () => decodeMatmulGBps(gpu, quick));
+    return { results, notes };
+  }
   await section('matmul', () => matmulTFLOPs(gpu, quick ? 256 : 4096, notes));
+  await section('decode', () => decodeMatmulGBps(gpu, quick));
   await section('attention', () => attentionTFLOPs(gpu, quick, notes));
   if (!quick) {
     const torch = runTorch('kernels.py');

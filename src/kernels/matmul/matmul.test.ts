@@ -6,7 +6,7 @@ import * as ref from '../../reference/matmul.ts';
 import { TOL, assertClose } from '../../testing/allclose.ts';
 import { testGpu } from '../../testing/gpu.ts';
 import { Rng } from '../../testing/rng.ts';
-import { MATMUL_CONFIGS, chooseConfig, choosePath, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig, type MatmulPath } from './matmul.ts';
+import { MATMUL_CONFIGS, chooseConfig, choosePath, chooseSplitK, configFits, configName, linearBackward, linearForward, matmul, matmulFlops, type MatmulConfig, type MatmulPath } from './matmul.ts';
 import { cpuLanes, simdLanes } from '../kernel.ts';
 
 interface Case {
@@ -29,6 +29,7 @@ interface Case {
   out?: DType;
   pretranspose?: boolean;
   path?: MatmulPath;
+  splitK?: number;
 }
 
 /** uploads seeded inputs rounded to `dtype`, runs matmul, compares with the float64 reference */
@@ -61,6 +62,7 @@ async function check(dtype: DType, c: Case): Promise<void> {
     ...(c.config ? { config: c.config } : {}),
     ...(c.pretranspose !== undefined ? { pretranspose: c.pretranspose } : {}),
     ...(c.path ? { path: c.path } : {}),
+    ...(c.splitK ? { splitK: c.splitK } : {}),
   });
   const want = ref.matmul(
     a,
@@ -124,6 +126,35 @@ for (const dtype of DTYPES) {
   }
   test(`matmul ${dtype} large magnitudes`, () => check(dtype, { M: 40, N: 24, K: 64, scale: dtype === 'f16' ? 12 : 300 }));
 }
+
+// split K (a decode step's products: few output tiles, long K): each slice's partial products
+// summed in slice order, in every layout; K not a multiple of the slice (a short last slice), a
+// slice of one BK slab, ragged M and N, alpha; the pretransposed operands split too
+for (const [transA, transB] of trans) {
+  test(`matmul f32 tiled split K ${tname(transA, transB)}`, async () => {
+    await check('f32', { M: 7, N: 45, K: 300, transA, transB, path: 'tiled', splitK: 3, pretranspose: false });
+    await check('f32', { M: 32, N: 36, K: 37, transA, transB, path: 'tiled', splitK: 5, alpha: 0.5, pretranspose: false });
+    await check('f32', { M: 33, N: 20, K: 260, transA, transB, path: 'tiled', splitK: 4, pretranspose: true });
+    const gpu = await testGpu();
+    assert.equal(gpu.scratch.outstanding, 0, 'scratch given back');
+  });
+}
+
+test('matmul split K refuses what it cannot sum, and chooseSplitK splits only products that leave the GPU idle', async () => {
+  const gpu = await testGpu();
+  await assert.rejects(check('f32', { M: 8, N: 8, K: 64, path: 'tiled', splitK: 2, bias: true }), /splitK needs one product with an f32 output and no bias or accumulate/);
+  await assert.rejects(check('f32', { M: 8, N: 8, K: 64, path: 'tiled', splitK: 2, accumulate: true }), /splitK needs/);
+  await assert.rejects(check('f32', { M: 8, N: 8, K: 64, batch: 2, path: 'tiled', splitK: 2 }), /splitK needs/);
+  const d = (M: number, N: number, K: number) => ({ batch: 1, M, N, K, sA: 0, sB: 0 });
+  // the GPU rule (this adapter is a CPU: no split at all)
+  const fake = { cpu: false } as unknown as typeof gpu;
+  assert.equal(chooseSplitK(gpu, d(32, 3200, 3200), 100, 64), 1);
+  assert.equal(chooseSplitK(fake, d(32, 3200, 3200), 100, 64), 11); // 1,024 workgroups of 64 wanted; slices of >= 256
+  assert.equal(chooseSplitK(fake, d(32, 3200, 3200), 100, 256), 3);
+  assert.equal(chooseSplitK(fake, d(32, 3200, 6400), 10, 64), 25);
+  assert.equal(chooseSplitK(fake, d(32, 384, 384), 12, 64), 1);
+  assert.equal(chooseSplitK(fake, d(4096, 4096, 4096), 1024, 256), 1);
+});
 
 // a CPU adapter takes the cpu path for f32 outputs (matmul_cpu.ts): the tiled kernel's f32
 // layouts again, forced, so that both run here

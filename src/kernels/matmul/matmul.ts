@@ -40,6 +40,10 @@
 // measured: MATMUL_CONFIGS.
 // bounds: loads are guarded (out-of-range elements read as 0, so a partial K slab adds nothing)
 // and stores are guarded per element; in the interior this is a couple of compares per slab.
+// split K: a product whose output fills too few tiles to occupy the GPU (a decode step: 32 rows)
+// runs z over slices of K instead of over the batch (kSplit: the slice length; the bases carry
+// each slice's start); the slices' partial products (slices, M, N) are then summed in slice
+// order (reduce.ts columnSums). f32 outputs without bias or accumulate, unbatched: chooseSplitK.
 // numerics: f32 accumulation in a fixed order (bitwise reproducible); a, b, bias, out may be
 // stored in f32/f16/bf16. f16/bf16 outputs are written in pairs (N must be even); accumulate
 // into them is a read-modify-write of whole pairs (each pair belongs to one thread), but
@@ -54,7 +58,7 @@ import type { DType } from '../../gpu/dtype.ts';
 import { LimitError, ShapeError } from '../../gpu/errors.ts';
 import type { Tensor } from '../../gpu/tensor.ts';
 import { cpuLanes, expectDtype, expectPackable, expectShape, floatDtype, grid1d, header, launch, type ParamSpec, wgslOnce } from '../kernel.ts';
-import { addColumnSums } from '../reduce/reduce.ts';
+import { addColumnSums, columnSums } from '../reduce/reduce.ts';
 import { matmulCpu } from './matmul_cpu.ts';
 import { matmulSubgroup, subgroupMatmulSupported } from './matmul_subgroup.ts';
 import { transpose } from '../transpose/transpose.ts';
@@ -204,6 +208,7 @@ const PARAMS: ParamSpec = [
   ['tilesM', 'u32'],
   ['tilesN', 'u32'],
   ['alpha', 'f32'],
+  ['kSplit', 'u32'], // 0: z is the batch; else z is a slice of K this long (splitK: partial sums)
 ];
 
 /** a storage binding for an input operand, with ld_x(i) (scalar) or ld4_x(v) (elements 4v..4v+3) */
@@ -251,11 +256,11 @@ function unitCode(o: Operand, c: MatmulConfig, u: string, r: string, st: string 
     const gx = `${x0} + ${r}x`;
     if (o.vec) {
       // the contiguous dimension is a multiple of 4: a vec4 is wholly in range or out
-      l.push(`${r} = vec4<f32>(); if (${gk} < p.K && ${gx} < ${D}) { ${r} = ld4_${o.name}((${at(gk, gx)}) >> 2u); }`);
+      l.push(`${r} = vec4<f32>(); if (${gk} < kEnd && ${gx} < ${D}) { ${r} = ld4_${o.name}((${at(gk, gx)}) >> 2u); }`);
     } else {
       for (let j = 0; j < 4; j++) {
         const [kj, xj] = o.direct ? [gk, `${gx} + ${j}u`] : [`${gk} + ${j}u`, gx];
-        l.push(`${r}[${j}] = 0.0; if (${kj} < p.K && ${xj} < ${D}) { ${r}[${j}] = ld_${o.name}(${at(kj, xj)}); }`);
+        l.push(`${r}[${j}] = 0.0; if (${kj} < kEnd && ${xj} < ${D}) { ${r}[${j}] = ld_${o.name}(${at(kj, xj)}); }`);
       }
     }
     return l.join('\n        ');
@@ -421,6 +426,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let m0 = tm * ${c.BM}u;
   let n0 = tn * ${c.BN}u;
   let batch = wid.z;
+  // the k range this workgroup sums: all of K, or (splitK) its slice, whose start the bases carry
+  let kEnd = select(p.K, min(p.kSplit, p.K - batch * p.kSplit), p.kSplit > 0u);
   let basea = batch * p.sA;
   let baseb = batch * p.sB;
   let obase = batch * p.M * p.N;
@@ -434,7 +441,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // slab t-1 (already in workgroup memory), then stores slab t to the other stage. the fetch's
   // latency hides behind the math; one barrier per slab. a stage is overwritten two iterations
   // after it was filled, so every read of it finished before the barrier in between.
-  let slabs = (p.K + ${c.BK - 1}u) / ${c.BK}u;
+  let slabs = (kEnd + ${c.BK - 1}u) / ${c.BK}u;
   for (var t = 0u; t <= slabs; t++) {
     let fill = t < slabs;
     if (fill) {
@@ -471,6 +478,8 @@ export interface MatmulOptions {
   config?: MatmulConfig;
   /** force a path (tests, benchmarks); default choosePath() */
   path?: MatmulPath;
+  /** tiled path: sum K in this many slices (tests, benchmarks; 1: none); default chooseSplitK() */
+  splitK?: number;
   /** tiled path: transpose operands stored along k first (true: every f32 one; default
    * choosePretranspose) */
   pretranspose?: boolean;
@@ -639,17 +648,50 @@ async function matmulTiled(
   const tilesM = Math.ceil(d.M / config.BM);
   const tilesN = Math.ceil(d.N / config.BN);
   const [x, y] = grid1d(gpu, tilesM * tilesN);
-  const name =
-    `matmul_${configName(config)}_${transA ? 't' : 'n'}${transB ? 't' : 'n'}_v${spec.vecA ? 4 : 1}${spec.vecB ? 4 : 1}` +
-    `_${out.dtype}_${a.dtype}_${b.dtype}${bias ? `_bias_${bias.dtype}` : ''}${spec.accumulate ? '_acc' : ''}`;
-  await launch(gpu, {
-    name,
-    wgsl: wgslOnce(`matmul_tiled ${JSON.stringify(spec)}`, () => tiledWgsl(spec)),
-    storage: bias ? [out, a, b, bias] : [out, a, b],
-    params: PARAMS,
-    values: { M: d.M, N: d.N, K: d.K, sA: d.sA, sB: d.sB, tilesM, tilesN, alpha: opts.alpha ?? 1 },
-    workgroups: [x, y, d.batch],
-  });
+  const tiled = (s: TiledSpec, target: Tensor, values: Record<string, number>, z: number) => {
+    const name =
+      `matmul_${configName(config)}_${transA ? 't' : 'n'}${transB ? 't' : 'n'}_v${s.vecA ? 4 : 1}${s.vecB ? 4 : 1}` +
+      `_${s.out}_${a.dtype}_${b.dtype}${s.bias ? `_bias_${s.bias}` : ''}${s.accumulate ? '_acc' : ''}`;
+    return launch(gpu, {
+      name,
+      wgsl: wgslOnce(`matmul_tiled ${JSON.stringify(s)}`, () => tiledWgsl(s)),
+      storage: bias && s.bias ? [target, a, b, bias] : [target, a, b],
+      params: PARAMS,
+      values: { M: d.M, N: d.N, K: d.K, tilesM, tilesN, alpha: opts.alpha ?? 1, ...values },
+      workgroups: [x, y, z],
+    });
+  };
+  const S = opts.splitK ?? chooseSplitK(gpu, d, tilesM * tilesN, threadsOf(config));
+  const slice = Math.ceil(Math.ceil(d.K / Math.max(S, 1)) / config.BK) * config.BK;
+  const slices = Math.ceil(d.K / slice);
+  if (slices < 2 || d.batch !== 1 || bias || spec.accumulate || spec.out !== 'f32') {
+    if (opts.splitK !== undefined && opts.splitK > 1 && slices >= 2) throw new LimitError(`matmul: splitK needs one product with an f32 output and no bias or accumulate`);
+    await tiled(spec, out, { sA: d.sA, sB: d.sB, kSplit: 0 }, d.batch);
+    return;
+  }
+  // split K: each slice's partial product (slices, M, N), then their sums in slice order. a
+  // slice starts `slice` elements along k: further along a row (stored along k) or down rows
+  const part = gpu.scratch.take([slices, d.M * d.N], 'f32', 'matmul_splitk');
+  try {
+    await tiled(spec, part, { sA: transA ? slice * d.M : slice, sB: transB ? slice : slice * d.N, kSplit: slice }, slices);
+    await columnSums(gpu, out.reshape([d.M * d.N]), part);
+  } finally {
+    part.dispose();
+  }
+}
+
+/**
+ * Slices of K for a product whose output has `tiles` workgroups of `threads`: a decode step's
+ * products (32 rows, a few thousand columns) fill a few dozen 32 x 32 tiles of 64 threads and
+ * leave most of a large GPU idle while each walks all of K (a paper-shape decode step's
+ * products read their weights at about 100 GB/s: BENCHMARKS.md `explicit`). Slices of at least
+ * 256 along K bring the threads to MIN_WORKGROUPS workgroups of 256. 1 (no split) on CPU
+ * adapters and for products that fill the GPU already. Not yet timed against the unsplit kernel.
+ */
+export function chooseSplitK(gpu: Gpu, d: MatmulDims, tiles: number, threads: number): number {
+  const target = (MIN_WORKGROUPS * 256) / threads;
+  if (gpu.cpu || d.batch !== 1 || tiles * 2 > target) return 1;
+  return Math.max(1, Math.min(Math.ceil(target / tiles), Math.floor(d.K / 256), 32));
 }
 
 // ---------------------------------------------------------------- nn.Linear
