@@ -298,6 +298,16 @@ export function decodeMemory(bytes: Uint8Array, label = 'memory blob', codebooks
   return { layers: L, kvHeads: H, tokens: T, headDim: D, dtype: h.dtype, k, v, positions };
 }
 
+/**
+ * a bf16 memory's stored keys and values as they lie in its blob, (L, 2, Hkv, T, D) bf16 bytes (a
+ * view), for the GPU to widen (kernels/memsel/memory_front.ts); null for a memory of another dtype
+ */
+export function bf16Kv(bytes: Uint8Array, label = 'memory blob'): { header: MemoryHeader; kv: Uint8Array } | null {
+  const h = memoryHeader(bytes, label);
+  if (h.dtype !== 'bf16') return null;
+  return { header: h, kv: bytes.subarray(MEMORY_HEADER_BYTES, MEMORY_HEADER_BYTES + kvBytes(h)) };
+}
+
 const hex = (x: number): string => `0x${x.toString(16).padStart(8, '0')}`;
 /** a memory shape as errors print it: (L, 2, Hkv, T, D) dtype */
 export const fmtShape = (s: MemoryShape): string => `(L ${s.layers}, 2, Hkv ${s.kvHeads}, T ${s.tokens}, D ${s.headDim}) ${s.dtype}${s.dtype === 'pq' ? ` of ${s.subvectors} bytes` : ''}`;

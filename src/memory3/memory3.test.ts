@@ -6,7 +6,8 @@
 // positions: the reader's greedy continuation must equal the plain model's on that concatenated
 // sequence. with the defaults (8 of the tokens, half of the blocks), each chunk must report what
 // it retrieved, decoded memories are reused, and an empty bank reads nothing. a lockstep batch
-// (generateBatch: one KV cache, per-row fronts and retrieval) equals each row read alone.
+// (generateBatch: one KV cache, per-row fronts and retrieval) equals each row read alone. bf16
+// memories laid out on the GPU give the fronts the host builds.
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -17,6 +18,7 @@ import { Tokenizer, trainTokenizer } from '../data/tokenizer.ts';
 import { generate } from '../infer/generate.ts';
 import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
+import { TOL, assertClose } from '../testing/allclose.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { MemoryBank } from './bank.ts';
 import { encodeMemory } from './blob.ts';
@@ -141,6 +143,47 @@ test('a lockstep batch of prompts reads as each prompt alone: the same retrieval
     const small = await new MemoryReader(gpu, model, tok, bank, { ...o, cacheSize: 1 }).generateBatch(prompts, { maxNew: 12, temperature: 0 });
     assert.deepEqual(small.map((r) => r.ids), batch.map((r) => r.ids));
     await assert.rejects(new MemoryReader(gpu, model, tok, bank).generateBatch([[1, 2], [3]], { maxNew: 2 }), /every prompt needs the same length/);
+    bank.close();
+    assert.equal(gpu.scratch.outstanding, 0);
+  } finally {
+    model.dispose();
+  }
+});
+
+test('bf16 memories laid out on the GPU give the fronts the host builds: the same cache rows and logits after the prompt, the same tokens', async () => {
+  const gpu = await testGpu();
+  const { tok, model } = await setup();
+  try {
+    const layers = defaultMemoryLayers(model.config);
+    const written = await writeMemories(gpu, model, tok, FACTS);
+    const bank = await MemoryBank.open(join(root, 'onGpu'), { create: true, model: { fingerprint: 'test', layers, kvHeads: 2, tokens: 8, headDim: 8, dtype: 'bf16' } });
+    await bank.add(written.map((w, i) => ({ id: `fact${i}`, text: w.text, tokens: w.tokens, memory: encodeMemory(w.memory) })));
+    // chunks retrieving one memory and none (the front resized between them, the context moved)
+    const prompt = Array.from(tok.encode(' the zorblat river flows where? parrots and the lighthouse of Marrow Point in the storm'));
+    const o = { chunk: 8, topk: 2 };
+    // inspection builds the fronts on the host
+    const [onGpu, onHost] = [new MemoryReader(gpu, model, tok, bank, o), new MemoryReader(gpu, model, tok, bank, { ...o, inspect: true })];
+    const [a, b] = [await onGpu.prefill(prompt, prompt.length + 4), await onHost.prefill(prompt, prompt.length + 4)];
+    try {
+      assert.deepEqual(a.chunks.map((c) => c.retrieved.map((h) => h.id)), b.chunks.map((c) => c.retrieved.map((h) => h.id)));
+      assert.ok(new Set(a.chunks.map((c) => c.retrieved.length)).size > 1, 'chunks retrieving different numbers of memories');
+      assert.deepEqual(a.cache.front, b.cache.front);
+      // the fronts exactly; the context after them closely (a one-token last chunk runs the decode
+      // kernel without inspection, the prefill kernel with it)
+      for (const l of layers) {
+        for (const [x, y] of [[a.cache.k[l]!, b.cache.k[l]!], [a.cache.v[l]!, b.cache.v[l]!]] as const) {
+          const [front, rows] = [a.cache.front[l]! * 2 * 8, (a.cache.front[l]! + prompt.length) * 2 * 8];
+          const [gx, gy] = [(await gpu.read(x)) as Float32Array, (await gpu.read(y)) as Float32Array];
+          assert.deepEqual(gx.subarray(0, front), gy.subarray(0, front), `block ${l}'s front`);
+          assertClose(`block ${l}'s context`, gx.subarray(front, rows), gy.subarray(front, rows), TOL.f32);
+        }
+      }
+      assertClose('logits', a.logits, b.logits, TOL.f32);
+    } finally {
+      for (const t of [...a.cache.k, ...a.cache.v, ...b.cache.k, ...b.cache.v]) t.dispose();
+    }
+    const gen = async (r: MemoryReader) => (await r.generate(prompt, { maxNew: 10, temperature: 0 })).ids;
+    assert.deepEqual(await gen(onGpu), await gen(onHost));
     bank.close();
     assert.equal(gpu.scratch.outstanding, 0);
   } finally {

@@ -17,8 +17,11 @@
 // and its tokens attend to those only (the prompt is run chunk by chunk, the front swapped in
 // between). while generating, the first `chunk` new tokens keep the last prompt chunk's memories;
 // after every `chunk` new tokens, the memories are retrieved again with those tokens' text.
-// retrieval: the bank's BM25 search (bank.ts); decoded memories stay in an LRU cache (neighbouring
-// chunks often retrieve the same references).
+// retrieval: the bank's BM25 search (bank.ts); memories stay in an LRU cache as the bank stores
+// them (neighbouring chunks often retrieve the same references). bf16 memories go to the GPU as
+// stored, one upload per retrieval, and are widened and laid out behind the sink there
+// (kernels/memsel/memory_front.ts); other dtypes, inspection and a server slot's front are built
+// on the host.
 //
 // what each chunk retrieved is reported (onChunk, and in the result) for inspection; with
 // `inspect`, also how much attention each retrieved reference received: the memory blocks'
@@ -32,7 +35,8 @@ import { lastLogits, Lockstep, lockstepLength, type BatchGenerateOptions, type S
 import type { Tensor } from '../gpu/tensor.ts';
 import type { AttentionRows, KvCache, MemoryReads, Transformer } from '../model/transformer.ts';
 import type { BankManifest, SearchHit, StoredReference } from './bank.ts';
-import { copyMemoryRows, decodeMemory, type MemoryCodebooks, type SparseMemory } from './blob.ts';
+import { bf16Kv, copyMemoryRows, decodeMemory, type MemoryCodebooks } from './blob.ts';
+import { FRONT_NONE, memoryFront } from '../kernels/memsel/memory_front.ts';
 import { REFERENCE_PREFIX, sinkKV } from './write.ts';
 
 export interface ReadOptions {
@@ -93,16 +97,16 @@ export interface MemorySource {
   get(ids: readonly string[]): Promise<StoredReference[]>;
 }
 
-/** a least-recently-used map of decoded memories */
+/** a least-recently-used map of memories as their bank stores them (blobs) */
 class MemoryCache {
-  private readonly map = new Map<string, SparseMemory>();
+  private readonly map = new Map<string, Uint8Array>();
   hits = 0;
   misses = 0;
   constructor(private readonly size: number) {}
 
   /** the memories of ids, in order (answered from what this call found or loaded: later evictions cannot lose them) */
-  async get(bank: MemorySource, ids: readonly string[]): Promise<SparseMemory[]> {
-    const found = new Map<string, SparseMemory>();
+  async get(bank: MemorySource, ids: readonly string[]): Promise<Uint8Array[]> {
+    const found = new Map<string, Uint8Array>();
     const missing: string[] = [];
     for (const id of new Set(ids)) {
       const m = this.map.get(id);
@@ -118,9 +122,8 @@ class MemoryCache {
     this.hits += found.size;
     if (missing.length > 0) {
       for (const r of await bank.get(missing)) {
-        const m = decodeMemory(r.memory, `memory of reference '${r.id}'`, bank.codebooks ?? undefined);
-        found.set(r.id, m);
-        this.put(r.id, m);
+        found.set(r.id, r.memory);
+        this.put(r.id, r.memory);
       }
     }
     return ids.map((id) => {
@@ -130,7 +133,7 @@ class MemoryCache {
     });
   }
 
-  private put(id: string, m: SparseMemory): void {
+  private put(id: string, m: Uint8Array): void {
     this.map.set(id, m);
     while (this.map.size > this.size) this.map.delete(this.map.keys().next().value!);
   }
@@ -260,7 +263,7 @@ export class MemoryReader {
    * memory blocks' front rows (the sink, then the memories; keys rotated), and what was retrieved
    */
   async frontFor(query: string, start: number): Promise<{ info: ChunkInfo; fronts: { layer: number; k: Float32Array; v: Float32Array }[] }> {
-    const { infos, fronts } = await this.fronts(await this.sink(), [query], start, start);
+    const { infos, fronts } = await this.fronts(await this.sink(), [query], start, start, undefined, true);
     return { info: infos[0]!, fronts: [...fronts].map(([layer, f]) => ({ layer, k: f.k, v: f.v })) };
   }
 
@@ -327,43 +330,84 @@ export class MemoryReader {
   }
 
   /** puts fronts() into the cache's memory blocks (and starts inspecting the chunk) */
-  private async apply(cache: KvCache, { infos, fronts }: Awaited<ReturnType<MemoryReader['fronts']>>): Promise<ChunkInfo[]> {
-    for (const [layer, f] of fronts) {
-      await this.model.setCacheFront(cache, layer, f.k, f.v);
-      this.inspected.set(layer, f);
+  private async apply(cache: KvCache, f: Awaited<ReturnType<MemoryReader['fronts']>>): Promise<ChunkInfo[]> {
+    if (f.onGpu) {
+      // the sink's rows stay where prefillRows wrote them; the memories' rows behind them are
+      // widened from the upload on the GPU
+      const { mem, idx, most, sinkRows } = f.onGpu;
+      try {
+        for (const [li, layer] of this.layers.entries()) {
+          this.model.resizeCacheFront(cache, layer, sinkRows + most * this.bank.manifest.tokens);
+          if (mem && idx) await memoryFront(this.gpu, { k: cache.k[layer]!, v: cache.v[layer]! }, { mem, idx }, { layer: li, row0: sinkRows });
+        }
+      } finally {
+        mem?.dispose();
+        idx?.dispose();
+      }
+    }
+    for (const [layer, h] of f.fronts) {
+      await this.model.setCacheFront(cache, layer, h.k, h.v);
+      this.inspected.set(layer, h);
     }
     this.settle();
-    if (this.o.inspect) this.acc = infos.map((info) => ({ info, sums: info.retrieved.map(() => 0), sink: 0, n: 0 }));
-    return infos;
+    if (this.o.inspect) this.acc = f.infos.map((info) => ({ info, sums: info.retrieved.map(() => 0), sink: 0, n: 0 }));
+    return f.infos;
   }
 
-  /** each row's search (or `keep`'s references), loaded, as every memory block's front: the sink, then the memories (rows of a batch padded to the most) */
-  private async fronts(sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[]) {
+  /**
+   * each row's search (or `keep`'s references), loaded, as every memory block's front: the sink,
+   * then the memories (rows of a batch padded to the most, with zero rows). bf16 memories go to
+   * the GPU as stored (onGpu: widened and laid out there, apply()); `host` (a slot's front for the
+   * server), inspection (which reads the keys on the host) and other dtypes build the rows here
+   */
+  private async fronts(sink: { k: Float32Array; v: Float32Array }[], queries: string[], start: number, end: number, keep?: ChunkInfo[], host = false) {
     const { topk } = this.o;
     const hits = await Promise.all(queries.map(async (q, r) => (q.trim() ? await this.bank.search(q, { k: topk }) : (keep?.[r]?.retrieved ?? []))));
     // one load for every row's references (rows share many)
     const all = await this.memCache.get(this.bank, hits.flat().map((h) => h.id));
     let at = 0;
-    const mems = hits.map((h) => all.slice(at, (at += h.length)));
+    const blobs = hits.map((h) => all.slice(at, (at += h.length)));
     const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
     const width = Hkv * HS;
-    const most = Math.max(...mems.map((m) => m.length));
+    const most = Math.max(...blobs.map((m) => m.length));
+    const sinkRows = sink[this.layers[0]!]!.k.length / width;
+    const infos = queries.map((query, r) => ({ start, end, query: query.trim() ? query : '', retrieved: hits[r]! }));
     const fronts = new Map<number, { k: Float32Array; v: Float32Array; rows: number; sinkRows: number }>();
+    const distinct = [...new Set(all)];
+    const stored = host || this.o.inspect ? null : distinct.map((b, i) => bf16Kv(b, `memory ${i} of this retrieval`));
+    if (stored && stored.every((x) => x !== null)) {
+      for (const { header: h } of stored) {
+        if (h.layers !== this.layers.length || h.kvHeads !== Hkv || h.tokens !== K || h.headDim !== HS) {
+          throw new EngramError(`memory reader: a memory of (${h.layers} layers, ${h.kvHeads} KV heads, ${h.tokens} tokens, dim ${h.headDim}) in a bank of (${this.layers.length}, ${Hkv}, ${K}, ${HS}): the bank is damaged`);
+        }
+      }
+      if (distinct.length === 0) return { infos, fronts, onGpu: { mem: null, idx: null, most: 0, sinkRows } };
+      const of = new Map(distinct.map((b, i) => [b, i]));
+      const idx = new Uint32Array(queries.length * most).fill(FRONT_NONE);
+      blobs.forEach((ms, r) => ms.forEach((b, i) => (idx[r * most + i] = of.get(b)!)));
+      const per = stored[0]!.kv.byteLength;
+      const bytes = new Uint8Array(distinct.length * per);
+      stored.forEach((x, i) => bytes.set(x!.kv, i * per));
+      const mem = await this.gpu.tensor([distinct.length, this.layers.length, 2, Hkv, K, HS], 'bf16', 'memory_front_upload');
+      this.gpu.writeBytes(mem, bytes);
+      const idxT = await this.gpu.tensorFrom(idx, [queries.length, most], 'u32', 'memory_front_idx');
+      return { infos, fronts, onGpu: { mem, idx: idxT, most, sinkRows } };
+    }
+    // on the host: each memory decoded once
+    const decoded = new Map(distinct.map((b) => [b, decodeMemory(b, 'memory of this retrieval', this.bank.codebooks ?? undefined)]));
     for (const [li, layer] of this.layers.entries()) {
       const s = sink[layer]!;
-      const sinkRows = s.k.length / width;
       const rows = sinkRows + most * K;
       const k = new Float32Array(queries.length * rows * width);
       const v = new Float32Array(queries.length * rows * width);
-      mems.forEach((ms, r) => {
+      blobs.forEach((ms, r) => {
         k.set(s.k, r * rows * width);
         v.set(s.v, r * rows * width);
-        ms.forEach((m, i) => copyMemoryRows(m, li, k, v, r * rows + sinkRows + i * K));
+        ms.forEach((b, i) => copyMemoryRows(decoded.get(b)!, li, k, v, r * rows + sinkRows + i * K));
       });
       fronts.set(layer, { k, v, rows, sinkRows });
     }
-    const infos = queries.map((query, r) => ({ start, end, query: query.trim() ? query : '', retrieved: hits[r]! }));
-    return { infos, fronts };
+    return { infos, fronts, onGpu: null };
   }
 
   /** closes the chunks being inspected: their sums become mean shares */

@@ -578,10 +578,39 @@ export class Transformer {
   }
 
   /**
+   * Makes block `layer`'s front `rows` long, moving the cached context behind it (through a
+   * scratch copy: a buffer cannot copy onto itself); the front rows themselves are the caller's
+   * to write (rows kept from before stay as they were). setCacheFront writes them from the host.
+   */
+  resizeCacheFront(cache: KvCache, layer: number, rows: number): void {
+    const { gpu, config: c } = this;
+    this.checkBlock(layer);
+    if (!(Number.isInteger(rows) && rows >= 0)) throw new EngramError(`Transformer: ${rows} front rows for block ${layer}: expected a whole number >= 0`);
+    if (rows > cache.frontMax[layer]!) throw new EngramError(`Transformer: ${rows} front rows for block ${layer}, which has room for ${cache.frontMax[layer]}`);
+    const width = c.kvHeads * (c.dim / c.heads);
+    const old = cache.front[layer]!;
+    const P = cache.length;
+    const row = width * 4;
+    const S = cache.k[layer]!.shape[1]!;
+    if (rows !== old && P > 0) {
+      for (const t of [cache.k[layer]!, cache.v[layer]!]) {
+        const tmp = gpu.scratch.take([P, width], 'f32', 'cache_move');
+        gpu.encode((enc) => {
+          for (let b = 0; b < cache.batch; b++) {
+            enc.copyBufferToBuffer(t.buffer, t.offset + (b * S + old) * row, tmp.buffer, tmp.offset, P * row);
+            enc.copyBufferToBuffer(tmp.buffer, tmp.offset, t.buffer, t.offset + (b * S + rows) * row, P * row);
+          }
+        });
+        tmp.dispose();
+      }
+    }
+    cache.front[layer] = rows;
+  }
+
+  /**
    * Sets block `layer`'s front rows: k and v hold, for each of the cache's batch rows in turn,
    * rows x (kvHeads, headDim) f32 (the same row count for every batch row), their keys already
-   * rotated. A front of another size moves the cached context behind it (through a scratch
-   * copy: a buffer cannot copy onto itself).
+   * rotated. A front of another size moves the cached context behind it (resizeCacheFront).
    */
   async setCacheFront(cache: KvCache, layer: number, k: Float32Array, v: Float32Array): Promise<void> {
     const { gpu, config: c } = this;
@@ -593,23 +622,9 @@ export class Transformer {
       throw new EngramError(`Transformer: front keys (${k.length}) and values (${v.length}) must be the same whole number of rows of ${width} for each of the cache's ${B} batch rows`);
     }
     const rows = k.length / (width * B);
-    if (rows > cache.frontMax[layer]!) throw new EngramError(`Transformer: ${rows} front rows for block ${layer}, which has room for ${cache.frontMax[layer]}`);
-    const old = cache.front[layer]!;
-    const P = cache.length;
+    this.resizeCacheFront(cache, layer, rows);
     const row = width * 4;
     const S = cache.k[layer]!.shape[1]!;
-    if (rows !== old && P > 0) {
-      for (const t of [cache.k[layer]!, cache.v[layer]!]) {
-        const tmp = gpu.scratch.take([P, width], 'f32', 'cache_move');
-        gpu.encode((enc) => {
-          for (let b = 0; b < B; b++) {
-            enc.copyBufferToBuffer(t.buffer, t.offset + (b * S + old) * row, tmp.buffer, tmp.offset, P * row);
-            enc.copyBufferToBuffer(tmp.buffer, tmp.offset, t.buffer, t.offset + (b * S + rows) * row, P * row);
-          }
-        });
-        tmp.dispose();
-      }
-    }
     gpu.flush();
     if (rows > 0) {
       for (let b = 0; b < B; b++) {
@@ -618,7 +633,6 @@ export class Transformer {
         gpu.device.queue.writeBuffer(cache.v[layer]!.buffer, cache.v[layer]!.offset + b * S * row, v as Float32Array<ArrayBuffer>, at, rows * width);
       }
     }
-    cache.front[layer] = rows;
   }
 
   /**
