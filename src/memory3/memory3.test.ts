@@ -5,7 +5,7 @@
 // length, reading a retrieved memory is attention over [prefix, reference, context] at the same
 // positions: the reader's greedy continuation must equal the plain model's on that concatenated
 // sequence. with the defaults (8 of the tokens, half of the blocks), each chunk must report what
-// it retrieved, decoded memories are reused, and an empty bank reads nothing. a lockstep batch
+// it retrieved, loaded memories are reused, and an empty bank reads nothing. a lockstep batch
 // (generateBatch: one KV cache, per-row fronts and retrieval) equals each row read alone. bf16
 // memories laid out on the GPU give the fronts the host builds.
 
@@ -71,7 +71,7 @@ test('a memory that keeps every token, at every block: reading it equals the mod
   }
 });
 
-test('sparse memories at the first half of the blocks: retrieval per chunk, the LRU cache reuses decoded memories, an empty bank', async () => {
+test('sparse memories at the first half of the blocks: retrieval per chunk, the LRU cache reuses loaded memories, an empty bank', async () => {
   const gpu = await testGpu();
   const { tok, model } = await setup();
   try {
@@ -139,7 +139,7 @@ test('a lockstep batch of prompts reads as each prompt alone: the same retrieval
       assert.deepEqual(batch[r]!.chunks.map((c) => [c.start, c.end, c.retrieved.map((h) => h.id)]), one.chunks.map((c) => [c.start, c.end, c.retrieved.map((h) => h.id)]));
       batch[r]!.chunks.forEach((c, i) => c.attention!.forEach((x, j) => assert.ok(Math.abs(x - one.chunks[i]!.attention![j]!) < 1e-4, `row ${r} chunk ${i}`)));
     }
-    // a decoded-memory cache smaller than one step's references loses none of them
+    // a memory cache smaller than one step's references loses none of them
     const small = await new MemoryReader(gpu, model, tok, bank, { ...o, cacheSize: 1 }).generateBatch(prompts, { maxNew: 12, temperature: 0 });
     assert.deepEqual(small.map((r) => r.ids), batch.map((r) => r.ids));
     await assert.rejects(new MemoryReader(gpu, model, tok, bank).generateBatch([[1, 2], [3]], { maxNew: 2 }), /every prompt needs the same length/);

@@ -46,7 +46,7 @@ export interface ReadOptions {
   chunk?: number;
   /** the position range the memories share (default 128: the references' maximum length) */
   memoryPositions?: number;
-  /** decoded memories kept (default 256) */
+  /** memories kept in the cache, as the bank stores them (default 256) */
   cacheSize?: number;
   prefix?: string;
   /** measure how much attention each retrieved reference receives (ChunkInfo.attention; costs a readback per block and step) */
@@ -170,7 +170,7 @@ export class MemoryReader {
     this.memCache = new MemoryCache(o.cacheSize ?? 256);
   }
 
-  /** memory cache counters: decoded memories reused and loaded */
+  /** memory cache counters: memories reused and loaded */
   cacheStats(): { hits: number; misses: number } {
     return { hits: this.memCache.hits, misses: this.memCache.misses };
   }
