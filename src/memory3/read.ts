@@ -35,7 +35,7 @@ import { lastLogits, Lockstep, lockstepLength, type BatchGenerateOptions, type S
 import type { Tensor } from '../gpu/tensor.ts';
 import type { AttentionRows, KvCache, MemoryReads, Transformer } from '../model/transformer.ts';
 import type { BankManifest, SearchHit, StoredReference } from './bank.ts';
-import { bf16Kv, copyMemoryRows, decodeMemory, type MemoryCodebooks } from './blob.ts';
+import { bf16Kv, copyMemoryRows, decodeMemory, type MemoryCodebooks, type MemoryShape, type SparseMemory } from './blob.ts';
 import { FRONT_NONE, memoryFront } from '../kernels/memsel/memory_front.ts';
 import { REFERENCE_PREFIX, sinkKV } from './write.ts';
 
@@ -96,6 +96,9 @@ export interface MemorySource {
   search(query: string, o: { k: number }): Promise<SearchHit[]>;
   get(ids: readonly string[]): Promise<StoredReference[]>;
 }
+
+/** a memory block's front rows built on the host, for every batch row: rows each, the sink's first */
+type HostFront = { k: Float32Array; v: Float32Array; rows: number; sinkRows: number };
 
 /** a least-recently-used map of memories as their bank stores them (blobs) */
 class MemoryCache {
@@ -364,50 +367,57 @@ export class MemoryReader {
     const { topk } = this.o;
     const hits = await Promise.all(queries.map(async (q, r) => (q.trim() ? await this.bank.search(q, { k: topk }) : (keep?.[r]?.retrieved ?? []))));
     // one load for every row's references (rows share many)
-    const all = await this.memCache.get(this.bank, hits.flat().map((h) => h.id));
-    let at = 0;
-    const blobs = hits.map((h) => all.slice(at, (at += h.length)));
+    const ids = [...new Set(hits.flat().map((h) => h.id))];
+    const blobs = new Map(ids.map((id, i) => [id, i]));
+    const loaded = await this.memCache.get(this.bank, ids);
+    const rows = hits.map((h) => h.map((x) => blobs.get(x.id)!)); // each row's memories, as indices into loaded
+    const sinkRows = sink[this.layers[0]!]!.k.length / (this.bank.manifest.kvHeads * this.bank.manifest.headDim);
+    const infos = queries.map((query, r) => ({ start, end, query: query.trim() ? query : '', retrieved: hits[r]! }));
+    const stored = host || this.o.inspect ? null : loaded.map((b, i) => bf16Kv(b, `memory of reference '${ids[i]}'`));
+    if (stored && stored.every((x) => x !== null)) return { infos, fronts: new Map<number, HostFront>(), onGpu: await this.upload(stored, rows, ids, sinkRows) };
+    const decoded = loaded.map((b, i) => decodeMemory(b, `memory of reference '${ids[i]}'`, this.bank.codebooks ?? undefined));
+    return { infos, fronts: this.hostFronts(sink, rows.map((r) => r.map((i) => decoded[i]!)), sinkRows), onGpu: null };
+  }
+
+  /** the loaded bf16 memories in one upload, and which of them fills each row's slots (onGpu of fronts()) */
+  private async upload(stored: readonly { header: MemoryShape; kv: Uint8Array }[], rows: readonly number[][], ids: readonly string[], sinkRows: number) {
+    const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
+    const L = this.layers.length;
+    stored.forEach(({ header: h }, i) => {
+      if (h.layers !== L || h.kvHeads !== Hkv || h.tokens !== K || h.headDim !== HS) {
+        throw new EngramError(`memory reader: reference '${ids[i]}' has a memory of (${h.layers} layers, ${h.kvHeads} KV heads, ${h.tokens} tokens, dim ${h.headDim}) in a bank of (${L}, ${Hkv}, ${K}, ${HS}): the bank is damaged`);
+      }
+    });
+    const most = Math.max(...rows.map((r) => r.length));
+    if (stored.length === 0) return { mem: null, idx: null, most: 0, sinkRows };
+    const idx = new Uint32Array(rows.length * most).fill(FRONT_NONE);
+    rows.forEach((r, b) => idx.set(r, b * most));
+    const per = stored[0]!.kv.byteLength;
+    const bytes = new Uint8Array(stored.length * per);
+    stored.forEach((x, i) => bytes.set(x.kv, i * per));
+    const mem = await this.gpu.tensor([stored.length, L, 2, Hkv, K, HS], 'bf16', 'memory_front_upload');
+    this.gpu.writeBytes(mem, bytes);
+    return { mem, idx: await this.gpu.tensorFrom(idx, [rows.length, most], 'u32', 'memory_front_idx'), most, sinkRows };
+  }
+
+  /** per memory block, every row's front built on the host: the sink, then its memories (fronts()) */
+  private hostFronts(sink: { k: Float32Array; v: Float32Array }[], mems: readonly SparseMemory[][], sinkRows: number) {
     const { kvHeads: Hkv, tokens: K, headDim: HS } = this.bank.manifest;
     const width = Hkv * HS;
-    const most = Math.max(...blobs.map((m) => m.length));
-    const sinkRows = sink[this.layers[0]!]!.k.length / width;
-    const infos = queries.map((query, r) => ({ start, end, query: query.trim() ? query : '', retrieved: hits[r]! }));
-    const fronts = new Map<number, { k: Float32Array; v: Float32Array; rows: number; sinkRows: number }>();
-    const distinct = [...new Set(all)];
-    const stored = host || this.o.inspect ? null : distinct.map((b, i) => bf16Kv(b, `memory ${i} of this retrieval`));
-    if (stored && stored.every((x) => x !== null)) {
-      for (const { header: h } of stored) {
-        if (h.layers !== this.layers.length || h.kvHeads !== Hkv || h.tokens !== K || h.headDim !== HS) {
-          throw new EngramError(`memory reader: a memory of (${h.layers} layers, ${h.kvHeads} KV heads, ${h.tokens} tokens, dim ${h.headDim}) in a bank of (${this.layers.length}, ${Hkv}, ${K}, ${HS}): the bank is damaged`);
-        }
-      }
-      if (distinct.length === 0) return { infos, fronts, onGpu: { mem: null, idx: null, most: 0, sinkRows } };
-      const of = new Map(distinct.map((b, i) => [b, i]));
-      const idx = new Uint32Array(queries.length * most).fill(FRONT_NONE);
-      blobs.forEach((ms, r) => ms.forEach((b, i) => (idx[r * most + i] = of.get(b)!)));
-      const per = stored[0]!.kv.byteLength;
-      const bytes = new Uint8Array(distinct.length * per);
-      stored.forEach((x, i) => bytes.set(x!.kv, i * per));
-      const mem = await this.gpu.tensor([distinct.length, this.layers.length, 2, Hkv, K, HS], 'bf16', 'memory_front_upload');
-      this.gpu.writeBytes(mem, bytes);
-      const idxT = await this.gpu.tensorFrom(idx, [queries.length, most], 'u32', 'memory_front_idx');
-      return { infos, fronts, onGpu: { mem, idx: idxT, most, sinkRows } };
-    }
-    // on the host: each memory decoded once
-    const decoded = new Map(distinct.map((b) => [b, decodeMemory(b, 'memory of this retrieval', this.bank.codebooks ?? undefined)]));
+    const rows = sinkRows + Math.max(...mems.map((m) => m.length)) * K;
+    const fronts = new Map<number, HostFront>();
     for (const [li, layer] of this.layers.entries()) {
       const s = sink[layer]!;
-      const rows = sinkRows + most * K;
-      const k = new Float32Array(queries.length * rows * width);
-      const v = new Float32Array(queries.length * rows * width);
-      blobs.forEach((ms, r) => {
+      const k = new Float32Array(mems.length * rows * width);
+      const v = new Float32Array(mems.length * rows * width);
+      mems.forEach((ms, r) => {
         k.set(s.k, r * rows * width);
         v.set(s.v, r * rows * width);
-        ms.forEach((b, i) => copyMemoryRows(decoded.get(b)!, li, k, v, r * rows + sinkRows + i * K));
+        ms.forEach((m, i) => copyMemoryRows(m, li, k, v, r * rows + sinkRows + i * K));
       });
       fronts.set(layer, { k, v, rows, sinkRows });
     }
-    return { infos, fronts, onGpu: null };
+    return fronts;
   }
 
   /** closes the chunks being inspected: their sums become mean shares */

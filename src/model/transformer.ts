@@ -500,18 +500,16 @@ export class Transformer {
       await scatterRows(gpu, { dst: sc.v[layer]!.reshape([sc.slots * S, width]) }, { src: v.reshape([B, width]), idx: sc.dst }, { base: layer * sc.slots });
       const kv = (t: Tensor) => t.leading([B, S, NKV, HS]);
       await decodeAttention(gpu, { out: att.reshape([B, NH, HS]) }, { q: q.reshape([B, NH, HS]), k: kv(sc.k[layer]!), v: kv(sc.v[layer]!), rows: sc.rows }, { F: sc.frontMax[layer]!, rowBase: layer * sc.slots });
-    } else if (cache && T === 1 && !watch) {
-      // a lockstep decode step: the new key and value go into the cache, then each row's one query
-      // attends over its front and context rows there (decodeAttention: no logsumexp, so not when watched)
-      await appendRows(gpu, { dst: cache.k }, { src: k }, { at: R });
-      await appendRows(gpu, { dst: cache.v }, { src: v.reshape([B, T, NKV, HS]) }, { at: R });
-      await decodeAttention(gpu, { out: att.reshape([B, NH, HS]) }, { q: q.reshape([B, NH, HS]), k: cache.k, v: cache.v }, { F: cache.front, lengths: [cache.front, P + 1] });
     } else {
-      await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : cache && R > 0 ? { prefixLen: R } : {});
+      // the new keys and values go into the cache first: attentionForward reads only its R rows
+      // before them, and a lockstep decode step (one query a row) attends over the cache alone
       if (cache) {
         await appendRows(gpu, { dst: cache.k }, { src: k }, { at: R });
         await appendRows(gpu, { dst: cache.v }, { src: v.reshape([B, T, NKV, HS]) }, { at: R });
       }
+      // decodeAttention has no logsumexp, so not when watched
+      if (cache && T === 1 && !watch) await decodeAttention(gpu, { out: att.reshape([B, NH, HS]) }, { q: q.reshape([B, NH, HS]), k: cache.k, v: cache.v }, { F: cache.front, lengths: [cache.front, P + 1] });
+      else await attentionForward(gpu, { out: att, lse }, { q, k, v: v.reshape([B, T, NKV, HS]), ...prefix }, mem ? { prefixChunk: mem.chunk } : cache && R > 0 ? { prefixLen: R } : {});
     }
     if (watch) await watch({ q, lse });
     const o = take([N, d], 'o');
@@ -617,7 +615,6 @@ export class Transformer {
     const HS = c.dim / c.heads;
     const width = c.kvHeads * HS;
     const B = cache.batch;
-    this.checkBlock(layer);
     if (k.length !== v.length || k.length % (width * B) !== 0) {
       throw new EngramError(`Transformer: front keys (${k.length}) and values (${v.length}) must be the same whole number of rows of ${width} for each of the cache's ${B} batch rows`);
     }

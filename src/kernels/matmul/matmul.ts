@@ -648,32 +648,32 @@ async function matmulTiled(
   const tilesM = Math.ceil(d.M / config.BM);
   const tilesN = Math.ceil(d.N / config.BN);
   const [x, y] = grid1d(gpu, tilesM * tilesN);
-  const tiled = (s: TiledSpec, target: Tensor, values: Record<string, number>, z: number) => {
-    const name =
-      `matmul_${configName(config)}_${transA ? 't' : 'n'}${transB ? 't' : 'n'}_v${s.vecA ? 4 : 1}${s.vecB ? 4 : 1}` +
-      `_${s.out}_${a.dtype}_${b.dtype}${s.bias ? `_bias_${s.bias}` : ''}${s.accumulate ? '_acc' : ''}`;
-    return launch(gpu, {
+  const name =
+    `matmul_${configName(config)}_${transA ? 't' : 'n'}${transB ? 't' : 'n'}_v${spec.vecA ? 4 : 1}${spec.vecB ? 4 : 1}` +
+    `_${out.dtype}_${a.dtype}_${b.dtype}${bias ? `_bias_${bias.dtype}` : ''}${spec.accumulate ? '_acc' : ''}`;
+  // into `target`, z workgroups deep (the batch, or the slices of K), with these strides
+  const tiled = (target: Tensor, values: { sA: number; sB: number; kSplit: number }, z: number) =>
+    launch(gpu, {
       name,
-      wgsl: wgslOnce(`matmul_tiled ${JSON.stringify(s)}`, () => tiledWgsl(s)),
-      storage: bias && s.bias ? [target, a, b, bias] : [target, a, b],
+      wgsl: wgslOnce(`matmul_tiled ${JSON.stringify(spec)}`, () => tiledWgsl(spec)),
+      storage: bias ? [target, a, b, bias] : [target, a, b],
       params: PARAMS,
       values: { M: d.M, N: d.N, K: d.K, tilesM, tilesN, alpha: opts.alpha ?? 1, ...values },
       workgroups: [x, y, z],
     });
-  };
   const S = opts.splitK ?? chooseSplitK(gpu, d, tilesM * tilesN, threadsOf(config));
   const slice = Math.ceil(Math.ceil(d.K / Math.max(S, 1)) / config.BK) * config.BK;
   const slices = Math.ceil(d.K / slice);
   if (slices < 2 || d.batch !== 1 || bias || spec.accumulate || spec.out !== 'f32') {
     if (opts.splitK !== undefined && opts.splitK > 1 && slices >= 2) throw new LimitError(`matmul: splitK needs one product with an f32 output and no bias or accumulate`);
-    await tiled(spec, out, { sA: d.sA, sB: d.sB, kSplit: 0 }, d.batch);
+    await tiled(out, { sA: d.sA, sB: d.sB, kSplit: 0 }, d.batch);
     return;
   }
   // split K: each slice's partial product (slices, M, N), then their sums in slice order. a
   // slice starts `slice` elements along k: further along a row (stored along k) or down rows
   const part = gpu.scratch.take([slices, d.M * d.N], 'f32', 'matmul_splitk');
   try {
-    await tiled(spec, part, { sA: transA ? slice * d.M : slice, sB: transB ? slice : slice * d.N, kSplit: slice }, slices);
+    await tiled(part, { sA: transA ? slice * d.M : slice, sB: transB ? slice : slice * d.N, kSplit: slice }, slices);
     await columnSums(gpu, out.reshape([d.M * d.N]), part);
   } finally {
     part.dispose();
