@@ -9,6 +9,8 @@ export interface SuiteOutput {
   notes?: Record<string, string>;
   /** the device the figures belong to, when not the adapter (a CPU-only suite) */
   device?: string;
+  /** a part of a run (a stage saved for the next command): printed, but it writes no result file, so it never replaces the suite's */
+  partial?: boolean;
 }
 export type Suite = (gpu: Gpu, args: string[]) => Promise<SuiteOutput>;
 
@@ -35,10 +37,10 @@ async function main(): Promise<void> {
   try {
     const { run } = await load();
     const out = await run(gpu, args);
-    const path = writeResults(name!, out.device ?? deviceName(gpu), out.results, out.notes);
+    const path = out.partial ? null : writeResults(name!, out.device ?? deviceName(gpu), out.results, out.notes);
     console.log(table(out.results));
     if (out.notes) for (const [k, v] of Object.entries(out.notes)) console.log(`note ${k}: ${v}`);
-    console.log(`wrote ${path}`);
+    console.log(path ? `wrote ${path}` : 'a part of a run: no result file written');
   } finally {
     gpu.destroy();
   }
