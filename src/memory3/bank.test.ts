@@ -2,7 +2,8 @@
 // model (fingerprint, memory shape, vectors); add / list / count / get / remove and their input checks
 // (duplicate ids, bad blobs, ids with quotes); BM25 search among 50 made-up facts; an added fact found by
 // the very next search, from this handle and from another one, and a removed one gone at once; automatic
-// reindexing; reciprocal rank fusion with vectors; and a writer SIGKILLed in the middle of a large add
+// reindexing; ties ranked by id (a reference removed and added back ranks where it did); reciprocal
+// rank fusion with vectors; and a writer SIGKILLed in the middle of a large add
 // (tests/fixtures/bank_child.ts): the bank opens at its previous state, searches, and takes adds again.
 
 import assert from 'node:assert/strict';
@@ -206,6 +207,23 @@ test('the indexes are rebuilt: first add, more unindexed than indexed, reindexAf
   assert.deepEqual(await bank.stats(), { references: 73, unindexed: 0 });
   assert.equal((await bank.search(`${NAMES[44]}`))[0]!.id, 'fact-44');
   assert.deepEqual(await bank.search(`${NAMES[43]}`), []);
+  bank.close();
+});
+
+test('equal scores rank by id, so a reference removed and added back ranks where it did', async () => {
+  const bank = await MemoryBank.open(fresh(), { model: MODEL, create: true });
+  // 12 statements that score alike for 'Norland' (one match each, the same length), added out of id order
+  const order = [7, 2, 11, 0, 5, 9, 1, 3, 10, 6, 4, 8];
+  await bank.add(order.map((i) => ref(`tie-${String(i).padStart(2, '0')}`, `Norland harbour number ${NAMES[i]}.`, 300 + i)));
+  await bank.add(FACTS.slice(0, 10));
+  const ids = async () => (await bank.search('Norland', { k: 3 })).map((h) => h.id);
+  assert.deepEqual(await ids(), ['tie-00', 'tie-01', 'tie-02']);
+  const [again] = await bank.get(['tie-01']);
+  await bank.remove(['tie-01']);
+  assert.deepEqual(await ids(), ['tie-00', 'tie-02', 'tie-03']);
+  await bank.add([{ ...again!, id: 'tie-01' }]);
+  await bank.reindex();
+  assert.deepEqual(await ids(), ['tie-00', 'tie-01', 'tie-02'], 'stored last, ranked as before');
   bank.close();
 });
 

@@ -36,7 +36,10 @@
 // (Cormack et al. 2009's k = 60): rank-based, so BM25's unbounded scores and cosine distances need no
 // calibration against each other; a reference found by one list only still counts. hits carry their
 // score: BM25's, or the fused one. `exclude` drops ids before ranking (the paper's evaluation filter drops
-// references that overlap the question).
+// references that overlap the question). equal scores are ranked by id: short statements often tie
+// (a country's name and one more word), and LanceDB breaks ties by where rows are stored, so a reference
+// removed and added back (stored last) would trade places with its ties and the top k would change;
+// BM25 reads 16 hits past k for this (ties reaching further are cut where LanceDB cuts them).
 //
 // changes are visible to the very next search. add() and remove() are each one LanceDB commit; the
 // connection reads with readConsistencyInterval 0 (every read checks for a newer version, so a search in
@@ -172,6 +175,8 @@ export const RRF_K = 60;
 const MAX_ID_LENGTH = 256;
 /** ids per SQL IN list */
 const IN_CHUNK = 512;
+/** a BM25 search reads this many hits past the k asked for, to rank references tied with the k-th by id */
+const TIE_DEPTH = 16;
 /** blob bytes per Arrow record batch: well under Arrow's 2 GiB per binary column */
 const BATCH_BYTES = 256 * 2 ** 20;
 
@@ -451,19 +456,20 @@ export class MemoryBank {
     exclude.forEach((id, i) => checkId(id, `MemoryBank.search: exclude ${i}`));
     const where = exclude.length ? `id NOT IN (${inList([...new Set(exclude)])})` : undefined;
     if (o.vector !== undefined) this.checkVector(o.vector, 'MemoryBank.search: the query vector');
-    const depth = o.vector ? Math.max(50, 10 * k) : k;
+    // TIE_DEPTH more than asked for, so that references tied with the k-th are all seen and ranked by id
+    const depth = o.vector ? Math.max(50, 10 * k) : k + TIE_DEPTH;
 
     let bm25: Row[] = [];
     if (query.trim() !== '') {
       const q = this.table.search(new lancedb.MatchQuery(query, 'text')).select(['id', 'text', '_score']).limit(depth);
       if (where) q.where(where);
-      bm25 = ((await q.toArray()) as Row[]).sort((a, b) => b._score! - a._score!);
+      bm25 = ((await q.toArray()) as Row[]).sort((a, b) => b._score! - a._score! || compareIds(a.id, b.id));
     }
-    if (!o.vector) return bm25.map((r) => ({ id: r.id, text: r.text, score: r._score! }));
+    if (!o.vector) return bm25.slice(0, k).map((r) => ({ id: r.id, text: r.text, score: r._score! }));
 
     const vq = this.table.vectorSearch(o.vector).column('vector').distanceType('cosine').select(['id', 'text', '_distance']).limit(depth);
     if (where) vq.where(where);
-    const near = ((await vq.toArray()) as Row[]).sort((a, b) => a._distance! - b._distance!);
+    const near = ((await vq.toArray()) as Row[]).sort((a, b) => a._distance! - b._distance! || compareIds(a.id, b.id));
     return fuse([bm25, near], k);
   }
 
@@ -593,8 +599,12 @@ function fuse(lists: readonly Row[][], k: number): SearchHit[] {
       hits.set(r.id, h);
     });
   }
-  // stable sort: equal scores keep first-seen order (BM25's ranking first)
-  return [...hits.values()].sort((a, b) => b.score - a.score).slice(0, k);
+  return [...hits.values()].sort((a, b) => b.score - a.score || compareIds(a.id, b.id)).slice(0, k);
+}
+
+/** the order among equal scores: by id, not by where a row happens to be stored (a removed and re-added reference moves to the end) */
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** throws (naming `where`) unless id is one a bank accepts: a non-empty string, not too long, no control characters */
