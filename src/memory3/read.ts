@@ -35,7 +35,7 @@ import { lastLogits, Lockstep, lockstepLength, type BatchGenerateOptions, type S
 import type { Tensor } from '../gpu/tensor.ts';
 import type { AttentionRows, KvCache, MemoryReads, Transformer } from '../model/transformer.ts';
 import type { BankManifest, SearchHit, StoredReference } from './bank.ts';
-import { bf16Kv, copyMemoryRows, decodeMemory, type MemoryCodebooks, type MemoryShape, type SparseMemory } from './blob.ts';
+import { bf16Kv, copyMemoryRows, decodeMemory, fmtShape, type MemoryCodebooks, type MemoryShape, type SparseMemory } from './blob.ts';
 import { FRONT_NONE, memoryFront } from '../kernels/memsel/memory_front.ts';
 import { REFERENCE_PREFIX, sinkKV } from './write.ts';
 
@@ -385,7 +385,7 @@ export class MemoryReader {
     const L = this.layers.length;
     stored.forEach(({ header: h }, i) => {
       if (h.layers !== L || h.kvHeads !== Hkv || h.tokens !== K || h.headDim !== HS) {
-        throw new EngramError(`memory reader: reference '${ids[i]}' has a memory of (${h.layers} layers, ${h.kvHeads} KV heads, ${h.tokens} tokens, dim ${h.headDim}) in a bank of (${L}, ${Hkv}, ${K}, ${HS}): the bank is damaged`);
+        throw new EngramError(`memory reader: reference '${ids[i]}' has a memory of ${fmtShape(h)} in a bank of ${fmtShape({ ...h, layers: L, kvHeads: Hkv, tokens: K, headDim: HS })}: the bank is damaged`);
       }
     });
     const most = Math.max(...rows.map((r) => r.length));
