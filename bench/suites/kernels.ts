@@ -141,6 +141,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     }
   };
   const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length);
+  if (only !== undefined && only !== 'decode') throw new Error(`kernels: --only=${only} is not a section that runs alone: use --only=decode, or no --only for the whole suite`);
   if (only === 'decode') {
     await section('decode', () => decodeMatmulGBps(gpu, quick));
     return { results, notes };
