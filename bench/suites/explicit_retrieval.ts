@@ -3,11 +3,15 @@
 //
 //   npm run bench -- explicit_retrieval
 //
-// the explicit suite's held-out facts and questions (buildCorpus holdOut 0.2, seed 0; at most 10 per
-// relation), a bank of one phrasing of every fact (the first of statements() under the explicit suite's
-// seeded order: that suite takes a later phrasing where the first has under 8 tokens, so a few of its
-// references differ), placeholder memories (the search reads only the text). metrics, for the practice
-// and the held-out question forms:
+// the explicit suite's held-out facts and questions (buildCorpus holdOut 0.2, seed 0; facts with one right
+// answer among all facts, at most 30 per relation) against two banks of every fact, placeholder memories
+// (the search reads only the text):
+//   a card per fact (data/facts.ts factCard: every statement phrasing of the fact in one text), the explicit
+//   suite's references
+//   one phrasing per fact (the first of statements() under the explicit suite's seeded order: that suite, with
+//   --card=0, takes a later phrasing where the first has under 8 tokens, so a few of its references differ):
+//   the *_one_phrasing metrics
+// metrics, for the practice and the held-out question forms:
 //   recall1, recall5           the fact's reference is the search's first hit / among its 5
 // the search is what explicit reading and RAG both use: one query per 64-token chunk, here the question.
 
@@ -15,7 +19,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { loadFacts, practice, questions, statements, type Fact } from '../../src/data/facts.ts';
+import { factCard, loadFacts, practice, questions, statements, type Fact } from '../../src/data/facts.ts';
 import { selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { MemoryBank } from '../../src/memory3/bank.ts';
@@ -26,35 +30,45 @@ import type { SuiteOutput } from '../run.ts';
 export async function run(_gpu: Gpu): Promise<SuiteOutput> {
   const corpus = buildCorpus({ maxBytes: 2 ** 20, holdOut: 0.2, seed: 0 });
   const all = loadFacts();
-  const rng = new Rng(7);
-  const texts = all.map((f) => statements(f, () => rng.next())[0]!);
   const key = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
   const index = new Map(all.map((f, i) => [key(f), i]));
-  const dir = mkdtempSync(join(tmpdir(), 'engram-retrieval-'));
-  const model = { fingerprint: 'retrieval', layers: [0], kvHeads: 1, tokens: 1, headDim: 2, dtype: 'f32' as const };
-  const memory = encodeMemory({ layers: 1, kvHeads: 1, tokens: 1, headDim: 2, dtype: 'f32', k: new Float32Array(2), v: new Float32Array(2), positions: new Uint32Array(1) });
-  const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model });
-  try {
-    for (let i = 0; i < all.length; i += 2048) await bank.add(texts.slice(i, i + 2048).map((text, j) => ({ id: `f${i + j}`, text, tokens: [0], memory })), { deferIndex: true });
-    await bank.reindex();
-    const asked = selectQuestions(questions(corpus.heldOut), { perRelation: 10 });
-    const results: Record<string, number> = {};
-    for (const [form, qs] of [['practice', practice(asked.map((q) => q.fact))], ['new_form', asked]] as const) {
-      let top1 = 0;
-      let top5 = 0;
-      for (const q of qs) {
-        const hits = await bank.search(q.prompt, { k: 5 });
-        const want = `f${index.get(key(q.fact))}`;
-        if (hits[0]?.id === want) top1++;
-        if (hits.some((h) => h.id === want)) top5++;
+  const asked = selectQuestions(questions(corpus.heldOut, { among: all }), { perRelation: 30 });
+  const results: Record<string, number> = {};
+  const banks = [
+    ['', (f: Fact, rng: Rng) => factCard(f, () => rng.next())],
+    ['_one_phrasing', (f: Fact, rng: Rng) => statements(f, () => rng.next())[0]!],
+  ] as const;
+  for (const [suffix, reference] of banks) {
+    const rng = new Rng(7);
+    const texts = all.map((f) => reference(f, rng));
+    const dir = mkdtempSync(join(tmpdir(), 'engram-retrieval-'));
+    const model = { fingerprint: 'retrieval', layers: [0], kvHeads: 1, tokens: 1, headDim: 2, dtype: 'f32' as const };
+    const memory = encodeMemory({ layers: 1, kvHeads: 1, tokens: 1, headDim: 2, dtype: 'f32', k: new Float32Array(2), v: new Float32Array(2), positions: new Uint32Array(1) });
+    const bank = await MemoryBank.open(join(dir, 'bank'), { create: true, model });
+    try {
+      for (let i = 0; i < all.length; i += 2048) await bank.add(texts.slice(i, i + 2048).map((text, j) => ({ id: `f${i + j}`, text, tokens: [0], memory })), { deferIndex: true });
+      await bank.reindex();
+      for (const [form, qs] of [['practice', practice(asked.map((q) => q.fact))], ['new_form', asked]] as const) {
+        let top1 = 0;
+        let top5 = 0;
+        for (const q of qs) {
+          const hits = await bank.search(q.prompt, { k: 5 });
+          const want = `f${index.get(key(q.fact))}`;
+          if (hits[0]?.id === want) top1++;
+          if (hits.some((h) => h.id === want)) top5++;
+        }
+        results[`recall1_${form}${suffix}`] = top1 / qs.length;
+        results[`recall5_${form}${suffix}`] = top5 / qs.length;
       }
-      results[`recall1_${form}`] = top1 / qs.length;
-      results[`recall5_${form}`] = top5 / qs.length;
-      results[`questions_${form}`] = qs.length;
+    } finally {
+      bank.close();
+      rmSync(dir, { recursive: true, force: true });
     }
-    return { results, device: 'none', notes: { bank: `${all.length} references, one phrasing of each fact; BM25 (LanceDB full-text search, memory3/bank.ts)` } };
-  } finally {
-    bank.close();
-    rmSync(dir, { recursive: true, force: true });
   }
+  results['questions'] = asked.length;
+  return {
+    results,
+    device: 'none',
+    notes: { bank: `${all.length} references, a card (every phrasing) of each fact, or one phrasing (*_one_phrasing); BM25 (LanceDB full-text search, memory3/bank.ts); questions about held-out facts with one right answer among all facts, at most 30 per relation` },
+  };
 }

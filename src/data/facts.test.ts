@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
-import { FACT_RELATIONS, type Fact, loadFacts, practice, questionText, questions, statements } from './facts.ts';
+import { FACT_RELATIONS, type Fact, factCard, loadFacts, practice, questionText, questions, statements } from './facts.ts';
 
 const facts = loadFacts();
 const rngOf = (seed: number) => {
@@ -207,6 +207,26 @@ test('questions: subjects with several objects are skipped, input order kept', (
     ['A', 'C'],
   );
   assert.deepEqual(questions([]), []);
+});
+
+test('questions among all facts: a held-out fact whose subject has another object elsewhere is not asked', () => {
+  const every = loadFacts();
+  // Belize borders Guatemala and Mexico: held out alone, "a country that shares a land border with Belize" has two answers
+  const belize = every.filter((f) => f.subject === 'Belize' && f.relation === 'borders');
+  assert.equal(belize.length, 2);
+  assert.equal(questions([belize[0]!]).length, 1);
+  assert.equal(questions([belize[0]!], { among: every }).length, 0);
+  const lyon = every.filter((f) => f.subject === 'Lyon' && f.relation === 'city country');
+  assert.equal(questions(lyon, { among: every }).length, 1);
+});
+
+test('factCard: every statement phrasing of the fact, once each', () => {
+  const f: Fact = { subject: 'France', relation: 'capital', object: 'Paris' };
+  const rng = new Rng(3);
+  const card = factCard(f, () => rng.next());
+  const all = statements(f, () => 0);
+  assert.equal(card.length, all.join(' ').length);
+  for (const s of all) assert.ok(card.includes(s), `${card} lacks ${s}`);
 });
 
 function cap(s: string): string {

@@ -339,6 +339,14 @@ export function practice(facts: Fact[]): Question[] {
   });
 }
 
+/**
+ * every statement phrasing of a fact in one text, in the order statements() shuffles them: a knowledge-base
+ * entry that says one thing several ways (bench `explicit`'s references), ~114 characters
+ */
+export function factCard(f: Fact, rng: () => number): string {
+  return statements(f, rng).join(' ');
+}
+
 /** The question stem (no "Q: ", no answer) that questions() asks about a fact. */
 export function questionText(f: Fact): string {
   const r = spec(f.relation);
@@ -347,12 +355,14 @@ export function questionText(f: Fact): string {
 
 /**
  * held-out questions, in the order of facts: one per fact whose (subject, relation) has exactly one object among
- * facts, so that the answer is unique; "Q: <question>\nA:" with answer " <object as the statements write it>"
+ * `among` (default: facts), so that the answer is unique; "Q: <question>\nA:" with answer " <object as the
+ * statements write it>". pass every fact as `among` when facts is a subset (the held-out ones): a held-out
+ * "Belize borders Guatemala" is alone among the held-out facts, yet Mexico is as right an answer
  */
-export function questions(facts: Fact[]): Question[] {
+export function questions(facts: Fact[], o: { among?: readonly Fact[] } = {}): Question[] {
   const objects = new Map<string, number>();
   const key = (f: Fact) => `${f.subject}\u0000${f.relation}`;
-  for (const f of facts) objects.set(key(f), (objects.get(key(f)) ?? 0) + 1);
+  for (const f of o.among ?? facts) objects.set(key(f), (objects.get(key(f)) ?? 0) + 1);
   const out: Question[] = [];
   for (const f of facts) {
     if (objects.get(key(f)) !== 1) continue;
