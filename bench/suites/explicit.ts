@@ -12,6 +12,7 @@
 //   qa_em_explicit       the model reading the bank's memories (memory3/read.ts; 64-token chunks, top 5)
 //   qa_em_rag            the model with the same bank search's 5 references' text before the question
 //   retrieval_recall5    how often that search's top 5 holds the question's fact at all
+//   qa_em_majority       no model: each question answered with its relation's commonest answer in the corpus
 // asked in the practice form (the corpus has questions of that form about other facts); the
 // *_new_form metrics ask in the held-out form, a wording the corpus never has; the *_invented ones
 // ask about invented facts made after training (new subjects, their statements in the bank only:
@@ -303,20 +304,41 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         return answers;
       };
       const qa = async (qs: readonly Question[], idOf = (f: Fact) => `f${index.get(factKey(f))}`) => {
-        const none = (await evalFacts(gpu, model, tok, qs)).em;
+        const plain = await evalFacts(gpu, model, tok, qs);
         const ex = await explicitAnswers(qs);
-        const right = qs.filter((q, i) => exactMatch(ex[i]!, acceptedForms(q)) === 1);
+        const exRight = qs.map((q, i) => exactMatch(ex[i]!, acceptedForms(q)));
+        const right = qs.filter((_, i) => exRight[i] === 1);
         const hits = await Promise.all(qs.map((q) => bank.search(q.prompt, { k: 5 })));
         const ragAnswers = await greedyAnswers(gpu, model, tok, qs.map((q, i) => ragPrompt(hits[i]!, q.prompt)));
-        const rag = qs.reduce((n, q, i) => n + exactMatch(ragAnswers[i]!, acceptedForms(q)), 0) / qs.length;
+        const ragRight = qs.map((q, i) => exactMatch(ragAnswers[i]!, acceptedForms(q)));
         // how often the search (the question's text, as both read it) has the fact's reference in its top 5
         const found = qs.map((q, i) => hits[i]!.some((h) => h.id === idOf(q.fact)));
-        return { none, explicit: right.length / qs.length, rag, right, recall5: found.filter((x) => x).length / qs.length };
+        // per relation: "relation n none/explicit/RAG recall" right answers and search hits
+        const rows = new Map<string, number[]>();
+        qs.forEach((q, i) => {
+          const r = rows.get(q.fact.relation) ?? [0, 0, 0, 0, 0];
+          [1, plain.items[i]!.em, exRight[i]!, ragRight[i]!, found[i] ? 1 : 0].forEach((x, j) => (r[j]! += x));
+          rows.set(q.fact.relation, r);
+        });
+        const byRelation = [...rows].map(([rel, [n, ...c]]) => `${rel} ${n}: ${c.join('/')}`).join('; ');
+        const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / qs.length;
+        return { none: plain.em, explicit: right.length / qs.length, rag: mean(ragRight), right, recall5: mean(found.map(Number)), byRelation };
       };
       // held-out facts whose (subject, relation) has no other object among all facts: one right answer
       const asked = selectQuestions(questions(corpus.heldOut, { among: all }), { perRelation: P.perRelation });
       const practised = practice(asked.map((q) => q.fact));
       const main = await qa(practised);
+      // what knowing only each relation's commonest answer among the corpus's facts gets right (a country's religion:
+      // Christianity; an element's state: solid): the part of no memory's score a prior alone explains
+      const common = new Map<string, Map<string, number>>();
+      for (const f of all) {
+        if (heldOut.has(factKey(f))) continue;
+        const m = common.get(f.relation) ?? new Map<string, number>();
+        m.set(f.object, (m.get(f.object) ?? 0) + 1);
+        common.set(f.relation, m);
+      }
+      const guess = (rel: string) => [...(common.get(rel) ?? new Map<string, number>())].sort((x, y) => y[1] - x[1] || (x[0] < y[0] ? -1 : 1))[0]?.[0] ?? '';
+      const majority = practised.reduce((n, q) => n + exactMatch(guess(q.fact.relation), acceptedForms(q)), 0) / practised.length;
       log(`EM over ${practised.length} questions (practice form): no memory ${main.none.toFixed(3)}, explicit ${main.explicit.toFixed(3)}, RAG ${main.rag.toFixed(3)}`);
       const unseen = await qa(asked);
       log(`EM (held-out form): no memory ${unseen.none.toFixed(3)}, explicit ${unseen.explicit.toFixed(3)}, RAG ${unseen.rag.toFixed(3)}`);
@@ -417,6 +439,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const n = bankIds.length;
       const HS = config.dim / config.heads;
       bank.close();
+      notes['by_relation'] = `practice form, per relation: questions: right answers with no memory / explicit / RAG, and the search's top 5 holding the fact: ${main.byRelation}`;
       notes['questions_invented'] = `qa_em_*_invented: ${fresh.length} invented facts (new subjects, in no training document; their references in the bank), practice form`;
       notes['questions'] = `${practised.length} questions (at most ${P.perRelation} per relation) about facts among ${corpus.heldOut.length} that appear nowhere in the corpus, each with one right answer among all facts, greedy, exact match: qa_em_* ask in the practice form (the corpus has questions of that form about other facts), qa_em_*_new_form in the held-out form (a wording the corpus never has)`;
       notes['bank'] = `${n} references (${P.card ? 'a fact card per fact: every statement phrasing of it' : 'one statement per fact'}), memory blocks [${layers.join(', ')}], 8 tokens per KV head, bf16`;
@@ -428,6 +451,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
           qa_em_no_memory: main.none,
           qa_em_explicit: main.explicit,
           qa_em_rag: main.rag,
+          qa_em_majority: majority,
           qa_em_no_memory_new_form: unseen.none,
           qa_em_explicit_new_form: unseen.explicit,
           qa_em_rag_new_form: unseen.rag,
