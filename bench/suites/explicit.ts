@@ -322,7 +322,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         });
         const byRelation = [...rows].map(([rel, [n, ...c]]) => `${rel} ${n}: ${c.join('/')}`).join('; ');
         const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / qs.length;
-        return { none: plain.em, explicit: right.length / qs.length, rag: mean(ragRight), right, recall5: mean(found.map(Number)), byRelation };
+        // the first 40 wrong explicit answers whose fact the search found: what reading gets wrong
+        const wrong = qs.flatMap((q, i) => (exRight[i] === 0 && found[i] ? [`${q.fact.relation}: ${q.fact.subject} -> ${JSON.stringify(ex[i])}, not ${JSON.stringify(q.answer.trim())}`] : [])).slice(0, 40).join('; ');
+        return { none: plain.em, explicit: right.length / qs.length, rag: mean(ragRight), right, recall5: mean(found.map(Number)), byRelation, wrong };
       };
       // held-out facts whose (subject, relation) has no other object among all facts: one right answer
       const asked = selectQuestions(questions(corpus.heldOut, { among: all }), { perRelation: P.perRelation });
@@ -440,6 +442,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const HS = config.dim / config.heads;
       bank.close();
       notes['by_relation'] = `practice form, per relation: questions: right answers with no memory / explicit / RAG, and the search's top 5 holding the fact: ${main.byRelation}`;
+      notes['by_relation_invented'] = `the same for the invented facts: ${made.byRelation}`;
+      notes['explicit_wrong'] = `wrong explicit answers (practice form) where the search found the fact, the first 40: ${main.wrong}`;
       notes['questions_invented'] = `qa_em_*_invented: ${fresh.length} invented facts (new subjects, in no training document; their references in the bank), practice form`;
       notes['questions'] = `${practised.length} questions (at most ${P.perRelation} per relation) about facts among ${corpus.heldOut.length} that appear nowhere in the corpus, each with one right answer among all facts, greedy, exact match: qa_em_* ask in the practice form (the corpus has questions of that form about other facts), qa_em_*_new_form in the held-out form (a wording the corpus never has)`;
       notes['bank'] = `${n} references (${P.card ? 'a fact card per fact: every statement phrasing of it' : 'one statement per fact'}), memory blocks [${layers.join(', ')}], 8 tokens per KV head, bf16`;
