@@ -81,10 +81,11 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // card: a fact's reference (in stage 2 and in the bank) is its fact card, every statement phrasing of it in
   // one text (data/facts.ts factCard, ~30 tokens), so that a question's words meet one of them: BM25 finds
   // 0.97 of the questions' facts in its top 5 against 0.76 with one phrasing (`explicit_retrieval`);
-  // --card=0: one phrasing per fact
+  // --card=0: one phrasing per fact. stage2: 1,600 steps; 2,000 read worse (explicit, RAG and no memory
+  // alike: BENCHMARKS.md `explicit`)
   const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
     ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 2000, reading: 40000, allLayers: true, own: true, gradient: true, card: true, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
