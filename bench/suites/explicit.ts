@@ -41,7 +41,7 @@
 // `explicit --load1=DIR --save2=DIR2 --stop2s=500` (saved with the optimizer after ~500 s of it), and
 // the same from DIR2 to DIR3 and so on, until a command's stage 2 ends (the same batches and schedule as
 // one run): that one saves it and measures (the logs in BENCHMARKS.md `explicit` give the times). the
-// commands that stop after a stage print their figures but write no result file.
+// commands that stop before the measurements print their figures but write no result file.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
