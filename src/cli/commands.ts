@@ -131,7 +131,10 @@ export interface TrainArgs {
   memoryWindow?: number;
   /** each chunk reads its own best memoryWindow references (MemoryBatcher own) */
   memoryOwn?: boolean;
-  /** gradients through the references' encoding (MemoryBatcher gradient) */
+  /**
+   * gradients through the references' encoding (MemoryBatcher gradient); default: on for a dense model
+   * (memoryGradientDefault), where BENCHMARKS.md `explicit` measured it reading its memories far better
+   */
   memoryGradient?: boolean;
   memoryTokens?: number;
 }
@@ -217,6 +220,15 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
  * the batches with their memories (MemoryBatcher); validation reads memories the same way, with
  * references planned for the validation stream (none when it is shorter than a sequence)
  */
+/**
+ * Memory³ stage 2's default for gradients through the references' encoding: on where the model can take
+ * them (every block dense: the encoding's backward runs through every block, whose sink rows take gradients
+ * too), off with Memory+ blocks (the paper's training, memories constants of the step)
+ */
+export function memoryGradientDefault(model: Transformer): boolean {
+  return !model.blocks.some((b) => b.memory);
+}
+
 async function memoryBatches(
   gpu: Gpu,
   model: Transformer,
@@ -236,7 +248,9 @@ async function memoryBatches(
   const plan = await planRetrievalParallel(train, refs, { chunk: 64, context: a.seq, perChunk });
   const found = plan.reduce((n, r) => n + (r >= 0 ? 1 : 0), 0);
   console.log(`memory: ${refs.length} references (${lines.length - refs.length} too short); ${found} references planned for ${plan.length / perChunk} chunks (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  const o = { prefix: referenceTokens(tok, '').prefix, window, tokens, seed: a.seed, own: a.memoryOwn ?? false, gradient: a.memoryGradient ?? false };
+  const gradient = a.memoryGradient ?? memoryGradientDefault(model);
+  console.log(`memory: gradients through the references' encoding ${gradient ? 'on' : 'off'}${a.memoryGradient === undefined ? ` (the default for ${gradient ? 'a dense model' : 'a model with Memory+ blocks'})` : ''}`);
+  const o = { prefix: referenceTokens(tok, '').prefix, window, tokens, seed: a.seed, own: a.memoryOwn ?? false, gradient };
   const batcher = new MemoryBatcher(gpu, model, refs, plan, o);
   const accum = a.accum;
   const out: Awaited<ReturnType<typeof memoryBatches>> = { train: (s, j) => batcher.batch(train, a.batch, a.seq, s * accum + j) };

@@ -23,8 +23,9 @@ commands:
              --memory-tokens 8 per head), encoded on the fly; --seq a multiple of 64;
              --memory-own 1: each chunk reads its own best --memory-window references (as at
              inference) instead of its own and the previous chunks' one each (the paper's);
-             --memory-gradient 1: gradients also flow through the references' encoding (dense
-             models; keeps the references' forward for the backward)
+             --memory-gradient 1|0: gradients also flow through the references' encoding (keeps
+             their forward for the backward); default 1 for a dense model, 0 with Memory+ blocks
+             (0: the paper's training, memories constants of the step)
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
              --memory <bank>: read Memory³ explicit memories from the bank while generating (every
@@ -102,7 +103,7 @@ switch (cmd) {
   }
   case 'train': {
     const { trainCommand } = await import('./commands.ts');
-    const o = opt({ data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0', init: '', 'memory-kb': '', 'memory-window': '5', 'memory-tokens': '8', 'memory-own': '0', 'memory-gradient': '0' });
+    const o = opt({ data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0', init: '', 'memory-kb': '', 'memory-window': '5', 'memory-tokens': '8', 'memory-own': '0', 'memory-gradient': '' });
     await trainCommand({
       data: o.str('data'),
       out: o.str('out'),
@@ -117,7 +118,7 @@ switch (cmd) {
       saveEvery: o.num('save-every'),
       seed: o.num('seed'),
       ...(o.str('init') ? { init: o.str('init') } : {}),
-      ...(o.str('memory-kb') ? { memoryKb: o.str('memory-kb'), memoryWindow: o.num('memory-window'), memoryTokens: o.num('memory-tokens'), memoryOwn: o.num('memory-own') !== 0, memoryGradient: o.num('memory-gradient') !== 0 } : {}),
+      ...(o.str('memory-kb') ? { memoryKb: o.str('memory-kb'), memoryWindow: o.num('memory-window'), memoryTokens: o.num('memory-tokens'), memoryOwn: o.num('memory-own') !== 0, ...(o.str('memory-gradient') !== '' ? { memoryGradient: o.num('memory-gradient') !== 0 } : {}) } : {}),
     });
     break;
   }

@@ -208,7 +208,7 @@ test('engram train --init --memory-kb: the second stage trains from a checkpoint
   const kb = join(root, 'kb.txt');
   await writeFile(kb, `${[EXTRA, ...FACTS].join('\n')}\nshort\n`);
   const out = join(root, 'stage2');
-  await trainCommand({ data, out, config: 'unused', steps: 2, batch: 2, seq: 64, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 1, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb, memoryWindow: 2, memoryTokens: 8 });
+  await trainCommand({ data, out, config: 'unused', steps: 2, batch: 2, seq: 64, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 1, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb, memoryWindow: 2, memoryTokens: 8, memoryGradient: false });
   assert.ok(existsSync(join(out, 'model.safetensors')) && existsSync(join(out, 'trainer.json')));
   // validation ran at both steps, with memories of references planned for the validation stream
   const history = JSON.parse(await readFile(join(out, 'history.json'), 'utf8')) as { step: number; valLoss?: number }[];
@@ -223,6 +223,20 @@ test('engram train --init --memory-kb: the second stage trains from a checkpoint
     trainCommand({ data, out: join(root, 'stage2b'), config: 'unused', steps: 1, batch: 2, seq: 48, accum: 1, lr: 1e-3, warmup: 1, evalEvery: 0, saveEvery: 0, seed: 0, init: modelA, memoryKb: kb }),
     /--seq 48 must be a whole number of 64-token chunks/,
   );
+});
+
+test('memory gradient default: on for a dense model, off with a Memory+ block (its encoding has no backward)', async () => {
+  const { memoryGradientDefault } = await import('./commands.ts');
+  const base = { vocabSize: 64, dim: 32, layers: 2, heads: 4, kvHeads: 2, ffnHidden: 48, maxSeqLen: 64, tiedEmbeddings: true };
+  const dense = await Transformer.create(gpu, parseModelConfig(base), 1);
+  const withMemory = await Transformer.create(gpu, parseModelConfig({ ...base, memory: { layers: [1], nKeys: 6, heads: 2, topk: 3, keyDim: 8 } }), 1);
+  try {
+    assert.equal(memoryGradientDefault(dense), true);
+    assert.equal(memoryGradientDefault(withMemory), false);
+  } finally {
+    dense.dispose();
+    withMemory.dispose();
+  }
 });
 
 test('--dtype pq: build learns codebooks and writes coded memories, add codes with the bank codebooks, generate reads them', async () => {
