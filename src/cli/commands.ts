@@ -215,12 +215,6 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
 }
 
 /**
- * Memory³'s second stage for `engram train --memory-kb`: the knowledge base's references, one per
- * chunk of the training stream (planRetrieval: BM25 over token ids, leaking pairs dropped), and
- * the batches with their memories (MemoryBatcher); validation reads memories the same way, with
- * references planned for the validation stream (none when it is shorter than a sequence)
- */
-/**
  * Memory³ stage 2's default for gradients through the references' encoding: on where the model can take
  * them (every block dense: the encoding's backward runs through every block, whose sink rows take gradients
  * too), off with Memory+ blocks (the paper's training, memories constants of the step)
@@ -229,6 +223,12 @@ export function memoryGradientDefault(model: Transformer): boolean {
   return !model.blocks.some((b) => b.memory);
 }
 
+/**
+ * Memory³'s second stage for `engram train --memory-kb`: the knowledge base's references, one per
+ * chunk of the training stream (planRetrieval: BM25 over token ids, leaking pairs dropped), and
+ * the batches with their memories (MemoryBatcher); validation reads memories the same way, with
+ * references planned for the validation stream (none when it is shorter than a sequence)
+ */
 async function memoryBatches(
   gpu: Gpu,
   model: Transformer,

@@ -341,7 +341,7 @@ export function practice(facts: Fact[]): Question[] {
 
 /**
  * every statement phrasing of a fact in one text, in the order statements() shuffles them: a knowledge-base
- * entry that says one thing several ways (bench `explicit`'s references), ~114 characters
+ * entry that says one thing several ways (bench `explicit`'s references)
  */
 export function factCard(f: Fact, rng: () => number): string {
   return statements(f, rng).join(' ');
