@@ -48,7 +48,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeDocuments, readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { askingDocument, inventFacts } from '../../src/data/invented.ts';
+import { askingDocument, inventFacts, inventGroups } from '../../src/data/invented.ts';
 import { factCard, loadFacts, practice, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
 import { Tokenizer } from '../../src/data/tokenizer.ts';
 import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
@@ -82,10 +82,13 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // one text (data/facts.ts factCard), so that a question's words meet one of them: BM25 finds
   // 0.97 of the questions' facts in its top 5 against 0.76 with one phrasing (`explicit_retrieval`);
   // --card=0: one phrasing per fact. stage2: 1,600 steps; 2,000 read worse (explicit, RAG and no memory
-  // alike: BENCHMARKS.md `explicit`)
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
+  // alike: BENCHMARKS.md `explicit`). group: each asking document asks about 3 invented facts of one relation
+  // (data/invented.ts inventGroups), so its chunks' memories are mostly that relation's cards, as a question's
+  // search returns (its words are the relation's): reading must find the asked subject's card among them, not
+  // just the relation's (--group=0: 3 facts of any relations, which a reader tells apart by relation alone)
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, group: true, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
@@ -123,7 +126,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const loaded = load1 ? await loadStage(gpu, load1, P.lr) : undefined;
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
     const part2 = loaded?.files['stage2.json'] && (JSON.parse(new TextDecoder().decode(loaded.files['stage2.json'])) as Stage2Part);
-    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'allLayers', 'batch', 'lr'] : [])] as const;
+    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'allLayers', 'batch', 'lr'] : [])] as const;
     const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => stage1.plan[k] !== P[k]) : [];
     if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
     const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
@@ -173,7 +176,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       // questions and answers about 3 invented facts each, whose statements only the knowledge base holds.
       // a memory of a kept fact tells the model what its weights already know, so only these reward
       // reading a memory (BENCHMARKS.md `explicit`: without them a model learns to ignore its memories)
-      const invented = inventFacts(3 * P.asking, new Rng(13), new Set(corpus.invented.map((f) => f.subject)));
+      const known = new Set(corpus.invented.map((f) => f.subject));
+      const invented = P.group ? inventGroups(P.asking, 3, new Rng(13), known).flat() : inventFacts(3 * P.asking, new Rng(13), known);
       // invented facts asked about after training: new subjects (in no document of either stage), their
       // statements in the bank only. a real held-out fact can be guessed from what the corpus says
       // of its subject's neighbours (a country's language from its continent); these cannot

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Rng } from '../testing/rng.ts';
 import { FACT_RELATIONS, loadFacts, practice, statements } from './facts.ts';
-import { askingDocument, inventFacts, readingDocument } from './invented.ts';
+import { askingDocument, inventFacts, inventGroups, readingDocument } from './invented.ts';
 
 test('inventFacts: new unique subjects, real objects of the relation, every relation, deterministic', () => {
   const facts = inventFacts(3000, new Rng(1));
@@ -35,4 +35,21 @@ test('readingDocument states the facts, then asks about some of them; askingDocu
   const asked = practice(facts).map((q) => `${q.prompt}${q.answer}`);
   for (let i = 6; i < doc.length; i += 2) assert.ok(asked.includes(`${doc[i]}\n${doc[i + 1]}`));
   assert.equal(askingDocument(facts), asked.join('\n'));
+});
+
+test('inventGroups: groups of one relation each, subjects new and unique across groups, relations spread, deterministic', () => {
+  const groups = inventGroups(1000, 3, new Rng(4));
+  assert.deepEqual(inventGroups(1000, 3, new Rng(4)), groups);
+  assert.ok(groups.every((g) => g.length === 3 && g.every((f) => f.relation === g[0]!.relation)));
+  const facts = groups.flat();
+  assert.equal(new Set(facts.map((f) => f.subject.toLowerCase())).size, facts.length);
+  const realSubjects = new Set(loadFacts().map((f) => f.subject.toLowerCase()));
+  assert.ok(facts.every((f) => !realSubjects.has(f.subject.toLowerCase())));
+  for (const r of FACT_RELATIONS) {
+    const n = groups.filter((g) => g[0]!.relation === r).length;
+    assert.ok(n > 25 && n < 90, `${r}: ${n} groups`);
+  }
+  assert.equal(practice(facts).length, facts.length);
+  const avoid = new Set(facts.slice(0, 50).map((f) => f.subject));
+  assert.ok(inventGroups(1000, 3, new Rng(4), avoid).flat().every((f) => !avoid.has(f.subject)));
 });

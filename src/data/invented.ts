@@ -12,6 +12,8 @@
 // countries "-ia", "-stan", ...; elements "-ium", ... (written in lower case, as facts.ts writes
 // elements); cities "-burg", "-vik", ... Every invented fact is askable (one object per subject).
 //
+// inventGroups(groups, size, rng): the same, in groups of one relation each.
+//
 // readingDocument(facts, asked, rng): the facts' statements (one phrasing each), then practice questions
 // and answers about `asked` of them. askingDocument(facts, rng): practice questions and answers alone,
 // the statements left to an explicit memory (memory3/). Both deterministic given the rng.
@@ -67,6 +69,31 @@ export function inventFacts(n: number, rng: Rng, avoid: ReadonlySet<string> = ne
     out.push({ subject, relation, object: pool[rng.int(pool.length)]! });
   }
   return out;
+}
+
+/**
+ * `groups` groups of `size` invented facts, each group's facts of one relation (drawn uniformly per
+ * group) about `size` different new subjects (unique among all, as inventFacts'): asking documents of
+ * such a group ask about several facts of one relation, so that a reader that finds only the relation's
+ * statements (a search by the question's words returns those) must still tell the subjects apart
+ */
+export function inventGroups(groups: number, size: number, rng: Rng, avoid: ReadonlySet<string> = new Set()): Fact[][] {
+  realSubjects ??= new Set(loadFacts().map((f) => f.subject.toLowerCase()));
+  const objects = objectPools();
+  const used = new Set<string>();
+  return Array.from({ length: groups }, () => {
+    const relation = FACT_RELATIONS[rng.int(FACT_RELATIONS.length)]!;
+    const pool = objects.get(relation)!;
+    const group: Fact[] = [];
+    while (group.length < size) {
+      const subject = inventName(subjectKind(relation), rng);
+      const key = subject.toLowerCase();
+      if (used.has(key) || realSubjects!.has(key) || avoid.has(subject)) continue;
+      used.add(key);
+      group.push({ subject, relation, object: pool[rng.int(pool.length)]! });
+    }
+    return group;
+  });
 }
 
 /** one statement of each fact (a phrasing drawn by rng), then practice questions and answers about `asked` of them, in a shuffled order */
