@@ -85,10 +85,12 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // alike: BENCHMARKS.md `explicit`). group: each asking document asks about 3 invented facts of one relation
   // (data/invented.ts inventGroups), so its chunks' memories are mostly that relation's cards, as a question's
   // search returns (its words are the relation's): reading must find the asked subject's card among them, not
-  // just the relation's (--group=0: 3 facts of any relations, which a reader tells apart by relation alone)
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, group: true, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
+  // just the relation's (--group=0: 3 facts of any relations, which a reader tells apart by relation alone).
+  // readingGroup: stage 1's reading documents state their 6 invented facts as 2 relations' 3 each (corpus.ts
+  // readingGroup), which teaches the same in the context (--readingGroup=1: 6 facts of any relations)
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; readingGroup: number; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, readingGroup: 3, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, group: true, readingGroup: 3, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
@@ -121,14 +123,16 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     // data: 20% of the facts nowhere in the corpus; reading documents (statements, then questions
     // answered by them: corpus.ts) teach reading a fact out of the context, which an explicit
     // memory (and RAG) needs and fact lines alone never reward
-    const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, reading: P.reading, seed: 0 });
+    const corpus = buildCorpus({ maxBytes: P.mb * 2 ** 20, practice: 0.5, holdOut: 0.2, factRepeats: quick ? 1 : 4, reading: P.reading, readingGroup: P.readingGroup, seed: 0 });
     // stage 1 (and part of stage 2) from a folder: its plan must be this one's (the corpus and the model depend on it)
     const loaded = load1 ? await loadStage(gpu, load1, P.lr) : undefined;
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
     const part2 = loaded?.files['stage2.json'] && (JSON.parse(new TextDecoder().decode(loaded.files['stage2.json'])) as Stage2Part);
-    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'allLayers', 'batch', 'lr'] : [])] as const;
-    const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => stage1.plan[k] !== P[k]) : [];
-    if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(stage1!.plan[k])}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
+    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'readingGroup', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'allLayers', 'batch', 'lr'] : [])] as const;
+    // a folder from before readingGroup was a plan's: 1 (each reading fact's relation drawn alone)
+    const was = (k: keyof typeof P) => stage1!.plan[k] ?? (k === 'readingGroup' ? 1 : undefined);
+    const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => was(k) !== P[k]) : [];
+    if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(was(k))}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
     const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
     const tokenizerJson = loaded ? loaded.files['tokenizer.json']! : readFileSync(join(dir, 'data', 'tokenizer.json'));
     log(`data: ${corpus.heldOut.length} facts held out, ${P.reading} reading documents`);

@@ -342,3 +342,24 @@ test('buildCorpus: reading adds documents of invented facts\' statements and que
   assert.ok(subjects.every((s) => !rest.includes(s)), 'an invented subject occurs elsewhere in train');
   assert.throws(() => buildCorpus({ reading: -1 }), /reading must be an integer >= 0/);
 });
+
+test('buildCorpus: readingGroup states a reading document\'s facts in groups of one relation', () => {
+  const c = buildCorpus({ include: ['facts'], holdOut: 0.2, reading: 30, readingGroup: 3, seed: 3 });
+  assert.equal(c.counts['reading'], 30);
+  assert.equal(c.invented.length, 30 * 6);
+  const relationOf = new Map(c.invented.map((f) => [f.subject, f.relation]));
+  for (let d = 0; d < 30; d++) {
+    const facts = c.invented.slice(6 * d, 6 * d + 6);
+    for (let g = 0; g < 6; g += 3) assert.ok(facts.slice(g, g + 3).every((f) => f.relation === facts[g]!.relation));
+  }
+  // each document's statements are its 6 facts', in some order: per relation, three subjects
+  for (const doc of c.train.filter((x) => x.includes('\nQ: '))) {
+    const named = [...relationOf.keys()].filter((s) => doc.toLowerCase().includes(s.toLowerCase()));
+    assert.equal(named.length, 6, doc);
+    const perRelation = new Map<string, number>();
+    for (const s of named) perRelation.set(relationOf.get(s)!, (perRelation.get(relationOf.get(s)!) ?? 0) + 1);
+    assert.ok([...perRelation.values()].every((n) => n % 3 === 0), doc);
+  }
+  assert.deepEqual(buildCorpus({ include: ['facts'], holdOut: 0.2, reading: 30, readingGroup: 1, seed: 3 }).train, buildCorpus({ include: ['facts'], holdOut: 0.2, reading: 30, seed: 3 }).train);
+  assert.throws(() => buildCorpus({ reading: 3, readingGroup: 4 }), /readingGroup must divide/);
+});

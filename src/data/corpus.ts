@@ -38,7 +38,8 @@
 // practice questions and answers about 3 of those 6: the answer is in the document, a few lines up, and nowhere
 // else. They teach reading a fact out of the context (what a model needs to use retrieved text, or an explicit
 // memory of it: memory3/), which fact lines never reward, and neither do documents about kept facts (a model
-// answers those from its weights). Short, so that a training window holds whole documents, and many are needed
+// answers those from its weights). readingGroup g: the 6 facts are 6 / g relations' g facts each (shuffled), so
+// that a question's relation alone does not pick its statement: the subject must. Short, so that a training window holds whole documents, and many are needed
 // (a small model learns such lookups late). They go in at seeded random places like the repeats, and never to
 // val; Corpus.invented lists their facts.
 //
@@ -59,7 +60,7 @@ import { gunzipSync } from 'node:zlib';
 import { EngramError } from '../gpu/errors.ts';
 import { Rng } from '../testing/rng.ts';
 import { loadFacts, practice, statements, type Fact, type Question } from './facts.ts';
-import { inventFacts, readingDocument } from './invented.ts';
+import { inventFacts, inventGroups, readingDocument } from './invented.ts';
 
 /** Put between documents in train.txt / val.txt; the tokenizer's special token, on a line of its own. */
 export const DOC_SEPARATOR = '\n\n<|endoftext|>\n\n';
@@ -94,6 +95,13 @@ export interface CorpusOptions {
   holdOut?: number;
   /** documents of 6 statements followed by 3 questions about them, in train only (an integer >= 0; default 0): see the header */
   reading?: number;
+  /**
+   * a reading document's facts in groups of this many of one relation (1, 2, 3 or 6; default 1: each fact's
+   * relation drawn alone). with 3, a document states two relations' facts three times each, so a question
+   * is answered by telling its subject from the others of its relation, as a reader must among retrieved
+   * references of one relation (a search by a question's words returns its relation's)
+   */
+  readingGroup?: number;
 }
 
 export interface Corpus {
@@ -113,7 +121,7 @@ export interface Corpus {
   invented: Fact[];
 }
 
-const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats', 'holdOut', 'reading']);
+const OPTION_KEYS = new Set(['maxBytes', 'valFraction', 'seed', 'include', 'gcidePath', 'practice', 'factRepeats', 'holdOut', 'reading', 'readingGroup']);
 const WORDNET_LINES_PER_DOC = 50;
 const GCIDE_DOC_BYTES = 4000;
 const FACTS_PER_DOC = 20;
@@ -128,7 +136,7 @@ interface SourceDocs {
 
 /** builds the corpus (seconds: all sources in full take ~2-3 s here, most of it reading WordNet and GCIDE) */
 export function buildCorpus(o: CorpusOptions = {}): Corpus {
-  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats, holdOut, reading } = checkOptions(o);
+  const { maxBytes, valFraction, seed, include, gcidePath, practice: share, factRepeats, holdOut, reading, readingGroup } = checkOptions(o);
   const notes: string[] = [];
   const practised: Question[] = [];
   // held-out facts: their own stream, so the rest of the corpus is drawn as without them
@@ -175,7 +183,7 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   }
   if (reading > 0 && include.includes('facts')) {
     const rng = sourceRng(seed + 6, 'facts');
-    const { docs, facts } = readingDocs(reading, rng);
+    const { docs, facts } = readingDocs(reading, readingGroup, rng);
     invented = facts;
     counts['reading'] = docs.length;
     for (const d of docs) bytes += Buffer.byteLength(d);
@@ -184,10 +192,16 @@ export function buildCorpus(o: CorpusOptions = {}): Corpus {
   return { train: out, val, counts, bytes, notes, practised, heldOut, invented };
 }
 
-/** n reading documents (see the header): READING_FACTS statements of invented facts, then READING_QUESTIONS questions about them */
-function readingDocs(n: number, rng: Rng): { docs: string[]; facts: Fact[] } {
-  const facts = inventFacts(n * READING_FACTS, rng);
-  const docs = Array.from({ length: n }, (_, d) => readingDocument(facts.slice(d * READING_FACTS, (d + 1) * READING_FACTS), READING_QUESTIONS, rng));
+/**
+ * n reading documents (see the header): READING_FACTS statements of invented facts, then READING_QUESTIONS questions
+ * about them; with group > 1 the facts come in groups of `group` of one relation, stated in a shuffled order
+ */
+function readingDocs(n: number, group: number, rng: Rng): { docs: string[]; facts: Fact[] } {
+  const facts = group === 1 ? inventFacts(n * READING_FACTS, rng) : inventGroups((n * READING_FACTS) / group, group, rng).flat();
+  const docs = Array.from({ length: n }, (_, d) => {
+    const some = facts.slice(d * READING_FACTS, (d + 1) * READING_FACTS);
+    return readingDocument(group === 1 ? some : rng.shuffle(some), READING_QUESTIONS, rng);
+  });
   return { docs, facts };
 }
 
@@ -253,7 +267,11 @@ function checkOptions(o: CorpusOptions): Required<Omit<CorpusOptions, 'maxBytes'
   if (typeof reading !== 'number' || !Number.isSafeInteger(reading) || reading < 0) {
     throw new EngramError(`buildCorpus: reading must be an integer >= 0 (documents of statements and questions about them), got ${String(o.reading)}`);
   }
-  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats, holdOut, reading };
+  const readingGroup = o.readingGroup ?? 1;
+  if (typeof readingGroup !== 'number' || !Number.isSafeInteger(readingGroup) || readingGroup < 1 || READING_FACTS % readingGroup !== 0) {
+    throw new EngramError(`buildCorpus: readingGroup must divide a reading document's ${READING_FACTS} facts (1, 2, 3 or 6: facts of one relation together), got ${String(o.readingGroup)}`);
+  }
+  return { maxBytes, valFraction, seed, include, gcidePath, practice, factRepeats, holdOut, reading, readingGroup };
 }
 
 // ---- budget and split ----
