@@ -24,9 +24,9 @@ import { referenceTokens } from '../memory3/write.ts';
 const EOT = '<|endoftext|>';
 
 /** `engram data`: corpus text, a tokenizer trained on it, token files and held-out questions */
-export async function dataCommand(o: { out: string; maxMb: number; vocab: number; seed: number; practice?: number; reading?: number }): Promise<void> {
+export async function dataCommand(o: { out: string; maxMb: number; vocab: number; seed: number; practice?: number; reading?: number; readingGroup?: number }): Promise<void> {
   const t0 = performance.now();
-  const corpus = buildCorpus({ maxBytes: Math.round(o.maxMb * 2 ** 20), seed: o.seed, practice: o.practice ?? 0, reading: o.reading ?? 0 });
+  const corpus = buildCorpus({ maxBytes: Math.round(o.maxMb * 2 ** 20), seed: o.seed, practice: o.practice ?? 0, reading: o.reading ?? 0, readingGroup: o.readingGroup ?? 1 });
   console.log(`corpus: ${(corpus.bytes / 2 ** 20).toFixed(1)} MB, ${corpus.train.length} train / ${corpus.val.length} validation documents (${Object.entries(corpus.counts).map(([k, v]) => `${k} ${v}`).join(', ')})`);
   await writeTokenData(o.out, corpus, o.vocab);
   writeFileSync(join(o.out, 'questions.json'), JSON.stringify(questions(loadFacts()), null, 1));

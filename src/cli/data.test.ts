@@ -21,6 +21,7 @@ test('engram data --reading writes reading documents into train.txt only, and to
     const bin = await readFile(join(out, 'train.bin'));
     assert.ok(bin.byteLength > 0 && bin.byteLength % 4 === 0);
     await assert.rejects(dataCommand({ out, maxMb: 0.05, vocab: 512, seed: 0, reading: 1.5 }), /reading must be an integer >= 0/);
+    await assert.rejects(dataCommand({ out, maxMb: 0.05, vocab: 512, seed: 0, reading: 12, readingGroup: 5 }), /readingGroup must divide a reading document's 6 facts/);
   } finally {
     await rm(out, { recursive: true, force: true });
   }

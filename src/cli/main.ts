@@ -14,6 +14,8 @@ commands:
              --reading 0 (documents of invented facts' statements and questions about them, in
              train only: they teach reading a fact out of the context, which retrieved text and
              Memory³ memories need; a small model learns it late, after thousands of steps)
+             --reading-group 1 (a reading document's 6 facts in groups of this many of one
+             relation, 1, 2, 3 or 6: a question's subject, not its relation, then finds its statement)
   train      train a model (or resume the run in --out)
              --data data  --out runs/tiny  --config tiny|base|<file.json>  --steps 300  --batch 8
              --seq 128  --accum 1  --lr 3e-3  --warmup 30  --eval-every 50  --save-every 100  --seed 0
@@ -97,8 +99,8 @@ switch (cmd) {
     break;
   case 'data': {
     const { dataCommand } = await import('./commands.ts');
-    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0', practice: '0', reading: '0' });
-    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed'), practice: o.num('practice'), reading: o.num('reading') });
+    const o = opt({ out: 'data', 'max-mb': '4', vocab: '2048', seed: '0', practice: '0', reading: '0', 'reading-group': '1' });
+    await dataCommand({ out: o.str('out'), maxMb: o.num('max-mb'), vocab: o.num('vocab'), seed: o.num('seed'), practice: o.num('practice'), reading: o.num('reading'), readingGroup: o.num('reading-group') });
     break;
   }
   case 'train': {
