@@ -13,6 +13,10 @@
 //   the *_one_phrasing metrics
 // metrics, for the practice and the held-out question forms:
 //   recall1, recall5           the fact's reference is the search's first hit / among its 5
+//   same_relation5_invented    for the explicit suite's invented facts made after training (their cards added
+//                              to the card bank, as that suite adds them), how many of a practice-form question's
+//                              top 5 are cards of the asked relation (the rest are other relations'): what a
+//                              reader must tell the asked subject's card from (per relation in the notes)
 // the search is what explicit reading and RAG both use: one query per 64-token chunk, here the question.
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -20,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCorpus } from '../../src/data/corpus.ts';
 import { factCard, loadFacts, practice, questions, statements, type Fact } from '../../src/data/facts.ts';
+import { inventFacts, inventGroups } from '../../src/data/invented.ts';
 import { selectQuestions } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { MemoryBank } from '../../src/memory3/bank.ts';
@@ -34,6 +39,12 @@ export async function run(_gpu: Gpu): Promise<SuiteOutput> {
   const index = new Map(all.map((f, i) => [key(f), i]));
   const asked = selectQuestions(questions(corpus.heldOut, { among: all }), { perRelation: 30 });
   const results: Record<string, number> = {};
+  const notes: Record<string, string> = {};
+  // the explicit suite's invented facts made after training: new subjects beside its reading and asking documents'
+  // (bench/suites/explicit.ts: the same seeds and sizes)
+  const reading = buildCorpus({ maxBytes: 2 ** 20, holdOut: 0.2, reading: 40000, readingGroup: 3, seed: 0 }).invented;
+  const asking = inventGroups(40000, 3, new Rng(13), new Set(reading.map((f) => f.subject))).flat();
+  const fresh = inventFacts(18 * 30, new Rng(19), new Set([...reading, ...asking].map((f) => f.subject)));
   const banks = [
     ['', (f: Fact, rng: Rng) => factCard(f, () => rng.next())],
     ['_one_phrasing', (f: Fact, rng: Rng) => statements(f, () => rng.next())[0]!],
@@ -60,6 +71,21 @@ export async function run(_gpu: Gpu): Promise<SuiteOutput> {
         results[`recall1_${form}${suffix}`] = top1 / qs.length;
         results[`recall5_${form}${suffix}`] = top5 / qs.length;
       }
+      if (suffix === '') {
+        const cards = fresh.map((f) => reference(f, rng));
+        await bank.add(cards.map((text, j) => ({ id: `i${j}`, text, tokens: [0], memory })));
+        const relationOf = (id: string) => (id.startsWith('i') ? fresh[Number(id.slice(1))]! : all[Number(id.slice(1))]!).relation;
+        const rows = new Map<string, number[]>();
+        for (const q of practice(fresh)) {
+          const hits = await bank.search(q.prompt, { k: 5 });
+          const r = rows.get(q.fact.relation) ?? [0, 0];
+          r[0]! += 1;
+          r[1]! += hits.filter((h) => relationOf(h.id) === q.fact.relation).length;
+          rows.set(q.fact.relation, r);
+        }
+        results['same_relation5_invented'] = [...rows.values()].reduce((a, r) => a + r[1]!, 0) / fresh.length;
+        notes['same_relation5_invented'] = `per relation: questions, mean hits of the asked relation in the top 5: ${[...rows].map(([rel, [n, x]]) => `${rel} ${n}: ${(x! / n!).toFixed(2)}`).join('; ')}`;
+      }
     } finally {
       bank.close();
       rmSync(dir, { recursive: true, force: true });
@@ -69,6 +95,6 @@ export async function run(_gpu: Gpu): Promise<SuiteOutput> {
   return {
     results,
     device: 'none',
-    notes: { bank: `${all.length} references, a card (every phrasing) of each fact, or one phrasing (*_one_phrasing); BM25 (LanceDB full-text search, memory3/bank.ts); questions about held-out facts with one right answer among all facts, at most 30 per relation` },
+    notes: { bank: `${all.length} references, a card (every phrasing) of each fact, or one phrasing (*_one_phrasing); BM25 (LanceDB full-text search, memory3/bank.ts); questions about held-out facts with one right answer among all facts, at most 30 per relation; same_relation5_invented: the card bank with ${fresh.length} invented facts' cards added`, ...notes },
   };
 }
