@@ -87,10 +87,14 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // search returns (its words are the relation's): reading must find the asked subject's card among them, not
   // just the relation's (--group=0: 3 facts of any relations, which a reader tells apart by relation alone).
   // readingGroup: stage 1's reading documents state their 6 invented facts as 2 relations' 3 each (corpus.ts
-  // readingGroup), which teaches the same in the context (--readingGroup=1: 6 facts of any relations)
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; readingGroup: number; asking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, readingGroup: 3, asking: 100, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, group: true, readingGroup: 3, asking: 40000, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
+  // readingGroup), which teaches the same in the context (--readingGroup=1: 6 facts of any relations).
+  // realAsking: that many asking documents more about real held-out facts that are never asked after training
+  // (3 of one relation each, their cards in stage 2's knowledge base): real subjects, whose answers the weights do
+  // not hold but often guess (a relation's commonest answer, what the corpus says of the subject), so that reading
+  // a memory learns to overrule such a guess, as the questions after training need (default 0: not measured yet)
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; readingGroup: number; asking: number; realAsking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, readingGroup: 3, asking: 100, realAsking: 0, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, group: true, readingGroup: 3, asking: 40000, realAsking: 0, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
@@ -128,9 +132,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const loaded = load1 ? await loadStage(gpu, load1, P.lr) : undefined;
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
     const part2 = loaded?.files['stage2.json'] && (JSON.parse(new TextDecoder().decode(loaded.files['stage2.json'])) as Stage2Part);
-    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'readingGroup', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'allLayers', 'batch', 'lr'] : [])] as const;
-    // a folder from before readingGroup was a plan's: 1 (each reading fact's relation drawn alone)
-    const was = (k: keyof typeof P) => stage1!.plan[k] ?? (k === 'readingGroup' ? 1 : undefined);
+    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'readingGroup', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'realAsking', 'allLayers', 'batch', 'lr'] : [])] as const;
+    // a folder from before readingGroup or realAsking was a plan's: 1 (each reading fact's relation drawn alone), 0
+    const was = (k: keyof typeof P) => stage1!.plan[k] ?? ({ readingGroup: 1, realAsking: 0 } as Partial<typeof P>)[k];
     const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => was(k) !== P[k]) : [];
     if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(was(k))}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
     const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
@@ -174,6 +178,15 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       };
       const all = loadFacts();
       const texts = all.map(phrase);
+      const index = new Map(all.map((f, i) => [factKey(f), i]));
+      // the questions after training: held-out facts whose (subject, relation) has no other object among all facts
+      // (one right answer), at most P.perRelation per relation
+      const askable = questions(corpus.heldOut, { among: all });
+      const asked = selectQuestions(askable, { perRelation: P.perRelation });
+      // P.realAsking: asking documents about the askable held-out facts never asked (see the plan's comment)
+      const askedKeys = new Set(asked.map((q) => factKey(q.fact)));
+      const real = realGroups(askable.map((q) => q.fact).filter((f) => !askedKeys.has(factKey(f))), P.realAsking, new Rng(23));
+      const realFacts = [...new Set(real.flat())];
       const kbTexts = all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [texts[i]!]));
       const prefix = referenceTokens(tok, '').prefix;
       // stage 2's stream: the corpus's train documents and P.asking asking documents (data/invented.ts):
@@ -189,13 +202,13 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const asking = Array.from({ length: P.asking }, (_, d) => askingDocument(invented.slice(3 * d, 3 * d + 3)));
       // and a share (P.corpus2) of the corpus's, so that language modelling goes on (and planning stays short)
       const mix = new Rng(17);
-      const docs2 = mix.shuffle([...mix.shuffle([...corpus.train]).slice(0, Math.round(P.corpus2 * corpus.train.length)), ...asking]);
+      const docs2 = mix.shuffle([...mix.shuffle([...corpus.train]).slice(0, Math.round(P.corpus2 * corpus.train.length)), ...asking, ...real.map((g) => askingDocument(g))]);
       const train2 = encodeDocuments(tok, docs2);
-      const kb = [...kbTexts, ...invented.map(phrase)].map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
+      const kb = [...kbTexts, ...realFacts.map((f) => texts[index.get(factKey(f))!]!), ...invented.map(phrase)].map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
       // P.own: each chunk reads its own 5 best references (MemoryBatcher own), not the paper's 1 + the previous 4 chunks'
       const tp = performance.now();
       const plan = await planRetrievalParallel(train2, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
-      log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
+      log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents${real.length > 0 ? `, ${real.length} more about ${realFacts.length} real held-out facts never asked` : ''}), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
       const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own, gradient: P.gradient });
       // does the model read its memories? the loss on the same sequences with their own
       // references and with other chunks' (the plan's references permuted; chunks without one
@@ -237,7 +250,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         log(`stage 2: ${part.done} of ${P.stage2} steps saved to ${save2}: ${part.done < P.stage2 ? 'go on' : 'measure again'} with --load1=${save2}`);
         if (part.done < P.stage2) return { results: { stage2_steps_done: part.done, stage2_seconds: seconds2 }, notes, partial: true };
       }
-      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents (${kb.length} references: kept and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
+      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents${real.length > 0 ? ` and ${real.length} about ${realFacts.length} real held-out facts never asked` : ''} (${kb.length} references: kept${real.length > 0 ? ', those held-out' : ''} and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
@@ -270,7 +283,6 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       log(`bank: ${bankIds.length} references of ${all.length} facts in ${writeSeconds.toFixed(1)} s, and ${freshIds.length} of ${fresh.length} new invented facts`);
       // are the answers in the memories? per held-out askable fact, the share of (block, KV head)
       // whose 8 kept tokens include a token of the object (the answer) in its reference
-      const index = new Map(all.map((f, i) => [factKey(f), i]));
       let covered = 0;
       let slots = 0;
       for (const q of practice(corpus.heldOut)) {
@@ -336,7 +348,6 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         return { none: plain.em, explicit: right.length / qs.length, rag: mean(ragRight), right, recall5: mean(found.map(Number)), byRelation, wrong };
       };
       // held-out facts whose (subject, relation) has no other object among all facts: one right answer
-      const asked = selectQuestions(questions(corpus.heldOut, { among: all }), { perRelation: P.perRelation });
       const practised = practice(asked.map((q) => q.fact));
       const main = await qa(practised);
       // what knowing only each relation's commonest answer among the corpus's facts gets right (a country's religion:
@@ -503,6 +514,18 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * n groups of 3 of the facts, each of one relation (drawn uniformly among the relations with at least 3 facts), the
+ * 3 drawn without repeats within a group; a fact may be in several groups
+ */
+function realGroups(facts: readonly Fact[], n: number, rng: Rng): Fact[][] {
+  const pools = new Map<string, Fact[]>();
+  for (const f of facts) pools.set(f.relation, [...(pools.get(f.relation) ?? []), f]);
+  const relations = [...pools.keys()].filter((r) => pools.get(r)!.length >= 3);
+  if (n > 0 && relations.length === 0) throw new Error('explicit: --realAsking needs a relation with at least 3 held-out facts that are never asked');
+  return Array.from({ length: n }, () => rng.shuffle([...pools.get(relations[rng.int(relations.length)]!)!]).slice(0, 3));
 }
 
 /** where a stage-2 run saved with --save2 stopped: the optimizer's step where stage 2 began, the steps done, the losses before it, its seconds so far */
