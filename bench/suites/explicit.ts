@@ -347,7 +347,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         const wrong = qs.flatMap((q, i) => (exRight[i] === 0 && found[i] ? [`${q.fact.relation}: ${q.fact.subject} -> ${JSON.stringify(ex[i])}, not ${JSON.stringify(q.answer.trim())}`] : [])).slice(0, 40).join('; ');
         return { none: plain.em, explicit: right.length / qs.length, rag: mean(ragRight), right, recall5: mean(found.map(Number)), byRelation, wrong };
       };
-      // held-out facts whose (subject, relation) has no other object among all facts: one right answer
+      // the questions (`asked`, above) in the practice form
       const practised = practice(asked.map((q) => q.fact));
       const main = await qa(practised);
       // what knowing only each relation's commonest answer among the corpus's facts gets right (a country's religion:

@@ -39,9 +39,9 @@
 // else. They teach reading a fact out of the context (what a model needs to use retrieved text, or an explicit
 // memory of it: memory3/), which fact lines never reward, and neither do documents about kept facts (a model
 // answers those from its weights). readingGroup g: the 6 facts are 6 / g relations' g facts each (shuffled), so
-// that a question's relation alone does not pick its statement: the subject must. Short, so that a training window holds whole documents, and many are needed
-// (a small model learns such lookups late). They go in at seeded random places like the repeats, and never to
-// val; Corpus.invented lists their facts.
+// that a question's relation alone does not pick its statement: the subject must. Short, so that a training
+// window holds whole documents, and many are needed (a small model learns such lookups late). They go in at
+// seeded random places like the repeats, and never to val; Corpus.invented lists their facts.
 //
 // Held-out facts (holdOut share, default 0): a seeded share of the facts (their own stream) is left out before any
 // fact document is made: none of their statements, and none of their practice questions, is in train or val.

@@ -44,6 +44,16 @@ function objectPools(): Map<string, string[]> {
 
 let realSubjects: Set<string> | undefined;
 
+/** a new subject of the kind (one draw of inventName), or undefined when it is taken: in `used` (then added), a real fact's, or in `avoid` */
+function newSubject(kind: keyof typeof ENDINGS, rng: Rng, used: Set<string>, avoid: ReadonlySet<string>): string | undefined {
+  realSubjects ??= new Set(loadFacts().map((f) => f.subject.toLowerCase()));
+  const subject = inventName(kind, rng);
+  const key = subject.toLowerCase();
+  if (used.has(key) || realSubjects.has(key) || avoid.has(subject)) return undefined;
+  used.add(key);
+  return subject;
+}
+
 function inventName(kind: keyof typeof ENDINGS, rng: Rng): string {
   const syllables = 2 + rng.int(2);
   let s = '';
@@ -55,16 +65,13 @@ function inventName(kind: keyof typeof ENDINGS, rng: Rng): string {
 
 /** n invented facts (see the header); subjects unique among them and never a real fact's subject, nor one in `avoid` */
 export function inventFacts(n: number, rng: Rng, avoid: ReadonlySet<string> = new Set()): Fact[] {
-  realSubjects ??= new Set(loadFacts().map((f) => f.subject.toLowerCase()));
   const objects = objectPools();
   const used = new Set<string>();
   const out: Fact[] = [];
   while (out.length < n) {
     const relation = FACT_RELATIONS[rng.int(FACT_RELATIONS.length)]!;
-    const subject = inventName(subjectKind(relation), rng);
-    const key = subject.toLowerCase();
-    if (used.has(key) || realSubjects.has(key) || avoid.has(subject)) continue;
-    used.add(key);
+    const subject = newSubject(subjectKind(relation), rng, used, avoid);
+    if (subject === undefined) continue;
     const pool = objects.get(relation)!;
     out.push({ subject, relation, object: pool[rng.int(pool.length)]! });
   }
@@ -78,7 +85,6 @@ export function inventFacts(n: number, rng: Rng, avoid: ReadonlySet<string> = ne
  * statements (a search by the question's words returns those) must still tell the subjects apart
  */
 export function inventGroups(groups: number, size: number, rng: Rng, avoid: ReadonlySet<string> = new Set()): Fact[][] {
-  realSubjects ??= new Set(loadFacts().map((f) => f.subject.toLowerCase()));
   const objects = objectPools();
   const used = new Set<string>();
   return Array.from({ length: groups }, () => {
@@ -86,10 +92,8 @@ export function inventGroups(groups: number, size: number, rng: Rng, avoid: Read
     const pool = objects.get(relation)!;
     const group: Fact[] = [];
     while (group.length < size) {
-      const subject = inventName(subjectKind(relation), rng);
-      const key = subject.toLowerCase();
-      if (used.has(key) || realSubjects!.has(key) || avoid.has(subject)) continue;
-      used.add(key);
+      const subject = newSubject(subjectKind(relation), rng, used, avoid);
+      if (subject === undefined) continue;
       group.push({ subject, relation, object: pool[rng.int(pool.length)]! });
     }
     return group;
