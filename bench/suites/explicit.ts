@@ -48,10 +48,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeDocuments, readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { askingDocument, inventFacts, inventGroups } from '../../src/data/invented.ts';
-import { factCard, loadFacts, practice, questions, statements, type Fact, type Question } from '../../src/data/facts.ts';
+import { askingDocument } from '../../src/data/invented.ts';
+import { factCard, loadFacts, practice, statements, type Fact, type Question } from '../../src/data/facts.ts';
 import { Tokenizer } from '../../src/data/tokenizer.ts';
-import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers, selectQuestions } from '../../src/eval/facts.ts';
+import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { writeAndAdd } from '../../src/memory3/add.ts';
@@ -69,6 +69,7 @@ import { Transformer } from '../../src/model/transformer.ts';
 import { Rng } from '../../src/testing/rng.ts';
 import { resumeTraining, saveTraining, trainLoop } from '../../src/train/loop.ts';
 import { AdamW } from '../../src/train/optimizer.ts';
+import { explicitFacts, FACT_PLAN, realGroups } from '../explicit_facts.ts';
 import { median } from '../lib.ts';
 import { ragPrompt, ragRows, windowTexts } from '../rag.ts';
 import type { SuiteOutput } from '../run.ts';
@@ -94,7 +95,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // a memory learns to overrule such a guess, as the questions after training need (default 0: not measured yet)
   const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; readingGroup: number; asking: number; realAsking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
     ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, readingGroup: 3, asking: 100, realAsking: 0, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, reading: 40000, allLayers: true, own: true, gradient: true, card: true, group: true, readingGroup: 3, asking: 40000, realAsking: 0, corpus2: 0.3, batch: 32, seq: 256, perRelation: 30, lr: 2e-3 };
+    : { ...FACT_PLAN, mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, allLayers: true, own: true, gradient: true, card: true, realAsking: 0, corpus2: 0.3, batch: 32, seq: 256, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
@@ -179,10 +180,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const all = loadFacts();
       const texts = all.map(phrase);
       const index = new Map(all.map((f, i) => [factKey(f), i]));
-      // the questions after training: held-out facts whose (subject, relation) has no other object among all facts
-      // (one right answer), at most P.perRelation per relation
-      const askable = questions(corpus.heldOut, { among: all });
-      const asked = selectQuestions(askable, { perRelation: P.perRelation });
+      // the questions after training (held-out facts with one right answer among all facts, at most P.perRelation
+      // per relation); stage 2's invented facts; the invented facts asked about after training (explicit_facts.ts)
+      const { askable, asked, invented, fresh } = explicitFacts(corpus, all, P);
       // P.realAsking: asking documents about the askable held-out facts never asked (see the plan's comment)
       const askedKeys = new Set(asked.map((q) => factKey(q.fact)));
       const real = realGroups(askable.map((q) => q.fact).filter((f) => !askedKeys.has(factKey(f))), P.realAsking, new Rng(23));
@@ -192,13 +192,10 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       // stage 2's stream: the corpus's train documents and P.asking asking documents (data/invented.ts):
       // questions and answers about 3 invented facts each, whose statements only the knowledge base holds.
       // a memory of a kept fact tells the model what its weights already know, so only these reward
-      // reading a memory (BENCHMARKS.md `explicit`: without them a model learns to ignore its memories)
-      const known = new Set(corpus.invented.map((f) => f.subject));
-      const invented = P.group ? inventGroups(P.asking, 3, new Rng(13), known).flat() : inventFacts(3 * P.asking, new Rng(13), known);
-      // invented facts asked about after training: new subjects (in no document of either stage), their
-      // statements in the bank only. a real held-out fact can be guessed from what the corpus says
-      // of its subject's neighbours (a country's language from its continent); these cannot
-      const fresh = inventFacts(18 * P.perRelation, new Rng(19), new Set([...corpus.invented, ...invented].map((f) => f.subject)));
+      // reading a memory (BENCHMARKS.md `explicit`: without them a model learns to ignore its memories).
+      // the invented facts asked about after training (fresh) have new subjects, their statements in the bank
+      // only. a real held-out fact can be guessed from what the corpus says of its subject's neighbours (a
+      // country's language from its continent); these cannot
       const asking = Array.from({ length: P.asking }, (_, d) => askingDocument(invented.slice(3 * d, 3 * d + 3)));
       // and a share (P.corpus2) of the corpus's, so that language modelling goes on (and planning stays short)
       const mix = new Rng(17);
@@ -514,18 +511,6 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-/**
- * n groups of 3 of the facts, each of one relation (drawn uniformly among the relations with at least 3 facts), the
- * 3 drawn without repeats within a group; a fact may be in several groups
- */
-function realGroups(facts: readonly Fact[], n: number, rng: Rng): Fact[][] {
-  const pools = new Map<string, Fact[]>();
-  for (const f of facts) pools.set(f.relation, [...(pools.get(f.relation) ?? []), f]);
-  const relations = [...pools.keys()].filter((r) => pools.get(r)!.length >= 3);
-  if (n > 0 && relations.length === 0) throw new Error('explicit: --realAsking needs a relation with at least 3 held-out facts that are never asked');
-  return Array.from({ length: n }, () => rng.shuffle([...pools.get(relations[rng.int(relations.length)]!)!]).slice(0, 3));
 }
 
 /** where a stage-2 run saved with --save2 stopped: the optimizer's step where stage 2 began, the steps done, the losses before it, its seconds so far */

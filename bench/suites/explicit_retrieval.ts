@@ -4,7 +4,7 @@
 //   npm run bench -- explicit_retrieval
 //
 // the explicit suite's held-out facts and questions (buildCorpus holdOut 0.2, seed 0; facts with one right
-// answer among all facts, at most 30 per relation) against two banks of every fact, placeholder memories
+// answer among all facts, at most 30 per relation: bench/explicit_facts.ts) against two banks of every fact, placeholder memories
 // (the search reads only the text):
 //   a card per fact (data/facts.ts factCard: every statement phrasing of the fact in one text), the explicit
 //   suite's references
@@ -23,28 +23,23 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { factCard, loadFacts, practice, questions, statements, type Fact } from '../../src/data/facts.ts';
-import { inventFacts, inventGroups } from '../../src/data/invented.ts';
-import { selectQuestions } from '../../src/eval/facts.ts';
+import { factCard, loadFacts, practice, statements, type Fact } from '../../src/data/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { MemoryBank } from '../../src/memory3/bank.ts';
 import { encodeMemory } from '../../src/memory3/blob.ts';
 import { Rng } from '../../src/testing/rng.ts';
+import { explicitFacts, FACT_PLAN } from '../explicit_facts.ts';
 import type { SuiteOutput } from '../run.ts';
 
 export async function run(_gpu: Gpu): Promise<SuiteOutput> {
-  const corpus = buildCorpus({ maxBytes: 2 ** 20, holdOut: 0.2, seed: 0 });
+  // the explicit suite's corpus (its held-out facts and its reading documents' invented subjects) and facts
+  const corpus = buildCorpus({ maxBytes: 2 ** 20, holdOut: 0.2, reading: FACT_PLAN.reading, readingGroup: FACT_PLAN.readingGroup, seed: 0 });
   const all = loadFacts();
   const key = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
   const index = new Map(all.map((f, i) => [key(f), i]));
-  const asked = selectQuestions(questions(corpus.heldOut, { among: all }), { perRelation: 30 });
+  const { asked, fresh } = explicitFacts(corpus, all, FACT_PLAN);
   const results: Record<string, number> = {};
   const notes: Record<string, string> = {};
-  // the explicit suite's invented facts made after training: new subjects beside its reading and asking documents'
-  // (bench/suites/explicit.ts: the same seeds and sizes)
-  const reading = buildCorpus({ maxBytes: 2 ** 20, holdOut: 0.2, reading: 40000, readingGroup: 3, seed: 0 }).invented;
-  const asking = inventGroups(40000, 3, new Rng(13), new Set(reading.map((f) => f.subject))).flat();
-  const fresh = inventFacts(18 * 30, new Rng(19), new Set([...reading, ...asking].map((f) => f.subject)));
   const banks = [
     ['', (f: Fact, rng: Rng) => factCard(f, () => rng.next())],
     ['_one_phrasing', (f: Fact, rng: Rng) => statements(f, () => rng.next())[0]!],
@@ -95,6 +90,6 @@ export async function run(_gpu: Gpu): Promise<SuiteOutput> {
   return {
     results,
     device: 'none',
-    notes: { bank: `${all.length} references, a card (every phrasing) of each fact, or one phrasing (*_one_phrasing); BM25 (LanceDB full-text search, memory3/bank.ts); questions about held-out facts with one right answer among all facts, at most 30 per relation; same_relation5_invented: the card bank with ${fresh.length} invented facts' cards added`, ...notes },
+    notes: { bank: `${all.length} references, a card (every phrasing) of each fact, or one phrasing (*_one_phrasing); BM25 (LanceDB full-text search, memory3/bank.ts); questions about held-out facts with one right answer among all facts, at most ${FACT_PLAN.perRelation} per relation; same_relation5_invented: the card bank with ${fresh.length} invented facts' cards added`, ...notes },
   };
 }
