@@ -48,6 +48,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeDocuments, readTokens, writeTokenData } from '../../src/cli/commands.ts';
 import { buildCorpus } from '../../src/data/corpus.ts';
+import { counterfactualGroups } from '../../src/data/counterfactual.ts';
 import { askingDocument } from '../../src/data/invented.ts';
 import { factCard, loadFacts, practice, statements, type Fact, type Question } from '../../src/data/facts.ts';
 import { Tokenizer } from '../../src/data/tokenizer.ts';
@@ -56,6 +57,7 @@ import type { Gpu } from '../../src/gpu/device.ts';
 import { generateBatch } from '../../src/infer/generate.ts';
 import { writeAndAdd } from '../../src/memory3/add.ts';
 import { planRetrievalParallel } from '../../src/memory3/plan_parallel.ts';
+import { adjustPlan } from '../../src/memory3/plan_adjust.ts';
 import { MemoryBank, type NewReference } from '../../src/memory3/bank.ts';
 import { decodeMemory, encodeMemory, type SparseMemory } from '../../src/memory3/blob.ts';
 import { quantizeMemories, trainMemoryCodebooks } from '../../src/memory3/quantize.ts';
@@ -92,10 +94,15 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // realAsking: that many asking documents more about real held-out facts that are never asked after training
   // (3 of one relation each, their cards in stage 2's knowledge base): real subjects, whose answers the weights do
   // not hold but often guess (a relation's commonest answer, what the corpus says of the subject), so that reading
-  // a memory learns to overrule such a guess, as the questions after training need (default 0: not measured yet)
-  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; readingGroup: number; asking: number; realAsking: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
-    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, readingGroup: 3, asking: 100, realAsking: 0, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
-    : { ...FACT_PLAN, mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, allLayers: true, own: true, gradient: true, card: true, realAsking: 0, corpus2: 0.3, batch: 32, seq: 256, lr: 2e-3 };
+  // a memory learns to overrule such a guess, as the questions after training need (default 0: not measured yet).
+  // counterfactual: that many asking documents more about kept facts stated with another object of their
+  // relation (data/counterfactual.ts: 3 real subjects of one relation each, a fresh object per draw), each in a
+  // card of its own in stage 2's knowledge base that its document's chunks read (not searched: memory3/
+  // plan_adjust.ts), and whose subject's true card those chunks do not read: the memory against what the
+  // weights hold, the conflict a real held-out subject's question meets (default 0)
+  const P: { mb: number; vocab: number; dim: number; layers: number; stage1: number; stage2: number; reading: number; allLayers: boolean; own: boolean; gradient: boolean; card: boolean; group: boolean; readingGroup: number; asking: number; realAsking: number; counterfactual: number; corpus2: number; batch: number; seq: number; perRelation: number; lr: number } = quick
+    ? { mb: 1.6, vocab: 1024, dim: 64, layers: 4, stage1: 30, stage2: 10, reading: 200, allLayers: true, own: false, gradient: false, card: true, group: true, readingGroup: 3, asking: 100, realAsking: 0, counterfactual: 0, corpus2: 0.5, batch: 4, seq: 128, perRelation: 2, lr: 3e-3 }
+    : { ...FACT_PLAN, mb: 2, vocab: 8192, dim: 384, layers: 6, stage1: 3000, stage2: 1600, allLayers: true, own: true, gradient: true, card: true, realAsking: 0, counterfactual: 0, corpus2: 0.3, batch: 32, seq: 256, lr: 2e-3 };
   // --<key>=<number> overrides a size of the plan (e.g. --stage1=1100 --reading=25000 --mb=2); --no-vq skips the pq bank.
   // --save1=<dir>: stop after stage 1, with the model and tokenizer saved there; --load1=<dir>: take stage 1
   // from such a folder (reading appears late in stage 1, and both stages do not fit one 10-minute device command).
@@ -133,9 +140,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     const loaded = load1 ? await loadStage(gpu, load1, P.lr) : undefined;
     const stage1 = loaded && (JSON.parse(new TextDecoder().decode(loaded.files['stage1.json'])) as { plan: typeof P; note: string });
     const part2 = loaded?.files['stage2.json'] && (JSON.parse(new TextDecoder().decode(loaded.files['stage2.json'])) as Stage2Part);
-    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'readingGroup', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'realAsking', 'allLayers', 'batch', 'lr'] : [])] as const;
-    // a folder from before readingGroup or realAsking was a plan's: 1 (each reading fact's relation drawn alone), 0
-    const was = (k: keyof typeof P) => stage1!.plan[k] ?? ({ readingGroup: 1, realAsking: 0 } as Partial<typeof P>)[k];
+    const same = ['mb', 'vocab', 'dim', 'layers', 'reading', 'readingGroup', 'seq', 'stage1', ...(part2 ? ['stage2', 'asking', 'corpus2', 'own', 'gradient', 'card', 'group', 'realAsking', 'counterfactual', 'allLayers', 'batch', 'lr'] : [])] as const;
+    // a folder from before readingGroup, realAsking or counterfactual was a plan's: 1 (each reading fact's relation drawn alone), 0, 0
+    const was = (k: keyof typeof P) => stage1!.plan[k] ?? ({ readingGroup: 1, realAsking: 0, counterfactual: 0 } as Partial<typeof P>)[k];
     const differs = stage1 ? (same as readonly (keyof typeof P)[]).filter((k) => was(k) !== P[k]) : [];
     if (differs.length > 0) throw new Error(`explicit: ${load1} holds a run of another plan (${differs.map((k) => `${k} ${String(was(k))}, not ${String(P[k])}`).join('; ')}): pass the same sizes`);
     const tok = loaded ? await Tokenizer.fromJson(new TextDecoder().decode(loaded.files['tokenizer.json'])) : await writeTokenData(join(dir, 'data'), corpus, P.vocab);
@@ -187,7 +194,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const askedKeys = new Set(asked.map((q) => factKey(q.fact)));
       const real = realGroups(askable.map((q) => q.fact).filter((f) => !askedKeys.has(factKey(f))), P.realAsking, new Rng(23));
       const realFacts = [...new Set(real.flat())];
-      const kbTexts = all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [texts[i]!]));
+      const kept = all.filter((f) => !heldOut.has(factKey(f)));
+      // P.counterfactual: asking documents about kept facts with another object (see the plan's comment)
+      const counter = counterfactualGroups(kept, P.counterfactual, 3, new Rng(29), all);
       const prefix = referenceTokens(tok, '').prefix;
       // stage 2's stream: the corpus's train documents and P.asking asking documents (data/invented.ts):
       // questions and answers about 3 invented facts each, whose statements only the knowledge base holds.
@@ -199,13 +208,31 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const asking = Array.from({ length: P.asking }, (_, d) => askingDocument(invented.slice(3 * d, 3 * d + 3)));
       // and a share (P.corpus2) of the corpus's, so that language modelling goes on (and planning stays short)
       const mix = new Rng(17);
-      const docs2 = mix.shuffle([...mix.shuffle([...corpus.train]).slice(0, Math.round(P.corpus2 * corpus.train.length)), ...asking, ...real.map((g) => askingDocument(g))]);
-      const train2 = encodeDocuments(tok, docs2);
-      const kb = [...kbTexts, ...realFacts.map((f) => texts[index.get(factKey(f))!]!), ...invented.map(phrase)].map((t) => referenceTokens(tok, t).tokens).filter((r) => r.length >= 8);
+      const docs2 = mix.shuffle<{ text: string; counter?: Fact[] }>([
+        ...mix.shuffle([...corpus.train]).slice(0, Math.round(P.corpus2 * corpus.train.length)).map((text) => ({ text })),
+        ...[...asking, ...real.map((g) => askingDocument(g))].map((text) => ({ text })),
+        ...counter.map((g) => ({ text: askingDocument(g), counter: g })),
+      ]);
+      const starts: number[] = [];
+      const train2 = encodeDocuments(tok, docs2.map((d) => d.text), starts);
+      // the knowledge base: kept facts' references, the real held-out facts' of P.realAsking, the invented
+      // facts', then the counterfactual facts' (each once), with the fact each states
+      const counterFacts = [...new Map(counter.flat().map((f) => [factKey(f), f])).values()];
+      const cards = (facts: readonly { fact: Fact; text: string }[]) => facts.map((e) => ({ fact: e.fact, tokens: referenceTokens(tok, e.text).tokens })).filter((e) => e.tokens.length >= 8);
+      const searched = cards([
+        ...all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [{ fact: f, text: texts[i]! }])),
+        ...realFacts.map((f) => ({ fact: f, text: texts[index.get(factKey(f))!]! })),
+        ...invented.map((f) => ({ fact: f, text: phrase(f) })),
+      ]);
+      const entries = [...searched, ...cards(counterFacts.map((f) => ({ fact: f, text: phrase(f) })))];
+      const kb = entries.map((e) => e.tokens);
       // P.own: each chunk reads its own 5 best references (MemoryBatcher own), not the paper's 1 + the previous 4 chunks'
+      const per = P.own ? 5 : 1;
       const tp = performance.now();
-      const plan = await planRetrievalParallel(train2, kb, { chunk: 64, context: P.seq, perChunk: P.own ? 5 : 1 });
-      log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents${real.length > 0 ? `, ${real.length} more about ${realFacts.length} real held-out facts never asked` : ''}), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
+      // the counterfactual cards (last in kb) are not searched: their documents' chunks read them (counterfactualPlan)
+      let plan = await planRetrievalParallel(train2, kb.slice(0, searched.length), { chunk: 64, context: P.seq, perChunk: counter.length > 0 ? 2 * per : per });
+      if (counter.length > 0) plan = counterfactualPlan(plan, { per, entries: entries.map((e) => e.fact), docs: docs2, starts, stream: train2.length });
+      log(`stage 2 stream: ${train2.length} tokens (${P.asking} asking documents${real.length > 0 ? `, ${real.length} more about ${realFacts.length} real held-out facts never asked` : ''}${counter.length > 0 ? `, ${counter.length} about ${counterFacts.length} counterfactual facts` : ''}), ${kb.length} references, planned in ${((performance.now() - tp) / 1000).toFixed(1)} s`);
       const batcher = new MemoryBatcher(gpu, model, kb, plan, { prefix, layers, seed: 1, own: P.own, gradient: P.gradient });
       // does the model read its memories? the loss on the same sequences with their own
       // references and with other chunks' (the plan's references permuted; chunks without one
@@ -247,7 +274,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         log(`stage 2: ${part.done} of ${P.stage2} steps saved to ${save2}: ${part.done < P.stage2 ? 'go on' : 'measure again'} with --load1=${save2}`);
         if (part.done < P.stage2) return { results: { stage2_steps_done: part.done, stage2_seconds: seconds2 }, notes, partial: true };
       }
-      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents${real.length > 0 ? ` and ${real.length} about ${realFacts.length} real held-out facts never asked` : ''} (${kb.length} references: kept${real.length > 0 ? ', those held-out' : ''} and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
+      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents${real.length > 0 ? ` and ${real.length} about ${realFacts.length} real held-out facts never asked` : ''}${counter.length > 0 ? ` and ${counter.length} about ${counterFacts.length} counterfactual facts (kept facts with another object)` : ''} (${kb.length} references: kept${real.length > 0 ? ', those held-out' : ''}${counter.length > 0 ? ', counterfactual' : ''} and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
@@ -527,4 +554,27 @@ async function loadStage(gpu: Gpu, dir: string, lr: number): Promise<{ model: Tr
   if (!files['stage1.json']) throw new Error(`explicit: ${dir} holds no stage1.json, so it is not this suite's stage 1: make one with --save1=${dir}`);
   if (files['stage2.json']) return resumeTraining(gpu, dir, { lr });
   return loadModel(gpu, dir);
+}
+
+/**
+ * the plan (2 per per chunk) adjusted for the counterfactual asking documents (memory3/plan_adjust.ts), per
+ * kept: a document's chunks read its facts' counterfactual cards, and no other card of their subjects and
+ * relations (the true card, another counterfactual's)
+ */
+function counterfactualPlan(plan: Int32Array, o: { per: number; entries: readonly Fact[]; docs: readonly { counter?: Fact[] }[]; starts: readonly number[]; stream: number }): Int32Array {
+  const key = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
+  const slot = (f: Fact) => `${f.subject}\u0000${f.relation}`;
+  const at = new Map<string, number>();
+  const bySlot = new Map<string, number[]>();
+  o.entries.forEach((f, i) => {
+    at.set(key(f), i);
+    (bySlot.get(slot(f)) ?? bySlot.set(slot(f), []).get(slot(f))!).push(i);
+  });
+  const spans = o.docs.flatMap((d, j) => {
+    if (!d.counter) return [];
+    const add = d.counter.flatMap((f) => (at.has(key(f)) ? [at.get(key(f))!] : []));
+    const deny = d.counter.flatMap((f) => bySlot.get(slot(f))!.filter((i) => !add.includes(i)));
+    return [{ start: o.starts[j]!, end: o.starts[j + 1] ?? o.stream, add, deny }];
+  });
+  return adjustPlan(plan, { perChunk: 2 * o.per, keep: o.per, chunk: 64, spans });
 }

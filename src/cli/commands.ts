@@ -49,12 +49,13 @@ export async function writeTokenData(dir: string, docs: { train: string[]; val: 
   return tok;
 }
 
-/** documents as one token stream, each ended by EOT (as train.bin holds them) */
-export function encodeDocuments(tok: Tokenizer, docs: readonly string[]): Uint32Array {
+/** documents as one token stream, each ended by EOT (as train.bin holds them); `starts`, when given, gets each document's first token's index */
+export function encodeDocuments(tok: Tokenizer, docs: readonly string[], starts?: number[]): Uint32Array {
   const eot = tok.tokenId(EOT);
   if (eot === undefined) throw new EngramError(`the tokenizer has no ${EOT} token: train it with writeTokenData`);
   const ids: number[] = [];
   for (const d of docs) {
+    starts?.push(ids.length);
     for (const id of tok.encode(d)) ids.push(id);
     ids.push(eot);
   }
