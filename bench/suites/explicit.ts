@@ -94,8 +94,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   // realAsking: that many asking documents more about real held-out facts that are never asked after training
   // (3 of one relation each, their cards in stage 2's knowledge base): real subjects, whose answers the weights do
   // not hold but often guess (a relation's commonest answer, what the corpus says of the subject), so that reading
-  // a memory learns to overrule such a guess, as the questions after training need (default 0: 1,000 of them,
-  // on the few spare facts outside city country, read no better: BENCHMARKS.md `explicit`, `real_asking`).
+  // a memory learns to overrule such a guess, as the questions after training need (default 0: 1,000 of them read
+  // no better: BENCHMARKS.md `explicit`, `real_asking`).
   // counterfactual: that many asking documents more about kept facts stated with another object of their
   // relation (data/counterfactual.ts: 3 real subjects of one relation each, a fresh object per draw), each in a
   // card of its own in stage 2's knowledge base that its document's chunks read (not searched: memory3/
@@ -560,7 +560,7 @@ async function loadStage(gpu: Gpu, dir: string, lr: number): Promise<{ model: Tr
 }
 
 /**
- * the plan (2 per per chunk) adjusted for the counterfactual asking documents (memory3/plan_adjust.ts), per
+ * the plan (2 per references per chunk) adjusted for the counterfactual asking documents (memory3/plan_adjust.ts), per
  * kept: a document's chunks read its facts' counterfactual cards, and no other card of their subjects and
  * relations (the true card, another counterfactual's)
  */
