@@ -57,21 +57,26 @@ export function uniformFromWord(r0: number): number {
   return (r0 >>> 8) / 2 ** 24;
 }
 
-/** elements offset .. offset + n - 1 of the normal stream `seed`: mean + std z */
-export function fillNormal(n: number, o: { std: number; mean?: number; seed: number; offset?: number }): Float64Array {
+/** the stream element of element i: offset + i, or with rows of `cols` (rowStride given) offset + (i div cols) rowStride + i mod cols */
+function element(i: number, offset: number, rowStride?: { cols: number; stride: number }): number {
+  return rowStride ? offset + Math.floor(i / rowStride.cols) * rowStride.stride + (i % rowStride.cols) : offset + i;
+}
+
+/** elements offset .. offset + n - 1 of the normal stream `seed` (rows: see element): mean + std z */
+export function fillNormal(n: number, o: { std: number; mean?: number; seed: number; offset?: number; rows?: { cols: number; stride: number } }): Float64Array {
   const { std, mean = 0, seed, offset = 0 } = o;
   const out = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const [r0, r1] = randomWords(seed, offset + i);
+    const [r0, r1] = randomWords(seed, element(i, offset, o.rows));
     out[i] = mean + std * normalFromWords(r0, r1);
   }
   return out;
 }
 
-/** elements offset .. offset + n - 1 of the uniform stream `seed`: lo + (hi - lo) u */
-export function fillUniform(n: number, o: { lo: number; hi: number; seed: number; offset?: number }): Float64Array {
+/** elements offset .. offset + n - 1 of the uniform stream `seed` (rows: see element): lo + (hi - lo) u */
+export function fillUniform(n: number, o: { lo: number; hi: number; seed: number; offset?: number; rows?: { cols: number; stride: number } }): Float64Array {
   const { lo, hi, seed, offset = 0 } = o;
   const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * uniformFromWord(randomWords(seed, offset + i)[0]);
+  for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * uniformFromWord(randomWords(seed, element(i, offset, o.rows))[0]);
   return out;
 }

@@ -70,6 +70,35 @@ test('init: two chunks with offsets give the values of one tensor, bit for bit',
   }
 });
 
+test('init: rowStride gives a block of a wider table\'s columns, bit for bit, and matches the reference', async () => {
+  const gpu = await testGpu();
+  for (const dtype of ['f32', 'bf16'] as const) {
+    // a table of 5 rows of 8 split into columns [0, 3) and [3, 8), at an offset past 2^32
+    const base = 2 ** 33 + 5;
+    const whole = await gpu.tensor([5, 8], dtype, 'whole');
+    const a = await gpu.tensor([5, 3], dtype, 'a');
+    const b = await gpu.tensor([5, 5], dtype, 'b');
+    for (const fill of [
+      (t: Tensor, offset: number, rowStride?: number) => fillNormal(gpu, t, { std: 1, seed: 7, offset, ...(rowStride ? { rowStride } : {}) }),
+      (t: Tensor, offset: number, rowStride?: number) => fillUniform(gpu, t, { lo: -1, hi: 1, seed: 7, offset, ...(rowStride ? { rowStride } : {}) }),
+    ]) {
+      await fill(whole, base);
+      await fill(a, base, 8);
+      await fill(b, base + 3, 8);
+      const [w, x, y] = [await gpu.read(whole), await gpu.read(a), await gpu.read(b)];
+      const joined = Array.from({ length: 5 }, (_, r) => [...x.slice(3 * r, 3 * r + 3), ...y.slice(5 * r, 5 * r + 5)]).flat();
+      assert.deepEqual(joined, [...w], `columns of ${whole}`);
+    }
+    // rows further apart than 2^32 stream elements (the high word of row * rowStride): against the reference
+    const t = await gpu.tensor([7, 3], dtype, 'strided');
+    const o = { std: 0.5, seed: 3, offset: 11 };
+    const stride = 2 ** 31 + 5;
+    await fillNormal(gpu, t, { ...o, rowStride: stride });
+    assertElementwise(`strided ${t}`, await gpu.read(t), ref.fillNormal(21, { ...o, rows: { cols: 3, stride } }), dtype, o.std);
+    for (const x of [whole, a, b, t]) x.dispose();
+  }
+});
+
 test('init: offsets past 2^32 (the carry into the high word) up to 2^53', async () => {
   const gpu = await testGpu();
   const t = await gpu.tensor([64], 'f32', 'w');
@@ -160,7 +189,9 @@ test('init: bad input throws', async () => {
   await assert.rejects(fillNormal(gpu, t, { std: 1, seed: -1 }), is(/fillNormal: seed must be an integer in \[0, 2\^32\), got -1/));
   await assert.rejects(fillNormal(gpu, t, { std: 1, seed: 2 ** 32 }), is(/seed must be an integer/));
   await assert.rejects(fillNormal(gpu, t, { std: 1, seed: 1.5 }), is(/seed must be an integer/));
-  await assert.rejects(fillNormal(gpu, t, { std: 1, seed: 0, offset: -1 }), is(/fillNormal: offset must be an integer >= 0 with offset \+ 8 elements <= 2\^53, got -1/));
+  await assert.rejects(fillNormal(gpu, t, { std: 1, seed: 0, offset: -1 }), is(/fillNormal: offset must be an integer >= 0 with offset \+ 8 stream elements <= 2\^53, got -1/));
+  await assert.rejects(fillNormal(gpu, t, { std: 1, seed: 0, rowStride: t.shape[t.shape.length - 1]! - 1 }), is(/fillNormal: rowStride must be an integer in \[/));
+  await assert.rejects(fillUniform(gpu, t, { lo: 0, hi: 1, seed: 0, rowStride: 2 ** 32 }), is(/fillUniform: rowStride must be/));
   await assert.rejects(fillUniform(gpu, t, { lo: 0, hi: 1, seed: 0, offset: 2 ** 53 - 7 }), is(/fillUniform: offset must be/));
   for (const x of [t, ids, h]) x.dispose();
 });

@@ -2,6 +2,9 @@
 //
 //   fillNormal   t[i] = mean + std z(seed, offset + i)        (=, overwrites t, any shape)
 //   fillUniform  t[i] = lo + (hi - lo) u(seed, offset + i)    (=, in [lo, hi))
+// rowStride (optional): t's elements as rows of its last dimension's width W, row r's element c
+// taking stream element offset + r rowStride + c instead: a block of W columns of a table whose
+// rows are rowStride wide (a value table sharded by columns gets the columns of the whole one).
 //
 // the stream: element c (a 64-bit counter; offset + i, offset < 2^53 from the host, passed as
 // two u32 words lo/hi, the carry of lo + i added into hi) of stream `seed` (a u32) is
@@ -53,6 +56,8 @@ const PARAMS: ParamSpec = [
   ['b', 'f32'], // normal: std; uniform: hi - lo
   ['lo_c', 'f32'], // uniform: the clamp [lo', hi'] (storage values)
   ['hi_c', 'f32'],
+  ['cols', 'u32'], // elements per row (rowStride: the last dimension; else 1)
+  ['stride', 'u32'], // stream elements per row (rowStride; else 1)
 ];
 
 type Dist = 'normal' | 'uniform';
@@ -100,10 +105,27 @@ fn unit_uniform(r: vec2<u32>) -> f32 {
   return f32(r.x >> 8u) * 0x1p-24f;
 }
 
-// element i of the tensor: stream element (off_hi, off_lo) + i
+// the high word of a * b, from 16-bit partial products
+fn mulhi(a: u32, b: u32) -> u32 {
+  let a0 = a & 0xffffu;
+  let a1 = a >> 16u;
+  let b0 = b & 0xffffu;
+  let b1 = b >> 16u;
+  let p01 = a0 * b1;
+  let p10 = a1 * b0;
+  let mid = ((a0 * b0) >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+  return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+}
+
+// element i of the tensor: stream element (off_hi, off_lo) + (i / cols) stride + i % cols, in 64 bits
 fn rand_words(i: u32) -> vec2<u32> {
-  let lo = p.off_lo + i;
-  return philox(lo, p.off_hi + select(0u, 1u, lo < i), p.seed);
+  let r = i / p.cols;
+  let c = i % p.cols;
+  let m = r * p.stride;
+  let a = m + c;
+  let a_hi = mulhi(r, p.stride) + select(0u, 1u, a < c);
+  let lo = p.off_lo + a;
+  return philox(lo, p.off_hi + a_hi + select(0u, 1u, lo < a), p.seed);
 }
 `;
 
@@ -135,13 +157,19 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 
 // ---------------------------------------------------------------- host side
 
-function checkSeedOffset(op: string, t: Tensor, seed: number, offset: number): void {
+function checkSeedOffset(op: string, t: Tensor, seed: number, offset: number, rowStride?: number): void {
   if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
     throw new EngramError(`${op}: seed must be an integer in [0, 2^32), got ${seed} (for ${t})`);
   }
-  // subtracting keeps the comparison exact: offset + size could round
-  if (!Number.isInteger(offset) || offset < 0 || offset > 2 ** 53 - t.size) {
-    throw new EngramError(`${op}: offset must be an integer >= 0 with offset + ${t.size} elements <= 2^53, got ${offset} (for ${t})`);
+  const cols = t.shape[t.shape.length - 1] ?? 1;
+  if (rowStride !== undefined && !(Number.isInteger(rowStride) && rowStride >= cols && rowStride < 2 ** 32 && t.shape.length >= 1)) {
+    throw new EngramError(`${op}: rowStride must be an integer in [${cols}, 2^32) (at least the last dimension), got ${rowStride} (for ${t})`);
+  }
+  // the stream elements used: offset + span, span = size, or (rows - 1) rowStride + cols
+  const span = rowStride === undefined || t.size === 0 ? t.size : (t.size / cols - 1) * rowStride + cols;
+  // subtracting keeps the comparison exact: offset + span could round
+  if (!Number.isInteger(offset) || offset < 0 || offset > 2 ** 53 - span) {
+    throw new EngramError(`${op}: offset must be an integer >= 0 with offset + ${span} stream elements <= 2^53, got ${offset} (for ${t})`);
   }
 }
 
@@ -188,9 +216,10 @@ function smallestAtLeast(lo: number, d: DType): number {
   return fromOrdinal(o, d);
 }
 
-async function fill(gpu: Gpu, t: Tensor, dtype: DType, dist: Dist, seed: number, offset: number, v: { a: number; b: number; lo_c: number; hi_c: number }): Promise<void> {
+async function fill(gpu: Gpu, t: Tensor, dtype: DType, dist: Dist, seed: number, offset: number, rowStride: number | undefined, v: { a: number; b: number; lo_c: number; hi_c: number }): Promise<void> {
   const n = t.size;
   if (n === 0) return;
+  const cols = rowStride === undefined ? 1 : t.shape[t.shape.length - 1]!;
   const words = dtype === 'f32' ? n : Math.ceil(n / 2);
   const [x, y] = grid1d(gpu, Math.ceil(words / WG));
   await launch(gpu, {
@@ -198,7 +227,7 @@ async function fill(gpu: Gpu, t: Tensor, dtype: DType, dist: Dist, seed: number,
     wgsl: initWgsl(dtype, dist),
     storage: [t],
     params: PARAMS,
-    values: { n, words, row: x * WG, off_lo: offset % 2 ** 32, off_hi: Math.floor(offset / 2 ** 32), seed, ...v },
+    values: { n, words, row: x * WG, off_lo: offset % 2 ** 32, off_hi: Math.floor(offset / 2 ** 32), seed, cols, stride: rowStride ?? 1, ...v },
     workgroups: [x, y],
   });
 }
@@ -206,33 +235,35 @@ async function fill(gpu: Gpu, t: Tensor, dtype: DType, dist: Dist, seed: number,
 /**
  * t[i] = mean + std * N(0,1) from a counter-based generator: element i of the stream `seed`,
  * independent of the tensor's dtype and of how the stream is split (offset: the element index
- * of t[0] in the stream, so a table split into chunks gets the same values as one tensor would)
+ * of t[0] in the stream, so a table split into chunks gets the same values as one tensor would;
+ * rowStride: t's rows of its last dimension's width start rowStride stream elements apart, so a
+ * block of a wider table's columns gets that table's values)
  */
-export async function fillNormal(gpu: Gpu, t: Tensor, o: { std: number; mean?: number; seed: number; offset?: number }): Promise<void> {
+export async function fillNormal(gpu: Gpu, t: Tensor, o: { std: number; mean?: number; seed: number; offset?: number; rowStride?: number }): Promise<void> {
   const op = 'fillNormal';
   const dtype = floatDtype(op, 't', t);
-  const { std, mean = 0, seed, offset = 0 } = o;
+  const { std, mean = 0, seed, offset = 0, rowStride } = o;
   if (!(std >= 0)) throw new EngramError(`${op}: std must be >= 0, got ${std} (for ${t})`);
   f32Finite(op, 'std', std, t);
   f32Finite(op, 'mean', mean, t);
-  checkSeedOffset(op, t, seed, offset);
-  await fill(gpu, t, dtype, 'normal', seed, offset, { a: mean, b: std, lo_c: 0, hi_c: 0 });
+  checkSeedOffset(op, t, seed, offset, rowStride);
+  await fill(gpu, t, dtype, 'normal', seed, offset, rowStride, { a: mean, b: std, lo_c: 0, hi_c: 0 });
 }
 
 /** t[i] = uniform in [lo, hi) from the same kind of stream */
-export async function fillUniform(gpu: Gpu, t: Tensor, o: { lo: number; hi: number; seed: number; offset?: number }): Promise<void> {
+export async function fillUniform(gpu: Gpu, t: Tensor, o: { lo: number; hi: number; seed: number; offset?: number; rowStride?: number }): Promise<void> {
   const op = 'fillUniform';
   const dtype = floatDtype(op, 't', t);
-  const { lo, hi, seed, offset = 0 } = o;
+  const { lo, hi, seed, offset = 0, rowStride } = o;
   if (!(Number.isFinite(lo) && Number.isFinite(hi) && lo < hi)) {
     throw new EngramError(`${op}: need finite lo < hi, got lo = ${lo}, hi = ${hi} (for ${t})`);
   }
   f32Finite(op, 'lo', lo, t);
   f32Finite(op, 'hi', hi, t);
   f32Finite(op, 'hi - lo', hi - lo, t);
-  checkSeedOffset(op, t, seed, offset);
+  checkSeedOffset(op, t, seed, offset, rowStride);
   const lo_c = smallestAtLeast(lo, dtype);
   const hi_c = largestBelow(hi, dtype);
   if (lo_c > hi_c) throw new EngramError(`${op}: no ${dtype} value lies in [${lo}, ${hi}) (for ${t}); widen the range or use f32`);
-  await fill(gpu, t, dtype, 'uniform', seed, offset, { a: lo, b: hi - lo, lo_c, hi_c });
+  await fill(gpu, t, dtype, 'uniform', seed, offset, rowStride, { a: lo, b: hi - lo, lo_c, hi_c });
 }
