@@ -3,7 +3,8 @@
 // storage binding each (2 GiB - 4 on an H100: 2^20 x 1024 bf16 already needs 2), see
 // kernels/membag. values are stored f32, f16 or bf16; the gradient is a dense f32 table with
 // the same chunking (the paper's dense AdamW), which every layer's backward adds into.
-// init (spec): N(0, d^-0.5), deterministic from a seed whatever the chunking.
+// init (spec): N(0, d^-0.5), deterministic from a seed whatever the chunking (and for a shard of
+// columns, those columns of the whole table's init).
 // trackReads: a u32 mask per row, set by every memory layer's forward for the rows it reads and
 // cleared by the optimizer's step: the sparse update's "rows read since the last step".
 
@@ -25,6 +26,11 @@ export interface ValueTableOptions {
   seed?: number;
   /** keep a mask of the rows read since the last optimizer step (for the sparse update) */
   trackReads?: boolean;
+  /**
+   * this table is columns [start, start + dim) of a table `of` wide (a shard: sharded_values.ts): its
+   * init is those columns of that table's, N(0, of^-0.5)
+   */
+  columns?: { start: number; of: number };
 }
 
 export class ValueTable {
@@ -42,6 +48,10 @@ export class ValueTable {
     if (!(Number.isInteger(rows) && rows > 0 && Number.isInteger(dim) && dim > 0)) {
       throw new EngramError(`ValueTable: rows (${rows}) and dim (${dim}) must be positive integers`);
     }
+    const { start, of } = o.columns ?? { start: 0, of: dim };
+    if (!(Number.isInteger(start) && Number.isInteger(of) && start >= 0 && start + dim <= of)) {
+      throw new EngramError(`ValueTable: columns [${start}, ${start} + ${dim}) must lie within the ${of} of the whole table`);
+    }
     const maxBytes = o.maxBindingBytes ?? gpu.device.limits.maxStorageBufferBindingSize;
     // the f32 gradient chunks must fit too
     const per = chunkRows(rows, dim, 'f32', maxBytes);
@@ -49,7 +59,7 @@ export class ValueTable {
     for (let c = 0, r0 = 0; r0 < rows; c++, r0 += per) {
       const n = Math.min(per, rows - r0);
       const p = await createParam(gpu, `values.${c}`, [n, dim], dtype, 'values');
-      await fillNormal(gpu, p.value, { std: dim ** -0.5, seed, offset: r0 * dim });
+      await fillNormal(gpu, p.value, { std: of ** -0.5, seed, offset: r0 * of + start, ...(of !== dim ? { rowStride: of } : {}) });
       if (o.trackReads) {
         p.rowMask = { mask: await gpu.tensor([n], 'u32', `values.${c}.read`), width: dim };
         clearRows(gpu, [p.rowMask.mask]);

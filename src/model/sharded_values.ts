@@ -1,0 +1,200 @@
+// the memory value table sharded by columns over the GPUs of one host (Memory Layers at Scale;
+// spec ../shared/specs/memory-layers.md §6): shard g holds columns [g d/G, (g+1) d/G) of every row,
+// as a ValueTable of its own on its own Gpu. a read's indices and weights go to every shard, each
+// shard reads its columns for all tokens, and the column blocks come back to the model's GPU.
+// WebGPU has no copies between devices, so every exchange goes through host memory: a read back
+// (mapAsync) on one device, a writeBuffer on another.
+//
+//   forward   y (T, d) = [y_0 | y_1 | ... ], y_g (T, d/G) = membag over shard g's columns
+//             exchange: idx (T, B) u32 and w (T, B) f32 to every shard; each y_g back
+//   backward  dw (T, B) = sum over g of dw_g, each shard's partial dots over its columns
+//             dV_g += the scatter of w * dout[:, shard g's columns]  (each shard its own gradient)
+//             exchange: dout's column blocks to the shards; each dw_g back
+// the shards compute at once: each gets its work before any result is awaited.
+// numerics: y and dV are the one-GPU kernels' sums, column by column in the same order: equal to
+// one GPU's bit for bit. dw adds the G partial dots on the host in shard order (f64, rounded once
+// to f32): equal to one GPU's within f32 rounding. init: each shard holds its columns of the
+// one-GPU table's init (ValueTable columns), so a seed gives the same table on any number of GPUs.
+// time: `exchange` counts the host's seconds moving data (read backs of what the model's GPU
+// computed, uploads, the column assembly) and the bytes moved; the shards' reads of y_g and dw_g
+// include their compute, and count under `waiting`.
+
+import type { Gpu } from '../gpu/device.ts';
+import { EngramError, ShapeError } from '../gpu/errors.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { membagBackward, membagForward } from '../kernels/membag/membag.ts';
+import { ValueTable, type ValueTableOptions } from './value_table.ts';
+
+export interface ValueShard {
+  gpu: Gpu;
+  table: ValueTable;
+  /** the first of the whole table's columns this shard holds */
+  start: number;
+}
+
+/** what a forward leaves for its backward: the bag (idx, w) on every shard */
+export interface ShardedBag {
+  idx: readonly Tensor[];
+  w: readonly Tensor[];
+  dispose(): void;
+}
+
+export class ShardedValueTable {
+  /** host seconds and bytes of the exchanges so far (see the header); `waiting`: seconds awaiting the shards' results */
+  readonly time = { exchange: 0, waiting: 0, bytes: 0 };
+
+  private constructor(
+    readonly rows: number,
+    readonly dim: number,
+    readonly shards: readonly ValueShard[],
+  ) {}
+
+  /** the table of `o` sharded by columns over `gpus` (one shard each, in order); o.dim a multiple of their number */
+  static async create(gpus: readonly Gpu[], o: Omit<ValueTableOptions, 'columns'>): Promise<ShardedValueTable> {
+    const G = gpus.length;
+    if (G < 1) throw new EngramError('ShardedValueTable: no GPUs given');
+    if (!(Number.isInteger(o.dim) && o.dim > 0 && o.dim % G === 0)) {
+      throw new EngramError(`ShardedValueTable: the value width ${o.dim} must be a multiple of the ${G} GPUs (each holds dim / ${G} columns)`);
+    }
+    const cols = o.dim / G;
+    const shards: ValueShard[] = [];
+    for (const [g, gpu] of gpus.entries()) {
+      shards.push({ gpu, start: g * cols, table: await ValueTable.create(gpu, { ...o, dim: cols, columns: { start: g * cols, of: o.dim } }) });
+    }
+    return new ShardedValueTable(o.rows, o.dim, shards);
+  }
+
+  /** out (T, d) f32 on `gpu` (the model's) = the read of idx (T, B) u32 and w (T, B) f32 there, over every shard */
+  async forward(gpu: Gpu, out: Tensor, idx: Tensor, w: Tensor): Promise<ShardedBag> {
+    const [T, B] = this.checkBag('forward', idx, w);
+    if (!(out.dtype === 'f32' && out.shape.length === 2 && out.shape[0] === T && out.shape[1] === this.dim)) {
+      throw new ShapeError(`ShardedValueTable.forward: out ${out} must be f32 [${T}, ${this.dim}]`);
+    }
+    let t0 = performance.now();
+    const [idxBytes, wBytes] = await Promise.all([gpu.readBytes(idx.buffer, idx.offset, idx.byteLength), gpu.readBytes(w.buffer, w.offset, w.byteLength)]);
+    const bag = await this.upload(T, B, new Uint8Array(idxBytes), new Uint8Array(wBytes));
+    const ys: Tensor[] = [];
+    try {
+      for (const [g, s] of this.shards.entries()) {
+        const y = await s.gpu.tensor([T, s.table.dim], 'f32', 'shard_y');
+        ys.push(y);
+        await membagForward(s.gpu, { out: y }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]! });
+      }
+      this.time.exchange += (performance.now() - t0) / 1000;
+      t0 = performance.now();
+      const blocks = (await Promise.all(this.shards.map((s, g) => s.gpu.read(ys[g]!)))) as Float32Array[];
+      this.time.waiting += (performance.now() - t0) / 1000;
+      t0 = performance.now();
+      const host = new Float32Array(T * this.dim);
+      for (const [g, s] of this.shards.entries()) {
+        const c = s.table.dim;
+        for (let t = 0; t < T; t++) host.set(blocks[g]!.subarray(t * c, (t + 1) * c), t * this.dim + s.start);
+      }
+      gpu.writeBytes(out, new Uint8Array(host.buffer));
+      this.time.bytes += idxBytes.byteLength + wBytes.byteLength + 2 * host.byteLength;
+      this.time.exchange += (performance.now() - t0) / 1000;
+      return bag;
+    } catch (e) {
+      bag.dispose();
+      throw e;
+    } finally {
+      for (const y of ys) y.dispose();
+    }
+  }
+
+  /**
+   * the backward of a forward's read: dw (T, B) f32 on `gpu` (optional) and every shard's value
+   * gradient (+=) from dout (T, d) f32 on `gpu`
+   */
+  async backward(gpu: Gpu, o: { dw?: Tensor }, bag: ShardedBag, dout: Tensor): Promise<void> {
+    const [T, B] = bag.idx[0]!.shape as [number, number];
+    if (!(dout.dtype === 'f32' && dout.shape.length === 2 && dout.shape[0] === T && dout.shape[1] === this.dim)) {
+      throw new ShapeError(`ShardedValueTable.backward: dout ${dout} must be f32 [${T}, ${this.dim}]`);
+    }
+    if (o.dw && !(o.dw.dtype === 'f32' && o.dw.shape.length === 2 && o.dw.shape[0] === T && o.dw.shape[1] === B)) {
+      throw new ShapeError(`ShardedValueTable.backward: dw ${o.dw} must be f32 [${T}, ${B}]`);
+    }
+    let t0 = performance.now();
+    const all = new Float32Array(await gpu.readBytes(dout.buffer, dout.offset, dout.byteLength));
+    const douts: Tensor[] = [];
+    const dws: Tensor[] = [];
+    try {
+      for (const [g, s] of this.shards.entries()) {
+        const c = s.table.dim;
+        const block = new Float32Array(T * c);
+        for (let t = 0; t < T; t++) block.set(all.subarray(t * this.dim + s.start, t * this.dim + s.start + c), t * c);
+        const d = await s.gpu.tensor([T, c], 'f32', 'shard_dout');
+        douts.push(d);
+        s.gpu.writeBytes(d, new Uint8Array(block.buffer));
+        const dw = o.dw ? await s.gpu.tensor([T, B], 'f32', 'shard_dw') : undefined;
+        if (dw) dws.push(dw);
+        await membagBackward(s.gpu, { ...(dw ? { dw } : {}), dvalues: s.table.grads }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]!, dout: d });
+      }
+      this.time.bytes += 2 * all.byteLength;
+      this.time.exchange += (performance.now() - t0) / 1000;
+      if (!o.dw) return;
+      t0 = performance.now();
+      const parts = (await Promise.all(this.shards.map((s, g) => s.gpu.read(dws[g]!)))) as Float32Array[];
+      this.time.waiting += (performance.now() - t0) / 1000;
+      t0 = performance.now();
+      const sum = new Float32Array(T * B);
+      for (let i = 0; i < sum.length; i++) {
+        let x = 0;
+        for (const p of parts) x += p[i]!;
+        sum[i] = x;
+      }
+      gpu.writeBytes(o.dw, new Uint8Array(sum.buffer));
+      this.time.bytes += (parts.length + 1) * sum.byteLength;
+      this.time.exchange += (performance.now() - t0) / 1000;
+    } finally {
+      for (const t of [...douts, ...dws]) t.dispose();
+    }
+  }
+
+  /** Marks the rows a forward's bag reads on every shard, when the tables track reads. */
+  async markReads(bag: ShardedBag): Promise<void> {
+    for (const [g, s] of this.shards.entries()) await s.table.markReads(s.gpu, bag.idx[g]!);
+  }
+
+  async zeroGrad(): Promise<void> {
+    for (const s of this.shards) await s.table.zeroGrad(s.gpu);
+  }
+
+  dispose(): void {
+    for (const s of this.shards) s.table.dispose();
+  }
+
+  private checkBag(op: string, idx: Tensor, w: Tensor): [number, number] {
+    if (!(idx.dtype === 'u32' && idx.shape.length === 2 && w.dtype === 'f32' && w.shape.length === 2 && idx.shape[0] === w.shape[0] && idx.shape[1] === w.shape[1])) {
+      throw new ShapeError(`ShardedValueTable.${op}: idx ${idx} must be u32 [T, B] and w ${w} f32 of the same shape`);
+    }
+    return idx.shape as [number, number];
+  }
+
+  /** the bag's bytes onto every shard */
+  private async upload(T: number, B: number, idx: Uint8Array, w: Uint8Array): Promise<ShardedBag> {
+    const made: Tensor[] = [];
+    const dispose = () => {
+      for (const t of made) t.dispose();
+    };
+    try {
+      const idxs: Tensor[] = [];
+      const ws: Tensor[] = [];
+      for (const s of this.shards) {
+        const i = await s.gpu.tensor([T, B], 'u32', 'shard_idx');
+        made.push(i);
+        const x = await s.gpu.tensor([T, B], 'f32', 'shard_w');
+        made.push(x);
+        s.gpu.writeBytes(i, idx);
+        s.gpu.writeBytes(x, w);
+        idxs.push(i);
+        ws.push(x);
+      }
+      this.time.bytes += this.shards.length * (idx.byteLength + w.byteLength);
+      return { idx: idxs, w: ws, dispose };
+    } catch (e) {
+      dispose();
+      throw e;
+    }
+  }
+}
