@@ -75,6 +75,7 @@ async function rawBytes(gpu: Gpu, t: Tensor): Promise<Uint8Array> {
 
 /** Writes the model (and `files`, e.g. tokenizer.json or optimizer state) to `dir`, atomically. */
 export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files: Record<string, Uint8Array | string> = {}): Promise<void> {
+  if (model.shardedTable) throw new EngramError('saveModel: a model whose value table is sharded over several GPUs cannot be saved yet; train it on one GPU to save it');
   const tensors: Record<string, SafeTensor> = {};
   for (const p of model.params) {
     if (p.group === 'values') continue;

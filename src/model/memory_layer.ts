@@ -13,7 +13,8 @@
 // dk/2 elements with a learned gain (gq, gk: one per layer, shared by heads and halves, init 1)
 // and the scores scaled by 1/sqrt(dk/2), so that they stay O(1) whatever the key dim.
 // spec: ../shared/specs/memory-layers.md. raw dot products (no scaling); heads summed; one value
-// table shared by all layers (ValueTable), to which backward adds its gradient.
+// table shared by all layers (ValueTable), to which backward adds its gradient; or that table sharded
+// by columns over several GPUs (ShardedValueTable: the read and its backward run there).
 // backward: through the gating projections, the read (dweights and the value rows, no float
 // atomics), the softmax and the picks into the half top-k values, the dense score gradient
 // (zero off the selected entries) into q and the sub-keys (two batched matmuls), and Wq.
@@ -45,6 +46,7 @@ import { topkBackward, topkForward } from '../kernels/topk/topk.ts';
 import { swapAxes } from '../kernels/transpose/transpose.ts';
 import { memoryStats, tokenReads, type MemoryReadStats } from './memory_stats.ts';
 import { createParam, disposeParams, type Param } from './param.ts';
+import { ShardedValueTable, type ShardedBag } from './sharded_values.ts';
 import type { ValueTable } from './value_table.ts';
 
 export interface MemoryLayerConfig {
@@ -80,6 +82,8 @@ interface Saved {
   gatedIn?: Tensor;
   /** qkNorm: the normalised halves and keys with their rstd */
   norm?: { qn: Tensor; rq: Tensor; kn: Tensor; rk: Tensor };
+  /** a sharded table: the read's bag on every shard */
+  shardBag?: ShardedBag;
 }
 
 export class MemoryLayer {
@@ -102,7 +106,7 @@ export class MemoryLayer {
     private readonly gpu: Gpu,
     readonly name: string,
     c: Required<MemoryLayerConfig>,
-    readonly table: ValueTable,
+    readonly table: ValueTable | ShardedValueTable,
     readonly wq: Param,
     readonly bq: Param,
     readonly keys: Param,
@@ -118,7 +122,7 @@ export class MemoryLayer {
     this.forwardDtype = c.forwardDtype;
   }
 
-  static async create(gpu: Gpu, name: string, config: MemoryLayerConfig, table: ValueTable, seed = 0): Promise<MemoryLayer> {
+  static async create(gpu: Gpu, name: string, config: MemoryLayerConfig, table: ValueTable | ShardedValueTable, seed = 0): Promise<MemoryLayer> {
     const c: Required<MemoryLayerConfig> = { heads: 4, nKeys: 1024, topk: 32, keyDim: 512, gated: true, qkNorm: false, forwardDtype: 'f32', ...config };
     const { d, heads: H, nKeys: n, topk: k, keyDim: dk } = c;
     const bad = (what: string) => new EngramError(`MemoryLayer '${name}': ${what} (config ${JSON.stringify(c)})`);
@@ -218,10 +222,20 @@ export class MemoryLayer {
       await this.stage('fwd.subkey_scores', () => matmul(gpu, { out: s }, { a: qs16, b: ks16.reshape([G, n, dk / 2]) }, { transB: true, alpha }));
       await this.stage('fwd.topk_halves', () => topkForward(gpu, { values: halfVal, indices: halfIdx }, { scores: s }));
       await this.stage('fwd.topk_product', () => productTopkForward(gpu, { slots, weights, pick, scores }, { values: halfVal, indices: halfIdx }, n));
-      if (this.table.tracksReads) await this.stage('fwd.mark_reads', () => this.table.markReads(gpu, slots));
       const bag = { idx: slots.reshape([T, H * k]), w: weights.reshape([T, H * k]) };
-      await this.stage('fwd.read', () => membagForward(gpu, { out: y }, { values: this.table.values, ...bag }));
-      this.saved = { x, qh, halfIdx, slots, weights, pick, ...(normKept ? { norm: normKept } : {}) };
+      const table = this.table;
+      let shardBag: ShardedBag | undefined;
+      if (table instanceof ShardedValueTable) {
+        // sharded by columns over several GPUs (sharded_values.ts): its shards mark their reads
+        await this.stage('fwd.read', async () => {
+          shardBag = await table.forward(gpu, y, bag.idx, bag.w);
+        });
+        await this.stage('fwd.mark_reads', () => table.markReads(shardBag!));
+      } else {
+        if (table.tracksReads) await this.stage('fwd.mark_reads', () => table.markReads(gpu, slots));
+        await this.stage('fwd.read', () => membagForward(gpu, { out: y }, { values: table.values, ...bag }));
+      }
+      this.saved = { x, qh, halfIdx, slots, weights, pick, ...(normKept ? { norm: normKept } : {}), ...(shardBag ? { shardBag } : {}) };
       if (!this.gate) return y;
       const z = await t([T, d], 'f32', 'z');
       const gatedIn = await t([T, d], 'f32', 'gated_in');
@@ -274,7 +288,9 @@ export class MemoryLayer {
       const dw = take([T, H * k], 'mem_dweights');
       const bag = { idx: sv.slots.reshape([T, H * k]), w: sv.weights.reshape([T, H * k]) };
       const dyRead = dy;
-      await this.stage('bwd.read', () => membagBackward(gpu, { dw, dvalues: this.table.grads }, { values: this.table.values, ...bag, dout: dyRead }));
+      const table = this.table;
+      if (table instanceof ShardedValueTable) await this.stage('bwd.read', () => table.backward(gpu, { dw }, sv.shardBag!, dyRead));
+      else await this.stage('bwd.read', () => membagBackward(gpu, { dw, dvalues: table.grads }, { values: table.values, ...bag, dout: dyRead }));
       const dhalf = take([G, T, k], 'mem_dhalf');
       await this.stage('bwd.topk_product', () => productTopkBackward(gpu, { dvalues: dhalf }, { weights: sv.weights, pick: sv.pick, dweights: dw.reshape([T, H, k]) }));
       const ds = take([G, T, n], 'mem_dscores');
@@ -342,6 +358,7 @@ export class MemoryLayer {
     if (!sv) return;
     for (const u of [sv.qh, sv.halfIdx, sv.slots, sv.weights, sv.pick, sv.y, sv.z, sv.gatedIn]) u?.dispose();
     if (sv.norm) for (const u of Object.values(sv.norm)) u.dispose();
+    sv.shardBag?.dispose();
     this.saved = null;
   }
 

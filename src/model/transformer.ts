@@ -34,6 +34,7 @@ import type { ModelConfig } from './config.ts';
 import { MemoryLayer } from './memory_layer.ts';
 import type { SlotCache } from './slot_cache.ts';
 import { createParam, disposeParams, type Param } from './param.ts';
+import { ShardedValueTable } from './sharded_values.ts';
 import { ValueTable } from './value_table.ts';
 
 interface Block {
@@ -189,9 +190,16 @@ export class Transformer {
     readonly head: Param | null,
     readonly table: ValueTable | null,
     private readonly rope: Tensor,
+    /** the value table sharded by columns over several GPUs (create's valueGpus; `table` is then null) */
+    readonly shardedTable: ShardedValueTable | null = null,
   ) {}
 
-  static async create(gpu: Gpu, config: ModelConfig, seed = 0): Promise<Transformer> {
+  /**
+   * valueGpus: the memory value table sharded by columns over these GPUs (sharded_values.ts; the
+   * model's own GPU may be one of them), the rest of the model on `gpu`; the same values as one
+   * table from the same seed
+   */
+  static async create(gpu: Gpu, config: ModelConfig, seed = 0, o: { valueGpus?: readonly Gpu[] } = {}): Promise<Transformer> {
     const { vocabSize: V, dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = config;
     const HS = d / NH;
     let k = 0;
@@ -207,7 +215,9 @@ export class Transformer {
     };
     const embed = await linear('model.embed_tokens.weight', [V, d]);
     const mem = config.memory;
-    const table = mem ? await ValueTable.create(gpu, { rows: mem.nKeys * mem.nKeys, dim: d, dtype: mem.valueDtype, seed: seed * 1000 + 999 }) : null;
+    const tableOptions = mem && { rows: mem.nKeys * mem.nKeys, dim: d, dtype: mem.valueDtype, seed: seed * 1000 + 999 };
+    const sharded = tableOptions && o.valueGpus ? await ShardedValueTable.create(o.valueGpus, tableOptions) : null;
+    const table = tableOptions && !sharded ? await ValueTable.create(gpu, tableOptions) : null;
     const blocks: Block[] = [];
     for (let i = 0; i < config.layers; i++) {
       const at = `model.layers.${i}`;
@@ -223,18 +233,18 @@ export class Transformer {
           ? null
           : { gate: await linear(`${at}.mlp.gate_proj.weight`, [F, d]), up: await linear(`${at}.mlp.up_proj.weight`, [F, d]), down: await linear(`${at}.mlp.down_proj.weight`, [d, F]) },
         memory:
-          useMemory && mem && table
-            ? await MemoryLayer.create(gpu, `${at}.mlp`, { d, heads: mem.heads, nKeys: mem.nKeys, topk: mem.topk, keyDim: mem.keyDim, gated: mem.gated, qkNorm: mem.qkNorm }, table, seed * 1000 + 500 + i)
+          useMemory && mem && (table ?? sharded)
+            ? await MemoryLayer.create(gpu, `${at}.mlp`, { d, heads: mem.heads, nKeys: mem.nKeys, topk: mem.topk, keyDim: mem.keyDim, gated: mem.gated, qkNorm: mem.qkNorm }, (table ?? sharded)!, seed * 1000 + 500 + i)
             : null,
       });
     }
     const finalNorm = await norm('model.norm.weight');
     const head = config.tiedEmbeddings ? null : await linear('lm_head.weight', [V, d]);
     const rope = await createRopeTable(gpu, config.maxSeqLen + EXTRA_POSITIONS, HS, config.ropeTheta);
-    return new Transformer(gpu, config, embed, blocks, finalNorm, head, table, rope);
+    return new Transformer(gpu, config, embed, blocks, finalNorm, head, table, rope, sharded);
   }
 
-  /** every trainable parameter: the model group, then the value table's chunks */
+  /** every trainable parameter on the model's GPU: the model group, then the value table's chunks (none when sharded: shardedTable's) */
   get params(): Param[] {
     const out: Param[] = [this.embed];
     for (const b of this.blocks) {
@@ -786,6 +796,7 @@ export class Transformer {
     const own = this.params.filter((p) => p.group === 'model' && !this.memoryLayers.some((m) => m.params.includes(p)));
     disposeParams(own);
     this.table?.dispose();
+    this.shardedTable?.dispose();
     this.rope.dispose();
   }
 }

@@ -99,8 +99,12 @@ export class AdamW {
     return this.steps;
   }
 
-  /** One step: clip each group by its own norm, then AdamW with lr and valueLr times `lrScale`. */
-  async update(lrScale = 1): Promise<void> {
+  /**
+   * One step: clip each group by its own norm, then AdamW with lr and valueLr times `lrScale`.
+   * clipScale: a group's clip coefficient given (its norm not computed here): a group whose norm
+   * spans several optimizers (ShardedAdamW: the value table over several GPUs)
+   */
+  async update(lrScale = 1, o: { clipScale?: Partial<Record<Param['group'], number>> } = {}): Promise<void> {
     const { gpu, cfg } = this;
     this.steps++;
     for (const group of ['model', 'values'] as const) {
@@ -108,7 +112,10 @@ export class AdamW {
       if (mine.length === 0) continue;
       const n = this.norm[group];
       const clip = Number.isFinite(cfg.maxNorm);
-      await gradNorm(gpu, clip ? n : { norm: n.norm }, mine.map((s) => s.param.grad), clip ? { maxNorm: cfg.maxNorm } : {});
+      const given = o.clipScale?.[group];
+      if (given !== undefined) {
+        if (clip) gpu.write(n.scale, [given]);
+      } else await gradNorm(gpu, clip ? n : { norm: n.norm }, mine.map((s) => s.param.grad), clip ? { maxNorm: cfg.maxNorm } : {});
       const sparse = group === 'values' && cfg.sparseValues;
       const params: AdamwParam[] = mine.map((s) => ({
         p: s.param.value,
@@ -129,6 +136,19 @@ export class AdamW {
       const masks = mine.flatMap((s) => (s.param.rowMask ? [s.param.rowMask.mask] : []));
       if (masks.length) clearRows(gpu, masks);
     }
+  }
+
+  /** the group's gradient norm now (its gradients as they are, before an update), read back */
+  async groupNorm(group: Param['group']): Promise<number> {
+    const mine = this.states.filter((s) => s.param.group === group);
+    if (mine.length === 0) return 0;
+    await gradNorm(this.gpu, { norm: this.norm[group].norm }, mine.map((s) => s.param.grad));
+    return (await this.gpu.read(this.norm[group].norm))[0]!;
+  }
+
+  /** the max global gradient norm per group (Infinity: no clipping) */
+  get maxNorm(): number {
+    return this.cfg.maxNorm;
   }
 
   /** The global gradient norms of the last update, per group (before clipping). */

@@ -1,5 +1,6 @@
 // one optimizer step of a Transformer: gradient accumulation over micro-batches, the schedule's
-// learning-rate factor, AdamW (values as their own group), and the numbers a progress line
+// learning-rate factor, AdamW (values as their own group; ShardedAdamW when they are sharded over
+// several GPUs), and the numbers a progress line
 // shows. the loss is read back once per step (after the last micro-batch is recorded).
 
 import type { Gpu } from '../gpu/device.ts';
@@ -7,6 +8,7 @@ import type { Tensor } from '../gpu/tensor.ts';
 import type { TrainMemory, Transformer } from '../model/transformer.ts';
 import { zeroGrads } from '../model/param.ts';
 import type { AdamW } from './optimizer.ts';
+import type { ShardedAdamW } from './sharded_optimizer.ts';
 import { lrFactor, type Schedule } from './schedule.ts';
 
 export interface Batch {
@@ -32,7 +34,8 @@ export class Trainer {
   constructor(
     private readonly gpu: Gpu,
     readonly model: Transformer,
-    readonly opt: AdamW,
+    /** AdamW, or ShardedAdamW for a model whose value table is sharded over several GPUs */
+    readonly opt: AdamW | ShardedAdamW,
     readonly schedule: Schedule,
   ) {}
 
@@ -40,6 +43,7 @@ export class Trainer {
   async step(micro: readonly Batch[]): Promise<StepResult> {
     const { gpu, model, opt } = this;
     await zeroGrads(gpu, model.params);
+    await model.shardedTable?.zeroGrad();
     const losses: Tensor[] = [];
     let tokens = 0;
     for (const b of micro) {
