@@ -23,6 +23,7 @@ const SUITES: Record<string, () => Promise<{ run: Suite }>> = {
   explicit: () => import('./suites/explicit.ts'),
   explicit_retrieval: () => import('./suites/explicit_retrieval.ts'),
   serve: () => import('./suites/serve.ts'),
+  multigpu: () => import('./suites/multigpu.ts'),
 };
 
 async function main(): Promise<void> {

@@ -50,6 +50,13 @@ export async function gpuEntry(opts: AdapterOptions = {}): Promise<GPU> {
   if (nav?.gpu) return nav.gpu;
   const pinned = globalThis as Pinned;
   if (pinned[PIN]) return pinned[PIN];
+  const gpu = await newDawnInstance(opts);
+  pinned[PIN] = gpu;
+  return gpu;
+}
+
+/** a new Dawn instance (Node): the `webgpu` package's create() with engram's toggles */
+async function newDawnInstance(opts: AdapterOptions): Promise<GPU> {
   let mod: { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
   try {
     mod = (await import('webgpu')) as typeof mod;
@@ -61,14 +68,50 @@ export async function gpuEntry(opts: AdapterOptions = {}): Promise<GPU> {
   }
   Object.assign(globalThis, mod.globals);
   const env = (process.env['ENGRAM_DAWN_TOGGLES'] ?? '').split(/[\s]+/).filter(Boolean);
-  const gpu = mod.create(mergeDawnFlags([...DEFAULT_DAWN_TOGGLES, ...(opts.toggles ?? []), ...env]));
-  pinned[PIN] = gpu;
-  return gpu;
+  return mod.create(mergeDawnFlags([...DEFAULT_DAWN_TOGGLES, ...(opts.toggles ?? []), ...env]));
 }
 
-/** Drops the pinned Dawn object so that a Node process can exit (call after device.destroy()). */
+/** the Dawn instances made for one GPU each (requestAdapterAt), pinned as the default one is */
+const PER_GPU = Symbol.for('engram.dawn.gpus');
+type PinnedMany = { [PER_GPU]?: GPU[] };
+
+/**
+ * An adapter of the GPU at a PCI address ('0000:41:00.0', as /sys/bus/pci/devices names it), Node
+ * on Linux. Dawn's node binding takes the first adapter whose name holds its `adapter` flag, and
+ * the GPUs of one host share a name; so a new Dawn instance enumerates the GPUs while Mesa's
+ * device-select Vulkan layer (VK_LAYER_MESA_device_select) shows that one alone (DRI_PRIME=
+ * pci-0000_41_00_0 with MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE=1: the layer reads them when
+ * the devices are enumerated; both are restored after). The layer must be installed
+ * (multi.ts checks).
+ */
+export async function requestAdapterAt(bus: string, opts: AdapterOptions = {}): Promise<GPUAdapter> {
+  const m = /^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i.exec(bus);
+  if (!m) throw new NoAdapterError(`requestAdapterAt: '${bus}' is no PCI address (domain:bus:device.function, e.g. 0000:41:00.0)`);
+  const keys = ['DRI_PRIME', 'MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE'] as const;
+  const before = keys.map((k) => process.env[k]);
+  process.env['DRI_PRIME'] = `pci-${m[1]}_${m[2]}_${m[3]}_${m[4]}`.toLowerCase();
+  process.env['MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE'] = '1';
+  try {
+    const gpu = await newDawnInstance(opts);
+    const pinned = globalThis as PinnedMany;
+    (pinned[PER_GPU] ??= []).push(gpu);
+    const req: GPURequestAdapterOptions = {};
+    if (opts.powerPreference) req.powerPreference = opts.powerPreference;
+    const adapter = await gpu.requestAdapter(req);
+    if (!adapter) throw new NoAdapterError(`no WebGPU adapter for the GPU at ${bus}`);
+    return adapter;
+  } finally {
+    keys.forEach((k, i) => {
+      if (before[i] === undefined) delete process.env[k];
+      else process.env[k] = before[i];
+    });
+  }
+}
+
+/** Drops the pinned Dawn objects so that a Node process can exit (call after device.destroy()). */
 export function releaseGpuEntry(): void {
   delete (globalThis as Pinned)[PIN];
+  delete (globalThis as PinnedMany)[PER_GPU];
 }
 
 export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdapter> {

@@ -39,6 +39,8 @@ export interface SubgroupMatrixConfig {
 export interface GpuOptions extends AdapterOptions {
   /** Turn off optional features (to test fallback paths). */
   disable?: readonly ('shader-f16' | 'subgroups' | 'timestamp-query' | 'subgroup-matrix')[];
+  /** this adapter instead of the default one (multi.ts openGpus: one per GPU of the host) */
+  adapter?: GPUAdapter;
 }
 
 export interface MemoryStats {
@@ -153,7 +155,7 @@ export class Gpu {
 
   /** Opens the default adapter and a device with its real limits and the features engram uses. */
   static async create(opts: GpuOptions = {}): Promise<Gpu> {
-    const adapter = await requestAdapter(opts);
+    const adapter = opts.adapter ?? (await requestAdapter(opts));
     const off = new Set(opts.disable ?? []);
     const want: GPUFeatureName[] = [];
     const has = (f: string) => adapter.features.has(f);

@@ -1,0 +1,125 @@
+// suite `multigpu`: the Memory+ layer with its value table on one GPU against the table sharded by
+// columns over several (model/sharded_values.ts; exchanges through host memory).
+//
+//   npm run bench -- multigpu [--gpus=2] [--shared] [--quick] [--largest]
+//
+// the paper's layer (bench/suites/memory.ts: d = 1024, n = 1024 so 2^20 value rows, 4 heads, top-32,
+// key dim 512, bf16 table, T = 8192 tokens), forward + backward + the optimizer's step, wall time
+// with every device synchronised (several devices: no single GPU timer covers them):
+//   memory_layer_fwdbwd_tok_s_1gpu     the table on the first GPU
+//   memory_layer_fwdbwd_tok_s_<G>gpu   sharded over G GPUs (openGpus: one per GPU of the host)
+//   exchange_ms                        per step, the host's time moving data between devices
+//   waiting_ms                         per step, the host's time awaiting the shards' results (their compute)
+//   largest_table_rows_<G>gpu          with --largest: the most value rows (n^2, n doubling from 1024 by
+//                                      sqrt 2) for which the sharded layer takes a training step
+// --shared: the G devices share the first GPU (openGpus shared): what the exchanges cost, no speed-up;
+// the metrics are then named _<G>dev_shared. --quick: small sizes (a smoke run on lavapipe).
+
+import type { Gpu } from '../../src/gpu/device.ts';
+import { openGpus } from '../../src/gpu/multi.ts';
+import type { Tensor } from '../../src/gpu/tensor.ts';
+import { fillNormal } from '../../src/kernels/init/init.ts';
+import { MemoryLayer, type MemoryLayerConfig } from '../../src/model/memory_layer.ts';
+import { ShardedValueTable } from '../../src/model/sharded_values.ts';
+import { ValueTable } from '../../src/model/value_table.ts';
+import { AdamW } from '../../src/train/optimizer.ts';
+import { ShardedAdamW } from '../../src/train/sharded_optimizer.ts';
+import { median } from '../lib.ts';
+import type { SuiteOutput } from '../run.ts';
+
+interface Sizes {
+  T: number;
+  d: number;
+  n: number;
+  heads: number;
+  k: number;
+  dk: number;
+}
+const PAPER: Sizes = { T: 8192, d: 1024, n: 1024, heads: 4, k: 32, dk: 512 };
+const QUICK: Sizes = { T: 64, d: 64, n: 32, heads: 2, k: 8, dk: 32 };
+
+/** seconds of one training step of the layer (forward, backward, optimizer), every device synchronised */
+async function step(gpus: readonly Gpu[], layer: MemoryLayer, x: Tensor, dout: Tensor, update: () => Promise<void>): Promise<number> {
+  const t0 = performance.now();
+  const y = await layer.forward(x);
+  const dx = await layer.backward(dout);
+  await update();
+  await Promise.all(gpus.map((g) => g.sync()));
+  y.dispose();
+  dx.dispose();
+  return (performance.now() - t0) / 1000;
+}
+
+/** the layer over one table or the sharded one; its step time (median of reps after a warm-up) */
+async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: number): Promise<{ seconds: number; exchange: number; waiting: number }> {
+  const cfg: MemoryLayerConfig = { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk };
+  const o = { rows: s.n * s.n, dim: s.d, dtype: 'bf16' as const, seed: 1 };
+  const sharded = gpus ? await ShardedValueTable.create(gpus, o) : null;
+  const table = sharded ? null : await ValueTable.create(gpu, o);
+  const layer = await MemoryLayer.create(gpu, 'mem', cfg, (sharded ?? table)!, 2);
+  const opt = sharded ? await ShardedAdamW.create(gpu, layer.params, sharded, { lr: 1e-4 }) : await AdamW.create(gpu, [...layer.params, ...table!.params], { lr: 1e-4 });
+  const x = await gpu.tensor([s.T, s.d], 'f32', 'x');
+  const dout = await gpu.tensor([s.T, s.d], 'f32', 'dout');
+  await fillNormal(gpu, x, { std: 1, seed: 3 });
+  await fillNormal(gpu, dout, { std: 1e-3, seed: 4 });
+  const all = gpus ?? [gpu];
+  try {
+    await step(all, layer, x, dout, () => opt.update());
+    const before = sharded ? { ...sharded.time } : null;
+    const times: number[] = [];
+    for (let r = 0; r < reps; r++) times.push(await step(all, layer, x, dout, () => opt.update()));
+    const per = (k: 'exchange' | 'waiting') => (sharded && before ? (sharded.time[k] - before[k]) / reps : 0);
+    return { seconds: median(times), exchange: per('exchange'), waiting: per('waiting') };
+  } finally {
+    for (const t of [x, dout]) t.dispose();
+    opt.dispose();
+    layer.dispose();
+    table?.dispose();
+    sharded?.dispose();
+  }
+}
+
+export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
+  const quick = args.includes('--quick');
+  const shared = args.includes('--shared');
+  const G = Number(args.find((a) => a.startsWith('--gpus='))?.slice(7) ?? 2);
+  if (!(Number.isInteger(G) && G >= 2)) throw new Error(`multigpu: --gpus=${G} must be an integer >= 2`);
+  const s = quick ? QUICK : PAPER;
+  const reps = quick ? 2 : 5;
+  // the devices: one per GPU of the host (the first the model's and shard 0's), or with --shared the
+  // suite's own and G - 1 more on its adapter
+  const opened = shared ? await openGpus({ count: G - 1, shared: true }) : await openGpus({ count: G });
+  const gpus = shared ? [gpu, ...opened] : opened;
+  const main = gpus[0]!;
+  const tag = shared ? `${G}dev_shared` : `${G}gpu`;
+  const results: Record<string, number> = {};
+  const notes: Record<string, string> = {};
+  try {
+    const one = await layerRun(main, null, s, reps);
+    const many = await layerRun(main, gpus, s, reps);
+    results['memory_layer_fwdbwd_tok_s_1gpu'] = s.T / one.seconds;
+    results[`memory_layer_fwdbwd_tok_s_${tag}`] = s.T / many.seconds;
+    results['exchange_ms'] = many.exchange * 1e3;
+    results['waiting_ms'] = many.waiting * 1e3;
+    notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; median of ${reps} after a warm-up`;
+    notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${(many.seconds * 1e3).toFixed(1)} (exchange ${(many.exchange * 1e3).toFixed(1)}, waiting on the shards ${(many.waiting * 1e3).toFixed(1)})`;
+    notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
+    if (args.includes('--largest')) {
+      let largest = 0;
+      for (let n = s.n; ; n = Math.round(n * Math.SQRT2)) {
+        try {
+          await layerRun(main, gpus, { ...s, n, T: Math.min(s.T, 1024) }, 1);
+          largest = n * n;
+          console.error(`[multigpu] ${n * n} rows: a training step ran`);
+        } catch (e) {
+          notes['largest'] = `n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]}`;
+          break;
+        }
+      }
+      results[`largest_table_rows_${tag}`] = largest;
+    }
+  } finally {
+    for (const g of opened) g.destroy();
+  }
+  return { results, notes };
+}

@@ -1,0 +1,46 @@
+// does openGpus (src/gpu/multi.ts) give one Gpu per physical GPU of this host? WebGPU cannot say which
+// GPU an adapter is, so each Gpu k holds (k + 1) x 2 GiB (--unit=<GiB>) while nvidia-smi reads every
+// GPU's memory: each GPU's use should rise by its own Gpu's amount.
+//
+//   node --import tsx scripts/multigpu_probe.ts              the host's GPUs (/sys/bus/pci/devices)
+//   ENGRAM_GPU_BUSES=0000:41:00.0,0000:41:00.0 node ...      these PCI addresses (the same one twice:
+//                                                            the device-select layer's path on one GPU)
+// prints a log; the layer must be installed (openGpus says how otherwise).
+
+import { execFileSync } from 'node:child_process';
+import { gpuBuses, hasDeviceSelectLayer, openGpus } from '../src/gpu/multi.ts';
+import type { Tensor } from '../src/gpu/tensor.ts';
+import { fill } from '../src/kernels/copy/copy.ts';
+
+const smi = () => {
+  try {
+    return execFileSync('nvidia-smi', ['--query-gpu=index,pci.bus_id,memory.used', '--format=csv,noheader'], { encoding: 'utf8' }).trim().replace(/\n/g, '; ');
+  } catch (e) {
+    return `nvidia-smi failed: ${String(e)}`;
+  }
+};
+
+console.log(`buses (/sys): ${gpuBuses().join(', ') || 'none'}; ENGRAM_GPU_BUSES: ${process.env['ENGRAM_GPU_BUSES'] ?? 'unset'}; device-select layer: ${hasDeviceSelectLayer()}`);
+console.log(`idle: ${smi()}`);
+const gpus = await openGpus();
+console.log(`opened ${gpus.length}: ${gpus.map((g) => g.adapterName).join(' | ')}`);
+const unit = Number(process.argv.find((a) => a.startsWith('--unit='))?.slice(7) ?? 2);
+const held: Tensor[][] = [];
+for (const [k, gpu] of gpus.entries()) {
+  const mine: Tensor[] = [];
+  // tensors of at most 1 GiB (a binding holds at most 2 GiB - 4; lavapipe 128 MiB)
+  const elements = Math.min(2 ** 28, Math.floor(gpu.device.limits.maxStorageBufferBindingSize / 4));
+  for (let i = 0; i < Math.ceil(((k + 1) * unit * 2 ** 30) / (4 * elements)); i++) {
+    const t = await gpu.tensor([elements], 'f32', `hold${k}`);
+    await fill(gpu, t, k + 1);
+    mine.push(t);
+  }
+  await gpu.sync();
+  held.push(mine);
+  console.log(`Gpu ${k} holds ${(k + 1) * unit} GiB: ${smi()}`);
+}
+for (const [k, gpu] of gpus.entries()) {
+  for (const t of held[k]!) t.dispose();
+  gpu.destroy();
+}
+console.log(`released: ${smi()}`);
