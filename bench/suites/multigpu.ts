@@ -14,6 +14,9 @@
 //                                      sqrt 2) for which the sharded layer takes a training step
 // --shared: the G devices share the first GPU (openGpus shared): what the exchanges cost, no speed-up;
 // the metrics are then named _<G>dev_shared. --quick: small sizes (a smoke run on lavapipe).
+// on a GPU host without Mesa, openGpus needs Mesa's device-select layer: scripts/device_select_layer.sh
+// pack (here), carry .gpu-layer, then there `scripts/device_select_layer.sh install` and its LD_LIBRARY_PATH;
+// scripts/multigpu_probe.ts checks that each Gpu's memory lands on its own GPU.
 
 import type { Gpu } from '../../src/gpu/device.ts';
 import { openGpus } from '../../src/gpu/multi.ts';

@@ -31,8 +31,12 @@ test('hasDeviceSelectLayer: a manifest naming VK_LAYER_MESA_device_select where 
     for (const k of keys.slice(0, 3)) delete process.env[k];
     process.env['XDG_DATA_DIRS'] = join(dir, 'nowhere');
     assert.equal(hasDeviceSelectLayer(), false);
-    writeFileSync(join(dir, 'layer.json'), JSON.stringify({ layer: { name: 'VK_LAYER_MESA_device_select' } }));
-    process.env['VK_ADD_IMPLICIT_LAYER_PATH'] = dir;
+    mkdirSync(join(dir, 'vulkan', 'implicit_layer.d'), { recursive: true });
+    writeFileSync(join(dir, 'vulkan', 'implicit_layer.d', 'layer.json'), JSON.stringify({ layer: { name: 'VK_LAYER_MESA_device_select' } }));
+    // a path only newer loaders read does not count
+    process.env['VK_ADD_IMPLICIT_LAYER_PATH'] = join(dir, 'vulkan', 'implicit_layer.d');
+    assert.equal(hasDeviceSelectLayer(), false);
+    process.env['XDG_DATA_HOME'] = dir;
     assert.equal(hasDeviceSelectLayer(), true);
   } finally {
     keys.forEach((k, i) => {

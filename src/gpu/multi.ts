@@ -33,11 +33,15 @@ export function gpuBuses(root = '/sys/bus/pci/devices'): string[] {
     .sort();
 }
 
-/** where the Vulkan loader looks for implicit layers (Linux), the device-select layer's manifest among them */
+/**
+ * where every Vulkan loader looks for implicit layers (Linux). VK_ADD_IMPLICIT_LAYER_PATH is left out:
+ * loaders before it was added ignore it (Debian bookworm's 1.3.239 did, on the GPU host), and a layer
+ * counted here but never loaded would put every Gpu on the first GPU without a word
+ */
 function implicitLayerDirs(): string[] {
   const env = (k: string) => (process.env[k] ?? '').split(':').filter(Boolean);
   const data = [...env('XDG_DATA_HOME'), ...(env('XDG_DATA_DIRS').length ? env('XDG_DATA_DIRS') : ['/usr/local/share', '/usr/share'])];
-  return [...env('VK_ADD_IMPLICIT_LAYER_PATH'), ...env('VK_IMPLICIT_LAYER_PATH'), ...['/etc', ...data].map((d) => join(d, 'vulkan', 'implicit_layer.d'))];
+  return ['/etc', ...data].map((d) => join(d, 'vulkan', 'implicit_layer.d'));
 }
 
 /** whether Mesa's device-select layer is where the Vulkan loader finds implicit layers */
@@ -77,7 +81,7 @@ export async function openGpus(o: GpuOptions & { count?: number; buses?: readonl
   if (!hasDeviceSelectLayer()) {
     throw new NoAdapterError(
       `openGpus: ${buses.length} GPUs need Mesa's device-select Vulkan layer to tell them apart, and no implicit layer manifest names VK_LAYER_MESA_device_select (looked in ${implicitLayerDirs().join(', ')}). ` +
-        "Install it (Debian: 'apt-get install mesa-vulkan-drivers') or point VK_ADD_IMPLICIT_LAYER_PATH at its manifest's folder",
+        "Install it (Debian: 'apt-get install mesa-vulkan-drivers'; or scripts/device_select_layer.sh pack, then install, on a host without Mesa)",
     );
   }
   const gpus: Gpu[] = [];
