@@ -15,9 +15,9 @@
 // one GPU's bit for bit. dw adds the G partial dots on the host in shard order (f64, rounded once
 // to f32): equal to one GPU's within f32 rounding. init: each shard holds its columns of the
 // one-GPU table's init (ValueTable columns), so a seed gives the same table on any number of GPUs.
-// time: `exchange` counts the host's seconds moving data (read backs of what the model's GPU
-// computed, uploads, the column assembly) and the bytes moved; the shards' reads of y_g and dw_g
-// include their compute, and count under `waiting`.
+// time: `exchange` counts the host's seconds moving data (read backs, uploads, the column assembly)
+// and the bytes moved; `waiting` the seconds awaiting compute: the model's GPU's work before a read
+// back, and the shards' reads of y_g and dw_g (which include their compute).
 
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError, ShapeError } from '../gpu/errors.ts';
@@ -70,13 +70,17 @@ export class ShardedValueTable {
     if (!(out.dtype === 'f32' && out.shape.length === 2 && out.shape[0] === T && out.shape[1] === this.dim)) {
       throw new ShapeError(`ShardedValueTable.forward: out ${out} must be f32 [${T}, ${this.dim}]`);
     }
+    // the model's GPU's work so far (the bag's making) counts as waiting, not as the exchange
     let t0 = performance.now();
+    await gpu.sync();
+    this.time.waiting += (performance.now() - t0) / 1000;
+    t0 = performance.now();
     const [idxBytes, wBytes] = await Promise.all([gpu.readBytes(idx.buffer, idx.offset, idx.byteLength), gpu.readBytes(w.buffer, w.offset, w.byteLength)]);
     const bag = await this.upload(T, B, new Uint8Array(idxBytes), new Uint8Array(wBytes));
     const ys: Tensor[] = [];
     try {
       for (const [g, s] of this.shards.entries()) {
-        const y = await s.gpu.tensor([T, s.table.dim], 'f32', 'shard_y');
+        const y = s.gpu.scratch.take([T, s.table.dim], 'f32', 'shard_y');
         ys.push(y);
         await membagForward(s.gpu, { out: y }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]! });
       }
@@ -115,6 +119,9 @@ export class ShardedValueTable {
       throw new ShapeError(`ShardedValueTable.backward: dw ${o.dw} must be f32 [${T}, ${B}]`);
     }
     let t0 = performance.now();
+    await gpu.sync();
+    this.time.waiting += (performance.now() - t0) / 1000;
+    t0 = performance.now();
     const all = new Float32Array(await gpu.readBytes(dout.buffer, dout.offset, dout.byteLength));
     const douts: Tensor[] = [];
     const dws: Tensor[] = [];
@@ -123,10 +130,10 @@ export class ShardedValueTable {
         const c = s.table.dim;
         const block = new Float32Array(T * c);
         for (let t = 0; t < T; t++) block.set(all.subarray(t * this.dim + s.start, t * this.dim + s.start + c), t * c);
-        const d = await s.gpu.tensor([T, c], 'f32', 'shard_dout');
+        const d = s.gpu.scratch.take([T, c], 'f32', 'shard_dout');
         douts.push(d);
         s.gpu.writeBytes(d, new Uint8Array(block.buffer));
-        const dw = o.dw ? await s.gpu.tensor([T, B], 'f32', 'shard_dw') : undefined;
+        const dw = o.dw ? s.gpu.scratch.take([T, B], 'f32', 'shard_dw') : undefined;
         if (dw) dws.push(dw);
         await membagBackward(s.gpu, { ...(dw ? { dw } : {}), dvalues: s.table.grads }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]!, dout: d });
       }
@@ -181,9 +188,9 @@ export class ShardedValueTable {
       const idxs: Tensor[] = [];
       const ws: Tensor[] = [];
       for (const s of this.shards) {
-        const i = await s.gpu.tensor([T, B], 'u32', 'shard_idx');
+        const i = s.gpu.scratch.take([T, B], 'u32', 'shard_idx');
         made.push(i);
-        const x = await s.gpu.tensor([T, B], 'f32', 'shard_w');
+        const x = s.gpu.scratch.take([T, B], 'f32', 'shard_w');
         made.push(x);
         s.gpu.writeBytes(i, idx);
         s.gpu.writeBytes(x, w);
