@@ -1,6 +1,7 @@
 // engram's public API. everything a user imports comes through here.
 
 export { Gpu, type GpuFeatures, type GpuOptions, type MemoryStats, type SubgroupMatrixConfig } from './gpu/device.ts';
+export { openGpus } from './gpu/multi.ts';
 export { Arena, ScratchPool } from './gpu/buffers.ts';
 export { Tensor } from './gpu/tensor.ts';
 export { GpuTimer } from './gpu/timing.ts';
@@ -18,9 +19,11 @@ export {
 export * as kernels from './kernels/index.ts';
 export { MemoryLayer, type MemoryLayerConfig } from './model/memory_layer.ts';
 export { ValueTable, type ValueTableOptions } from './model/value_table.ts';
+export { ShardedValueTable } from './model/sharded_values.ts';
 export { memoryStats, tokenReads, type MemoryReadStats } from './model/memory_stats.ts';
 export { type Param } from './model/param.ts';
 export { AdamW, type OptimizerConfig } from './train/optimizer.ts';
+export { ShardedAdamW } from './train/sharded_optimizer.ts';
 export { Transformer } from './model/transformer.ts';
 export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, type MemoryConfig } from './model/config.ts';
 export { loadModel, saveModel } from './model/checkpoint.ts';
