@@ -29,7 +29,7 @@ import { median, runTorch, timeGpu } from '../lib.ts';
 import type { SuiteOutput } from '../run.ts';
 import { copyGBps } from './kernels.ts';
 
-interface Sizes {
+export interface Sizes {
   T: number;
   d: number;
   n: number;
@@ -38,8 +38,8 @@ interface Sizes {
   dk: number;
 }
 
-const PAPER: Sizes = { T: 8192, d: 1024, n: 1024, heads: 4, k: 32, dk: 512 };
-const QUICK: Sizes = { T: 64, d: 64, n: 32, heads: 2, k: 8, dk: 32 };
+export const PAPER: Sizes = { T: 8192, d: 1024, n: 1024, heads: 4, k: 32, dk: 512 };
+export const QUICK: Sizes = { T: 64, d: 64, n: 32, heads: 2, k: 8, dk: 32 };
 
 /** bag slots uniform over the table, weights a softmax of normals per head (as the layer reads) */
 function bags(s: Sizes): { idx: Uint32Array; w: Float32Array } {

@@ -29,17 +29,8 @@ import { AdamW } from '../../src/train/optimizer.ts';
 import { ShardedAdamW } from '../../src/train/sharded_optimizer.ts';
 import { median } from '../lib.ts';
 import type { SuiteOutput } from '../run.ts';
+import { PAPER, QUICK, type Sizes } from './memory.ts';
 
-interface Sizes {
-  T: number;
-  d: number;
-  n: number;
-  heads: number;
-  k: number;
-  dk: number;
-}
-const PAPER: Sizes = { T: 8192, d: 1024, n: 1024, heads: 4, k: 32, dk: 512 };
-const QUICK: Sizes = { T: 64, d: 64, n: 32, heads: 2, k: 8, dk: 32 };
 
 /** seconds of one training step of the layer (forward, backward, optimizer), every device synchronised */
 async function step(gpus: readonly Gpu[], layer: MemoryLayer, x: Tensor, dout: Tensor, update: () => Promise<void>): Promise<number> {

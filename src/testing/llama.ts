@@ -1,7 +1,13 @@
 // a tiny Llama-with-memory config and seeded weights for the model's tests (reference/llama.ts names).
 
+import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { LlamaRefConfig, Weights } from '../reference/llama.ts';
 import { Rng } from './rng.ts';
+
+/** a tiny trainable model (vocabulary 32, width 16, 2 blocks) with Memory+ at `layers` (8^2 value rows) */
+export function tinyMemoryModel(layers: number[], valueDtype: 'f32' | 'bf16' = 'f32'): ModelConfig {
+  return parseModelConfig({ vocabSize: 32, dim: 16, layers: 2, heads: 2, ffnHidden: 32, maxSeqLen: 16, memory: { layers, nKeys: 8, heads: 2, topk: 4, keyDim: 8, valueDtype } });
+}
 
 /** a tiny model: 2 blocks, GQA (2 heads on 1 kv head), block 1's FFN a Memory+ layer */
 export const TINY: LlamaRefConfig = {

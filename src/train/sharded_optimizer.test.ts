@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { Gpu } from '../gpu/device.ts';
-import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
+import { tinyMemoryModel } from '../testing/llama.ts';
 import { Rng } from '../testing/rng.ts';
 import { AdamW } from './optimizer.ts';
 import { ShardedAdamW } from './sharded_optimizer.ts';
@@ -20,15 +20,7 @@ for (const valueDtype of ['f32', 'bf16'] as const) {
   test(`values (${valueDtype}) sharded over 2 devices: 20 training steps give one device's losses and values`, async () => {
     const gpu = await testGpu();
     second ??= await Gpu.create();
-    const config = parseModelConfig({
-      vocabSize: 32,
-      dim: 16,
-      layers: 2,
-      heads: 2,
-      ffnHidden: 32,
-      maxSeqLen: 16,
-      memory: { layers: [0, 1], nKeys: 8, heads: 2, topk: 4, keyDim: 8, valueDtype },
-    });
+    const config = tinyMemoryModel([0, 1], valueDtype);
     const rng = new Rng(3);
     const seq = Array.from({ length: 2 * 13 }, () => rng.int(32));
     const ids = await gpu.tensorFrom(seq.filter((_, i) => i % 13 !== 12), [2, 12], 'u32', 'ids');

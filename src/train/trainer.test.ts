@@ -3,9 +3,9 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { testGpu } from '../testing/gpu.ts';
+import { tinyMemoryModel } from '../testing/llama.ts';
 import { Rng } from '../testing/rng.ts';
 import { AdamW } from './optimizer.ts';
 import { lrFactor } from './schedule.ts';
@@ -20,15 +20,7 @@ test('lr schedule: linear warmup, then linear decay to minRatio', () => {
 
 test('a tiny model with a Memory+ block memorises a batch (loss falls by more than half in 40 steps)', async () => {
   const gpu = await testGpu();
-  const config = parseModelConfig({
-    vocabSize: 32,
-    dim: 16,
-    layers: 2,
-    heads: 2,
-    ffnHidden: 32,
-    maxSeqLen: 16,
-    memory: { layers: [1], nKeys: 8, heads: 2, topk: 4, keyDim: 8, valueDtype: 'f32' },
-  });
+  const config = tinyMemoryModel([1]);
   const model = await Transformer.create(gpu, config, 7);
   const opt = await AdamW.create(gpu, model.params, { lr: 1e-2, weightDecay: 0 });
   const trainer = new Trainer(gpu, model, opt, { warmup: 5, steps: 40, minRatio: 0.1 });
