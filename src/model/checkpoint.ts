@@ -75,7 +75,6 @@ async function rawBytes(gpu: Gpu, t: Tensor): Promise<Uint8Array> {
 
 /** Writes the model (and `files`, e.g. tokenizer.json or optimizer state) to `dir`, atomically. */
 export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files: Record<string, Uint8Array | string> = {}): Promise<void> {
-  if (model.shardedTable) throw new EngramError('saveModel: a model whose value table is sharded over several GPUs cannot be saved yet; train it on one GPU to save it');
   const tensors: Record<string, SafeTensor> = {};
   for (const p of model.params) {
     if (p.group === 'values') continue;
@@ -92,6 +91,9 @@ export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files
     }
     tensors[VALUES] = { dtype: SAFE[table.dtype], shape: [table.rows, table.dim], data };
   }
+  // a table sharded over several GPUs is saved whole, as one GPU's (loadModel's valueGpus shards it again)
+  const sharded = model.shardedTable;
+  if (sharded) tensors[VALUES] = { dtype: SAFE[sharded.dtype], shape: [sharded.rows, sharded.dim], data: await sharded.gather() };
   const { writeCheckpoint } = await import('../io/checkpoint.ts');
   await writeCheckpoint(dir, {
     'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
@@ -100,12 +102,15 @@ export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files
   });
 }
 
-/** Reads a checkpoint folder into a new model; every tensor's presence, dtype and shape is checked. */
-export async function loadModel(gpu: Gpu, dir: string): Promise<{ model: Transformer; files: Record<string, Uint8Array> }> {
+/**
+ * Reads a checkpoint folder into a new model; every tensor's presence, dtype and shape is checked.
+ * valueGpus: the value table sharded over these GPUs (Transformer.create's), whichever way it was saved
+ */
+export async function loadModel(gpu: Gpu, dir: string, o: { valueGpus?: readonly Gpu[] } = {}): Promise<{ model: Transformer; files: Record<string, Uint8Array> }> {
   const { CheckpointError, readCheckpoint } = await import('../io/checkpoint.ts');
   const files = await readCheckpoint(dir);
   try {
-    return { model: await modelFromFiles(gpu, files, dir), files };
+    return { model: await modelFromFiles(gpu, files, dir, o), files };
   } catch (e) {
     throw e instanceof ModelFilesError ? new CheckpointError(e.message, { cause: e }) : e;
   }
@@ -116,13 +121,13 @@ export async function loadModel(gpu: Gpu, dir: string): Promise<{ model: Transfo
  * fetched by a browser); every tensor's presence, dtype and shape is checked. `source` names the
  * files in errors (ModelFilesError).
  */
-export async function modelFromFiles(gpu: Gpu, files: Readonly<Record<string, Uint8Array>>, source = 'checkpoint'): Promise<Transformer> {
+export async function modelFromFiles(gpu: Gpu, files: Readonly<Record<string, Uint8Array>>, source = 'checkpoint', o: { valueGpus?: readonly Gpu[] } = {}): Promise<Transformer> {
   const cfgBytes = files['config.json'];
   const stBytes = files['model.safetensors'];
   if (!cfgBytes || !stBytes) throw new ModelFilesError(`${source}: a model checkpoint needs config.json and model.safetensors`);
   const config = configFromJson(JSON.parse(new TextDecoder().decode(cfgBytes)), source);
   const { tensors } = decodeSafetensors(stBytes, `${source}/model.safetensors`);
-  const model = await Transformer.create(gpu, config);
+  const model = await Transformer.create(gpu, config, 0, o);
   try {
     const seen = new Set<string>();
     const put = (t: Tensor, bytes: Uint8Array) => gpu.writeBytes(t, bytes);
@@ -148,9 +153,12 @@ export async function modelFromFiles(gpu: Gpu, files: Readonly<Record<string, Ui
         at += p.value.byteLength;
       }
     }
+    const sharded = model.shardedTable;
+    if (sharded) sharded.scatter(expect(VALUES, sharded.dtype, [sharded.rows, sharded.dim]).data);
     const extra = Object.keys(tensors).filter((n) => !seen.has(n));
     if (extra.length) throw new ModelFilesError(`${source}: model.safetensors has tensors the config does not use: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
     await gpu.sync();
+    for (const s of model.shardedTable?.shards ?? []) await s.gpu.sync();
   } catch (e) {
     model.dispose();
     throw e;

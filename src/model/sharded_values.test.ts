@@ -1,11 +1,17 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { Gpu } from '../gpu/device.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { membagBackward, membagForward, type ValueChunks } from '../kernels/membag/membag.ts';
 import { Rng } from '../testing/rng.ts';
 import { testGpu } from '../testing/gpu.ts';
+import { tinyMemoryModel } from '../testing/llama.ts';
+import { loadModel, saveModel } from './checkpoint.ts';
 import { ShardedValueTable } from './sharded_values.ts';
+import { Transformer } from './transformer.ts';
 import { ValueTable } from './value_table.ts';
 
 // more devices on the test adapter: the sharding's arithmetic and exchanges, not a speed-up (the
@@ -94,4 +100,28 @@ test('ShardedValueTable: clear errors', async () => {
   await assert.rejects(s.forward(gpu, out, w, w), /idx .* must be u32 \[T, B\]/);
   for (const t of [idx, w, out]) t.dispose();
   s.dispose();
+});
+
+test('a model with its table sharded saves the files one GPU saves, and loads back whole or sharded', async () => {
+  const devices = await gpus(2);
+  const gpu = devices[0]!;
+  const dir = mkdtempSync(join(tmpdir(), 'engram-sharded-'));
+  try {
+    const config = tinyMemoryModel([1], 'bf16');
+    const one = await Transformer.create(gpu, config, 5);
+    const two = await Transformer.create(gpu, config, 5, { valueGpus: devices });
+    await saveModel(gpu, join(dir, 'one'), one);
+    await saveModel(gpu, join(dir, 'two'), two);
+    const file = (d: string) => readFileSync(join(dir, d, 'model.safetensors'));
+    assert.ok(file('one').equals(file('two')), 'the same safetensors');
+    const whole = (await loadModel(gpu, join(dir, 'two'))).model;
+    const again = (await loadModel(gpu, join(dir, 'one'), { valueGpus: devices })).model;
+    assert.equal(whole.shardedTable, null);
+    assert.deepEqual(await again.shardedTable!.gather(), await two.shardedTable!.gather());
+    assert.deepEqual(await hostTable(gpu, whole.table!.values), await hostTable(gpu, one.table!.values));
+    for (const m of [one, two, whole, again]) m.dispose();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+  await assert.rejects(ShardedValueTable.create(devices, { rows: 4, dim: 6, dtype: 'bf16' }), /16-bit values need an even width per shard/);
 });

@@ -20,6 +20,7 @@
 // back, and the shards' reads of y_g and dw_g (which include their compute).
 
 import type { Gpu } from '../gpu/device.ts';
+import { bytesPerElement, type DType } from '../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { membagBackward, membagForward } from '../kernels/membag/membag.ts';
@@ -57,6 +58,9 @@ export class ShardedValueTable {
       throw new EngramError(`ShardedValueTable: the value width ${o.dim} must be a multiple of the ${G} GPUs (each holds dim / ${G} columns)`);
     }
     const cols = o.dim / G;
+    if ((o.dtype ?? 'bf16') !== 'f32' && cols % 2 !== 0) {
+      throw new EngramError(`ShardedValueTable: each of the ${G} shards would hold ${cols} columns of ${o.dtype ?? 'bf16'}; 16-bit values need an even width per shard (two to a 32-bit word)`);
+    }
     const shards: ValueShard[] = [];
     for (const [g, gpu] of gpus.entries()) {
       shards.push({ gpu, start: g * cols, table: await ValueTable.create(gpu, { ...o, dim: cols, columns: { start: g * cols, of: o.dim } }) });
@@ -155,6 +159,46 @@ export class ShardedValueTable {
       this.time.exchange += (performance.now() - t0) / 1000;
     } finally {
       for (const t of [...douts, ...dws]) t.dispose();
+    }
+  }
+
+  get dtype(): DType {
+    return this.shards[0]!.table.dtype;
+  }
+
+  /** the whole table's values as stored (rows x dim, row-major, its dtype's bytes): every shard's columns read back */
+  async gather(): Promise<Uint8Array> {
+    const e = bytesPerElement(this.dtype);
+    const out = new Uint8Array(this.rows * this.dim * e);
+    for (const s of this.shards) {
+      const w = s.table.dim * e;
+      let r0 = 0;
+      for (const p of s.table.params) {
+        const bytes = new Uint8Array(await s.gpu.readBytes(p.value.buffer, p.value.offset, p.value.byteLength));
+        const n = p.value.shape[0]!;
+        for (let r = 0; r < n; r++) out.set(bytes.subarray(r * w, (r + 1) * w), (r0 + r) * this.dim * e + s.start * e);
+        r0 += n;
+      }
+    }
+    return out;
+  }
+
+  /** sets the whole table from its stored bytes (as gather gives them) */
+  scatter(bytes: Uint8Array): void {
+    const e = bytesPerElement(this.dtype);
+    if (bytes.byteLength !== this.rows * this.dim * e) {
+      throw new ShapeError(`ShardedValueTable.scatter: ${bytes.byteLength} bytes for ${this.rows} rows of ${this.dim} ${this.dtype} (${this.rows * this.dim * e})`);
+    }
+    for (const s of this.shards) {
+      const w = s.table.dim * e;
+      let r0 = 0;
+      for (const p of s.table.params) {
+        const n = p.value.shape[0]!;
+        const part = new Uint8Array(p.value.byteLength);
+        for (let r = 0; r < n; r++) part.set(bytes.subarray((r0 + r) * this.dim * e + s.start * e, (r0 + r) * this.dim * e + s.start * e + w), r * w);
+        s.gpu.writeBytes(p.value, part);
+        r0 += n;
+      }
     }
   }
 
