@@ -9,7 +9,10 @@
 //   memory_layer_fwdbwd_tok_s_1gpu     the table on the first GPU
 //   memory_layer_fwdbwd_tok_s_<G>gpu   sharded over G GPUs (openGpus: one per GPU of the host)
 //   exchange_ms                        per step, the host's time moving data between devices
-//   waiting_ms                         per step, the host's time awaiting the shards' results (their compute)
+//   exchange_MB                        per step, the bytes read back and uploaded
+//   waiting_ms                         per step, the host's time awaiting compute (the model's GPU's, the shards')
+//   host_read_GBps, host_write_GBps    one 32 MiB read back (mapAsync) and upload (writeBuffer) on the
+//                                      model's GPU, median of 5: what every exchange runs at
 //   largest_table_rows_<G>gpu          with --largest: the most value rows (n^2, n doubling from 1024 by
 //                                      sqrt 2) for which the sharded layer takes a training step
 // --shared: the G devices share the first GPU (openGpus shared): what the exchanges cost, no speed-up;
@@ -45,7 +48,7 @@ async function step(gpus: readonly Gpu[], layer: MemoryLayer, x: Tensor, dout: T
 }
 
 /** the layer over one table or the sharded one; its step time (median of reps after a warm-up) */
-async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: number): Promise<{ seconds: number; exchange: number; waiting: number }> {
+async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: number): Promise<{ seconds: number; exchange: number; waiting: number; bytes: number }> {
   const cfg: MemoryLayerConfig = { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk };
   const o = { rows: s.n * s.n, dim: s.d, dtype: 'bf16' as const, seed: 1 };
   const sharded = gpus ? await ShardedValueTable.create(gpus, o) : null;
@@ -62,8 +65,8 @@ async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: n
     const before = sharded ? { ...sharded.time } : null;
     const times: number[] = [];
     for (let r = 0; r < reps; r++) times.push(await step(all, layer, x, dout, () => opt.update()));
-    const per = (k: 'exchange' | 'waiting') => (sharded && before ? (sharded.time[k] - before[k]) / reps : 0);
-    return { seconds: median(times), exchange: per('exchange'), waiting: per('waiting') };
+    const per = (k: 'exchange' | 'waiting' | 'bytes') => (sharded && before ? (sharded.time[k] - before[k]) / reps : 0);
+    return { seconds: median(times), exchange: per('exchange'), waiting: per('waiting'), bytes: per('bytes') };
   } finally {
     for (const t of [x, dout]) t.dispose();
     opt.dispose();
@@ -71,6 +74,29 @@ async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: n
     table?.dispose();
     sharded?.dispose();
   }
+}
+
+/** GB/s of one 32 MiB read back and upload on `gpu` (median of 5) */
+async function hostTransfer(gpu: Gpu): Promise<{ host_read_GBps: number; host_write_GBps: number }> {
+  const bytes = 32 * 2 ** 20;
+  const t = await gpu.tensor([bytes / 4], 'f32', 'transfer');
+  const host = new Uint8Array(bytes);
+  const [reads, writes]: [number[], number[]] = [[], []];
+  try {
+    await gpu.sync();
+    for (let i = 0; i < 5; i++) {
+      let t0 = performance.now();
+      await gpu.readBytes(t.buffer, t.offset, bytes);
+      reads.push(performance.now() - t0);
+      t0 = performance.now();
+      gpu.writeBytes(t, host);
+      await gpu.sync();
+      writes.push(performance.now() - t0);
+    }
+  } finally {
+    t.dispose();
+  }
+  return { host_read_GBps: bytes / 1e6 / median(reads), host_write_GBps: bytes / 1e6 / median(writes) };
 }
 
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
@@ -94,7 +120,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     results['memory_layer_fwdbwd_tok_s_1gpu'] = s.T / one.seconds;
     results[`memory_layer_fwdbwd_tok_s_${tag}`] = s.T / many.seconds;
     results['exchange_ms'] = many.exchange * 1e3;
+    results['exchange_MB'] = many.bytes / 1e6;
     results['waiting_ms'] = many.waiting * 1e3;
+    Object.assign(results, await hostTransfer(main));
     notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; median of ${reps} after a warm-up`;
     notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${(many.seconds * 1e3).toFixed(1)} (exchange ${(many.exchange * 1e3).toFixed(1)}, waiting on the shards ${(many.waiting * 1e3).toFixed(1)})`;
     notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
