@@ -433,6 +433,13 @@ export class Gpu {
     this.device.queue.writeBuffer(t.buffer, t.offset, bytes as Uint8Array<ArrayBuffer>);
   }
 
+  /** Uploads raw bytes at a byte offset of a buffer (a multiple of 4), after the work recorded so far. */
+  writeRange(buffer: GPUBuffer, offset: number, bytes: Uint8Array): void {
+    if (offset % 4 !== 0 || bytes.byteLength % 4 !== 0) throw new EngramError(`writeRange: offset ${offset} and ${bytes.byteLength} bytes must be multiples of 4`);
+    this.flush();
+    this.device.queue.writeBuffer(buffer, offset, bytes as Uint8Array<ArrayBuffer>);
+  }
+
   write(t: Tensor, values: ArrayLike<number>): void {
     if (values.length !== t.size) throw new EngramError(`write to ${t}: got ${values.length} values, need ${t.size}`);
     this.flush();

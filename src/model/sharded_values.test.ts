@@ -41,10 +41,10 @@ function columns(all: Float32Array, dim: number, start: number, cols: number): F
   return out;
 }
 
-for (const G of [2, 3]) {
-  test(`ShardedValueTable over ${G} devices: the one-GPU table's init, read and gradients (awkward shapes, several chunks, rows past the table)`, async () => {
-    const [gpu, ...rest] = await gpus(G);
-    const devices = [gpu!, ...rest];
+for (const [G, local] of [[2, true], [3, true], [2, false]] as const) {
+  test(`ShardedValueTable over ${G} devices${local ? '' : ' apart from the model\'s'}: the one-GPU table's init, read and gradients (awkward shapes, several chunks, rows past the table)`, async () => {
+    const [gpu, ...rest] = await gpus(local ? G : G + 1);
+    const devices = local ? [gpu!, ...rest] : rest;
     const rng = new Rng(40 + G);
     for (const dtype of ['f32', 'bf16'] as const) {
       // 301 rows of 24 in chunks of at most 64 rows (f32 gradients: 24 x 4 x 64 bytes)

@@ -5,25 +5,31 @@
 // WebGPU has no copies between devices, so every exchange goes through host memory: a read back
 // (mapAsync) on one device, a writeBuffer on another.
 //
-//   forward   y (T, d) = [y_0 | y_1 | ... ], y_g (T, d/G) = membag over shard g's columns
-//             exchange: idx (T, B) u32 and w (T, B) f32 to every shard; each y_g back
-//   backward  dw (T, B) = sum over g of dw_g, each shard's partial dots over its columns
-//             dV_g += the scatter of w * dout[:, shard g's columns]  (each shard its own gradient)
-//             exchange: dout's column blocks to the shards; each dw_g back
-// the shards compute at once: each gets its work before any result is awaited.
+//   forward   y (T, d) = [y_0 | y_1 | ... ], y_g (T, d/G) = membag over shard g's columns: the blocks
+//             land in a (G, T, d/G) tensor on the model's GPU, whose first two axes swapped are y
+//             exchange: idx (T, B) u32 and w (T, B) f32 to every other shard; their y_g back
+//   backward  dout's column blocks by the same swap; dV_g += the scatter of w * dout_g on each shard;
+//             dw (T, B) = sum over g of dw_g, each shard's partial dots over its columns
+//             exchange: the other shards' dout blocks out; their dw_g back
+// a shard on the model's GPU itself (the first, as Transformer.create places it) reads the bag where
+// it is and writes its block in place: only the other shards' data goes through the host. the shards
+// compute at once: each gets its work before any result is awaited.
 // numerics: y and dV are the one-GPU kernels' sums, column by column in the same order: equal to
-// one GPU's bit for bit. dw adds the G partial dots on the host in shard order (f64, rounded once
-// to f32): equal to one GPU's within f32 rounding. init: each shard holds its columns of the
-// one-GPU table's init (ValueTable columns), so a seed gives the same table on any number of GPUs.
-// time: `exchange` counts the host's seconds moving data (read backs, uploads, the column assembly)
-// and the bytes moved; `waiting` the seconds awaiting compute: the model's GPU's work before a read
-// back, and the shards' reads of y_g and dw_g (which include their compute).
+// one GPU's bit for bit. dw adds the other shards' partial dots on the host in shard order (f64,
+// rounded once to f32), then to the local shard's on the GPU: equal to one GPU's within f32
+// rounding. init: each shard holds its columns of the one-GPU table's init (ValueTable columns), so
+// a seed gives the same table on any number of GPUs.
+// time: `exchange` counts the host's seconds moving data (read backs, uploads) and the bytes moved;
+// `waiting` the seconds awaiting compute: the model's GPU's work before a read back, and the other
+// shards' reads of y_g and dw_g (which include their compute).
 
 import type { Gpu } from '../gpu/device.ts';
 import { bytesPerElement, type DType } from '../gpu/dtype.ts';
 import { EngramError, ShapeError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
+import { addForward } from '../kernels/add/add.ts';
 import { membagBackward, membagForward } from '../kernels/membag/membag.ts';
+import { swapAxes } from '../kernels/transpose/transpose.ts';
 import { ValueTable, type ValueTableOptions } from './value_table.ts';
 
 export interface ValueShard {
@@ -74,32 +80,33 @@ export class ShardedValueTable {
     if (!(out.dtype === 'f32' && out.shape.length === 2 && out.shape[0] === T && out.shape[1] === this.dim)) {
       throw new ShapeError(`ShardedValueTable.forward: out ${out} must be f32 [${T}, ${this.dim}]`);
     }
+    const G = this.shards.length;
+    const c = this.dim / G;
+    const local = this.local(gpu);
     // the model's GPU's work so far (the bag's making) counts as waiting, not as the exchange
     let t0 = performance.now();
     await gpu.sync();
     this.time.waiting += (performance.now() - t0) / 1000;
     t0 = performance.now();
-    const [idxBytes, wBytes] = await Promise.all([gpu.readBytes(idx.buffer, idx.offset, idx.byteLength), gpu.readBytes(w.buffer, w.offset, w.byteLength)]);
-    const bag = await this.upload(T, B, new Uint8Array(idxBytes), new Uint8Array(wBytes));
+    const bag = await this.bagFor(gpu, T, B, idx, w, local);
+    // the blocks (G, T, c) on the model's GPU, then out (T, G, c) = their first two axes swapped
+    const blocks = gpu.scratch.take([G, T, c], 'f32', 'shard_blocks');
     const ys: Tensor[] = [];
     try {
       for (const [g, s] of this.shards.entries()) {
-        const y = s.gpu.scratch.take([T, s.table.dim], 'f32', 'shard_y');
-        ys.push(y);
+        const y = local && g === 0 ? blocks.leading([T, c]) : s.gpu.scratch.take([T, c], 'f32', 'shard_y');
+        if (!(local && g === 0)) ys.push(y);
         await membagForward(s.gpu, { out: y }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]! });
       }
       this.time.exchange += (performance.now() - t0) / 1000;
       t0 = performance.now();
-      const blocks = (await Promise.all(this.shards.map((s, g) => s.gpu.read(ys[g]!)))) as Float32Array[];
+      const remote = this.shards.slice(local ? 1 : 0);
+      const got = await Promise.all(remote.map((s, j) => s.gpu.readBytes(ys[j]!.buffer, ys[j]!.offset, ys[j]!.byteLength)));
       this.time.waiting += (performance.now() - t0) / 1000;
       t0 = performance.now();
-      const host = new Float32Array(T * this.dim);
-      for (const [g, s] of this.shards.entries()) {
-        const c = s.table.dim;
-        for (let t = 0; t < T; t++) host.set(blocks[g]!.subarray(t * c, (t + 1) * c), t * this.dim + s.start);
-      }
-      gpu.writeBytes(out, new Uint8Array(host.buffer));
-      this.time.bytes += idxBytes.byteLength + wBytes.byteLength + 2 * host.byteLength;
+      got.forEach((bytes, j) => gpu.writeRange(blocks.buffer, blocks.offset + (j + (local ? 1 : 0)) * T * c * 4, new Uint8Array(bytes)));
+      await swapAxes(gpu, { out: out.reshape([T, G, c]) }, { x: blocks });
+      this.time.bytes += 2 * got.reduce((n, b) => n + b.byteLength, 0);
       this.time.exchange += (performance.now() - t0) / 1000;
       return bag;
     } catch (e) {
@@ -107,6 +114,7 @@ export class ShardedValueTable {
       throw e;
     } finally {
       for (const y of ys) y.dispose();
+      blocks.dispose();
     }
   }
 
@@ -122,44 +130,68 @@ export class ShardedValueTable {
     if (o.dw && !(o.dw.dtype === 'f32' && o.dw.shape.length === 2 && o.dw.shape[0] === T && o.dw.shape[1] === B)) {
       throw new ShapeError(`ShardedValueTable.backward: dw ${o.dw} must be f32 [${T}, ${B}]`);
     }
+    const G = this.shards.length;
+    const c = this.dim / G;
+    const local = this.local(gpu);
+    // dout's column blocks (G, T, c) on the model's GPU: block g is shard g's dout
+    const blocks = gpu.scratch.take([G, T, c], 'f32', 'shard_dout_blocks');
+    await swapAxes(gpu, { out: blocks }, { x: dout.reshape([T, G, c]) });
     let t0 = performance.now();
     await gpu.sync();
     this.time.waiting += (performance.now() - t0) / 1000;
     t0 = performance.now();
-    const all = new Float32Array(await gpu.readBytes(dout.buffer, dout.offset, dout.byteLength));
-    const douts: Tensor[] = [];
-    const dws: Tensor[] = [];
+    const taken: Tensor[] = [blocks];
     try {
+      const first = local ? 1 : 0;
+      const remote = this.shards.slice(first);
+      const got = await Promise.all(remote.map((_, j) => gpu.readBytes(blocks.buffer, blocks.offset + (j + first) * T * c * 4, T * c * 4)));
+      const dws: Tensor[] = [];
       for (const [g, s] of this.shards.entries()) {
-        const c = s.table.dim;
-        const block = new Float32Array(T * c);
-        for (let t = 0; t < T; t++) block.set(all.subarray(t * this.dim + s.start, t * this.dim + s.start + c), t * c);
-        const d = s.gpu.scratch.take([T, c], 'f32', 'shard_dout');
-        douts.push(d);
-        s.gpu.writeBytes(d, new Uint8Array(block.buffer));
-        const dw = o.dw ? s.gpu.scratch.take([T, B], 'f32', 'shard_dw') : undefined;
-        if (dw) dws.push(dw);
+        const mine = local && g === 0;
+        let d = blocks.leading([T, c]);
+        if (!mine) {
+          d = s.gpu.scratch.take([T, c], 'f32', 'shard_dout');
+          taken.push(d);
+          s.gpu.writeBytes(d, new Uint8Array(got[g - first]!));
+        }
+        // the local shard's dw goes straight into dw; the others' are added to it below
+        const dw = o.dw && mine ? o.dw : o.dw ? s.gpu.scratch.take([T, B], 'f32', 'shard_dw') : undefined;
+        if (dw && !mine) {
+          taken.push(dw);
+          dws.push(dw);
+        }
         await membagBackward(s.gpu, { ...(dw ? { dw } : {}), dvalues: s.table.grads }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]!, dout: d });
       }
-      this.time.bytes += 2 * all.byteLength;
+      this.time.bytes += 2 * got.reduce((n, b) => n + b.byteLength, 0);
       this.time.exchange += (performance.now() - t0) / 1000;
-      if (!o.dw) return;
+      if (!o.dw || dws.length === 0) return;
       t0 = performance.now();
-      const parts = (await Promise.all(this.shards.map((s, g) => s.gpu.read(dws[g]!)))) as Float32Array[];
+      const parts = (await Promise.all(remote.map((s, j) => s.gpu.read(dws[j]!)))) as Float32Array[];
       this.time.waiting += (performance.now() - t0) / 1000;
       t0 = performance.now();
+      // the remote partial dots summed on the host (in shard order), then added to the local shard's on the GPU
       const sum = new Float32Array(T * B);
       for (let i = 0; i < sum.length; i++) {
         let x = 0;
         for (const p of parts) x += p[i]!;
         sum[i] = x;
       }
-      gpu.writeBytes(o.dw, new Uint8Array(sum.buffer));
+      if (local) {
+        const add = gpu.scratch.take([T, B], 'f32', 'shard_dw_sum');
+        taken.push(add);
+        gpu.writeBytes(add, new Uint8Array(sum.buffer));
+        await addForward(gpu, { out: o.dw }, { a: o.dw, b: add });
+      } else gpu.writeBytes(o.dw, new Uint8Array(sum.buffer));
       this.time.bytes += (parts.length + 1) * sum.byteLength;
       this.time.exchange += (performance.now() - t0) / 1000;
     } finally {
-      for (const t of [...douts, ...dws]) t.dispose();
+      for (const t of taken) t.dispose();
     }
+  }
+
+  /** whether shard 0 is on the model's GPU: its bag, output block and dout block then stay there */
+  private local(gpu: Gpu): boolean {
+    return this.shards[0]!.gpu === gpu;
   }
 
   get dtype(): DType {
@@ -222,8 +254,8 @@ export class ShardedValueTable {
     return idx.shape as [number, number];
   }
 
-  /** the bag's bytes onto every shard */
-  private async upload(T: number, B: number, idx: Uint8Array, w: Uint8Array): Promise<ShardedBag> {
+  /** the bag on every shard: read back once and uploaded to each shard not on the model's GPU (the local one reads it where it is) */
+  private async bagFor(gpu: Gpu, T: number, B: number, idx: Tensor, w: Tensor, local: boolean): Promise<ShardedBag> {
     const made: Tensor[] = [];
     const dispose = () => {
       for (const t of made) t.dispose();
@@ -231,17 +263,24 @@ export class ShardedValueTable {
     try {
       const idxs: Tensor[] = [];
       const ws: Tensor[] = [];
-      for (const s of this.shards) {
+      const remote = this.shards.length - (local ? 1 : 0);
+      const [ib, wb] = remote > 0 ? await Promise.all([gpu.readBytes(idx.buffer, idx.offset, idx.byteLength), gpu.readBytes(w.buffer, w.offset, w.byteLength)]) : [];
+      for (const [g, s] of this.shards.entries()) {
+        if (local && g === 0) {
+          idxs.push(idx);
+          ws.push(w);
+          continue;
+        }
         const i = s.gpu.scratch.take([T, B], 'u32', 'shard_idx');
         made.push(i);
         const x = s.gpu.scratch.take([T, B], 'f32', 'shard_w');
         made.push(x);
-        s.gpu.writeBytes(i, idx);
-        s.gpu.writeBytes(x, w);
+        s.gpu.writeBytes(i, new Uint8Array(ib!));
+        s.gpu.writeBytes(x, new Uint8Array(wb!));
         idxs.push(i);
         ws.push(x);
       }
-      this.time.bytes += this.shards.length * (idx.byteLength + w.byteLength);
+      if (remote > 0) this.time.bytes += (1 + remote) * (ib!.byteLength + wb!.byteLength);
       return { idx: idxs, w: ws, dispose };
     } catch (e) {
       dispose();
