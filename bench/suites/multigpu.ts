@@ -15,6 +15,9 @@
 //                                      model's GPU, median of 5: what every exchange runs at
 //   largest_table_rows_<G>gpu          with --largest: the most value rows (n^2, n doubling from 1024 by
 //                                      sqrt 2) for which the sharded layer takes a training step
+//   train_loss_max_abs_diff            a small Memory+ model (2 blocks of 256, 4,096 bf16 value rows) trained
+//                                      20 steps on one GPU and with its table sharded from the same seed:
+//                                      the largest difference of the two runs' step losses (notes: both runs)
 // --shared: the G devices share the first GPU (openGpus shared): what the exchanges cost, no speed-up;
 // the metrics are then named _<G>dev_shared. --quick: small sizes (a smoke run on lavapipe).
 // on a GPU host without Mesa, openGpus needs Mesa's device-select layer: scripts/device_select_layer.sh
@@ -25,11 +28,15 @@ import type { Gpu } from '../../src/gpu/device.ts';
 import { openGpus } from '../../src/gpu/multi.ts';
 import type { Tensor } from '../../src/gpu/tensor.ts';
 import { fillNormal } from '../../src/kernels/init/init.ts';
+import { parseModelConfig } from '../../src/model/config.ts';
 import { MemoryLayer, type MemoryLayerConfig } from '../../src/model/memory_layer.ts';
 import { ShardedValueTable } from '../../src/model/sharded_values.ts';
+import { Transformer } from '../../src/model/transformer.ts';
 import { ValueTable } from '../../src/model/value_table.ts';
+import { Rng } from '../../src/testing/rng.ts';
 import { AdamW } from '../../src/train/optimizer.ts';
 import { ShardedAdamW } from '../../src/train/sharded_optimizer.ts';
+import { Trainer } from '../../src/train/trainer.ts';
 import { median } from '../lib.ts';
 import type { SuiteOutput } from '../run.ts';
 import { PAPER, QUICK, type Sizes } from './memory.ts';
@@ -99,6 +106,43 @@ async function hostTransfer(gpu: Gpu): Promise<{ host_read_GBps: number; host_wr
   return { host_read_GBps: bytes / 1e6 / median(reads), host_write_GBps: bytes / 1e6 / median(writes) };
 }
 
+/** 20 steps of a small Memory+ model on one GPU and sharded over `gpus` (the first the model's): the runs' losses */
+async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, string>): Promise<{ train_loss_max_abs_diff: number }> {
+  const config = parseModelConfig({
+    vocabSize: 512,
+    dim: 256,
+    layers: 2,
+    heads: 4,
+    ffnHidden: 512,
+    maxSeqLen: 64,
+    memory: { layers: [1], nKeys: 64, heads: 4, topk: 8, keyDim: 64, valueDtype: 'bf16' },
+  });
+  const rng = new Rng(7);
+  const seq = Array.from({ length: 4 * 65 }, () => rng.int(512));
+  const ids = await gpu.tensorFrom(seq.filter((_, i) => i % 65 !== 64), [4, 64], 'u32', 'ids');
+  const targets = await gpu.tensorFrom(seq.filter((_, i) => i % 65 !== 0), [4, 64], 'u32', 'targets');
+  const schedule = { warmup: 4, steps: 20, minRatio: 0.1 };
+  const losses: number[][] = [];
+  try {
+    for (const sharded of [false, true]) {
+      const model = await Transformer.create(gpu, config, 3, sharded ? { valueGpus: gpus } : {});
+      const opt = sharded ? await ShardedAdamW.create(gpu, model.params, model.shardedTable!, { lr: 3e-3 }) : await AdamW.create(gpu, model.params, { lr: 3e-3 });
+      const trainer = new Trainer(gpu, model, opt, schedule);
+      const run: number[] = [];
+      for (let s = 0; s < 20; s++) run.push((await trainer.step([{ ids, targets }])).loss);
+      losses.push(run);
+      opt.dispose();
+      model.dispose();
+    }
+  } finally {
+    ids.dispose();
+    targets.dispose();
+  }
+  const [one, many] = losses as [number[], number[]];
+  notes['train_losses'] = `one GPU ${one.map((l) => l.toFixed(4)).join(' ')}; sharded ${many.map((l) => l.toFixed(4)).join(' ')}`;
+  return { train_loss_max_abs_diff: Math.max(...one.map((l, i) => Math.abs(l - many[i]!))) };
+}
+
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const shared = args.includes('--shared');
@@ -125,6 +169,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     Object.assign(results, await hostTransfer(main));
     notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; median of ${reps} after a warm-up`;
     notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${(many.seconds * 1e3).toFixed(1)} (exchange ${(many.exchange * 1e3).toFixed(1)}, waiting on the shards ${(many.waiting * 1e3).toFixed(1)})`;
+    Object.assign(results, await parity(main, gpus, notes));
     notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
     if (args.includes('--largest')) {
       let largest = 0;
