@@ -50,7 +50,7 @@ import { encodeDocuments, readTokens, writeTokenData } from '../../src/cli/comma
 import { buildCorpus } from '../../src/data/corpus.ts';
 import { counterfactualGroups } from '../../src/data/counterfactual.ts';
 import { askingDocument } from '../../src/data/invented.ts';
-import { factCard, loadFacts, practice, statements, type Fact, type Question } from '../../src/data/facts.ts';
+import { factCard, factKey, loadFacts, practice, statements, type Fact, type Question } from '../../src/data/facts.ts';
 import { Tokenizer } from '../../src/data/tokenizer.ts';
 import { acceptedForms, answerStopIds, answerText, evalFacts, exactMatch, greedyAnswers } from '../../src/eval/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
@@ -178,7 +178,6 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         return { results: { stage1_steps: P.stage1, stage1_seconds: (performance.now() - t1) / 1000 }, notes, partial: true };
       }
       // stage 2: every chunk reads memories of the kept facts' and invented facts' references
-      const factKey = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
       const heldOut = new Set(corpus.heldOut.map((f) => factKey(f)));
       // a fact's reference: its card (P.card), or one phrasing, the first of at least 8 tokens (a memory keeps 8 tokens per KV head)
       const rng = new Rng(7);
@@ -197,9 +196,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const askedKeys = new Set(asked.map((q) => factKey(q.fact)));
       const real = realGroups(askable.map((q) => q.fact).filter((f) => !askedKeys.has(factKey(f))), P.realAsking, new Rng(23));
       const realFacts = [...new Set(real.flat())];
-      const kept = all.filter((f) => !heldOut.has(factKey(f)));
+      const kept = [...all.keys()].filter((i) => !heldOut.has(factKey(all[i]!)));
       // P.counterfactual: asking documents about kept facts with another object (see the plan's comment)
-      const counter = counterfactualGroups(kept, P.counterfactual, 3, new Rng(29), all);
+      const counter = counterfactualGroups(kept.map((i) => all[i]!), P.counterfactual, 3, new Rng(29), all);
       const prefix = referenceTokens(tok, '').prefix;
       // stage 2's stream: the corpus's train documents and P.asking asking documents (data/invented.ts):
       // questions and answers about 3 invented facts each, whose statements only the knowledge base holds.
@@ -223,7 +222,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
       const counterFacts = [...new Map(counter.flat().map((f) => [factKey(f), f])).values()];
       const cards = (facts: readonly { fact: Fact; text: string }[]) => facts.map((e) => ({ fact: e.fact, tokens: referenceTokens(tok, e.text).tokens })).filter((e) => e.tokens.length >= 8);
       const searched = cards([
-        ...all.flatMap((f, i) => (heldOut.has(factKey(f)) ? [] : [{ fact: f, text: texts[i]! }])),
+        ...kept.map((i) => ({ fact: all[i]!, text: texts[i]! })),
         ...realFacts.map((f) => ({ fact: f, text: texts[index.get(factKey(f))!]! })),
         ...invented.map((f) => ({ fact: f, text: phrase(f) })),
       ]);
@@ -277,7 +276,7 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
         log(`stage 2: ${part.done} of ${P.stage2} steps saved to ${save2}: ${part.done < P.stage2 ? 'go on' : 'measure again'} with --load1=${save2}`);
         if (part.done < P.stage2) return { results: { stage2_steps_done: part.done, stage2_seconds: seconds2 }, notes, partial: true };
       }
-      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents${real.length > 0 ? ` and ${real.length} about ${realFacts.length} real held-out facts never asked` : ''}${counter.length > 0 ? ` and ${counter.length} about ${counterFacts.length} counterfactual facts (kept facts with another object)` : ''} (${kb.length} references: kept${real.length > 0 ? ', those held-out' : ''}${counter.length > 0 ? ', counterfactual' : ''} and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / (P.own ? 5 : 1)} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
+      notes['stage2'] = `${P.stage2} steps with memory on the corpus and ${P.asking} asking documents${real.length > 0 ? ` and ${real.length} about ${realFacts.length} real held-out facts never asked` : ''}${counter.length > 0 ? ` and ${counter.length} about ${counterFacts.length} counterfactual facts (kept facts with another object)` : ''} (${kb.length} references: kept${real.length > 0 ? ', those held-out' : ''}${counter.length > 0 ? ', counterfactual' : ''} and invented facts; ${plan.filter((x) => x >= 0).length} references planned for ${plan.length / per} chunks)${P.gradient ? ', gradients through the references\' encoding' : ''}, ${seconds2.toFixed(0)} s${part2 ? ` (from step ${part2.done} in ${load1})` : ''}`;
       const lossAfter = { memory: await memoryLoss(batcher), other: await memoryLoss(other) };
       log(`stage 2: ${notes['stage2']}; loss with own / other chunks' memories: before ${lossBefore.memory.toFixed(3)} / ${lossBefore.other.toFixed(3)}, after ${lossAfter.memory.toFixed(3)} / ${lossAfter.other.toFixed(3)}`);
       // the bank: every fact's statement, held-out ones included; id f<index into loadFacts()>
@@ -565,17 +564,16 @@ async function loadStage(gpu: Gpu, dir: string, lr: number): Promise<{ model: Tr
  * relations (the true card, another counterfactual's)
  */
 function counterfactualPlan(plan: Int32Array, o: { per: number; entries: readonly Fact[]; docs: readonly { counter?: Fact[] }[]; starts: readonly number[]; stream: number }): Int32Array {
-  const key = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
   const slot = (f: Fact) => `${f.subject}\u0000${f.relation}`;
   const at = new Map<string, number>();
   const bySlot = new Map<string, number[]>();
   o.entries.forEach((f, i) => {
-    at.set(key(f), i);
+    at.set(factKey(f), i);
     (bySlot.get(slot(f)) ?? bySlot.set(slot(f), []).get(slot(f))!).push(i);
   });
   const spans = o.docs.flatMap((d, j) => {
     if (!d.counter) return [];
-    const add = d.counter.flatMap((f) => (at.has(key(f)) ? [at.get(key(f))!] : []));
+    const add = d.counter.flatMap((f) => (at.has(factKey(f)) ? [at.get(factKey(f))!] : []));
     const deny = d.counter.flatMap((f) => bySlot.get(slot(f))!.filter((i) => !add.includes(i)));
     return [{ start: o.starts[j]!, end: o.starts[j + 1] ?? o.stream, add, deny }];
   });

@@ -23,7 +23,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCorpus } from '../../src/data/corpus.ts';
-import { factCard, loadFacts, practice, statements, type Fact } from '../../src/data/facts.ts';
+import { factCard, factKey, loadFacts, practice, statements, type Fact } from '../../src/data/facts.ts';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { MemoryBank } from '../../src/memory3/bank.ts';
 import { encodeMemory } from '../../src/memory3/blob.ts';
@@ -35,8 +35,7 @@ export async function run(_gpu: Gpu): Promise<SuiteOutput> {
   // the explicit suite's corpus (its held-out facts and its reading documents' invented subjects) and facts
   const corpus = buildCorpus({ maxBytes: 2 ** 20, holdOut: 0.2, reading: FACT_PLAN.reading, readingGroup: FACT_PLAN.readingGroup, seed: 0 });
   const all = loadFacts();
-  const key = (f: Fact) => `${f.subject}\u0000${f.relation}\u0000${f.object}`;
-  const index = new Map(all.map((f, i) => [key(f), i]));
+  const index = new Map(all.map((f, i) => [factKey(f), i]));
   const { asked, fresh } = explicitFacts(corpus, all, FACT_PLAN);
   const results: Record<string, number> = {};
   const notes: Record<string, string> = {};
@@ -59,7 +58,7 @@ export async function run(_gpu: Gpu): Promise<SuiteOutput> {
         let top5 = 0;
         for (const q of qs) {
           const hits = await bank.search(q.prompt, { k: 5 });
-          const want = `f${index.get(key(q.fact))}`;
+          const want = `f${index.get(factKey(q.fact))}`;
           if (hits[0]?.id === want) top1++;
           if (hits.some((h) => h.id === want)) top5++;
         }

@@ -353,6 +353,11 @@ export function questionText(f: Fact): string {
   return r.ask(names(f, r));
 }
 
+/** a fact as one string (subject, relation, object): for sets and maps of facts */
+export function factKey(f: Fact): string {
+  return `${f.subject}\u0000${f.relation}\u0000${f.object}`;
+}
+
 /**
  * held-out questions, in the order of facts: one per fact whose (subject, relation) has exactly one object among
  * `among` (default: facts), so that the answer is unique; "Q: <question>\nA:" with answer " <object as the

@@ -95,9 +95,7 @@ export async function requestAdapterAt(bus: string, opts: AdapterOptions = {}): 
     const gpu = await newDawnInstance(opts);
     const pinned = globalThis as PinnedMany;
     (pinned[PER_GPU] ??= []).push(gpu);
-    const req: GPURequestAdapterOptions = {};
-    if (opts.powerPreference) req.powerPreference = opts.powerPreference;
-    const adapter = await gpu.requestAdapter(req);
+    const adapter = await adapterOf(gpu, opts);
     if (!adapter) throw new NoAdapterError(`no WebGPU adapter for the GPU at ${bus}`);
     return adapter;
   } finally {
@@ -115,10 +113,7 @@ export function releaseGpuEntry(): void {
 }
 
 export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdapter> {
-  const gpu = await gpuEntry(opts);
-  const req: GPURequestAdapterOptions = {};
-  if (opts.powerPreference) req.powerPreference = opts.powerPreference;
-  const adapter = await gpu.requestAdapter(req);
+  const adapter = await adapterOf(await gpuEntry(opts), opts);
   if (!adapter) {
     throw new NoAdapterError(
       'no WebGPU adapter found. On Linux without a GPU install Mesa lavapipe >= 25 ' +
@@ -127,6 +122,13 @@ export async function requestAdapter(opts: AdapterOptions = {}): Promise<GPUAdap
     );
   }
   return adapter;
+}
+
+/** the adapter an entry point gives for the options (null: none) */
+function adapterOf(gpu: GPU, opts: AdapterOptions): Promise<GPUAdapter | null> {
+  const req: GPURequestAdapterOptions = {};
+  if (opts.powerPreference) req.powerPreference = opts.powerPreference;
+  return gpu.requestAdapter(req);
 }
 
 /**
