@@ -38,7 +38,7 @@ async function time(f: () => Promise<void>): Promise<number> {
   return median(t);
 }
 
-const gpus = await openGpus({ count: 2, shared: process.argv.includes('--shared') || undefined });
+const gpus = await openGpus({ count: 2, shared: process.argv.includes('--shared') });
 const [a, b] = gpus as [Gpu, Gpu];
 console.log(`devices: ${gpus.map((g) => g.adapterName).join(' | ')}`);
 const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -108,7 +108,7 @@ for (const size of sizes) {
     await b.sync();
   }));
   if (size >= 16) out[`xfer_chunks4_${kib}`] = rate(await time(async () => {
-    await chunked((v, k) => b.device.queue.writeBuffer(dst, k * q, v));
+    await chunked((v, k) => b.device.queue.writeBuffer(dst, k * q, v as Uint8Array<ArrayBuffer>));
     await b.sync();
   }));
   // check the last transfer's bytes

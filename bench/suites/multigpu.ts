@@ -8,11 +8,13 @@
 // with every device synchronised (several devices: no single GPU timer covers them):
 //   memory_layer_fwdbwd_tok_s_1gpu     the table on the first GPU
 //   memory_layer_fwdbwd_tok_s_<G>gpu   sharded over G GPUs (openGpus: one per GPU of the host)
-//   exchange_ms                        per step, the host's time moving data between devices
+//   exchange_ms                        per step, the host's time copying data between devices (into uploads)
 //   exchange_MB                        per step, the bytes read back and uploaded
-//   waiting_ms                         per step, the host's time awaiting compute (the model's GPU's, the shards')
-//   host_read_GBps, host_write_GBps    one 32 MiB read back (mapAsync) and upload (writeBuffer) on the
-//                                      model's GPU, median of 5: what every exchange runs at
+//   waiting_ms                         per step, the rest of the sharded reads' wall time: awaiting the
+//                                      devices' work (the model's GPU's, the shards') and the read backs
+//   host_read_GBps, host_write_GBps    one 32 MiB read back and upload on the model's GPU, through its
+//   host_exchange_GBps                 kept staging buffers, and one read back there uploaded to the
+//                                      second device from the mapped range; median of 5 after a warm-up
 //   largest_table_rows_<G>gpu          with --largest: the most value rows (n^2, n doubling from 1024 by
 //                                      sqrt 2) for which the sharded layer takes a training step
 //   train_loss_max_abs_diff            a small Memory+ model (2 blocks of 256, 4,096 bf16 value rows) trained
@@ -83,27 +85,41 @@ async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: n
   }
 }
 
-/** GB/s of one 32 MiB read back and upload on `gpu` (median of 5) */
-async function hostTransfer(gpu: Gpu): Promise<{ host_read_GBps: number; host_write_GBps: number }> {
+/**
+ * GB/s of 32 MiB moved by the host (median of 5): a read back and an upload on `gpu` (through its
+ * kept staging buffers), and a read back on `gpu` uploaded to `to` straight from the mapped range (an exchange)
+ */
+async function hostTransfer(gpu: Gpu, to: Gpu): Promise<{ host_read_GBps: number; host_write_GBps: number; host_exchange_GBps: number }> {
   const bytes = 32 * 2 ** 20;
   const t = await gpu.tensor([bytes / 4], 'f32', 'transfer');
+  const u = await to.tensor([bytes / 4], 'f32', 'transfer');
   const host = new Uint8Array(bytes);
-  const [reads, writes]: [number[], number[]] = [[], []];
+  const [reads, writes, exchanges]: [number[], number[], number[]] = [[], [], []];
+  const timed = async (into: number[], f: () => Promise<unknown>) => {
+    const t0 = performance.now();
+    await f();
+    into.push(performance.now() - t0);
+  };
   try {
     await gpu.sync();
-    for (let i = 0; i < 5; i++) {
-      let t0 = performance.now();
-      await gpu.readBytes(t.buffer, t.offset, bytes);
-      reads.push(performance.now() - t0);
-      t0 = performance.now();
-      gpu.writeBytes(t, host);
-      await gpu.sync();
-      writes.push(performance.now() - t0);
+    for (let i = 0; i < 6; i++) {
+      await timed(reads, () => gpu.readBytes(t.buffer, t.offset, bytes));
+      await timed(writes, async () => {
+        gpu.writeBytes(t, host);
+        await gpu.sync();
+      });
+      await timed(exchanges, async () => {
+        await gpu.readView(t.buffer, t.offset, bytes, (b) => to.writeBytes(u, b));
+        await to.sync();
+      });
     }
   } finally {
     t.dispose();
+    u.dispose();
   }
-  return { host_read_GBps: bytes / 1e6 / median(reads), host_write_GBps: bytes / 1e6 / median(writes) };
+  // the first of each is a warm-up (the staging buffers are made then)
+  const rate = (ms: number[]) => bytes / 1e6 / median(ms.slice(1));
+  return { host_read_GBps: rate(reads), host_write_GBps: rate(writes), host_exchange_GBps: rate(exchanges) };
 }
 
 /** 20 steps of a small Memory+ model on one GPU and sharded over `gpus` (the first the model's): the runs' losses */
@@ -166,9 +182,9 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     results['exchange_ms'] = many.exchange * 1e3;
     results['exchange_MB'] = many.bytes / 1e6;
     results['waiting_ms'] = many.waiting * 1e3;
-    Object.assign(results, await hostTransfer(main));
+    Object.assign(results, await hostTransfer(main, gpus[1]!));
     notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; median of ${reps} after a warm-up`;
-    notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${(many.seconds * 1e3).toFixed(1)} (exchange ${(many.exchange * 1e3).toFixed(1)}, waiting on the shards ${(many.waiting * 1e3).toFixed(1)})`;
+    notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${(many.seconds * 1e3).toFixed(1)} (in the sharded reads: exchange ${(many.exchange * 1e3).toFixed(1)}, waiting ${(many.waiting * 1e3).toFixed(1)})`;
     Object.assign(results, await parity(main, gpus, notes));
     notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
     if (args.includes('--largest')) {

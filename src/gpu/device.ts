@@ -18,6 +18,7 @@ import { byteSize, decode, encode, type TensorDType } from './dtype.ts';
 import { DeviceLostError, EngramError, GpuValidationError, LimitError, OutOfMemoryError } from './errors.ts';
 import { PipelineCache, type Pipeline } from './pipelines.ts';
 import { ScratchPool } from './buffers.ts';
+import { StagingPool } from './staging.ts';
 import { STORAGE_USAGE, Tensor, numel, type TensorOwner } from './tensor.ts';
 
 export interface GpuFeatures {
@@ -52,9 +53,15 @@ export interface MemoryStats {
   byLabel: ReadonlyMap<string, number>;
   /** the most bytes live at once since creation or the last resetPeak() */
   peak: number;
+  /** host memory in staging buffers kept for reads and writes (staging.ts), not in `bytes` */
+  staging: number;
 }
 
 const UNIFORM_STAGING_BYTES = 1 << 18;
+/** writes smaller than this go through queue.writeBuffer; larger ones through a kept mapped buffer (staging.ts) */
+const DIRECT_WRITE_BYTES = 1 << 16;
+/** the most free bytes each staging pool keeps */
+const STAGING_CAP = 1 << 28;
 /** bind groups kept for reuse (dispatch) before the cache starts over */
 const MAX_BIND_GROUPS = 1 << 14;
 
@@ -88,8 +95,9 @@ export class Gpu {
   private readonly groupsOf = new Map<GPUBuffer, Set<string>>();
   private readonly pipelineIds = new WeakMap<Pipeline, number>();
   private nextPipelineId = 0;
-  /** an unmapped readback buffer kept for the next readRanges */
-  private spareReadback: GPUBuffer | null = null;
+  /** kept host-visible buffers for reads back and for uploads (staging.ts) */
+  private readonly readStaging: StagingPool;
+  private readonly writeStaging: StagingPool;
   private readonly byLabel = new Map<string, number>();
   private liveBytes = 0;
   private peakBytes = 0;
@@ -136,6 +144,8 @@ export class Gpu {
     this.uniformAlign = device.limits.minUniformBufferOffsetAlignment;
     this.pipelines = new PipelineCache(device);
     this.scratch = new ScratchPool(this);
+    this.readStaging = new StagingPool(device, 'read', STAGING_CAP);
+    this.writeStaging = new StagingPool(device, 'write', STAGING_CAP);
     this.uniforms = this.createBuffer('uniforms', UNIFORM_STAGING_BYTES, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
     device.addEventListener('uncapturederror', (ev) => {
       const e = (ev as GPUUncapturedErrorEvent).error;
@@ -223,7 +233,7 @@ export class Gpu {
 
   /** Byte accounting of live buffers. */
   memory(): MemoryStats {
-    return { bytes: this.liveBytes, buffers: this.live.size, byLabel: new Map(this.byLabel), peak: this.peakBytes };
+    return { bytes: this.liveBytes, buffers: this.live.size, byLabel: new Map(this.byLabel), peak: this.peakBytes, staging: this.readStaging.bytes + this.writeStaging.bytes };
   }
 
   /** Starts a new peak measurement at the bytes live now (memory().peak). */
@@ -424,27 +434,50 @@ export class Gpu {
 
   // ---------------------------------------------------------------- transfer
 
-  /** Uploads values (rounded to the tensor's dtype). Ordered after everything recorded before. */
   /** Uploads raw bytes (the tensor's storage layout) into t, after the work recorded so far. */
   writeBytes(t: Tensor, bytes: Uint8Array): void {
     if (bytes.byteLength !== t.byteLength) throw new EngramError(`writeBytes to ${t}: got ${bytes.byteLength} bytes, need ${t.byteLength}`);
-    // recorded work (e.g. an initialisation of t) must not run after, and overwrite, this write
-    this.flush();
-    this.device.queue.writeBuffer(t.buffer, t.offset, bytes as Uint8Array<ArrayBuffer>);
+    this.upload(t.buffer, t.offset, bytes);
   }
 
   /** Uploads raw bytes at a byte offset of a buffer (a multiple of 4), after the work recorded so far. */
   writeRange(buffer: GPUBuffer, offset: number, bytes: Uint8Array): void {
     if (offset % 4 !== 0 || bytes.byteLength % 4 !== 0) throw new EngramError(`writeRange: offset ${offset} and ${bytes.byteLength} bytes must be multiples of 4`);
-    this.flush();
-    this.device.queue.writeBuffer(buffer, offset, bytes as Uint8Array<ArrayBuffer>);
+    this.upload(buffer, offset, bytes);
   }
 
+  /** Uploads values (rounded to the tensor's dtype), after the work recorded so far. */
   write(t: Tensor, values: ArrayLike<number>): void {
     if (values.length !== t.size) throw new EngramError(`write to ${t}: got ${values.length} values, need ${t.size}`);
-    this.flush();
     const bytes = encode(values, t.dtype);
-    this.device.queue.writeBuffer(t.buffer, t.offset, bytes, 0, Math.min(bytes.byteLength, t.byteLength));
+    this.upload(t.buffer, t.offset, new Uint8Array(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, t.byteLength)));
+  }
+
+  /**
+   * bytes into buffer at offset, ordered after the work recorded so far (which must not run
+   * after, and overwrite, the write). small writes go through queue.writeBuffer (after a flush:
+   * it runs before any later submit); large ones through a kept mapped buffer and a recorded copy
+   * (staging.ts), submitted at once so that the buffer can be mapped again.
+   */
+  private upload(buffer: GPUBuffer, offset: number, bytes: Uint8Array): void {
+    this.assertAlive();
+    if (bytes.byteLength < DIRECT_WRITE_BYTES) {
+      this.flush();
+      this.device.queue.writeBuffer(buffer, offset, bytes as Uint8Array<ArrayBuffer>);
+      return;
+    }
+    const size = bytes.byteLength;
+    const staging = this.writeStaging.take(size);
+    try {
+      new Uint8Array(staging.getMappedRange(0, size)).set(bytes);
+      staging.unmap();
+      this.encode((enc) => enc.copyBufferToBuffer(staging, 0, buffer, offset, size));
+      this.flush();
+    } catch (e) {
+      this.writeStaging.drop(staging);
+      throw e;
+    }
+    this.writeStaging.give(staging);
   }
 
   /** Reads a tensor back: floats as f32 (f16/bf16 decoded), u32/i32 as integers. Waits for all recorded work. */
@@ -453,19 +486,18 @@ export class Gpu {
     return decode(bytes, t.dtype, t.size);
   }
 
+  /** Reads a byte range back (a copy the caller keeps). Waits for all recorded work. */
   async readBytes(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
-    const staging = this.createBuffer('readback', size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-    try {
-      this.encode((enc) => enc.copyBufferToBuffer(buffer, offset, staging, 0, size));
-      this.flush();
-      await staging.mapAsync(GPUMapMode.READ);
-      const out = staging.getMappedRange().slice(0);
-      staging.unmap();
-      this.throwPending();
-      return out;
-    } finally {
-      this.destroyBuffer(staging);
-    }
+    return this.readView(buffer, offset, size, (bytes) => bytes.slice().buffer);
+  }
+
+  /**
+   * Reads a byte range back and hands `use` the mapped bytes themselves, valid only during the
+   * call (no copy: an exchange uploads them to another device straight from here). Waits for
+   * all recorded work.
+   */
+  async readView<T>(buffer: GPUBuffer, offset: number, size: number, use: (bytes: Uint8Array) => T): Promise<T> {
+    return this.readRangesView(buffer, [{ offset, size }], (views) => use(views[0]!));
   }
 
   /**
@@ -475,12 +507,16 @@ export class Gpu {
    */
   async readRanges(buffer: GPUBuffer, ranges: readonly { offset: number; size: number }[]): Promise<ArrayBuffer[]> {
     if (ranges.length === 0) return [];
+    return this.readRangesView(buffer, ranges, (views) => views.map((v) => v.slice().buffer));
+  }
+
+  private async readRangesView<T>(buffer: GPUBuffer, ranges: readonly { offset: number; size: number }[], use: (views: Uint8Array[]) => T): Promise<T> {
     for (const r of ranges) {
       if (!(Number.isInteger(r.offset) && Number.isInteger(r.size) && r.offset >= 0 && r.size >= 0) || r.offset % 4 !== 0 || r.size % 4 !== 0) {
-        throw new EngramError(`readRanges of '${buffer.label}': offset ${r.offset} and size ${r.size} must be non-negative multiples of 4 (copyBufferToBuffer alignment)`);
+        throw new EngramError(`reading '${buffer.label}': offset ${r.offset} and size ${r.size} must be non-negative multiples of 4 (copyBufferToBuffer alignment)`);
       }
       if (r.offset + r.size > buffer.size) {
-        throw new EngramError(`readRanges of '${buffer.label}': range [${r.offset}, ${r.offset + r.size}) runs past the buffer's ${buffer.size} bytes`);
+        throw new EngramError(`reading '${buffer.label}': range [${r.offset}, ${r.offset + r.size}) runs past the buffer's ${buffer.size} bytes`);
       }
     }
     const starts: number[] = [];
@@ -489,12 +525,9 @@ export class Gpu {
       starts.push(total);
       total += r.size;
     }
-    // a decode step reads the same bytes every step: its staging buffer is kept for the next read
     const need = Math.max(4, total);
-    const spare = this.spareReadback;
-    const staging = spare && spare.size >= need && spare.size <= 2 * need ? spare : this.createBuffer('readback', need, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-    if (staging === spare) this.spareReadback = null;
-    let mapped = false;
+    const staging = this.readStaging.take(need);
+    let done = false;
     try {
       this.encode((enc) => {
         // ranges that continue one another (a decode step's rows of logits) go as one copy
@@ -508,16 +541,16 @@ export class Gpu {
       });
       this.flush();
       await staging.mapAsync(GPUMapMode.READ, 0, need);
-      mapped = true;
       const bytes = staging.getMappedRange(0, need);
-      const out = ranges.map((r, i) => bytes.slice(starts[i]!, starts[i]! + r.size));
+      const out = use(ranges.map((r, i) => new Uint8Array(bytes, starts[i]!, r.size)));
       staging.unmap();
-      mapped = false;
+      done = true;
       this.throwPending();
       return out;
     } finally {
-      if (!mapped && !this.spareReadback && !this.destroyed) this.spareReadback = staging;
-      else this.destroyBuffer(staging);
+      // a buffer left mapped by an error is destroyed, not kept
+      if (done && !this.destroyed) this.readStaging.give(staging);
+      else this.readStaging.drop(staging);
     }
   }
 
@@ -529,6 +562,8 @@ export class Gpu {
     this.destroyed = true;
     for (const b of this.live.keys()) b.destroy();
     this.live.clear();
+    this.readStaging.close();
+    this.writeStaging.close();
     this.liveBytes = 0;
     this.byLabel.clear();
     this.device.destroy();

@@ -62,6 +62,40 @@ test('write/read round trip u32 and i32 (exact integers)', async () => {
   ti.dispose();
 });
 
+test('large transfers go through kept staging buffers: bytes intact, ordered after recorded work, the buffers reused', async () => {
+  const gpu = await testGpu();
+  const rng = new Rng(41);
+  // 300,007 words: above the direct-write size, not a power of two (the staging size class rounds up)
+  const n = 300_007;
+  const t = await gpu.tensor([n], 'f32', 'big');
+  const other = await gpu.tensor([n], 'f32', 'big2');
+  for (let round = 0; round < 3; round++) {
+    const values = Float32Array.from({ length: n }, () => rng.int(2 ** 24) - 2 ** 23);
+    // a fill recorded before the write must not land after it
+    await fill(gpu, t, 7);
+    gpu.writeBytes(t, new Uint8Array(values.buffer));
+    assert.deepEqual(await gpu.read(t), values);
+    // a range of the middle, mapped and copied straight into another tensor's upload
+    const at = 4 * 1001;
+    const size = 4 * 200_000;
+    await gpu.readView(t.buffer, t.offset + at, size, (bytes) => gpu.writeRange(other.buffer, other.offset + at, bytes));
+    const got = await gpu.read(other);
+    assert.deepEqual(got.subarray(1001, 201_001), values.subarray(1001, 201_001));
+  }
+  await gpu.sync();
+  const kept = gpu.memory().staging;
+  assert.ok(kept > 0, 'staging buffers are kept');
+  for (let i = 0; i < 3; i++) {
+    gpu.writeBytes(t, new Uint8Array(4 * n));
+    await gpu.read(t);
+  }
+  await gpu.sync();
+  assert.equal(gpu.memory().staging, kept, 'repeated transfers of one size reuse their staging buffers');
+  await assert.rejects(gpu.readView(t.buffer, 2, 8, () => 0), /offset 2 and size 8 must be non-negative multiples of 4/);
+  t.dispose();
+  other.dispose();
+});
+
 test('pipeline cache compiles once per source, also for concurrent requests', async () => {
   const gpu = await testGpu();
   const wgsl = `${header([{ name: 'y', type: 'f32', access: 'read_write' }])}

@@ -3,7 +3,8 @@
 // as a ValueTable of its own on its own Gpu. a read's indices and weights go to every shard, each
 // shard reads its columns for all tokens, and the column blocks come back to the model's GPU.
 // WebGPU has no copies between devices, so every exchange goes through host memory: a read back
-// (mapAsync) on one device, a writeBuffer on another.
+// into a kept staging buffer on one device, mapped, and uploaded from there through a kept mapped
+// buffer on the other (Gpu.readView, writeRange: one host copy; gpu/staging.ts).
 //
 //   forward   y (T, d) = [y_0 | y_1 | ... ], y_g (T, d/G) = membag over shard g's columns: the blocks
 //             land in a (G, T, d/G) tensor on the model's GPU, whose first two axes swapped are y
@@ -12,16 +13,19 @@
 //             dw (T, B) = sum over g of dw_g, each shard's partial dots over its columns
 //             exchange: the other shards' dout blocks out; their dw_g back
 // a shard on the model's GPU itself (the first, as Transformer.create places it) reads the bag where
-// it is and writes its block in place: only the other shards' data goes through the host. the shards
-// compute at once: each gets its work before any result is awaited.
+// it is and writes its block in place: only the other shards' data goes through the host.
+// overlap: every device gets its work before anything is awaited. the model's GPU reads its own
+// shard while the bag travels and the other shards read (forward), and computes its dw and value
+// gradient while the dout blocks travel (backward); another shard computes its partial dw first,
+// sends it, and scatters its value gradient while the partial travels.
 // numerics: y and dV are the one-GPU kernels' sums, column by column in the same order: equal to
-// one GPU's bit for bit. dw adds the other shards' partial dots on the host in shard order (f64,
-// rounded once to f32), then to the local shard's on the GPU: equal to one GPU's within f32
-// rounding. init: each shard holds its columns of the one-GPU table's init (ValueTable columns), so
-// a seed gives the same table on any number of GPUs.
-// time: `exchange` counts the host's seconds moving data (read backs, uploads) and the bytes moved;
-// `waiting` the seconds awaiting compute: the model's GPU's work before a read back, and the other
-// shards' reads of y_g and dw_g (which include their compute).
+// one GPU's bit for bit. dw is the local shard's partial dots plus the others', added in f32 on the
+// model's GPU in shard order: equal to one GPU's within f32 rounding. init: each shard holds its
+// columns of the one-GPU table's init (ValueTable columns), so a seed gives the same table on any
+// number of GPUs.
+// time: `exchange` counts the host's seconds copying data into uploads, `bytes` the bytes read back
+// and uploaded; `waiting` the rest of forward's and backward's wall time (awaiting the devices'
+// work and the read backs' round trips).
 
 import type { Gpu } from '../gpu/device.ts';
 import { bytesPerElement, type DType } from '../gpu/dtype.ts';
@@ -83,31 +87,34 @@ export class ShardedValueTable {
     const G = this.shards.length;
     const c = this.dim / G;
     const local = this.local(gpu);
-    // the model's GPU's work so far (the bag's making) counts as waiting, not as the exchange
-    let t0 = performance.now();
-    await gpu.sync();
-    this.time.waiting += (performance.now() - t0) / 1000;
-    t0 = performance.now();
-    const bag = await this.bagFor(gpu, T, B, idx, w, local);
+    const others = this.others(local);
+    const timed = this.timed();
+    const bag = this.bagOn(T, B, idx, w, local);
     // the blocks (G, T, c) on the model's GPU, then out (T, G, c) = their first two axes swapped
     const blocks = gpu.scratch.take([G, T, c], 'f32', 'shard_blocks');
     const ys: Tensor[] = [];
     try {
-      for (const [g, s] of this.shards.entries()) {
-        const y = local && g === 0 ? blocks.leading([T, c]) : s.gpu.scratch.take([T, c], 'f32', 'shard_y');
-        if (!(local && g === 0)) ys.push(y);
-        await membagForward(s.gpu, { out: y }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]! });
+      // the bag's read backs go first in the model GPU's queue, the local shard's read after them:
+      // it runs while the bag travels and the other shards read
+      const sent = Promise.all([
+        this.send(at(gpu, idx), idx.byteLength, others.map((g) => at(this.shards[g]!.gpu, bag.idx[g]!))),
+        this.send(at(gpu, w), w.byteLength, others.map((g) => at(this.shards[g]!.gpu, bag.w[g]!))),
+      ]);
+      if (local) {
+        await membagForward(gpu, { out: blocks.leading([T, c]) }, { values: this.shards[0]!.table.values, idx, w });
+        gpu.flush();
       }
-      this.time.exchange += (performance.now() - t0) / 1000;
-      t0 = performance.now();
-      const remote = this.shards.slice(local ? 1 : 0);
-      const got = await Promise.all(remote.map((s, j) => s.gpu.readBytes(ys[j]!.buffer, ys[j]!.offset, ys[j]!.byteLength)));
-      this.time.waiting += (performance.now() - t0) / 1000;
-      t0 = performance.now();
-      got.forEach((bytes, j) => gpu.writeRange(blocks.buffer, blocks.offset + (j + (local ? 1 : 0)) * T * c * 4, new Uint8Array(bytes)));
+      await sent;
+      const back: Promise<void>[] = [];
+      for (const g of others) {
+        const s = this.shards[g]!;
+        const y = s.gpu.scratch.take([T, c], 'f32', 'shard_y');
+        ys.push(y);
+        await membagForward(s.gpu, { out: y }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]! });
+        back.push(this.send(at(s.gpu, y), y.byteLength, [at(gpu, blocks, g * T * c * 4)]));
+      }
+      await Promise.all(back);
       await swapAxes(gpu, { out: out.reshape([T, G, c]) }, { x: blocks });
-      this.time.bytes += 2 * got.reduce((n, b) => n + b.byteLength, 0);
-      this.time.exchange += (performance.now() - t0) / 1000;
       return bag;
     } catch (e) {
       bag.dispose();
@@ -115,6 +122,7 @@ export class ShardedValueTable {
     } finally {
       for (const y of ys) y.dispose();
       blocks.dispose();
+      timed();
     }
   }
 
@@ -133,60 +141,80 @@ export class ShardedValueTable {
     const G = this.shards.length;
     const c = this.dim / G;
     const local = this.local(gpu);
+    const others = this.others(local);
+    const timed = this.timed();
     // dout's column blocks (G, T, c) on the model's GPU: block g is shard g's dout
     const blocks = gpu.scratch.take([G, T, c], 'f32', 'shard_dout_blocks');
-    await swapAxes(gpu, { out: blocks }, { x: dout.reshape([T, G, c]) });
-    let t0 = performance.now();
-    await gpu.sync();
-    this.time.waiting += (performance.now() - t0) / 1000;
-    t0 = performance.now();
     const taken: Tensor[] = [blocks];
     try {
-      const first = local ? 1 : 0;
-      const remote = this.shards.slice(first);
-      const got = await Promise.all(remote.map((_, j) => gpu.readBytes(blocks.buffer, blocks.offset + (j + first) * T * c * 4, T * c * 4)));
-      const dws: Tensor[] = [];
-      for (const [g, s] of this.shards.entries()) {
-        const mine = local && g === 0;
-        let d = blocks.leading([T, c]);
-        if (!mine) {
-          d = s.gpu.scratch.take([T, c], 'f32', 'shard_dout');
-          taken.push(d);
-          s.gpu.writeBytes(d, new Uint8Array(got[g - first]!));
-        }
-        // the local shard's dw goes straight into dw; the others' are added to it below
-        const dw = o.dw && mine ? o.dw : o.dw ? s.gpu.scratch.take([T, B], 'f32', 'shard_dw') : undefined;
-        if (dw && !mine) {
-          taken.push(dw);
-          dws.push(dw);
-        }
-        await membagBackward(s.gpu, { ...(dw ? { dw } : {}), dvalues: s.table.grads }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]!, dout: d });
-      }
-      this.time.bytes += 2 * got.reduce((n, b) => n + b.byteLength, 0);
-      this.time.exchange += (performance.now() - t0) / 1000;
-      if (!o.dw || dws.length === 0) return;
-      t0 = performance.now();
-      const parts = (await Promise.all(remote.map((s, j) => s.gpu.read(dws[j]!)))) as Float32Array[];
-      this.time.waiting += (performance.now() - t0) / 1000;
-      t0 = performance.now();
-      // the remote partial dots summed on the host (in shard order), then added to the local shard's on the GPU
-      const sum = new Float32Array(T * B);
-      for (let i = 0; i < sum.length; i++) {
-        let x = 0;
-        for (const p of parts) x += p[i]!;
-        sum[i] = x;
-      }
+      await swapAxes(gpu, { out: blocks }, { x: dout.reshape([T, G, c]) });
+      const douts = others.map((g) => this.shards[g]!.gpu.scratch.take([T, c], 'f32', 'shard_dout'));
+      taken.push(...douts);
+      const sent = Promise.all(others.map((g, j) => this.send(at(gpu, blocks, g * T * c * 4), T * c * 4, [at(this.shards[g]!.gpu, douts[j]!)])));
+      // the local shard's dw and value gradient run while the other shards' douts travel
       if (local) {
-        const add = gpu.scratch.take([T, B], 'f32', 'shard_dw_sum');
-        taken.push(add);
-        gpu.writeBytes(add, new Uint8Array(sum.buffer));
-        await addForward(gpu, { out: o.dw }, { a: o.dw, b: add });
-      } else gpu.writeBytes(o.dw, new Uint8Array(sum.buffer));
-      this.time.bytes += (parts.length + 1) * sum.byteLength;
-      this.time.exchange += (performance.now() - t0) / 1000;
+        const s = this.shards[0]!;
+        await membagBackward(gpu, { ...(o.dw ? { dw: o.dw } : {}), dvalues: s.table.grads }, { values: s.table.values, idx: bag.idx[0]!, w: bag.w[0]!, dout: blocks.leading([T, c]) });
+        gpu.flush();
+      }
+      await sent;
+      // each other shard: its partial dw first, sent back as soon as it is done; its value
+      // gradient (the sort and scatter) after it, while the partial dots travel. without a local
+      // shard the first partial goes straight into dw, the rest are added to it in shard order
+      const parts: Tensor[] = [];
+      const back: Promise<void>[] = [];
+      for (const [j, g] of others.entries()) {
+        const s = this.shards[g]!;
+        const inputs = { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]!, dout: douts[j]! };
+        if (o.dw) {
+          const dw = s.gpu.scratch.take([T, B], 'f32', 'shard_dw');
+          taken.push(dw);
+          await membagBackward(s.gpu, { dw }, inputs);
+          const into = !local && j === 0 ? o.dw : gpu.scratch.take([T, B], 'f32', 'shard_dw_part');
+          if (into !== o.dw) {
+            taken.push(into);
+            parts.push(into);
+          }
+          back.push(this.send(at(s.gpu, dw), dw.byteLength, [at(gpu, into)]));
+        }
+        await membagBackward(s.gpu, { dvalues: s.table.grads }, inputs);
+        s.gpu.flush();
+      }
+      await Promise.all(back);
+      for (const p of parts) await addForward(gpu, { out: o.dw! }, { a: o.dw!, b: p });
     } finally {
       for (const t of taken) t.dispose();
+      timed();
     }
+  }
+
+  /**
+   * bytes [offset, offset + size) of one device read back once and uploaded to every target
+   * straight from the mapped range (Gpu.readView: one host copy per target). the host's time in
+   * the uploads counts as exchange, the bytes read and written as bytes
+   */
+  private async send(from: Place, size: number, to: readonly Place[]): Promise<void> {
+    if (to.length === 0) return;
+    await from.gpu.readView(from.buffer, from.offset, size, (bytes) => {
+      const t0 = performance.now();
+      for (const t of to) t.gpu.writeRange(t.buffer, t.offset, bytes);
+      this.time.exchange += (performance.now() - t0) / 1000;
+      this.time.bytes += size * (1 + to.length);
+    });
+  }
+
+  /** starts a forward's or backward's clock: the call it returns adds its wall time, less the exchange's, to waiting */
+  private timed(): () => void {
+    const t0 = performance.now();
+    const e0 = this.time.exchange;
+    return () => {
+      this.time.waiting += (performance.now() - t0) / 1000 - (this.time.exchange - e0);
+    };
+  }
+
+  /** the shards other than a local one, by index */
+  private others(local: boolean): number[] {
+    return this.shards.map((_, g) => g).filter((g) => !(local && g === 0));
   }
 
   /** whether shard 0 is on the model's GPU: its bag, output block and dout block then stay there */
@@ -254,37 +282,37 @@ export class ShardedValueTable {
     return idx.shape as [number, number];
   }
 
-  /** the bag on every shard: read back once and uploaded to each shard not on the model's GPU (the local one reads it where it is) */
-  private async bagFor(gpu: Gpu, T: number, B: number, idx: Tensor, w: Tensor, local: boolean): Promise<ShardedBag> {
+  /** a bag's tensors on every shard: the given ones on a local shard, fresh ones (filled by forward's sends) on the others */
+  private bagOn(T: number, B: number, idx: Tensor, w: Tensor, local: boolean): ShardedBag {
     const made: Tensor[] = [];
-    const dispose = () => {
-      for (const t of made) t.dispose();
-    };
-    try {
-      const idxs: Tensor[] = [];
-      const ws: Tensor[] = [];
-      const remote = this.shards.length - (local ? 1 : 0);
-      const [ib, wb] = remote > 0 ? await Promise.all([gpu.readBytes(idx.buffer, idx.offset, idx.byteLength), gpu.readBytes(w.buffer, w.offset, w.byteLength)]) : [];
-      for (const [g, s] of this.shards.entries()) {
-        if (local && g === 0) {
-          idxs.push(idx);
-          ws.push(w);
-          continue;
-        }
-        const i = s.gpu.scratch.take([T, B], 'u32', 'shard_idx');
-        made.push(i);
-        const x = s.gpu.scratch.take([T, B], 'f32', 'shard_w');
-        made.push(x);
-        s.gpu.writeBytes(i, new Uint8Array(ib!));
-        s.gpu.writeBytes(x, new Uint8Array(wb!));
-        idxs.push(i);
-        ws.push(x);
-      }
-      if (remote > 0) this.time.bytes += (1 + remote) * (ib!.byteLength + wb!.byteLength);
-      return { idx: idxs, w: ws, dispose };
-    } catch (e) {
-      dispose();
-      throw e;
+    const idxs: Tensor[] = [];
+    const ws: Tensor[] = [];
+    for (const [g, s] of this.shards.entries()) {
+      const mine = local && g === 0;
+      const i = mine ? idx : s.gpu.scratch.take([T, B], 'u32', 'shard_idx');
+      const x = mine ? w : s.gpu.scratch.take([T, B], 'f32', 'shard_w');
+      if (!mine) made.push(i, x);
+      idxs.push(i);
+      ws.push(x);
     }
+    return {
+      idx: idxs,
+      w: ws,
+      dispose: () => {
+        for (const t of made) t.dispose();
+      },
+    };
   }
+}
+
+/** where bytes are: a device, a buffer and a byte offset in it */
+interface Place {
+  gpu: Gpu;
+  buffer: GPUBuffer;
+  offset: number;
+}
+
+/** a tensor's place, `bytes` into it */
+function at(gpu: Gpu, t: Tensor, bytes = 0): Place {
+  return { gpu, buffer: t.buffer, offset: t.offset + bytes };
 }
