@@ -15,8 +15,9 @@
 //   host_read_GBps, host_write_GBps    one 32 MiB read back and upload on the model's GPU, through its
 //   host_exchange_GBps                 kept staging buffers, and one read back there uploaded to the
 //                                      second device from the mapped range; median of 5 after a warm-up
-//   largest_table_rows_<G>gpu          with --largest: the most value rows (n^2, n doubling from 1024 by
-//                                      sqrt 2) for which the sharded layer takes a training step
+//   largest_table_rows_1gpu            with --largest: the most value rows (n^2; n grows by sqrt 2 from 1024
+//   largest_table_rows_<G>gpu          until a step fails, then 4 bisections) for which the layer takes a
+//                                      training step with its table on one GPU, and sharded
 //   train_loss_max_abs_diff            a small Memory+ model (2 blocks of 256, 4,096 bf16 value rows) trained
 //                                      20 steps on one GPU and with its table sharded from the same seed:
 //                                      the largest difference of the two runs' step losses (notes: both runs)
@@ -159,6 +160,42 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
   return { train_loss_max_abs_diff: Math.max(...one.map((l, i) => Math.abs(l - many[i]!))) };
 }
 
+/**
+ * the most value rows (n^2) for which the layer takes a training step (T at most 1,024), its table
+ * on `main` (gpus null) or sharded over `gpus`:
+ * n grows by sqrt 2 from the suite's until a step fails, then 4 bisections between the last n that
+ * ran and the first that failed (within 1/16 of their gap)
+ */
+async function largest(main: Gpu, gpus: readonly Gpu[] | null, s: Sizes, notes: Record<string, string>, tag: string): Promise<number> {
+  const tries: string[] = [];
+  const runs = async (n: number): Promise<boolean> => {
+    try {
+      await layerRun(main, gpus, { ...s, n, T: Math.min(s.T, 1024) }, 1);
+      tries.push(`${n}: ran`);
+      console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows): a training step ran`);
+      return true;
+    } catch (e) {
+      tries.push(`${n}: ${String(e).split('\n')[0]}`);
+      console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]}`);
+      for (const g of gpus ?? [main]) g.scratch.trim();
+      return false;
+    }
+  };
+  let ok = 0;
+  let bad = s.n;
+  while (await runs(bad)) {
+    ok = bad;
+    bad = Math.round(bad * Math.SQRT2);
+  }
+  for (let i = 0; i < 4 && bad - ok > 1; i++) {
+    const mid = Math.round((ok + bad) / 2);
+    if (await runs(mid)) ok = mid;
+    else bad = mid;
+  }
+  notes[`largest_${tag}`] = `n tried (rows n^2): ${tries.join('; ')}`;
+  return ok * ok;
+}
+
 export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   const quick = args.includes('--quick');
   const shared = args.includes('--shared');
@@ -188,18 +225,8 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     Object.assign(results, await parity(main, gpus, notes));
     notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
     if (args.includes('--largest')) {
-      let largest = 0;
-      for (let n = s.n; ; n = Math.round(n * Math.SQRT2)) {
-        try {
-          await layerRun(main, gpus, { ...s, n, T: Math.min(s.T, 1024) }, 1);
-          largest = n * n;
-          console.error(`[multigpu] ${n * n} rows: a training step ran`);
-        } catch (e) {
-          notes['largest'] = `n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]}`;
-          break;
-        }
-      }
-      results[`largest_table_rows_${tag}`] = largest;
+      results['largest_table_rows_1gpu'] = await largest(main, null, s, notes, '1gpu');
+      results[`largest_table_rows_${tag}`] = await largest(main, gpus, s, notes, tag);
     }
   } finally {
     for (const g of opened) g.destroy();
