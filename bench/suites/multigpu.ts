@@ -61,16 +61,19 @@ async function step(gpus: readonly Gpu[], layer: MemoryLayer, x: Tensor, dout: T
 async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: number): Promise<{ seconds: number; exchange: number; waiting: number; bytes: number }> {
   const cfg: MemoryLayerConfig = { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk };
   const o = { rows: s.n * s.n, dim: s.d, dtype: 'bf16' as const, seed: 1 };
-  const sharded = gpus ? await ShardedValueTable.create(gpus, o) : null;
-  const table = sharded ? null : await ValueTable.create(gpu, o);
-  const layer = await MemoryLayer.create(gpu, 'mem', cfg, (sharded ?? table)!, 2);
-  const opt = sharded ? await ShardedAdamW.create(gpu, layer.params, sharded, { lr: 1e-4 }) : await AdamW.create(gpu, [...layer.params, ...table!.params], { lr: 1e-4 });
-  const x = await gpu.tensor([s.T, s.d], 'f32', 'x');
-  const dout = await gpu.tensor([s.T, s.d], 'f32', 'dout');
-  await fillNormal(gpu, x, { std: 1, seed: 3 });
-  await fillNormal(gpu, dout, { std: 1e-3, seed: 4 });
-  const all = gpus ?? [gpu];
+  // everything made is freed however the run ends (--largest runs until one runs out of memory)
+  const made: { dispose(): void }[] = [];
+  const keep = <T extends { dispose(): void }>(x: T): T => (made.push(x), x);
   try {
+    const sharded = gpus ? keep(await ShardedValueTable.create(gpus, o)) : null;
+    const table = sharded ? null : keep(await ValueTable.create(gpu, o));
+    const layer = keep(await MemoryLayer.create(gpu, 'mem', cfg, (sharded ?? table)!, 2));
+    const opt = keep(sharded ? await ShardedAdamW.create(gpu, layer.params, sharded, { lr: 1e-4 }) : await AdamW.create(gpu, [...layer.params, ...table!.params], { lr: 1e-4 }));
+    const x = keep(await gpu.tensor([s.T, s.d], 'f32', 'x'));
+    const dout = keep(await gpu.tensor([s.T, s.d], 'f32', 'dout'));
+    await fillNormal(gpu, x, { std: 1, seed: 3 });
+    await fillNormal(gpu, dout, { std: 1e-3, seed: 4 });
+    const all = gpus ?? [gpu];
     await step(all, layer, x, dout, () => opt.update());
     const before = sharded ? { ...sharded.time } : null;
     const times: number[] = [];
@@ -78,11 +81,7 @@ async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: n
     const per = (k: 'exchange' | 'waiting' | 'bytes') => (sharded && before ? (sharded.time[k] - before[k]) / reps : 0);
     return { seconds: median(times), exchange: per('exchange'), waiting: per('waiting'), bytes: per('bytes') };
   } finally {
-    for (const t of [x, dout]) t.dispose();
-    opt.dispose();
-    layer.dispose();
-    table?.dispose();
-    sharded?.dispose();
+    for (const x of made.reverse()) x.dispose();
   }
 }
 

@@ -132,7 +132,30 @@ export class MemoryLayer {
     if (c.forwardDtype === 'f16' && (d % 2 !== 0 || (dk / 2) % 2 !== 0)) throw bad('f16 forward operands are packed in pairs: d and keyDim/2 must be even');
     if (table.rows !== n * n) throw bad(`the value table has ${table.rows} rows; nKeys^2 = ${n * n} slots`);
     if (table.dim !== d) throw bad(`the value table is ${table.dim} wide; value rows must be d = ${d} wide`);
-    const p = (suffix: string, shape: number[]) => createParam(gpu, `${name}.${suffix}`, shape, 'f32');
+    // the parameters made so far, freed if a later one cannot be made (out of memory)
+    const made: Param[] = [];
+    const p = async (suffix: string, shape: number[]) => {
+      const q = await createParam(gpu, `${name}.${suffix}`, shape, 'f32');
+      made.push(q);
+      return q;
+    };
+    try {
+      return await MemoryLayer.build(gpu, name, c, table, seed, p);
+    } catch (e) {
+      disposeParams(made);
+      throw e;
+    }
+  }
+
+  private static async build(
+    gpu: Gpu,
+    name: string,
+    c: Required<MemoryLayerConfig>,
+    table: ValueTable | ShardedValueTable,
+    seed: number,
+    p: (suffix: string, shape: number[]) => Promise<Param>,
+  ): Promise<MemoryLayer> {
+    const { d, heads: H, nKeys: n, keyDim: dk } = c;
     const wq = await p('query_proj.weight', [H * dk, d]);
     const bq = await p('query_proj.bias', [H * dk]);
     const keys = await p('keys', [2 * H * n, dk / 2]);

@@ -21,9 +21,14 @@ export interface Param {
 /** A parameter and a zeroed f32 gradient of `shape`. */
 export async function createParam(gpu: Gpu, name: string, shape: readonly number[], dtype: DType, group: Param['group'] = 'model'): Promise<Param> {
   const value = await gpu.tensor(shape, dtype, name);
-  const grad = await gpu.tensor(shape, 'f32', `${name}.grad`);
-  await fill(gpu, grad, 0);
-  return { name, value, grad, group };
+  try {
+    const grad = await gpu.tensor(shape, 'f32', `${name}.grad`);
+    await fill(gpu, grad, 0);
+    return { name, value, grad, group };
+  } catch (e) {
+    value.dispose();
+    throw e;
+  }
 }
 
 export async function zeroGrads(gpu: Gpu, params: readonly Param[]): Promise<void> {

@@ -72,8 +72,14 @@ export class ShardedValueTable {
       throw new EngramError(`ShardedValueTable: each of the ${G} shards would hold ${cols} columns of ${o.dtype ?? 'bf16'}; 16-bit values need an even width per shard (two to a 32-bit word)`);
     }
     const shards: ValueShard[] = [];
-    for (const [g, gpu] of gpus.entries()) {
-      shards.push({ gpu, start: g * cols, table: await ValueTable.create(gpu, { ...o, dim: cols, columns: { start: g * cols, of: o.dim } }) });
+    try {
+      for (const [g, gpu] of gpus.entries()) {
+        shards.push({ gpu, start: g * cols, table: await ValueTable.create(gpu, { ...o, dim: cols, columns: { start: g * cols, of: o.dim } }) });
+      }
+    } catch (e) {
+      // the shards made so far are freed (a shard that ran out of memory freed its own part)
+      for (const s of shards) s.table.dispose();
+      throw e;
     }
     return new ShardedValueTable(o.rows, o.dim, shards);
   }

@@ -56,17 +56,24 @@ export class ValueTable {
     // the f32 gradient chunks must fit too
     const per = chunkRows(rows, dim, 'f32', maxBytes);
     const params: Param[] = [];
-    for (let c = 0, r0 = 0; r0 < rows; c++, r0 += per) {
-      const n = Math.min(per, rows - r0);
-      const p = await createParam(gpu, `values.${c}`, [n, dim], dtype, 'values');
-      await fillNormal(gpu, p.value, { std: of ** -0.5, seed, offset: r0 * of + start, ...(of !== dim ? { rowStride: of } : {}) });
-      if (o.trackReads) {
-        p.rowMask = { mask: await gpu.tensor([n], 'u32', `values.${c}.read`), width: dim };
-        clearRows(gpu, [p.rowMask.mask]);
+    const table = new ValueTable(rows, dim, dtype, params, per);
+    try {
+      for (let c = 0, r0 = 0; r0 < rows; c++, r0 += per) {
+        const n = Math.min(per, rows - r0);
+        const p = await createParam(gpu, `values.${c}`, [n, dim], dtype, 'values');
+        params.push(p);
+        await fillNormal(gpu, p.value, { std: of ** -0.5, seed, offset: r0 * of + start, ...(of !== dim ? { rowStride: of } : {}) });
+        if (o.trackReads) {
+          p.rowMask = { mask: await gpu.tensor([n], 'u32', `values.${c}.read`), width: dim };
+          clearRows(gpu, [p.rowMask.mask]);
+        }
       }
-      params.push(p);
+      return table;
+    } catch (e) {
+      // a table that could not be made whole (out of memory) frees what it made
+      table.dispose();
+      throw e;
     }
-    return new ValueTable(rows, dim, dtype, params, per);
   }
 
   /** the values, as the membag kernels take them */

@@ -77,21 +77,33 @@ export class AdamW {
     }
     if (!(cfg.lr >= 0 && cfg.valueLr >= 0)) throw new EngramError(`AdamW: learning rates must be >= 0 (lr ${cfg.lr}, valueLr ${cfg.valueLr})`);
     if (!(cfg.maxNorm > 0)) throw new EngramError(`AdamW: maxNorm must be positive (Infinity: no clipping), got ${cfg.maxNorm}`);
-    const states: State[] = [];
-    for (const param of params) {
-      const m = await gpu.tensor(param.value.shape, 'f32', `${param.name}.adam_m`);
-      const v = await gpu.tensor(param.value.shape, 'f32', `${param.name}.adam_v`);
-      await fill(gpu, m, 0);
-      await fill(gpu, v, 0);
-      const s: State = { param, m, v };
-      if (param.value.dtype !== 'f32') {
-        s.master = await gpu.tensor(param.value.shape, 'f32', `${param.name}.master`);
-        await scale(gpu, { out: s.master }, { x: param.value });
+    // everything made so far, freed if a later allocation fails (out of memory)
+    const made: Tensor[] = [];
+    const tensor = async (shape: readonly number[], label: string) => {
+      const t = await gpu.tensor(shape, 'f32', label);
+      made.push(t);
+      return t;
+    };
+    try {
+      const states: State[] = [];
+      for (const param of params) {
+        const m = await tensor(param.value.shape, `${param.name}.adam_m`);
+        const v = await tensor(param.value.shape, `${param.name}.adam_v`);
+        await fill(gpu, m, 0);
+        await fill(gpu, v, 0);
+        const s: State = { param, m, v };
+        if (param.value.dtype !== 'f32') {
+          s.master = await tensor(param.value.shape, `${param.name}.master`);
+          await scale(gpu, { out: s.master }, { x: param.value });
+        }
+        states.push(s);
       }
-      states.push(s);
+      const pair = async (g: string) => ({ norm: await tensor([1], `${g}.grad_norm`), scale: await tensor([1], `${g}.clip_scale`) });
+      return new AdamW(gpu, states, cfg, { model: await pair('model'), values: await pair('values') });
+    } catch (e) {
+      for (const t of made) t.dispose();
+      throw e;
     }
-    const pair = async (g: string) => ({ norm: await gpu.tensor([1], 'f32', `${g}.grad_norm`), scale: await gpu.tensor([1], 'f32', `${g}.clip_scale`) });
-    return new AdamW(gpu, states, cfg, { model: await pair('model'), values: await pair('values') });
   }
 
   /** steps taken */

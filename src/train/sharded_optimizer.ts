@@ -22,10 +22,15 @@ export class ShardedAdamW {
 
   /** model params (the model group, on `gpu`) and the sharded table's shards */
   static async create(gpu: Gpu, params: readonly Param[], table: ShardedValueTable, config: OptimizerConfig): Promise<ShardedAdamW> {
-    const model = await AdamW.create(gpu, params, config);
-    const shards: AdamW[] = [];
-    for (const s of table.shards) shards.push(await AdamW.create(s.gpu, s.table.params, config));
-    return new ShardedAdamW(model, shards);
+    const made: AdamW[] = [];
+    try {
+      made.push(await AdamW.create(gpu, params, config));
+      for (const s of table.shards) made.push(await AdamW.create(s.gpu, s.table.params, config));
+    } catch (e) {
+      for (const o of made) o.dispose();
+      throw e;
+    }
+    return new ShardedAdamW(made[0]!, made.slice(1));
   }
 
   /** steps taken */
