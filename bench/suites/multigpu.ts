@@ -176,7 +176,10 @@ async function largest(main: Gpu, gpus: readonly Gpu[] | null, s: Sizes, notes: 
     } catch (e) {
       tries.push(`${n}: ${String(e).split('\n')[0]}`);
       console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]}`);
-      for (const g of gpus ?? [main]) g.scratch.trim();
+      for (const g of gpus ?? [main]) {
+        g.scratch.trim();
+        await g.reclaim();
+      }
       return false;
     }
   };

@@ -57,13 +57,14 @@ export class Arena {
   /** Allocates the arena's buffers; throws OutOfMemoryError naming the arena if they do not fit. */
   async commit(): Promise<void> {
     if (this.committed) return;
-    this.gpu.device.pushErrorScope('out-of-memory');
-    this.buffers = this.chunkBytes.map((b, i) => this.gpu.createBuffer(`${this.name}#${i}`, Math.max(4, b), STORAGE_USAGE));
-    const e = await this.gpu.device.popErrorScope();
-    if (e) {
-      this.dispose();
-      throw new OutOfMemoryError(`out of GPU memory committing arena '${this.name}' (${this.bytes} bytes): ${e.message}`);
+    const made: GPUBuffer[] = [];
+    try {
+      for (const [i, b] of this.chunkBytes.entries()) made.push(await this.gpu.allocate(`${this.name}#${i}`, Math.max(4, b), STORAGE_USAGE));
+    } catch (e) {
+      for (const b of made) this.gpu.destroyBuffer(b);
+      throw e instanceof OutOfMemoryError ? new OutOfMemoryError(`committing arena '${this.name}' (${this.bytes} bytes): ${e.message}`) : e;
     }
+    this.buffers = made;
     for (const s of this.slots) {
       this.tensors.set(s.name, new Tensor(this.buffers[s.chunk]!, s.offset, s.shape, s.dtype, `${this.name}.${s.name}`, null));
     }

@@ -19,7 +19,7 @@ import { DeviceLostError, EngramError, GpuValidationError, LimitError, OutOfMemo
 import { PipelineCache, type Pipeline } from './pipelines.ts';
 import { ScratchPool } from './buffers.ts';
 import { StagingPool } from './staging.ts';
-import { STORAGE_USAGE, Tensor, numel, type TensorOwner } from './tensor.ts';
+import { STORAGE_USAGE, Tensor, numel } from './tensor.ts';
 
 export interface GpuFeatures {
   f16: boolean;
@@ -98,6 +98,8 @@ export class Gpu {
   /** kept host-visible buffers for reads back and for uploads (staging.ts) */
   private readonly readStaging: StagingPool;
   private readonly writeStaging: StagingPool;
+  /** what reclaim() submits work on */
+  private reclaimBuffer: GPUBuffer | null = null;
   private readonly byLabel = new Map<string, number>();
   private liveBytes = 0;
   private peakBytes = 0;
@@ -192,22 +194,58 @@ export class Gpu {
 
   // ---------------------------------------------------------------- memory
 
-  /** Creates a buffer with byte accounting. OOM surfaces at the next sync(); use alloc() to catch it here. */
+  /** Creates a buffer with byte accounting. OOM surfaces at the next sync(); use allocate() to catch it here. */
   createBuffer(label: string, size: number, usage: GPUBufferUsageFlags): GPUBuffer {
+    const { buffer, error } = this.makeBuffer(label, size, usage);
+    void error.then((e) => {
+      if (e) this.pending.push(outOfMemory(label, size, e));
+    });
+    return buffer;
+  }
+
+  /**
+   * Creates a buffer with byte accounting, failing here with OutOfMemoryError (the buffer freed)
+   * if the device is out of memory. (an error scope pushed around createBuffer would not see the
+   * error: createBuffer's own scope takes it.)
+   */
+  async allocate(label: string, size: number, usage: GPUBufferUsageFlags): Promise<GPUBuffer> {
+    for (let retry = false; ; retry = true) {
+      const { buffer, error } = this.makeBuffer(label, size, usage);
+      const e = await error;
+      if (!e) return buffer;
+      this.destroyBuffer(buffer);
+      if (retry) throw outOfMemory(label, size, e);
+      // the memory of buffers destroyed since the last submit may still be held: free it, try once more
+      await this.reclaim();
+    }
+  }
+
+  /**
+   * Frees the memory of destroyed buffers. Dawn frees a destroyed buffer's memory once the GPU has
+   * finished a submit made after the destroy, so after a free with nothing submitted since (a
+   * model disposed, an allocation that ran out of memory) the memory stays held until this.
+   */
+  async reclaim(): Promise<void> {
+    this.reclaimBuffer ??= this.createBuffer('reclaim', 4, GPUBufferUsage.COPY_DST);
+    const b = this.reclaimBuffer;
+    this.encode((enc) => enc.clearBuffer(b, 0, 4));
+    await this.sync();
+  }
+
+  /** a buffer in the books, and its out-of-memory scope's result */
+  private makeBuffer(label: string, size: number, usage: GPUBufferUsageFlags): { buffer: GPUBuffer; error: Promise<GPUError | null> } {
     this.assertAlive();
     if (size > this.device.limits.maxBufferSize) {
       throw new LimitError(`buffer '${label}' of ${size} bytes exceeds maxBufferSize ${this.device.limits.maxBufferSize}`);
     }
     this.device.pushErrorScope('out-of-memory');
     const buffer = this.device.createBuffer({ label, size, usage });
-    void this.device.popErrorScope().then((e) => {
-      if (e) this.pending.push(new OutOfMemoryError(`out of GPU memory allocating '${label}' (${size} bytes): ${e.message}`));
-    });
+    const error = this.device.popErrorScope();
     this.live.set(buffer, { bytes: size, label, id: this.nextBufferId++ });
     this.liveBytes += size;
     this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     this.byLabel.set(label, (this.byLabel.get(label) ?? 0) + size);
-    return buffer;
+    return { buffer, error };
   }
 
   destroyBuffer(buffer: GPUBuffer): void {
@@ -244,14 +282,8 @@ export class Gpu {
   /** Allocates a standalone tensor, failing here (not later) if the device is out of memory. */
   async tensor(shape: readonly number[], dtype: TensorDType = 'f32', label = 'tensor'): Promise<Tensor> {
     const bytes = this.checkBindable(shape, dtype, label);
-    this.device.pushErrorScope('out-of-memory');
-    const t = this.tensorSync(shape, dtype, label, bytes);
-    const e = await this.device.popErrorScope();
-    if (e) {
-      t.dispose();
-      throw new OutOfMemoryError(`out of GPU memory allocating ${t} (${bytes} bytes): ${e.message}`);
-    }
-    return t;
+    const buffer = await this.allocate(label, bytes, STORAGE_USAGE);
+    return new Tensor(buffer, 0, shape, dtype, label, { release: () => this.destroyBuffer(buffer) });
   }
 
   /** Allocates a tensor and uploads `values` (rounded to dtype). */
@@ -262,12 +294,6 @@ export class Gpu {
     const t = await this.tensor(shape, dtype, label);
     this.write(t, values);
     return t;
-  }
-
-  private tensorSync(shape: readonly number[], dtype: TensorDType, label: string, bytes: number): Tensor {
-    const buffer = this.createBuffer(label, bytes, STORAGE_USAGE);
-    const owner: TensorOwner = { release: () => this.destroyBuffer(buffer) };
-    return new Tensor(buffer, 0, shape, dtype, label, owner);
   }
 
   /** Bytes a tensor needs; throws if it cannot be bound in one storage binding. */
@@ -569,4 +595,8 @@ export class Gpu {
     this.device.destroy();
     if (--liveGpus === 0) releaseGpuEntry();
   }
+}
+
+function outOfMemory(label: string, size: number, e: GPUError): OutOfMemoryError {
+  return new OutOfMemoryError(`out of GPU memory allocating '${label}' (${size} bytes): ${e.message}`);
 }

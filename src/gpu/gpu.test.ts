@@ -13,7 +13,7 @@ import { mergeDawnFlags } from './adapter.ts';
 import { Arena } from './buffers.ts';
 import { Gpu } from './device.ts';
 import { DTYPES, roundTo } from './dtype.ts';
-import { DeviceLostError, ShaderCompileError, ShapeError } from './errors.ts';
+import { DeviceLostError, OutOfMemoryError, ShaderCompileError, ShapeError } from './errors.ts';
 import { GpuTimer } from './timing.ts';
 
 test('Dawn flags: toggle lists merge, other flags keep the last value', () => {
@@ -94,6 +94,36 @@ test('large transfers go through kept staging buffers: bytes intact, ordered aft
   await assert.rejects(gpu.readView(t.buffer, 2, 8, () => 0), /offset 2 and size 8 must be non-negative multiples of 4/);
   t.dispose();
   other.dispose();
+});
+
+test('an allocation out of memory frees the memory of destroyed buffers (reclaim) and tries once more; a second failure is an OutOfMemoryError naming it', async () => {
+  const gpu = await testGpu();
+  const device = gpu.device as { popErrorScope: GPUDevice['popErrorScope'] };
+  const realPop = GPUDevice.prototype.popErrorScope;
+  let fail = 0;
+  let reclaims = 0;
+  const realReclaim = gpu.reclaim.bind(gpu);
+  (gpu as { reclaim: Gpu['reclaim'] }).reclaim = () => (reclaims++, realReclaim());
+  // the next `fail` out-of-memory scopes report an error (what Dawn reports when vkAllocateMemory fails)
+  device.popErrorScope = function (this: GPUDevice) {
+    return realPop.call(this).then((e) => (fail-- > 0 ? ({ message: 'injected: VK_ERROR_OUT_OF_DEVICE_MEMORY' } as GPUError) : e));
+  };
+  try {
+    const before = gpu.memory();
+    fail = 1;
+    const t = await gpu.tensor([1000], 'f32', 'second_try');
+    assert.equal(reclaims, 1);
+    gpu.write(t, Array.from({ length: 1000 }, (_, i) => i));
+    assert.equal((await gpu.read(t))[999], 999);
+    t.dispose();
+    fail = 2;
+    await assert.rejects(gpu.tensor([1000], 'f32', 'never'), (e: unknown) => e instanceof OutOfMemoryError && /allocating 'never' \(4000 bytes\): injected/.test(e.message));
+    assert.equal(reclaims, 2);
+    assert.deepEqual([gpu.memory().bytes, gpu.memory().buffers], [before.bytes + 4, before.buffers + 1], 'only the 4-byte buffer reclaim submits work on is kept');
+  } finally {
+    delete (device as { popErrorScope?: unknown }).popErrorScope;
+    delete (gpu as { reclaim?: unknown }).reclaim;
+  }
 });
 
 test('pipeline cache compiles once per source, also for concurrent requests', async () => {
