@@ -1,7 +1,8 @@
-// on a GPU: are the memory of disposed tensors free at once, after a sync, after Gpu.reclaim(), and does an
+// on a GPU: is the memory of disposed tensors free at once, after a sync, after Gpu.reclaim(), and does an
 // allocation that runs out of memory reclaim and try again? fills the GPU with 1 GiB tensors three times.
 //
 //   node --import tsx scripts/reclaim_probe.ts     (nvidia-smi must be on the PATH)
+
 import { execFileSync } from 'node:child_process';
 import { Gpu } from '../src/gpu/device.ts';
 const smi = () => execFileSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader'], { encoding: 'utf8' }).trim();
