@@ -453,6 +453,11 @@ export class Gpu {
     return decode(bytes, t.dtype, t.size);
   }
 
+  /** Reads a tensor's stored bytes back as they are (f16/bf16 undecoded). Waits for all recorded work. */
+  async readRaw(t: Tensor): Promise<Uint8Array> {
+    return new Uint8Array(await this.readBytes(t.buffer, t.offset, t.byteLength));
+  }
+
   async readBytes(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
     const staging = this.createBuffer('readback', size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     try {
