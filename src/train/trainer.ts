@@ -11,6 +11,9 @@ import type { AdamW } from './optimizer.ts';
 import type { ShardedAdamW } from './sharded_optimizer.ts';
 import { lrFactor, type Schedule } from './schedule.ts';
 
+/** AdamW, or ShardedAdamW for a model whose value table is sharded over several GPUs */
+export type Optimizer = AdamW | ShardedAdamW;
+
 export interface Batch {
   /** (B, T) u32 */
   ids: Tensor;
@@ -34,8 +37,7 @@ export class Trainer {
   constructor(
     private readonly gpu: Gpu,
     readonly model: Transformer,
-    /** AdamW, or ShardedAdamW for a model whose value table is sharded over several GPUs */
-    readonly opt: AdamW | ShardedAdamW,
+    readonly opt: Optimizer,
     readonly schedule: Schedule,
   ) {}
 
