@@ -20,11 +20,10 @@ import { decodeSafetensors, encodeSafetensors } from '../io/safetensors.ts';
 import { loadModel, saveModel } from '../model/checkpoint.ts';
 import type { MemoryReadStats } from '../model/memory_stats.ts';
 import type { Transformer } from '../model/transformer.ts';
-import { AdamW, type OptimizerConfig } from './optimizer.ts';
+import type { AdamW, OptimizerConfig } from './optimizer.ts';
 import { lossCurvePng, type CurvePoint } from './plot.ts';
 import type { Schedule } from './schedule.ts';
-import { ShardedAdamW } from './sharded_optimizer.ts';
-import { Trainer, type Batch, type Optimizer } from './trainer.ts';
+import { optimizerFor, Trainer, type Batch, type Optimizer } from './trainer.ts';
 
 export interface LoopOptions {
   /** optimizer steps in all (a resumed run continues to this count) */
@@ -138,7 +137,7 @@ export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig
   }
   let opt: Optimizer | undefined;
   try {
-    opt = model.shardedTable ? await ShardedAdamW.create(gpu, model.params, model.shardedTable, cfg) : await AdamW.create(gpu, model.params, cfg);
+    opt = await optimizerFor(gpu, model, cfg);
     const { tensors } = decodeSafetensors(optBytes, `${dir}/optimizer.safetensors`);
     opt.restore(step, (name) => tensors[name]?.data);
   } catch (e) {
