@@ -27,7 +27,7 @@ export { ShardedAdamW } from './train/sharded_optimizer.ts';
 export { Transformer } from './model/transformer.ts';
 export { parseModelConfig, centredLayers, ModelConfigError, type ModelConfig, type MemoryConfig } from './model/config.ts';
 export { loadModel, saveModel } from './model/checkpoint.ts';
-export { Trainer, type Batch, type StepResult } from './train/trainer.ts';
+export { Trainer, optimizerFor, type Batch, type Optimizer, type StepResult } from './train/trainer.ts';
 export { Tokenizer, trainTokenizer, type TrainTokenizerOptions } from './data/tokenizer.ts';
 export { type KvCache, type TrainMemory, type AttentionInputs, type AttentionRows } from './model/transformer.ts';
 export { generate, greedyBatch, sample, type GenerateOptions, type SampleOptions } from './infer/generate.ts';

@@ -15,8 +15,9 @@ import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { historyOf, resumeTraining, trainLoop } from '../train/loop.ts';
 import type { CurvePoint } from '../train/plot.ts';
+import { optimizerFor, type Optimizer } from '../train/trainer.ts';
 import { TrainProgress } from './progress.ts';
-import { AdamW } from '../train/optimizer.ts';
+import { openTrainGpus, shardPlacement, type ValueGpuArgs } from './value_gpus.ts';
 import { planRetrievalParallel } from '../memory3/plan_parallel.ts';
 import { MemoryBatcher } from '../memory3/train.ts';
 import { referenceTokens } from '../memory3/write.ts';
@@ -106,7 +107,7 @@ export const PRESETS: Record<string, (vocab: number) => unknown> = {
   }),
 };
 
-export interface TrainArgs {
+export interface TrainArgs extends ValueGpuArgs {
   data: string;
   out: string;
   config: string;
@@ -146,73 +147,94 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
   const tok = await Tokenizer.fromJson(tokJson);
   const train = readTokens(join(a.data, 'train.bin'));
   const val = readTokens(join(a.data, 'val.bin'));
-  const gpu = await Gpu.create();
-  console.log(`adapter: ${gpu.adapterName}`);
-  const optCfg = { lr: a.lr };
-  let model: Transformer;
-  let opt: AdamW;
-  let history: CurvePoint[] = [];
+  const { gpu, valueGpus, all } = await openTrainGpus(a);
+  let run: Awaited<ReturnType<typeof startRun>> | undefined;
+  try {
+    console.log(`adapter: ${gpu.adapterName}`);
+    run = await startRun(gpu, a, tokJson, tok.vocabSize, valueGpus ? { valueGpus } : {});
+    const { model, opt } = run;
+    const params = model.params.reduce((n, p) => n + p.value.size, 0);
+    console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
+    for (const line of shardPlacement(model)) console.log(line);
+    const mem = a.memoryKb ? await memoryBatches(gpu, model, tok, train, val, a) : undefined;
+    const progress = new TrainProgress({ total: a.steps, start: opt.step });
+    const started = performance.now();
+    let stop = false;
+    const onInt = () => {
+      stop = true;
+      progress.message('stopping: saving a checkpoint after this step (Ctrl-C again to quit at once)');
+      process.once('SIGINT', () => process.exit(130));
+    };
+    process.once('SIGINT', onInt);
+    let tokS = 0;
+    try {
+      await trainLoop(gpu, model, opt, { train, val }, {
+        steps: a.steps,
+        batch: a.batch,
+        seqLen: a.seq,
+        accum: a.accum,
+        schedule: { warmup: a.warmup, steps: a.steps, minRatio: 0.1 },
+        seed: a.seed,
+        evalEvery: a.evalEvery,
+        dir: a.out,
+        saveEvery: a.saveEvery,
+        files: { 'tokenizer.json': tokJson },
+        history: run.history,
+        ...(mem ? { batches: mem.train, ...(mem.val ? { valBatches: mem.val } : {}) } : {}),
+        stop: () => stop || (a.maxMinutes !== undefined && a.maxMinutes > 0 && performance.now() - started > a.maxMinutes * 60000),
+        log: (l) => {
+          tokS = l.tokensPerSecond;
+          progress.update(l);
+        },
+      });
+    } finally {
+      progress.stop();
+      process.removeListener('SIGINT', onInt);
+    }
+    return tokS;
+  } finally {
+    run?.opt.dispose();
+    run?.model.dispose();
+    for (const g of all) g.destroy();
+  }
+}
+
+/** the run's model and optimizer: resumed from `out`, started from --init's weights, or new from the config */
+async function startRun(
+  gpu: Gpu,
+  a: TrainArgs,
+  tokJson: string,
+  vocabSize: number,
+  shard: { valueGpus?: Gpu[] },
+): Promise<{ model: Transformer; opt: Optimizer; history: CurvePoint[] }> {
   if (existsSync(join(a.out, 'trainer.json'))) {
-    let files: Record<string, Uint8Array>;
-    ({ model, opt, files } = await resumeTraining(gpu, a.out, optCfg));
-    history = historyOf(files);
+    const { model, opt, files } = await resumeTraining(gpu, a.out, { lr: a.lr }, shard);
     console.log(`resuming ${a.out} at step ${opt.step}`);
-  } else if (a.init) {
-    const { model: m, files } = await loadModel(gpu, a.init);
-    const tj = files['tokenizer.json'];
-    if (tj && new TextDecoder().decode(tj) !== tokJson) throw new EngramError(`--init ${a.init} was trained with another tokenizer than ${a.data}'s`);
+    return { model, opt, history: historyOf(files) };
+  }
+  let model: Transformer;
+  if (a.init) {
+    const { model: m, files } = await loadModel(gpu, a.init, shard);
     model = m;
-    opt = await AdamW.create(gpu, model.params, optCfg);
+    const tj = files['tokenizer.json'];
+    if (tj && new TextDecoder().decode(tj) !== tokJson) {
+      model.dispose();
+      throw new EngramError(`--init ${a.init} was trained with another tokenizer than ${a.data}'s`);
+    }
     console.log(`starting from ${a.init}`);
   } else {
     const preset = PRESETS[a.config];
-    const json: unknown = preset ? preset(tok.vocabSize) : JSON.parse(readFileSync(a.config, 'utf8'));
+    const json: unknown = preset ? preset(vocabSize) : JSON.parse(readFileSync(a.config, 'utf8'));
     const config: ModelConfig = parseModelConfig(json);
-    if (config.vocabSize !== tok.vocabSize) throw new EngramError(`config vocabSize ${config.vocabSize} differs from the tokenizer's ${tok.vocabSize}`);
-    model = await Transformer.create(gpu, config, a.seed);
-    opt = await AdamW.create(gpu, model.params, optCfg);
+    if (config.vocabSize !== vocabSize) throw new EngramError(`config vocabSize ${config.vocabSize} differs from the tokenizer's ${vocabSize}`);
+    model = await Transformer.create(gpu, config, a.seed, shard);
   }
-  const params = model.params.reduce((n, p) => n + p.value.size, 0);
-  console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
-  const mem = a.memoryKb ? await memoryBatches(gpu, model, tok, train, val, a) : undefined;
-  const progress = new TrainProgress({ total: a.steps, start: opt.step });
-  const started = performance.now();
-  let stop = false;
-  const onInt = () => {
-    stop = true;
-    progress.message('stopping: saving a checkpoint after this step (Ctrl-C again to quit at once)');
-    process.once('SIGINT', () => process.exit(130));
-  };
-  process.once('SIGINT', onInt);
-  let tokS = 0;
   try {
-    await trainLoop(gpu, model, opt, { train, val }, {
-      steps: a.steps,
-      batch: a.batch,
-      seqLen: a.seq,
-      accum: a.accum,
-      schedule: { warmup: a.warmup, steps: a.steps, minRatio: 0.1 },
-      seed: a.seed,
-      evalEvery: a.evalEvery,
-      dir: a.out,
-      saveEvery: a.saveEvery,
-      files: { 'tokenizer.json': tokJson },
-      history,
-      ...(mem ? { batches: mem.train, ...(mem.val ? { valBatches: mem.val } : {}) } : {}),
-      stop: () => stop || (a.maxMinutes !== undefined && a.maxMinutes > 0 && performance.now() - started > a.maxMinutes * 60000),
-      log: (l) => {
-        tokS = l.tokensPerSecond;
-        progress.update(l);
-      },
-    });
-  } finally {
-    progress.stop();
-    process.removeListener('SIGINT', onInt);
-    opt.dispose();
+    return { model, opt: await optimizerFor(gpu, model, { lr: a.lr }), history: [] };
+  } catch (e) {
     model.dispose();
-    gpu.destroy();
+    throw e;
   }
-  return tokS;
 }
 
 /**

@@ -28,6 +28,11 @@ commands:
              --memory-gradient 1|0: gradients also flow through the references' encoding (keeps
              their forward for the backward); default 1 for a dense model, 0 with Memory+ blocks
              (0: the paper's training, memories constants of the step)
+             --value-gpus N: shard the memory value table by columns over N GPUs of this host (PCI
+             order, or ENGRAM_GPU_BUSES=0000:41:00.0,...), the model on the first; dim a multiple of
+             N. 1 (default): one GPU. --value-gpus-shared: N devices on one adapter (to try the
+             sharding on one GPU; no speed-up). new runs, --init and resuming alike; the checkpoints
+             are one GPU's, resumable with any N
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
              --memory <bank>: read Memory³ explicit memories from the bank while generating (every
@@ -83,16 +88,29 @@ async function info(): Promise<void> {
 }
 
 const [cmd = 'help', ...rest] = process.argv.slice(2);
-const opt = (spec: Record<string, string>) => {
-  const { values } = parseArgs({ args: rest, options: Object.fromEntries(Object.keys(spec).map((k) => [k, { type: 'string' as const }])), strict: true });
+/** the command's options: `spec` those with a value (and its default), `flags` those without (true when given) */
+const opt = (spec: Record<string, string>, flags: readonly string[] = []) => {
+  const options = { ...Object.fromEntries(Object.keys(spec).map((k) => [k, { type: 'string' as const }])), ...Object.fromEntries(flags.map((k) => [k, { type: 'boolean' as const }])) };
+  const { values } = parseArgs({ args: rest, options, strict: true });
   const v = { ...spec, ...values } as Record<string, string>;
   const num = (k: string) => {
     const x = Number(v[k]);
     if (!Number.isFinite(x)) throw new Error(`--${k}: expected a number, got '${v[k]}'`);
     return x;
   };
-  return { str: (k: string) => v[k]!, num };
+  return { str: (k: string) => v[k]!, num, flag: (k: string) => (values as Record<string, unknown>)[k] === true };
 };
+
+/** runs a command whose engram errors say what is wrong: their message (prefixed `engram <what>: `), no stack trace, exit status 1 */
+async function plainErrors(what: string, run: () => Promise<unknown>): Promise<void> {
+  try {
+    await run();
+  } catch (e) {
+    if (!(e instanceof EngramError)) throw e;
+    console.error(e.message.startsWith('engram ') ? e.message : `engram ${what}: ${e.message}`);
+    process.exit(1);
+  }
+}
 switch (cmd) {
   case 'info':
     await info();
@@ -105,8 +123,11 @@ switch (cmd) {
   }
   case 'train': {
     const { trainCommand } = await import('./commands.ts');
-    const o = opt({ data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0', init: '', 'memory-kb': '', 'memory-window': '5', 'memory-tokens': '8', 'memory-own': '0', 'memory-gradient': '' });
-    await trainCommand({
+    const o = opt(
+      { data: 'data', out: 'runs/tiny', config: 'tiny', steps: '300', batch: '8', seq: '128', accum: '1', lr: '3e-3', warmup: '30', 'eval-every': '50', 'save-every': '100', seed: '0', init: '', 'memory-kb': '', 'memory-window': '5', 'memory-tokens': '8', 'memory-own': '0', 'memory-gradient': '', 'value-gpus': '1' },
+      ['value-gpus-shared'],
+    );
+    await plainErrors('train', () => trainCommand({
       data: o.str('data'),
       out: o.str('out'),
       config: o.str('config'),
@@ -121,7 +142,9 @@ switch (cmd) {
       seed: o.num('seed'),
       ...(o.str('init') ? { init: o.str('init') } : {}),
       ...(o.str('memory-kb') ? { memoryKb: o.str('memory-kb'), memoryWindow: o.num('memory-window'), memoryTokens: o.num('memory-tokens'), memoryOwn: o.num('memory-own') !== 0, ...(o.str('memory-gradient') !== '' ? { memoryGradient: o.num('memory-gradient') !== 0 } : {}) } : {}),
-    });
+      valueGpus: o.num('value-gpus'),
+      valueGpusShared: o.flag('value-gpus-shared'),
+    }));
     break;
   }
   case 'generate': {
@@ -241,19 +264,14 @@ switch (cmd) {
       ...(v.dtype !== undefined ? { dtype: m.parseDtype(v.dtype) } : {}),
       ...(v['vq-bytes'] !== undefined ? { vqBytes: int('vq-bytes', 1)! } : {}),
     };
-    try {
+    await plainErrors(`memory ${sub}`, async () => {
       if (sub === 'export') await m.memoryExportCommand({ ...where, out: need('out'), ...(v.limit !== undefined ? { limit: int('limit', 0)! } : {}) });
       else if (sub === 'build') await m.memoryBuildCommand({ ...where, ...dims, model: need('model'), from: need('from'), ...(v.batch !== undefined ? { batch: int('batch', 1)! } : {}) });
       else if (sub === 'add') await m.memoryAddCommand({ ...where, ...dims, model: need('model'), text: need('text'), ...(v.id !== undefined ? { id: v.id } : {}) });
       else if (sub === 'remove') await m.memoryRemoveCommand({ ...where, ids: need('id').split(',').map((id) => id.trim()).filter((id) => id !== '') });
       else if (sub === 'list') await m.memoryListCommand({ ...where, offset: int('offset', 0) ?? 0, limit: int('limit', 0) ?? 20 });
       else await m.memorySearchCommand({ ...where, query: need('query'), k: int('k', 1) ?? 5 });
-    } catch (e) {
-      // an engram error's message says what is wrong: no stack trace
-      if (!(e instanceof EngramError)) throw e;
-      console.error(e.message.startsWith('engram ') ? e.message : `engram memory ${sub}: ${e.message}`);
-      process.exit(1);
-    }
+    });
     break;
   }
   case 'demo': {

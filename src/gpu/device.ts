@@ -512,6 +512,11 @@ export class Gpu {
     return decode(bytes, t.dtype, t.size);
   }
 
+  /** Reads a tensor's stored bytes back as they are (f16/bf16 undecoded). Waits for all recorded work. */
+  async readRaw(t: Tensor): Promise<Uint8Array> {
+    return new Uint8Array(await this.readBytes(t.buffer, t.offset, t.byteLength));
+  }
+
   /** Reads a byte range back (a copy the caller keeps). Waits for all recorded work. */
   async readBytes(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
     return this.readView(buffer, offset, size, (bytes) => bytes.slice().buffer);

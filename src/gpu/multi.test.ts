@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { requestAdapterAt } from './adapter.ts';
-import { gpuBuses, hasDeviceSelectLayer, openGpus } from './multi.ts';
+import { busOf, gpuBuses, hasDeviceSelectLayer, openGpus } from './multi.ts';
 
 test('gpuBuses: the display controllers (PCI class 0x03) of a /sys/bus/pci/devices, sorted', () => {
   const root = mkdtempSync(join(tmpdir(), 'engram-pci-'));
@@ -52,6 +52,7 @@ test('openGpus: shared devices on one adapter work apart; clear errors', async (
   try {
     assert.equal(gpus.length, 2);
     assert.notEqual(gpus[0], gpus[1]);
+    assert.deepEqual(gpus.map(busOf), [undefined, undefined], 'devices of the default adapter have no PCI address');
     const [a, b] = [await gpus[0]!.tensorFrom([1, 2], [2]), await gpus[1]!.tensorFrom([3, 4], [2])];
     assert.deepEqual([...(await gpus[0]!.read(a)), ...(await gpus[1]!.read(b))], [1, 2, 3, 4]);
   } finally {

@@ -59,6 +59,14 @@ export function hasDeviceSelectLayer(): boolean {
   return false;
 }
 
+/** the PCI address each Gpu that openGpus opened by address was opened at */
+const opened = new WeakMap<Gpu, string>();
+
+/** the PCI address openGpus opened this Gpu at; undefined for one on the default adapter (shared, or a single GPU) */
+export function busOf(gpu: Gpu): string | undefined {
+  return opened.get(gpu);
+}
+
 /** one Gpu per GPU of the host (see the header) */
 export async function openGpus(o: GpuOptions & { count?: number; buses?: readonly string[]; shared?: boolean } = {}): Promise<Gpu[]> {
   const { count, buses: given, shared, ...opts } = o;
@@ -86,7 +94,11 @@ export async function openGpus(o: GpuOptions & { count?: number; buses?: readonl
   }
   const gpus: Gpu[] = [];
   try {
-    for (const bus of buses) gpus.push(await Gpu.create({ ...opts, adapter: await requestAdapterAt(bus, opts) }));
+    for (const bus of buses) {
+      const gpu = await Gpu.create({ ...opts, adapter: await requestAdapterAt(bus, opts) });
+      gpus.push(gpu);
+      opened.set(gpu, bus);
+    }
     return gpus;
   } catch (e) {
     for (const g of gpus) g.destroy();

@@ -69,20 +69,16 @@ export function configFromJson(json: unknown, source: string): ModelConfig {
   });
 }
 
-async function rawBytes(gpu: Gpu, t: Tensor): Promise<Uint8Array> {
-  return new Uint8Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength));
-}
-
 /** Writes the model (and `files`, e.g. tokenizer.json or optimizer state) to `dir`, atomically. */
 export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files: Record<string, Uint8Array | string> = {}): Promise<void> {
   const tensors: Record<string, SafeTensor> = {};
   for (const p of model.params) {
     if (p.group === 'values') continue;
-    tensors[p.name] = { dtype: SAFE[p.value.dtype as DType], shape: [...p.value.shape], data: await rawBytes(gpu, p.value) };
+    tensors[p.name] = { dtype: SAFE[p.value.dtype as DType], shape: [...p.value.shape], data: await gpu.readRaw(p.value) };
   }
   const table = model.table;
   if (table) {
-    const parts = await Promise.all(table.params.map((p) => rawBytes(gpu, p.value)));
+    const parts = await Promise.all(table.params.map((p) => gpu.readRaw(p.value)));
     const data = new Uint8Array(parts.reduce((n, b) => n + b.length, 0));
     let at = 0;
     for (const b of parts) {

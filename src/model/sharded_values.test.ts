@@ -53,6 +53,17 @@ for (const [G, local] of [[2, true], [3, true], [2, false]] as const) {
       const sharded = await ShardedValueTable.create(devices, o);
       const whole = await hostTable(gpu!, one.values);
       for (const s of sharded.shards) assert.deepEqual(await hostTable(s.gpu, s.table.values), columns(whole, 24, s.start, 24 / G), `${dtype}: shard at column ${s.start}'s init`);
+      // gather puts the chunks' columns together as one table's bytes; splitColumns gives each shard's chunks back
+      const oneBytes = Buffer.concat(await Promise.all(one.params.map((p) => gpu!.readRaw(p.value))));
+      const gathered = await sharded.gather();
+      assert.ok(oneBytes.equals(gathered), `${dtype}: gather is the one-GPU table's bytes`);
+      const e = dtype === 'f32' ? 4 : 2;
+      const split = sharded.splitColumns(gathered, e);
+      for (const [g, s] of sharded.shards.entries()) {
+        assert.equal(split[g]!.length, s.table.params.length);
+        for (const [c, p] of s.table.params.entries()) assert.ok(Buffer.from(split[g]![c]!).equals(await s.gpu.readRaw(p.value)), `${dtype}: shard ${g} chunk ${c}`);
+      }
+      assert.throws(() => sharded.splitColumns(gathered.subarray(e), e), /ShardedValueTable.splitColumns: \d+ bytes for 301 rows of 24/);
 
       const [T, B] = [37, 9];
       const idx = Array.from({ length: T * B }, () => (rng.next() < 0.05 ? 301 + rng.int(5) : rng.int(301)));
@@ -124,4 +135,6 @@ test('a model with its table sharded saves the files one GPU saves, and loads ba
     rmSync(dir, { recursive: true });
   }
   await assert.rejects(ShardedValueTable.create(devices, { rows: 4, dim: 6, dtype: 'bf16' }), /16-bit values need an even width per shard/);
+  const dense = { ...tinyMemoryModel([1]), memory: null };
+  await assert.rejects(Transformer.create(gpu, dense, 5, { valueGpus: devices }), /valueGpus shards the memory value table, and this model has no memory layers/);
 });

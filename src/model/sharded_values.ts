@@ -233,36 +233,46 @@ export class ShardedValueTable {
   }
 
   /** the whole table's values as stored (rows x dim, row-major, its dtype's bytes): every shard's columns read back */
-  async gather(): Promise<Uint8Array> {
-    const e = bytesPerElement(this.dtype);
-    const out = new Uint8Array(this.rows * this.dim * e);
-    for (const s of this.shards) {
-      const w = s.table.dim * e;
-      let r0 = 0;
-      for (const p of s.table.params) {
-        const bytes = new Uint8Array(await s.gpu.readBytes(p.value.buffer, p.value.offset, p.value.byteLength));
-        const n = p.value.shape[0]!;
-        for (let r = 0; r < n; r++) out.set(bytes.subarray(r * w, (r + 1) * w), (r0 + r) * this.dim * e + s.start * e);
-        r0 += n;
-      }
-    }
-    return out;
+  gather(): Promise<Uint8Array> {
+    return this.gatherOf((s) => s.table.params.map((p) => p.value), bytesPerElement(this.dtype));
   }
 
   /** sets the whole table from its stored bytes (as gather gives them) */
   scatter(bytes: Uint8Array): void {
-    const e = bytesPerElement(this.dtype);
+    const parts = this.splitColumns(bytes, bytesPerElement(this.dtype), 'scatter');
+    this.shards.forEach((s, g) => s.table.params.forEach((p, c) => s.gpu.writeBytes(p.value, parts[g]![c]!)));
+  }
+
+  /**
+   * the whole table's rows x dim (row-major, `e` bytes an element) from tensors laid out as the
+   * shards' chunks of values, `of(shard, g)` one per chunk (the values, or an optimizer's state of
+   * them), read back and their columns put together
+   */
+  async gatherOf(of: (s: ValueShard, g: number) => readonly Tensor[], e: number): Promise<Uint8Array> {
+    const parts = await Promise.all(this.shards.map((s, g) => Promise.all(of(s, g).map((t) => s.gpu.readRaw(t)))));
+    const out = new Uint8Array(this.rows * this.dim * e);
+    this.eachRow(e, (g, c, at, whole, w) => out.set(parts[g]![c]!.subarray(at, at + w), whole));
+    return out;
+  }
+
+  /** the reverse of gatherOf: each shard's chunks' bytes ([shard][chunk]) from the whole table's rows x dim of `e` bytes */
+  splitColumns(bytes: Uint8Array, e: number, what = 'splitColumns'): Uint8Array[][] {
     if (bytes.byteLength !== this.rows * this.dim * e) {
-      throw new ShapeError(`ShardedValueTable.scatter: ${bytes.byteLength} bytes for ${this.rows} rows of ${this.dim} ${this.dtype} (${this.rows * this.dim * e})`);
+      throw new ShapeError(`ShardedValueTable.${what}: ${bytes.byteLength} bytes for ${this.rows} rows of ${this.dim} elements of ${e} bytes (${this.rows * this.dim * e})`);
     }
-    for (const s of this.shards) {
+    const parts = this.shards.map((s) => s.table.params.map((p) => new Uint8Array(p.value.shape[0]! * s.table.dim * e)));
+    this.eachRow(e, (g, c, at, whole, w) => parts[g]![c]!.set(bytes.subarray(whole, whole + w), at));
+    return parts;
+  }
+
+  /** every shard's chunk rows: fn(shard, chunk, byte offset in the chunk, byte offset in the whole table, bytes of the row's columns) */
+  private eachRow(e: number, fn: (g: number, c: number, at: number, whole: number, w: number) => void): void {
+    for (const [g, s] of this.shards.entries()) {
       const w = s.table.dim * e;
       let r0 = 0;
-      for (const p of s.table.params) {
+      for (const [c, p] of s.table.params.entries()) {
         const n = p.value.shape[0]!;
-        const part = new Uint8Array(p.value.byteLength);
-        for (let r = 0; r < n; r++) part.set(bytes.subarray((r0 + r) * this.dim * e + s.start * e, (r0 + r) * this.dim * e + s.start * e + w), r * w);
-        s.gpu.writeBytes(p.value, part);
+        for (let r = 0; r < n; r++) fn(g, c, r * w, ((r0 + r) * this.dim + s.start) * e, w);
         r0 += n;
       }
     }

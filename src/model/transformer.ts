@@ -197,7 +197,7 @@ export class Transformer {
   /**
    * valueGpus: the memory value table sharded by columns over these GPUs (sharded_values.ts; the
    * model's own GPU may be one of them), the rest of the model on `gpu`; the same values as one
-   * table from the same seed
+   * table from the same seed. an error for a model without memory layers (no table to shard)
    */
   static async create(gpu: Gpu, config: ModelConfig, seed = 0, o: { valueGpus?: readonly Gpu[] } = {}): Promise<Transformer> {
     const { vocabSize: V, dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = config;
@@ -215,6 +215,7 @@ export class Transformer {
     };
     const embed = await linear('model.embed_tokens.weight', [V, d]);
     const mem = config.memory;
+    if (o.valueGpus && !mem) throw new EngramError('Transformer: valueGpus shards the memory value table, and this model has no memory layers (config.memory)');
     const tableOptions = mem && { rows: mem.nKeys * mem.nKeys, dim: d, dtype: mem.valueDtype, seed: seed * 1000 + 999 };
     const sharded = tableOptions && o.valueGpus ? await ShardedValueTable.create(o.valueGpus, tableOptions) : null;
     const table = tableOptions && !sharded ? await ValueTable.create(gpu, tableOptions) : null;

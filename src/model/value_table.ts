@@ -33,6 +33,22 @@ export interface ValueTableOptions {
   columns?: { start: number; of: number };
 }
 
+/** the name of a table's chunk `c` (its Param's; an optimizer's state of it is named after it) */
+export function valueChunkName(c: number): string {
+  return `values.${c}`;
+}
+
+/**
+ * the chunks of a table of `rows` x `dim` on a device whose storage bindings hold `maxBindingBytes`
+ * (its f32 gradient chunks must fit too, whatever the values' dtype): name, first row and rows of each
+ */
+export function valueChunks(rows: number, dim: number, maxBindingBytes: number): { name: string; start: number; rows: number }[] {
+  const per = chunkRows(rows, dim, 'f32', maxBindingBytes);
+  const out: { name: string; start: number; rows: number }[] = [];
+  for (let c = 0, r0 = 0; r0 < rows; c++, r0 += per) out.push({ name: valueChunkName(c), start: r0, rows: Math.min(per, rows - r0) });
+  return out;
+}
+
 export class ValueTable {
   private constructor(
     readonly rows: number,
@@ -52,19 +68,16 @@ export class ValueTable {
     if (!(Number.isInteger(start) && Number.isInteger(of) && start >= 0 && start + dim <= of)) {
       throw new EngramError(`ValueTable: columns [${start}, ${start} + ${dim}) must lie within the ${of} of the whole table`);
     }
-    const maxBytes = o.maxBindingBytes ?? gpu.device.limits.maxStorageBufferBindingSize;
-    // the f32 gradient chunks must fit too
-    const per = chunkRows(rows, dim, 'f32', maxBytes);
+    const chunks = valueChunks(rows, dim, o.maxBindingBytes ?? gpu.device.limits.maxStorageBufferBindingSize);
     const params: Param[] = [];
-    const table = new ValueTable(rows, dim, dtype, params, per);
+    const table = new ValueTable(rows, dim, dtype, params, chunks[0]!.rows);
     try {
-      for (let c = 0, r0 = 0; r0 < rows; c++, r0 += per) {
-        const n = Math.min(per, rows - r0);
-        const p = await createParam(gpu, `values.${c}`, [n, dim], dtype, 'values');
+      for (const c of chunks) {
+        const p = await createParam(gpu, c.name, [c.rows, dim], dtype, 'values');
         params.push(p);
-        await fillNormal(gpu, p.value, { std: of ** -0.5, seed, offset: r0 * of + start, ...(of !== dim ? { rowStride: of } : {}) });
+        await fillNormal(gpu, p.value, { std: of ** -0.5, seed, offset: c.start * of + start, ...(of !== dim ? { rowStride: of } : {}) });
         if (o.trackReads) {
-          p.rowMask = { mask: await gpu.tensor([n], 'u32', `values.${c}.read`), width: dim };
+          p.rowMask = { mask: await gpu.tensor([c.rows], 'u32', `${c.name}.read`), width: dim };
           clearRows(gpu, [p.rowMask.mask]);
         }
       }

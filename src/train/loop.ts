@@ -9,18 +9,21 @@
 // moments and masters), trainer.json (the step), history.json (every step's loss and the
 // validation losses, carried over on resume) and loss.png (that history drawn, plot.ts) besides
 // the model.
+// a model whose value table is sharded over several GPUs trains with ShardedAdamW, and its
+// checkpoint is one GPU's (the table and its optimizer state saved whole): it resumes on one GPU
+// or sharded (resumeTraining's valueGpus), whichever way it was saved.
 
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import { decodeSafetensors, encodeSafetensors, type SafeTensor } from '../io/safetensors.ts';
+import { decodeSafetensors, encodeSafetensors } from '../io/safetensors.ts';
 import { loadModel, saveModel } from '../model/checkpoint.ts';
 import type { MemoryReadStats } from '../model/memory_stats.ts';
 import type { Transformer } from '../model/transformer.ts';
-import { AdamW, type OptimizerConfig } from './optimizer.ts';
+import type { AdamW, OptimizerConfig } from './optimizer.ts';
 import { lossCurvePng, type CurvePoint } from './plot.ts';
 import type { Schedule } from './schedule.ts';
-import { Trainer, type Batch } from './trainer.ts';
+import { optimizerFor, Trainer, type Batch, type Optimizer } from './trainer.ts';
 
 export interface LoopOptions {
   /** optimizer steps in all (a resumed run continues to this count) */
@@ -96,14 +99,10 @@ async function batchAt(gpu: Gpu, tokens: Uint32Array, B: number, T: number, seed
   return { ids: await gpu.tensorFrom(ids, [B, T], 'u32', 'ids'), targets: await gpu.tensorFrom(targets, [B, T], 'u32', 'targets') };
 }
 
-/** Saves model, optimizer state and step into `dir` (atomically). */
-export async function saveTraining(gpu: Gpu, dir: string, model: Transformer, opt: AdamW, files: Record<string, Uint8Array | string> = {}): Promise<void> {
-  const { step, tensors } = opt.stateTensors();
-  const st: Record<string, SafeTensor> = {};
-  for (const [name, t] of Object.entries(tensors)) {
-    st[name] = { dtype: 'F32', shape: [...t.shape], data: new Uint8Array(await gpu.readBytes(t.buffer, t.offset, t.byteLength)) };
-  }
-  await saveModel(gpu, dir, model, { ...files, 'optimizer.safetensors': encodeSafetensors(st), 'trainer.json': JSON.stringify({ step }) + '\n' });
+/** Saves model, optimizer state and step into `dir` (atomically); a sharded run's as one GPU's. */
+export async function saveTraining(gpu: Gpu, dir: string, model: Transformer, opt: Optimizer, files: Record<string, Uint8Array | string> = {}): Promise<void> {
+  const { step, tensors } = await opt.stateBytes();
+  await saveModel(gpu, dir, model, { ...files, 'optimizer.safetensors': encodeSafetensors(tensors), 'trainer.json': JSON.stringify({ step }) + '\n' });
 }
 
 /** The loss history a checkpoint holds (history.json), or none. */
@@ -112,9 +111,14 @@ export function historyOf(files: Record<string, Uint8Array>): CurvePoint[] {
   return h ? (JSON.parse(new TextDecoder().decode(h)) as CurvePoint[]) : [];
 }
 
-/** Loads a training checkpoint: the model, an optimizer with its state restored, and the other files. */
-export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig): Promise<{ model: Transformer; opt: AdamW; files: Record<string, Uint8Array> }> {
-  const { model, files } = await loadModel(gpu, dir);
+/**
+ * Loads a training checkpoint: the model, an optimizer with its state restored, and the other files.
+ * valueGpus: the value table sharded over these GPUs (loadModel's), with a ShardedAdamW
+ */
+export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig): Promise<{ model: Transformer; opt: AdamW; files: Record<string, Uint8Array> }>;
+export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig, o: { valueGpus?: readonly Gpu[] }): Promise<{ model: Transformer; opt: Optimizer; files: Record<string, Uint8Array> }>;
+export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig, o: { valueGpus?: readonly Gpu[] } = {}): Promise<{ model: Transformer; opt: Optimizer; files: Record<string, Uint8Array> }> {
+  const { model, files } = await loadModel(gpu, dir, o);
   const optBytes = files['optimizer.safetensors'];
   const trainer = files['trainer.json'];
   if (!optBytes || !trainer) {
@@ -131,12 +135,13 @@ export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig
     model.dispose();
     throw new EngramError(`${dir}/trainer.json: expected {"step": <a non-negative integer>}, got ${new TextDecoder().decode(trainer).slice(0, 80)}`);
   }
-  const opt = await AdamW.create(gpu, model.params, cfg);
+  let opt: Optimizer | undefined;
   try {
+    opt = await optimizerFor(gpu, model, cfg);
     const { tensors } = decodeSafetensors(optBytes, `${dir}/optimizer.safetensors`);
     opt.restore(step, (name) => tensors[name]?.data);
   } catch (e) {
-    opt.dispose();
+    opt?.dispose();
     model.dispose();
     throw e instanceof EngramError ? new EngramError(`${dir}: ${e.message}`) : e;
   }
@@ -144,7 +149,7 @@ export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig
 }
 
 /** Trains from opt.step to o.steps; returns the step losses of this call. */
-export async function trainLoop(gpu: Gpu, model: Transformer, opt: AdamW, data: { train: Uint32Array; val?: Uint32Array }, o: LoopOptions): Promise<number[]> {
+export async function trainLoop(gpu: Gpu, model: Transformer, opt: Optimizer, data: { train: Uint32Array; val?: Uint32Array }, o: LoopOptions): Promise<number[]> {
   const { batch: B, seqLen: T, accum = 1, seed = 0, evalEvery = 0, evalBatches = 4, saveEvery = 0 } = o;
   if (T > model.config.maxSeqLen) throw new EngramError(`trainLoop: seqLen ${T} exceeds the model's maxSeqLen ${model.config.maxSeqLen}`);
   const trainer = new Trainer(gpu, model, opt, o.schedule);

@@ -19,6 +19,7 @@
 import type { Gpu } from '../gpu/device.ts';
 import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
+import type { SafeTensor } from '../io/safetensors.ts';
 import { adamwStep, type AdamwParam } from '../kernels/adamw/adamw.ts';
 import { scale } from '../kernels/add/add.ts';
 import { fill } from '../kernels/copy/copy.ts';
@@ -47,6 +48,11 @@ interface State {
   m: Tensor;
   v: Tensor;
   master?: Tensor;
+}
+
+/** a state's tensors by kind (the suffix of their names in a checkpoint) */
+function kinds(s: State): Record<string, Tensor> {
+  return { m: s.m, v: s.v, ...(s.master ? { master: s.master } : {}) };
 }
 
 export class AdamW {
@@ -172,12 +178,23 @@ export class AdamW {
   /** The state to checkpoint: the step count and every f32 state tensor by `<param>.{m,v,master}`. */
   stateTensors(): { step: number; tensors: Record<string, Tensor> } {
     const tensors: Record<string, Tensor> = {};
-    for (const s of this.states) {
-      tensors[`${s.param.name}.m`] = s.m;
-      tensors[`${s.param.name}.v`] = s.v;
-      if (s.master) tensors[`${s.param.name}.master`] = s.master;
-    }
+    for (const s of this.states) for (const [kind, t] of Object.entries(kinds(s))) tensors[`${s.param.name}.${kind}`] = t;
     return { step: this.steps, tensors };
+  }
+
+  /** a parameter's state tensors by kind: m, v and, for an f16/bf16 parameter, its f32 master */
+  stateOf(param: Param): Record<string, Tensor> {
+    const s = this.states.find((x) => x.param === param);
+    if (!s) throw new EngramError(`AdamW.stateOf: '${param.name}' is not one of this optimizer's parameters`);
+    return kinds(s);
+  }
+
+  /** stateTensors read back: the step count and a checkpoint's F32 tensors (optimizer.safetensors) */
+  async stateBytes(): Promise<{ step: number; tensors: Record<string, SafeTensor> }> {
+    const { step, tensors } = this.stateTensors();
+    const out: Record<string, SafeTensor> = {};
+    for (const [name, t] of Object.entries(tensors)) out[name] = { dtype: 'F32', shape: [...t.shape], data: await this.gpu.readRaw(t) };
+    return { step, tensors: out };
   }
 
   /** Restores a checkpointed state: the step and each tensor's f32 bytes (every one must be there). */

@@ -6,16 +6,26 @@
 // min(1, maxNorm / (norm + 1e-6)) as gradNorm writes it, and hands it to each shard's update.
 // numerics: the combined norm differs from one GPU's f32 reduction by rounding; the updates are
 // otherwise each shard's AdamW on its columns, as one table's AdamW does them.
+// checkpoint: stateBytes gives the state one GPU's AdamW of the whole table would save: the model
+// group's as it is, and the table's moments (and masters) put together from the shards' columns, in
+// the chunks a table on the model's GPU would have (`values.<c>.{m,v,master}`, [rows of chunk c, d]).
+// restore takes either kind of checkpoint (any chunking: the chunks are concatenated by rows) and
+// sets every inner AdamW's step: a state saved sharded resumes on one GPU, and the reverse.
 
 import type { Gpu } from '../gpu/device.ts';
+import { EngramError } from '../gpu/errors.ts';
+import type { SafeTensor } from '../io/safetensors.ts';
 import type { Param } from '../model/param.ts';
 import type { ShardedValueTable } from '../model/sharded_values.ts';
+import { valueChunkName, valueChunks } from '../model/value_table.ts';
 import { AdamW, type OptimizerConfig } from './optimizer.ts';
 
 export class ShardedAdamW {
   private lastValuesNorm = 0;
 
   private constructor(
+    private readonly gpu: Gpu,
+    private readonly table: ShardedValueTable,
     readonly model: AdamW,
     readonly shards: readonly AdamW[],
   ) {}
@@ -30,7 +40,7 @@ export class ShardedAdamW {
       for (const o of made) o.dispose();
       throw e;
     }
-    return new ShardedAdamW(made[0]!, made.slice(1));
+    return new ShardedAdamW(gpu, table, made[0]!, made.slice(1));
   }
 
   /** steps taken */
@@ -47,6 +57,52 @@ export class ShardedAdamW {
     const clipScale = Number.isFinite(maxNorm) ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
     await this.model.update(lrScale);
     for (const o of this.shards) await o.update(lrScale, { clipScale: { values: clipScale } });
+  }
+
+  /** the state a checkpoint holds, as one GPU's AdamW of the whole table saves it (see the header) */
+  async stateBytes(): Promise<{ step: number; tensors: Record<string, SafeTensor> }> {
+    const { tensors } = await this.model.stateBytes();
+    const t = this.table;
+    for (const kind of this.kinds()) {
+      const whole = await t.gatherOf((s, g) => s.table.params.map((p) => this.shards[g]!.stateOf(p)[kind]!), 4);
+      for (const c of valueChunks(t.rows, t.dim, this.gpu.device.limits.maxStorageBufferBindingSize)) {
+        tensors[`${c.name}.${kind}`] = { dtype: 'F32', shape: [c.rows, t.dim], data: whole.subarray(c.start * t.dim * 4, (c.start + c.rows) * t.dim * 4) };
+      }
+    }
+    return { step: this.step, tensors };
+  }
+
+  /** Restores a checkpointed state (one GPU's or a sharded run's): the step of every optimizer and each tensor's f32 bytes. */
+  restore(step: number, bytes: (name: string) => Uint8Array | undefined): void {
+    const t = this.table;
+    // each shard's state by its own names: the table's rows x d, from the checkpoint's chunks, split by columns
+    const mine = t.shards.map(() => new Map<string, Uint8Array>());
+    for (const kind of this.kinds()) {
+      const chunks: Uint8Array[] = [];
+      for (;;) {
+        const b = bytes(`${valueChunkName(chunks.length)}.${kind}`);
+        if (!b) break;
+        chunks.push(b);
+      }
+      const whole = new Uint8Array(chunks.reduce((n, b) => n + b.byteLength, 0));
+      let at = 0;
+      for (const b of chunks) {
+        whole.set(b, at);
+        at += b.byteLength;
+      }
+      if (whole.byteLength !== t.rows * t.dim * 4) {
+        const got = chunks.length ? `${whole.byteLength} bytes in ${chunks.length} chunks` : 'missing';
+        throw new EngramError(`ShardedAdamW.restore: the value table's optimizer state '${valueChunkName(0)}.${kind}', ... is ${got}; [${t.rows}, ${t.dim}] f32 needs ${t.rows * t.dim * 4} bytes`);
+      }
+      t.splitColumns(whole, 4).forEach((parts, g) => parts.forEach((b, c) => mine[g]!.set(`${t.shards[g]!.table.params[c]!.name}.${kind}`, b)));
+    }
+    this.model.restore(step, bytes);
+    this.shards.forEach((o, g) => o.restore(step, (name) => mine[g]!.get(name)));
+  }
+
+  /** the kinds of state the table's optimizers keep (m, v, and masters of a 16-bit table) */
+  private kinds(): string[] {
+    return Object.keys(this.shards[0]!.stateOf(this.table.shards[0]!.table.params[0]!));
   }
 
   dispose(): void {

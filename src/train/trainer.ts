@@ -7,9 +7,17 @@ import type { Gpu } from '../gpu/device.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import type { TrainMemory, Transformer } from '../model/transformer.ts';
 import { zeroGrads } from '../model/param.ts';
-import type { AdamW } from './optimizer.ts';
-import type { ShardedAdamW } from './sharded_optimizer.ts';
+import { AdamW, type OptimizerConfig } from './optimizer.ts';
+import { ShardedAdamW } from './sharded_optimizer.ts';
 import { lrFactor, type Schedule } from './schedule.ts';
+
+/** AdamW, or ShardedAdamW for a model whose value table is sharded over several GPUs */
+export type Optimizer = AdamW | ShardedAdamW;
+
+/** a new optimizer for the model's parameters: ShardedAdamW when its value table is sharded, else AdamW */
+export function optimizerFor(gpu: Gpu, model: Transformer, cfg: OptimizerConfig): Promise<Optimizer> {
+  return model.shardedTable ? ShardedAdamW.create(gpu, model.params, model.shardedTable, cfg) : AdamW.create(gpu, model.params, cfg);
+}
 
 export interface Batch {
   /** (B, T) u32 */
@@ -34,8 +42,7 @@ export class Trainer {
   constructor(
     private readonly gpu: Gpu,
     readonly model: Transformer,
-    /** AdamW, or ShardedAdamW for a model whose value table is sharded over several GPUs */
-    readonly opt: AdamW | ShardedAdamW,
+    readonly opt: Optimizer,
     readonly schedule: Schedule,
   ) {}
 
