@@ -5,23 +5,34 @@
 //   node --import tsx scripts/multigpu_probe.ts              the host's GPUs (/sys/bus/pci/devices)
 //   ENGRAM_GPU_BUSES=0000:41:00.0,0000:41:00.0 node ...      these PCI addresses (the same one twice:
 //                                                            the device-select layer's path on one GPU)
-// prints a log; the layer must be installed (openGpus says how otherwise).
+// prints a log and a verdict (exit code 1 if a GPU's memory did not rise by what its Gpus hold); the
+// layer must be installed (openGpus says how otherwise).
 
 import { execFileSync } from 'node:child_process';
-import { gpuBuses, hasDeviceSelectLayer, openGpus } from '../src/gpu/multi.ts';
+import { busOf, gpuBuses, hasDeviceSelectLayer, openGpus } from '../src/gpu/multi.ts';
 import type { Tensor } from '../src/gpu/tensor.ts';
 import { fill } from '../src/kernels/copy/copy.ts';
 
+const query = () => execFileSync('nvidia-smi', ['--query-gpu=index,pci.bus_id,memory.used', '--format=csv,noheader,nounits'], { encoding: 'utf8' }).trim();
 const smi = () => {
   try {
-    return execFileSync('nvidia-smi', ['--query-gpu=index,pci.bus_id,memory.used', '--format=csv,noheader'], { encoding: 'utf8' }).trim().replace(/\n/g, '; ');
+    return query().replace(/\n/g, '; ');
   } catch (e) {
     return `nvidia-smi failed: ${String(e)}`;
   }
 };
+/** MiB in use by PCI address (nvidia-smi's 00000000:41:00.0 as 0000:41:00.0) */
+const usedByBus = (): Map<string, number> =>
+  new Map(
+    query()
+      .split('\n')
+      .map((l) => l.split(',').map((x) => x.trim()))
+      .map(([, bus, mib]) => [bus!.toLowerCase().replace(/^0000(?=[0-9a-f]{4}:)/, ''), Number(mib)] as const),
+  );
 
 console.log(`buses (/sys): ${gpuBuses().join(', ') || 'none'}; ENGRAM_GPU_BUSES: ${process.env['ENGRAM_GPU_BUSES'] ?? 'unset'}; device-select layer: ${hasDeviceSelectLayer()}`);
 console.log(`idle: ${smi()}`);
+const idle = usedByBus();
 const gpus = await openGpus();
 console.log(`opened ${gpus.length}: ${gpus.map((g) => g.adapterName).join(' | ')}`);
 const unit = Number(process.argv.find((a) => a.startsWith('--unit='))?.slice(7) ?? 2);
@@ -39,8 +50,25 @@ for (const [k, gpu] of gpus.entries()) {
   held.push(mine);
   console.log(`Gpu ${k} holds ${(k + 1) * unit} GiB: ${smi()}`);
 }
+// the verdict: each GPU's use rose by what the Gpus opened at its address hold (within 10%), the others' by under 1 GiB
+const now = usedByBus();
+const want = new Map<string, number>();
+gpus.forEach((g, k) => {
+  const bus = busOf(g) ?? '?';
+  want.set(bus, (want.get(bus) ?? 0) + (k + 1) * unit * 1024);
+});
+let wrong = 0;
+for (const [bus, mib] of now) {
+  const rose = mib - (idle.get(bus) ?? 0);
+  const expected = want.get(bus) ?? 0;
+  const ok = expected > 0 ? rose >= 0.9 * expected && rose <= 1.1 * expected + 1024 : rose < 1024;
+  if (!ok) wrong++;
+  console.log(`${bus}: rose ${rose} MiB, its Gpus hold ${expected} MiB: ${ok ? 'ok' : 'WRONG'}`);
+}
 for (const [k, gpu] of gpus.entries()) {
   for (const t of held[k]!) t.dispose();
   gpu.destroy();
 }
 console.log(`released: ${smi()}`);
+console.log(wrong === 0 ? 'each Gpu landed on its own GPU' : `${wrong} GPUs did not get what their Gpus hold: openGpus does not tell the GPUs apart here`);
+process.exitCode = wrong === 0 ? 0 : 1;
