@@ -18,7 +18,7 @@ export LD_LIBRARY_PATH="$PWD/.gpu-layer/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi -L | tee "$out/gpus.txt"
 if ! node --import tsx scripts/multigpu_probe.ts > "$out/probe.txt" 2>&1; then
   grep -v Warning "$out/probe.txt" | tail -8
-  echo "the probe failed: openGpus does not give each GPU its own Gpu here (see $out/probe.txt)"
+  echo "the probe failed: the Gpus did not land on the GPUs at their addresses (see $out/probe.txt)"
   exit 1
 fi
 grep -v Warning "$out/probe.txt" | tail -4
