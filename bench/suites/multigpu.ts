@@ -5,8 +5,8 @@
 //
 // the paper's layer (bench/suites/memory.ts: d = 1024, n = 1024 so 2^20 value rows, 4 heads, top-32,
 // key dim 512, bf16 table, T = 8192 tokens), forward + backward + the optimizer's step, wall time
-// with every device synchronised (several devices: no single GPU timer covers them), one GPU and sharded
-// in turn, twice, each 5 steps after 3 of warm-up: the median of the 10 steps
+// with every device synchronised (several devices: no single GPU timer covers them); one GPU, sharded,
+// and sharded with bf16 exchanges in turn, twice, each 5 steps after 3 of warm-up: the median of the 10
 //   memory_layer_fwdbwd_tok_s_1gpu     the table on the first GPU
 //   memory_layer_fwdbwd_tok_s_<G>gpu   sharded over G GPUs (openGpus: one per GPU of the host)
 //   exchange_ms                        per step, the host's time copying data between devices (into uploads)
@@ -22,6 +22,8 @@
 //   train_loss_max_abs_diff            a small Memory+ model (2 blocks of 256, 4,096 bf16 value rows) trained
 //                                      20 steps on one GPU and with its table sharded from the same seed:
 //                                      the largest difference of the two runs' step losses (notes: both runs)
+//   ..._bf16x                          the sharded metrics (the layer's and the training check's) with the
+//                                      column blocks exchanged as bf16 (ShardedValueTable's exchange)
 // --shared: the G devices share the first GPU (openGpus shared): what the exchanges cost, no speed-up;
 // the metrics are then named _<G>dev_shared. --quick: small sizes (a smoke run on lavapipe).
 // on a GPU host without Mesa, openGpus needs Mesa's device-select layer: scripts/device_select_layer.sh
@@ -34,7 +36,7 @@ import type { Tensor } from '../../src/gpu/tensor.ts';
 import { fillNormal } from '../../src/kernels/init/init.ts';
 import { parseModelConfig } from '../../src/model/config.ts';
 import { MemoryLayer, type MemoryLayerConfig } from '../../src/model/memory_layer.ts';
-import { ShardedValueTable } from '../../src/model/sharded_values.ts';
+import { ShardedValueTable, type ExchangeDType } from '../../src/model/sharded_values.ts';
 import { Transformer } from '../../src/model/transformer.ts';
 import { ValueTable } from '../../src/model/value_table.ts';
 import { Rng } from '../../src/testing/rng.ts';
@@ -59,14 +61,14 @@ async function step(gpus: readonly Gpu[], layer: MemoryLayer, x: Tensor, dout: T
 }
 
 /** the layer over one table or the sharded one: its step times (reps after `warm` steps) and the exchange's per step */
-async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: number, warm = 1): Promise<{ times: number[]; exchange: number; waiting: number; bytes: number }> {
+async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: number, warm = 1, exchange: ExchangeDType = 'f32'): Promise<{ times: number[]; exchange: number; waiting: number; bytes: number }> {
   const cfg: MemoryLayerConfig = { d: s.d, heads: s.heads, nKeys: s.n, topk: s.k, keyDim: s.dk };
   const o = { rows: s.n * s.n, dim: s.d, dtype: 'bf16' as const, seed: 1 };
   // everything made is freed however the run ends (--largest runs until one runs out of memory)
   const made: { dispose(): void }[] = [];
   const keep = <T extends { dispose(): void }>(x: T): T => (made.push(x), x);
   try {
-    const sharded = gpus ? keep(await ShardedValueTable.create(gpus, o)) : null;
+    const sharded = gpus ? keep(await ShardedValueTable.create(gpus, o, exchange)) : null;
     const table = sharded ? null : keep(await ValueTable.create(gpu, o));
     const layer = keep(await MemoryLayer.create(gpu, 'mem', cfg, (sharded ?? table)!, 2));
     const opt = keep(sharded ? await ShardedAdamW.create(gpu, layer.params, sharded, { lr: 1e-4 }) : await AdamW.create(gpu, [...layer.params, ...table!.params], { lr: 1e-4 }));
@@ -124,7 +126,7 @@ async function hostTransfer(gpu: Gpu, to: Gpu): Promise<{ host_read_GBps: number
 }
 
 /** 20 steps of a small Memory+ model on one GPU and sharded over `gpus` (the first the model's): the runs' losses */
-async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, string>): Promise<{ train_loss_max_abs_diff: number }> {
+async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, string>, exchange: ExchangeDType = 'f32'): Promise<number> {
   const config = parseModelConfig({
     vocabSize: 512,
     dim: 256,
@@ -142,7 +144,7 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
   const losses: number[][] = [];
   try {
     for (const sharded of [false, true]) {
-      const model = await Transformer.create(gpu, config, 3, sharded ? { valueGpus: gpus } : {});
+      const model = await Transformer.create(gpu, config, 3, sharded ? { valueGpus: gpus, valueExchange: exchange } : {});
       const opt = sharded ? await ShardedAdamW.create(gpu, model.params, model.shardedTable!, { lr: 3e-3 }) : await AdamW.create(gpu, model.params, { lr: 3e-3 });
       const trainer = new Trainer(gpu, model, opt, schedule);
       const run: number[] = [];
@@ -156,8 +158,8 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
     targets.dispose();
   }
   const [one, many] = losses as [number[], number[]];
-  notes['train_losses'] = `one GPU ${one.map((l) => l.toFixed(4)).join(' ')}; sharded ${many.map((l) => l.toFixed(4)).join(' ')}`;
-  return { train_loss_max_abs_diff: Math.max(...one.map((l, i) => Math.abs(l - many[i]!))) };
+  notes[exchange === 'f32' ? 'train_losses' : `train_losses_${exchange}x`] = `one GPU ${one.map((l) => l.toFixed(4)).join(' ')}; sharded ${many.map((l) => l.toFixed(4)).join(' ')}`;
+  return Math.max(...one.map((l, i) => Math.abs(l - many[i]!)));
 }
 
 /**
@@ -217,26 +219,37 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
   try {
     // one GPU and sharded in turn, twice: a GPU whose clocks or neighbours change during the run
     // shows in both, not in one
+    // and the sharded table with bf16 exchanges (_bf16x), in the same turns
     const ones: Awaited<ReturnType<typeof layerRun>>[] = [];
     const manys: typeof ones = [];
+    const halves: typeof ones = [];
     for (let round = 0; round < 2; round++) {
       ones.push(await layerRun(main, null, s, reps, 3));
       manys.push(await layerRun(main, gpus, s, reps, 3));
+      halves.push(await layerRun(main, gpus, s, reps, 3, 'bf16'));
     }
     const one = { seconds: median(ones.flatMap((r) => r.times)) };
-    const mean = (k: 'exchange' | 'waiting' | 'bytes') => (manys[0]![k] + manys[1]![k]) / 2;
-    const many = { seconds: median(manys.flatMap((r) => r.times)), exchange: mean('exchange'), waiting: mean('waiting'), bytes: mean('bytes') };
+    const summary = (runs: typeof ones) => {
+      const mean = (k: 'exchange' | 'waiting' | 'bytes') => (runs[0]![k] + runs[1]![k]) / 2;
+      return { seconds: median(runs.flatMap((r) => r.times)), exchange: mean('exchange'), waiting: mean('waiting'), bytes: mean('bytes') };
+    };
+    const many = summary(manys);
+    const half = summary(halves);
     results['memory_layer_fwdbwd_tok_s_1gpu'] = s.T / one.seconds;
-    results[`memory_layer_fwdbwd_tok_s_${tag}`] = s.T / many.seconds;
-    results['exchange_ms'] = many.exchange * 1e3;
-    results['exchange_MB'] = many.bytes / 1e6;
-    results['waiting_ms'] = many.waiting * 1e3;
+    for (const [suffix, r] of [['', many], ['_bf16x', half]] as const) {
+      results[`memory_layer_fwdbwd_tok_s_${tag}${suffix}`] = s.T / r.seconds;
+      results[`exchange_ms${suffix}`] = r.exchange * 1e3;
+      results[`exchange_MB${suffix}`] = r.bytes / 1e6;
+      results[`waiting_ms${suffix}`] = r.waiting * 1e3;
+    }
     const ms = (r: { times: number[] }) => r.times.map((t) => (t * 1e3).toFixed(1)).join(' ');
-    notes['step_times_ms'] = `1 GPU ${ones.map(ms).join(' | ')}; ${tag} ${manys.map(ms).join(' | ')}`;
+    notes['step_times_ms'] = `1 GPU ${ones.map(ms).join(' | ')}; ${tag} ${manys.map(ms).join(' | ')}; ${tag} bf16 exchange ${halves.map(ms).join(' | ')}`;
     Object.assign(results, await hostTransfer(main, gpus[1]!));
-    notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; one GPU and sharded in turn, twice, each ${reps} steps after 3 warm-up steps: the median of the ${2 * reps}`;
-    notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${(many.seconds * 1e3).toFixed(1)} (in the sharded reads: exchange ${(many.exchange * 1e3).toFixed(1)}, waiting ${(many.waiting * 1e3).toFixed(1)})`;
-    Object.assign(results, await parity(main, gpus, notes));
+    notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; one GPU, sharded and sharded with bf16 exchanges in turn, twice, each ${reps} steps after 3 warm-up steps: the median of the ${2 * reps}`;
+    const line = (r: typeof many) => `${(r.seconds * 1e3).toFixed(1)} (in the sharded reads: exchange ${(r.exchange * 1e3).toFixed(1)}, waiting ${(r.waiting * 1e3).toFixed(1)})`;
+    notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${line(many)}; ${tag} bf16 exchange ${line(half)}`;
+    results['train_loss_max_abs_diff'] = await parity(main, gpus, notes);
+    results['train_loss_max_abs_diff_bf16x'] = await parity(main, gpus, notes, 'bf16');
     notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
     if (args.includes('--largest')) {
       results['largest_table_rows_1gpu'] = await largest(main, null, s, notes, '1gpu');

@@ -12,6 +12,7 @@ import { generate } from '../infer/generate.ts';
 import { greedyAnswer } from '../eval/facts.ts';
 import { loadModel } from '../model/checkpoint.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import type { ValueSharding } from '../model/sharded_values.ts';
 import { Transformer } from '../model/transformer.ts';
 import { historyOf, resumeTraining, trainLoop } from '../train/loop.ts';
 import type { CurvePoint } from '../train/plot.ts';
@@ -147,11 +148,11 @@ export async function trainCommand(a: TrainArgs): Promise<number> {
   const tok = await Tokenizer.fromJson(tokJson);
   const train = readTokens(join(a.data, 'train.bin'));
   const val = readTokens(join(a.data, 'val.bin'));
-  const { gpu, valueGpus, all } = await openTrainGpus(a);
+  const { gpu, sharding, all } = await openTrainGpus(a);
   let run: Awaited<ReturnType<typeof startRun>> | undefined;
   try {
     console.log(`adapter: ${gpu.adapterName}`);
-    run = await startRun(gpu, a, tokJson, tok.vocabSize, valueGpus ? { valueGpus } : {});
+    run = await startRun(gpu, a, tokJson, tok.vocabSize, sharding);
     const { model, opt } = run;
     const params = model.params.reduce((n, p) => n + p.value.size, 0);
     console.log(`model: ${(params / 1e6).toFixed(2)} M parameters, ${model.memoryLayers.length} memory layers; ${train.length} training tokens`);
@@ -205,7 +206,7 @@ async function startRun(
   a: TrainArgs,
   tokJson: string,
   vocabSize: number,
-  shard: { valueGpus?: Gpu[] },
+  shard: ValueSharding,
 ): Promise<{ model: Transformer; opt: Optimizer; history: CurvePoint[] }> {
   if (existsSync(join(a.out, 'trainer.json'))) {
     const { model, opt, files } = await resumeTraining(gpu, a.out, { lr: a.lr }, shard);

@@ -50,10 +50,12 @@ const step = async (dir: string) => (JSON.parse(await readFile(join(dir, 'traine
 
 test('engram train --value-gpus 2 --value-gpus-shared: a new run, resumed, and --init from it, each sharded', async () => {
   const fresh = await printed(args);
-  assert.match(fresh, /values: 64 x 16 f32 sharded by columns over 2 GPUs\n {2}shard 0: columns \[0, 8\) on .+ \(the model's GPU\)\n {2}shard 1: columns \[8, 16\) on /);
+  assert.match(fresh, /values: 64 x 16 f32 sharded by columns over 2 GPUs, exchanging f32 blocks\n {2}shard 0: columns \[0, 8\) on .+ \(the model's GPU\)\n {2}shard 1: columns \[8, 16\) on /);
   assert.equal(await step(args.out), 2);
-  const resumed = await printed({ ...args, steps: 3 });
+  // resumed with bf16 exchanges (a run's checkpoint does not depend on how the shards exchange)
+  const resumed = await printed({ ...args, steps: 3, valueExchange: 'bf16' });
   assert.match(resumed, /resuming .+ at step 2/);
+  assert.match(resumed, /exchanging bf16 blocks/);
   assert.match(resumed, /shard 1: columns \[8, 16\)/);
   assert.equal(await step(args.out), 3);
   const init = await printed({ ...args, init: args.out, out: join(root, 'init'), steps: 1 });
@@ -65,6 +67,7 @@ test('engram train --value-gpus: a width N does not divide, a model without memo
   await assert.rejects(trainCommand({ ...args, out: join(root, 'three'), valueGpus: 3 }), /value width 16 must be a multiple of the 3 GPUs/);
   await assert.rejects(trainCommand({ ...args, out: join(root, 'dense'), config: join(root, 'dense.json') }), /valueGpus shards the memory value table, and this model has no memory layers/);
   await assert.rejects(trainCommand({ ...args, out: join(root, 'half'), valueGpus: 1.5 }), /--value-gpus: expected a whole number of GPUs >= 1, got 1.5/);
+  await assert.rejects(trainCommand({ ...args, out: join(root, 'f16'), valueExchange: 'f16' }), /--value-exchange: expected f32 or bf16, got 'f16'/);
   const bin = join(import.meta.dirname, '../../bin/engram.js');
   const cli = ['train', '--data', args.data, '--out', join(root, 'cli'), '--config', args.config, '--steps', '1', '--seq', '16', '--value-gpus', '3', '--value-gpus-shared'];
   const fail = await promisify(execFile)(process.execPath, [bin, ...cli]).then(

@@ -49,6 +49,15 @@ export class Tensor {
     return new Tensor(this.buffer, this.offset, shape, this.dtype, this.label, null);
   }
 
+  /** A tensor over the same bytes read as another dtype and shape of equal byte length (16-bit pairs as u32 words, say). */
+  bitcast(dtype: TensorDType, shape: readonly number[]): Tensor {
+    const t = new Tensor(this.buffer, this.offset, shape, dtype, this.label, null);
+    if (t.byteLength !== this.byteLength) {
+      throw new Error(`bitcast of ${this}: [${shape.join(',')}]:${dtype} is ${t.byteLength} bytes, the tensor ${this.byteLength}`);
+    }
+    return t;
+  }
+
   /** A view of this tensor's first numel(shape) elements (at most all of them), with that shape. */
   leading(shape: readonly number[]): Tensor {
     if (numel(shape) > this.size) {

@@ -19,6 +19,7 @@ import { EngramError } from '../gpu/errors.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeDType, type SafeTensor } from '../io/safetensors.ts';
 import { parseModelConfig, type ModelConfig } from './config.ts';
+import type { ValueSharding } from './sharded_values.ts';
 import { Transformer } from './transformer.ts';
 
 const VALUES = 'model.memory_values';
@@ -100,9 +101,9 @@ export async function saveModel(gpu: Gpu, dir: string, model: Transformer, files
 
 /**
  * Reads a checkpoint folder into a new model; every tensor's presence, dtype and shape is checked.
- * valueGpus: the value table sharded over these GPUs (Transformer.create's), whichever way it was saved
+ * valueGpus (and valueExchange): the value table sharded over these GPUs (Transformer.create's), whichever way it was saved
  */
-export async function loadModel(gpu: Gpu, dir: string, o: { valueGpus?: readonly Gpu[] } = {}): Promise<{ model: Transformer; files: Record<string, Uint8Array> }> {
+export async function loadModel(gpu: Gpu, dir: string, o: ValueSharding = {}): Promise<{ model: Transformer; files: Record<string, Uint8Array> }> {
   const { CheckpointError, readCheckpoint } = await import('../io/checkpoint.ts');
   const files = await readCheckpoint(dir);
   try {
@@ -117,7 +118,7 @@ export async function loadModel(gpu: Gpu, dir: string, o: { valueGpus?: readonly
  * fetched by a browser); every tensor's presence, dtype and shape is checked. `source` names the
  * files in errors (ModelFilesError).
  */
-export async function modelFromFiles(gpu: Gpu, files: Readonly<Record<string, Uint8Array>>, source = 'checkpoint', o: { valueGpus?: readonly Gpu[] } = {}): Promise<Transformer> {
+export async function modelFromFiles(gpu: Gpu, files: Readonly<Record<string, Uint8Array>>, source = 'checkpoint', o: ValueSharding = {}): Promise<Transformer> {
   const cfgBytes = files['config.json'];
   const stBytes = files['model.safetensors'];
   if (!cfgBytes || !stBytes) throw new ModelFilesError(`${source}: a model checkpoint needs config.json and model.safetensors`);

@@ -69,30 +69,40 @@ for (const [G, local] of [[2, true], [3, true], [2, false]] as const) {
       const idx = Array.from({ length: T * B }, () => (rng.next() < 0.05 ? 301 + rng.int(5) : rng.int(301)));
       const w = Array.from({ length: T * B }, () => rng.next() * 2 - 1);
       const dout = Array.from({ length: T * 24 }, () => rng.next() * 2 - 1);
-      const t = (v: number[], shape: number[], d: 'u32' | 'f32') => gpu!.tensorFrom(v, shape, d);
+      const t = (v: number[], shape: number[], d: 'u32' | 'f32' | 'bf16') => gpu!.tensorFrom(v, shape, d);
       const [ti, tw, td] = [await t(idx, [T, B], 'u32'), await t(w, [T, B], 'f32'), await t(dout, [T, 24], 'f32')];
       const made: Tensor[] = [ti, tw, td];
-      const mk = async (shape: number[]) => {
-        const x = await gpu!.tensor(shape, 'f32');
+      const mk = async (shape: number[], d: 'f32' | 'bf16' = 'f32') => {
+        const x = await gpu!.tensor(shape, d);
         made.push(x);
         return x;
       };
-      const [y1, y2, dw1, dw2] = [await mk([T, 24]), await mk([T, 24]), await mk([T, B]), await mk([T, B])];
-      await membagForward(gpu!, { out: y1 }, { values: one.values, idx: ti, w: tw });
-      const bag = await sharded.forward(gpu!, y2, ti, tw);
-      assert.deepEqual(await gpu!.read(y2), await gpu!.read(y1), `${dtype}: forward`);
+      // bf16 exchange: y is one GPU's rounded to bf16 once, dV and dw one GPU's for dout rounded to bf16
+      for (const exchange of ['f32', 'bf16'] as const) {
+        const what = `${dtype} values, ${exchange} exchange`;
+        const xs = exchange === 'f32' ? sharded : await ShardedValueTable.create(devices, o, exchange);
+        const rounded = exchange === 'bf16';
+        const [y1, y2, dw1, dw2] = [await mk([T, 24], exchange), await mk([T, 24]), await mk([T, B]), await mk([T, B])];
+        const d1 = rounded ? await t(dout, [T, 24], 'bf16') : td;
+        if (rounded) made.push(d1);
+        await membagForward(gpu!, { out: y1 }, { values: one.values, idx: ti, w: tw });
+        const bag = await xs.forward(gpu!, y2, ti, tw);
+        assert.deepEqual(await gpu!.read(y2), await gpu!.read(y1), `${what}: forward`);
 
-      await one.zeroGrad(gpu!);
-      await sharded.zeroGrad();
-      await membagBackward(gpu!, { dw: dw1, dvalues: one.grads }, { values: one.values, idx: ti, w: tw, dout: td });
-      await sharded.backward(gpu!, { dw: dw2 }, bag, td);
-      const [a, b] = [await gpu!.read(dw1), await gpu!.read(dw2)];
-      for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) <= 1e-5 * (1 + Math.abs(a[i]!)), `${dtype}: dw[${i}] ${b[i]} against ${a[i]}`);
-      const grads = await hostTable(gpu!, one.grads);
-      for (const s of sharded.shards) assert.deepEqual(await hostTable(s.gpu, s.table.grads), columns(grads, 24, s.start, 24 / G), `${dtype}: shard at column ${s.start}'s gradient`);
-      assert.ok(sharded.time.bytes > 0 && sharded.time.exchange > 0);
+        await one.zeroGrad(gpu!);
+        await xs.zeroGrad();
+        await membagBackward(gpu!, { dw: dw1, dvalues: one.grads }, { values: one.values, idx: ti, w: tw, dout: d1 });
+        await xs.backward(gpu!, { dw: dw2 }, bag, td);
+        const [a, b] = [await gpu!.read(dw1), await gpu!.read(dw2)];
+        for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) <= 1e-5 * (1 + Math.abs(a[i]!)), `${what}: dw[${i}] ${b[i]} against ${a[i]}`);
+        const grads = await hostTable(gpu!, one.grads);
+        for (const s of xs.shards) assert.deepEqual(await hostTable(s.gpu, s.table.grads), columns(grads, 24, s.start, 24 / G), `${what}: shard at column ${s.start}'s gradient`);
+        assert.ok(xs.time.bytes > 0 && xs.time.exchange > 0);
+        if (rounded) assert.ok(xs.time.bytes < sharded.time.bytes, `${what}: fewer bytes (${xs.time.bytes} against ${sharded.time.bytes})`);
+        bag.dispose();
+        if (xs !== sharded) xs.dispose();
+      }
 
-      bag.dispose();
       for (const x of made) x.dispose();
       one.dispose();
       sharded.dispose();
@@ -104,6 +114,8 @@ test('ShardedValueTable: clear errors', async () => {
   const devices = await gpus(2);
   await assert.rejects(ShardedValueTable.create(devices, { rows: 10, dim: 7 }), /value width 7 must be a multiple of the 2 GPUs/);
   await assert.rejects(ShardedValueTable.create([], { rows: 10, dim: 8 }), /no GPUs given/);
+  await assert.rejects(ShardedValueTable.create(devices, { rows: 10, dim: 6, dtype: 'f32' }, 'bf16'), /bf16 exchanges need an even width per shard/);
+  await assert.rejects(ShardedValueTable.create(devices, { rows: 10, dim: 8 }, 'f16' as 'bf16'), /exchange must be 'f32' or 'bf16', got 'f16'/);
   const s = await ShardedValueTable.create(devices, { rows: 10, dim: 8 });
   const gpu = devices[0]!;
   const [idx, w, out] = [await gpu.tensor([3, 2], 'u32'), await gpu.tensor([3, 2], 'f32'), await gpu.tensor([3, 4], 'f32')];

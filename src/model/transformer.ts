@@ -34,7 +34,7 @@ import type { ModelConfig } from './config.ts';
 import { MemoryLayer } from './memory_layer.ts';
 import type { SlotCache } from './slot_cache.ts';
 import { createParam, disposeParams, type Param } from './param.ts';
-import { ShardedValueTable } from './sharded_values.ts';
+import { ShardedValueTable, type ValueSharding } from './sharded_values.ts';
 import { ValueTable } from './value_table.ts';
 
 interface Block {
@@ -197,9 +197,10 @@ export class Transformer {
   /**
    * valueGpus: the memory value table sharded by columns over these GPUs (sharded_values.ts; the
    * model's own GPU may be one of them), the rest of the model on `gpu`; the same values as one
-   * table from the same seed. an error for a model without memory layers (no table to shard)
+   * table from the same seed. an error for a model without memory layers (no table to shard).
+   * valueExchange: the dtype of the column blocks the shards exchange (ShardedValueTable's exchange)
    */
-  static async create(gpu: Gpu, config: ModelConfig, seed = 0, o: { valueGpus?: readonly Gpu[] } = {}): Promise<Transformer> {
+  static async create(gpu: Gpu, config: ModelConfig, seed = 0, o: ValueSharding = {}): Promise<Transformer> {
     const { vocabSize: V, dim: d, heads: NH, kvHeads: NKV, ffnHidden: F } = config;
     const HS = d / NH;
     let k = 0;
@@ -217,7 +218,7 @@ export class Transformer {
     const mem = config.memory;
     if (o.valueGpus && !mem) throw new EngramError('Transformer: valueGpus shards the memory value table, and this model has no memory layers (config.memory)');
     const tableOptions = mem && { rows: mem.nKeys * mem.nKeys, dim: d, dtype: mem.valueDtype, seed: seed * 1000 + 999 };
-    const sharded = tableOptions && o.valueGpus ? await ShardedValueTable.create(o.valueGpus, tableOptions) : null;
+    const sharded = tableOptions && o.valueGpus ? await ShardedValueTable.create(o.valueGpus, tableOptions, o.valueExchange) : null;
     const table = tableOptions && !sharded ? await ValueTable.create(gpu, tableOptions) : null;
     const blocks: Block[] = [];
     for (let i = 0; i < config.layers; i++) {

@@ -19,6 +19,7 @@ import type { Tensor } from '../gpu/tensor.ts';
 import { decodeSafetensors, encodeSafetensors } from '../io/safetensors.ts';
 import { loadModel, saveModel } from '../model/checkpoint.ts';
 import type { MemoryReadStats } from '../model/memory_stats.ts';
+import type { ValueSharding } from '../model/sharded_values.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { AdamW, OptimizerConfig } from './optimizer.ts';
 import { lossCurvePng, type CurvePoint } from './plot.ts';
@@ -116,8 +117,8 @@ export function historyOf(files: Record<string, Uint8Array>): CurvePoint[] {
  * valueGpus: the value table sharded over these GPUs (loadModel's), with a ShardedAdamW
  */
 export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig): Promise<{ model: Transformer; opt: AdamW; files: Record<string, Uint8Array> }>;
-export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig, o: { valueGpus?: readonly Gpu[] }): Promise<{ model: Transformer; opt: Optimizer; files: Record<string, Uint8Array> }>;
-export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig, o: { valueGpus?: readonly Gpu[] } = {}): Promise<{ model: Transformer; opt: Optimizer; files: Record<string, Uint8Array> }> {
+export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig, o: ValueSharding): Promise<{ model: Transformer; opt: Optimizer; files: Record<string, Uint8Array> }>;
+export async function resumeTraining(gpu: Gpu, dir: string, cfg: OptimizerConfig, o: ValueSharding = {}): Promise<{ model: Transformer; opt: Optimizer; files: Record<string, Uint8Array> }> {
   const { model, files } = await loadModel(gpu, dir, o);
   const optBytes = files['optimizer.safetensors'];
   const trainer = files['trainer.json'];
