@@ -19,6 +19,9 @@
 //   largest_table_rows_1gpu            with --largest: the most value rows (n^2; n grows by sqrt 2 from 1024
 //   largest_table_rows_<G>gpu          until a step fails, then 4 bisections) for which the layer takes a
 //                                      training step with its table on one GPU, and sharded
+//   train_tok_s_1gpu, train_tok_s_<G>gpu  a whole model's training step (Trainer): 8 blocks of 1,024, Memory+
+//                                      in blocks 2 and 5 over one table of the layer's size, 4 x 1,024 tokens
+//                                      a step; in the same turns, median of 10 steps after 2 of warm-up
 //   train_loss_max_abs_diff            a small Memory+ model (2 blocks of 256, 4,096 bf16 value rows) trained
 //                                      20 steps on one GPU and with its table sharded from the same seed:
 //                                      the largest difference of the two runs' step losses (notes: both runs)
@@ -42,7 +45,7 @@ import { ValueTable } from '../../src/model/value_table.ts';
 import { Rng } from '../../src/testing/rng.ts';
 import { AdamW } from '../../src/train/optimizer.ts';
 import { ShardedAdamW } from '../../src/train/sharded_optimizer.ts';
-import { Trainer } from '../../src/train/trainer.ts';
+import { optimizerFor, Trainer } from '../../src/train/trainer.ts';
 import { median } from '../lib.ts';
 import type { SuiteOutput } from '../run.ts';
 import { PAPER, QUICK, type Sizes } from './memory.ts';
@@ -86,6 +89,48 @@ async function layerRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, reps: n
   } finally {
     for (const x of made.reverse()) x.dispose();
   }
+}
+
+/**
+ * a whole model's training step (Trainer: forward, backward, AdamW over every block) with the value
+ * table on one GPU or sharded: tokens a second over `reps` steps after 2 of warm-up. the model: 8
+ * blocks of the layer's width, Memory+ in blocks 2 and 5 over one table of the layer's size, a batch
+ * of 4 x 1,024 tokens (quick: 2 blocks, one memory layer, 2 x 32)
+ */
+async function modelRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, quick: boolean, reps: number, exchange: ExchangeDType = 'f32'): Promise<number[]> {
+  const [B, T] = quick ? [2, 32] : [4, 1024];
+  const config = parseModelConfig({
+    vocabSize: 8192,
+    dim: s.d,
+    layers: quick ? 2 : 8,
+    heads: quick ? 4 : 8,
+    kvHeads: quick ? 2 : 4,
+    ffnHidden: quick ? 128 : 2816,
+    maxSeqLen: T,
+    memory: { layers: quick ? [1] : [2, 5], nKeys: s.n, heads: s.heads, topk: s.k, keyDim: s.dk, valueDtype: 'bf16' },
+  });
+  const rng = new Rng(5);
+  const seq = Array.from({ length: B * (T + 1) }, () => rng.int(8192));
+  const ids = await gpu.tensorFrom(seq.filter((_, i) => i % (T + 1) !== T), [B, T], 'u32', 'ids');
+  const targets = await gpu.tensorFrom(seq.filter((_, i) => i % (T + 1) !== 0), [B, T], 'u32', 'targets');
+  const model = await Transformer.create(gpu, config, 1, gpus ? { valueGpus: gpus, valueExchange: exchange } : {});
+  const opt = await optimizerFor(gpu, model, { lr: 1e-4 });
+  const trainer = new Trainer(gpu, model, opt, { warmup: 1, steps: 1000, minRatio: 0.1 });
+  const rates: number[] = [];
+  try {
+    for (let r = 0; r < 2 + reps; r++) {
+      const t0 = performance.now();
+      await trainer.step([{ ids, targets }]);
+      await Promise.all((gpus ?? [gpu]).map((g) => g.sync()));
+      if (r >= 2) rates.push((B * T) / ((performance.now() - t0) / 1000));
+    }
+  } finally {
+    opt.dispose();
+    model.dispose();
+    ids.dispose();
+    targets.dispose();
+  }
+  return rates;
 }
 
 /**
@@ -248,6 +293,14 @@ export async function run(gpu: Gpu, args: string[]): Promise<SuiteOutput> {
     notes['sizes'] = `T=${s.T} d=${s.d} n=${s.n} (${s.n * s.n} rows) heads=${s.heads} k=${s.k} dk=${s.dk}, bf16 table, AdamW (f32 moments and master copy); a step: forward, backward, optimizer; one GPU, sharded and sharded with bf16 exchanges in turn, twice, each ${reps} steps after 3 warm-up steps: the median of the ${2 * reps}`;
     const line = (r: typeof many) => `${(r.seconds * 1e3).toFixed(1)} (in the sharded reads: exchange ${(r.exchange * 1e3).toFixed(1)}, waiting ${(r.waiting * 1e3).toFixed(1)})`;
     notes['step_ms'] = `1 GPU ${(one.seconds * 1e3).toFixed(1)}; ${tag} ${line(many)}; ${tag} bf16 exchange ${line(half)}`;
+    // a whole model's training steps, in the same turns
+    const trains: Record<string, number[]> = { '1gpu': [], [tag]: [], [`${tag}_bf16x`]: [] };
+    for (let round = 0; round < 2; round++) {
+      trains['1gpu']!.push(...(await modelRun(main, null, s, quick, reps)));
+      trains[tag]!.push(...(await modelRun(main, gpus, s, quick, reps)));
+      trains[`${tag}_bf16x`]!.push(...(await modelRun(main, gpus, s, quick, reps, 'bf16')));
+    }
+    for (const [k, v] of Object.entries(trains)) results[`train_tok_s_${k}`] = median(v);
     results['train_loss_max_abs_diff'] = await parity(main, gpus, notes);
     results['train_loss_max_abs_diff_bf16x'] = await parity(main, gpus, notes, 'bf16');
     notes['devices'] = gpus.map((g, i) => `${i}: ${g.adapterName}`).join('; ') + (shared ? ' (shared: every device on the first GPU)' : '');
