@@ -13,6 +13,7 @@ import { mergeDawnFlags } from './adapter.ts';
 import { Arena } from './buffers.ts';
 import { Gpu } from './device.ts';
 import { DTYPES, roundTo } from './dtype.ts';
+import { StagingPool, stagingSize } from './staging.ts';
 import { DeviceLostError, OutOfMemoryError, ShaderCompileError, ShapeError } from './errors.ts';
 import { GpuTimer } from './timing.ts';
 
@@ -94,6 +95,38 @@ test('large transfers go through kept staging buffers: bytes intact, ordered aft
   await assert.rejects(gpu.readView(t.buffer, 2, 8, () => 0), /offset 2 and size 8 must be non-negative multiples of 4/);
   t.dispose();
   other.dispose();
+});
+
+test('staging pools: sizes round up to a power of two, free buffers are reused, the oldest dropped past the cap; write buffers come mapped', async () => {
+  const gpu = await testGpu();
+  assert.deepEqual([1, 4096, 4097, 5000, 1 << 20].map(stagingSize), [4096, 4096, 8192, 8192, 1 << 20]);
+  const reads = new StagingPool(gpu.device, 'read', 8192);
+  const [a, b, c] = [reads.take(100), reads.take(4096), reads.take(3000)];
+  assert.equal(reads.bytes, 3 * 4096);
+  for (const x of [a, b, c]) reads.give(x);
+  // three free buffers of 4 KiB, a cap of 8 KiB: the first given back is dropped
+  assert.equal(reads.bytes, 8192);
+  const again = reads.take(4000);
+  assert.equal(again, c, 'the most recently given buffer of the size comes first');
+  assert.notEqual(reads.take(4000), a, 'a dropped buffer is not handed out');
+  const writes = new StagingPool(gpu.device, 'write', 1 << 20);
+  const w = writes.take(5000);
+  assert.equal(w.size, 8192);
+  assert.equal(w.mapState, 'mapped');
+  new Uint8Array(w.getMappedRange()).fill(7);
+  w.unmap();
+  writes.give(w);
+  await gpu.sync();
+  for (let i = 0; i < 200 && w.mapState !== 'mapped'; i++) await new Promise((r) => setTimeout(r, 5));
+  await Promise.resolve();
+  // once mapped again, it is free: the next take of its size gets it back, mapped
+  const back = writes.take(8192);
+  assert.equal(back, w);
+  assert.equal(back.mapState, 'mapped');
+  back.unmap();
+  reads.close();
+  writes.close();
+  assert.equal(reads.bytes + writes.bytes, 0);
 });
 
 test('an allocation out of memory frees the memory of destroyed buffers (reclaim) and tries once more; a second failure is an OutOfMemoryError naming it', async () => {
