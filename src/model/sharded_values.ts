@@ -126,10 +126,10 @@ export class ShardedValueTable {
     try {
       // the bag's read backs go first in the model GPU's queue, the local shard's read after them:
       // it runs while the bag travels and the other shards read
-      const sent = Promise.all([
+      const sent = awaited(Promise.all([
         this.send(at(gpu, idx), idx.byteLength, others.map((g) => at(this.shards[g]!.gpu, bag.idx[g]!))),
         this.send(at(gpu, w), w.byteLength, others.map((g) => at(this.shards[g]!.gpu, bag.w[g]!))),
-      ]);
+      ]));
       if (local) {
         await membagForward(gpu, { out: blocks.leading([T, c]) }, { values: this.shards[0]!.table.values, idx, w });
         gpu.flush();
@@ -141,7 +141,7 @@ export class ShardedValueTable {
         const y = s.gpu.scratch.take([T, c], xdt, 'shard_y');
         ys.push(y);
         await membagForward(s.gpu, { out: y }, { values: s.table.values, idx: bag.idx[g]!, w: bag.w[g]! });
-        back.push(this.send(at(s.gpu, y), y.byteLength, [at(gpu, blocks, g * y.byteLength)]));
+        back.push(awaited(this.send(at(s.gpu, y), y.byteLength, [at(gpu, blocks, g * y.byteLength)])));
       }
       await Promise.all(back);
       await this.unblock(gpu, out, blocks);
@@ -182,7 +182,7 @@ export class ShardedValueTable {
       const douts = others.map((g) => this.shards[g]!.gpu.scratch.take([T, c], xdt, 'shard_dout'));
       taken.push(...douts);
       const size = douts[0]?.byteLength ?? 0;
-      const sent = Promise.all(others.map((g, j) => this.send(at(gpu, blocks, g * size), size, [at(this.shards[g]!.gpu, douts[j]!)])));
+      const sent = awaited(Promise.all(others.map((g, j) => this.send(at(gpu, blocks, g * size), size, [at(this.shards[g]!.gpu, douts[j]!)]))));
       // the local shard's dw and value gradient run while the other shards' douts travel
       if (local) {
         const s = this.shards[0]!;
@@ -207,7 +207,7 @@ export class ShardedValueTable {
             taken.push(into);
             parts.push(into);
           }
-          back.push(this.send(at(s.gpu, dw), dw.byteLength, [at(gpu, into)]));
+          back.push(awaited(this.send(at(s.gpu, dw), dw.byteLength, [at(gpu, into)])));
         }
         await membagBackward(s.gpu, { dvalues: s.table.grads }, inputs);
         s.gpu.flush();
@@ -383,4 +383,13 @@ interface Place {
 /** a tensor's place, `bytes` into it */
 function at(gpu: Gpu, t: Tensor, bytes = 0): Place {
   return { gpu, buffer: t.buffer, offset: t.offset + bytes };
+}
+
+/**
+ * a transfer awaited later: if an error elsewhere ends the call first, its own failure is not an
+ * unhandled rejection (the call's error is the one reported)
+ */
+function awaited<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
 }
