@@ -1,7 +1,7 @@
 // engram's public API. everything a user imports comes through here.
 
 export { Gpu, type GpuFeatures, type GpuOptions, type MemoryStats, type SubgroupMatrixConfig } from './gpu/device.ts';
-export { openGpus } from './gpu/multi.ts';
+export { busOf, openGpus } from './gpu/multi.ts';
 export { Arena, ScratchPool } from './gpu/buffers.ts';
 export { Tensor } from './gpu/tensor.ts';
 export { GpuTimer } from './gpu/timing.ts';
@@ -19,7 +19,7 @@ export {
 export * as kernels from './kernels/index.ts';
 export { MemoryLayer, type MemoryLayerConfig } from './model/memory_layer.ts';
 export { ValueTable, type ValueTableOptions } from './model/value_table.ts';
-export { ShardedValueTable } from './model/sharded_values.ts';
+export { ShardedValueTable, type ExchangeDType, type ValueSharding } from './model/sharded_values.ts';
 export { memoryStats, tokenReads, type MemoryReadStats } from './model/memory_stats.ts';
 export { type Param } from './model/param.ts';
 export { AdamW, type OptimizerConfig } from './train/optimizer.ts';
