@@ -4,7 +4,11 @@
 //    plus shader-f16, subgroups, timestamp-query and subgroup matrices where present.
 //  - errors: allocation is wrapped in an out-of-memory scope; uncaptured errors and device loss
 //    are recorded and rethrown, typed, at the next sync().
-//  - memory: every buffer goes through createBuffer(), which keeps byte accounting per label.
+//  - memory: every buffer goes through createBuffer() (out of memory surfaces at the next sync) or
+//    allocate() (it throws there, after reclaiming destroyed buffers' memory and trying once more),
+//    which keep byte accounting per label.
+//  - transfers: reads back and large uploads go through kept host-visible buffers (staging.ts);
+//    readView hands the mapped bytes over without a copy.
 //  - dispatch: kernels are recorded into one compute pass, submitted every submitEvery
 //    dispatches (the GPU works while the host records on) and at every read; their uniform
 //    blocks are staged on the host and written with one writeBuffer right before the submit
