@@ -18,7 +18,10 @@ export LD_LIBRARY_PATH="$PWD/.gpu-layer/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi -L | tee "$out/gpus.txt"
 if ! node --import tsx scripts/multigpu_probe.ts > "$out/probe.txt" 2>&1; then
   grep -v Warning "$out/probe.txt" | tail -8
-  echo "the probe failed: the Gpus did not land on the GPUs at their addresses (see $out/probe.txt)"
+  # what the layer sees (it lists the devices with their PCI addresses and exits), and the loader's view
+  MESA_VK_DEVICE_SELECT=list node --import tsx -e "import { Gpu } from './src/gpu/device.ts'; await Gpu.create();" > "$out/device_select_list.txt" 2>&1
+  VK_LOADER_DEBUG=layer,driver node --import tsx -e "import { Gpu } from './src/gpu/device.ts'; (await Gpu.create()).destroy();" > "$out/loader.txt" 2>&1
+  echo "the probe failed: the Gpus did not land on the GPUs at their addresses (see $out/probe.txt, device_select_list.txt, loader.txt)"
   exit 1
 fi
 grep -v Warning "$out/probe.txt" | tail -4
