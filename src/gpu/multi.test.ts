@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { requestAdapterAt } from './adapter.ts';
-import { busOf, gpuBuses, hasDeviceSelectLayer, openGpus } from './multi.ts';
+import { busOf, checkBuses, gpuBuses, hasDeviceSelectLayer, openGpus } from './multi.ts';
 
 test('gpuBuses: the display controllers (PCI class 0x03) of a /sys/bus/pci/devices, sorted', () => {
   const root = mkdtempSync(join(tmpdir(), 'engram-pci-'));
@@ -61,4 +61,8 @@ test('openGpus: shared devices on one adapter work apart; clear errors', async (
   await assert.rejects(openGpus({ count: 0 }), /count must be a positive integer, got 0/);
   await assert.rejects(openGpus({ count: 3, buses: ['0000:41:00.0'] }), /3 GPUs asked for, 1 found \(0000:41:00.0\)/);
   await assert.rejects(requestAdapterAt('41:00.0'), /'41:00.0' is no PCI address/);
+  // an address no GPU of the host has would open the first GPU without a word: refused up front
+  assert.throws(() => checkBuses(['0000:00:06.0', '0000:00:07.0'], ['0000:00:06.0']), /no GPU at PCI address 0000:00:07.0 \(this host's GPUs: 0000:00:06.0\)/);
+  checkBuses(['0000:00:06.0', '0000:00:06.0'], ['0000:00:06.0']);
+  checkBuses(['0000:41:00.0'], []);
 });

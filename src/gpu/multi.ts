@@ -34,6 +34,20 @@ export function gpuBuses(root = '/sys/bus/pci/devices'): string[] {
 }
 
 /**
+ * Throws unless every address is one of the host's GPUs (when /sys lists any): for an address no
+ * GPU has, the device-select layer falls back to the first GPU without a word
+ * (bench/results/multigpu-nvidia-h100-80gb-hbm3-20261124/device_select_tag.txt).
+ */
+export function checkBuses(buses: readonly string[], host: readonly string[] = gpuBuses()): void {
+  if (host.length === 0) return;
+  const known = new Set(host.map((b) => b.toLowerCase()));
+  const bad = buses.filter((b) => !known.has(b.toLowerCase()));
+  if (bad.length > 0) {
+    throw new NoAdapterError(`openGpus: no GPU at PCI address ${bad.join(', ')} (this host's GPUs: ${host.join(', ')}); check ENGRAM_GPU_BUSES or the buses given`);
+  }
+}
+
+/**
  * where every Vulkan loader looks for implicit layers (Linux). VK_ADD_IMPLICIT_LAYER_PATH is left out:
  * loaders before it was added ignore it (Debian bookworm's 1.3.239 did, on the GPU host), and a layer
  * counted here but never loaded would put every Gpu on the first GPU without a word
@@ -86,6 +100,7 @@ export async function openGpus(o: GpuOptions & { count?: number; buses?: readonl
     throw new NoAdapterError(`openGpus: ${count} GPUs asked for, ${all.length} found (${all.join(', ') || 'no PCI display controllers in /sys/bus/pci/devices'}); pass buses or ENGRAM_GPU_BUSES, or shared: true to test on one`);
   }
   if (buses.length <= 1) return [await Gpu.create(opts)];
+  checkBuses(buses);
   if (!hasDeviceSelectLayer()) {
     throw new NoAdapterError(
       `openGpus: ${buses.length} GPUs need Mesa's device-select Vulkan layer to tell them apart, and no implicit layer manifest names VK_LAYER_MESA_device_select (looked in ${implicitLayerDirs().join(', ')}). ` +
