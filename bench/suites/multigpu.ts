@@ -33,6 +33,7 @@
 // pack (here), carry .gpu-layer, then there `scripts/device_select_layer.sh install` and its LD_LIBRARY_PATH;
 // scripts/multigpu_probe.ts checks that each Gpu's memory lands on its own GPU.
 
+import { execFileSync } from 'node:child_process';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { openGpus } from '../../src/gpu/multi.ts';
 import type { Tensor } from '../../src/gpu/tensor.ts';
@@ -207,6 +208,15 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
   return Math.max(...one.map((l, i) => Math.abs(l - many[i]!)));
 }
 
+/** each GPU's memory in use by nvidia-smi ('-' without one) */
+function usedMiB(): string {
+  try {
+    return execFileSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits'], { encoding: 'utf8' }).trim().split('\n').join(' / ');
+  } catch {
+    return '-';
+  }
+}
+
 /**
  * the most value rows (n^2) for which the layer takes a training step (T at most 1,024), its table
  * on `main` (gpus null) or sharded over `gpus`:
@@ -216,14 +226,16 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
 async function largest(main: Gpu, gpus: readonly Gpu[] | null, s: Sizes, notes: Record<string, string>, tag: string): Promise<number> {
   const tries: string[] = [];
   const runs = async (n: number): Promise<boolean> => {
+    // the GPUs' memory in use before the try (nvidia-smi, where there is one): what else holds memory
+    const before = usedMiB();
     try {
       await layerRun(main, gpus, { ...s, n, T: Math.min(s.T, 1024) }, 1);
       tries.push(`${n}: ran`);
-      console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows): a training step ran`);
+      console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows): a training step ran (MiB in use before: ${before})`);
       return true;
     } catch (e) {
-      tries.push(`${n}: ${String(e).split('\n')[0]}`);
-      console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]}`);
+      tries.push(`${n}: ${String(e).split('\n')[0]} (MiB in use before: ${before})`);
+      console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]} (MiB in use before: ${before})`);
       for (const g of gpus ?? [main]) {
         g.scratch.trim();
         await g.reclaim();
