@@ -226,7 +226,10 @@ function usedMiB(): string {
 async function largest(main: Gpu, gpus: readonly Gpu[] | null, s: Sizes, notes: Record<string, string>, tag: string): Promise<number> {
   const tries: string[] = [];
   const runs = async (n: number): Promise<boolean> => {
-    // the GPUs' memory in use before the try (nvidia-smi, where there is one): what else holds memory
+    // every try starts with the last one's memory freed (Dawn frees it only after a later submit
+    // completes: a two-GPU run held the previous tries' tables and found a smaller largest table,
+    // bench/results/multigpu-nvidia-h200-20261124/leftover.txt); nvidia-smi's count before it in the notes
+    for (const g of gpus ?? [main]) await g.reclaim();
     const before = usedMiB();
     try {
       await layerRun(main, gpus, { ...s, n, T: Math.min(s.T, 1024) }, 1);
@@ -236,10 +239,7 @@ async function largest(main: Gpu, gpus: readonly Gpu[] | null, s: Sizes, notes: 
     } catch (e) {
       tries.push(`${n}: ${String(e).split('\n')[0]} (MiB in use before: ${before})`);
       console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows) failed: ${String(e).split('\n')[0]} (MiB in use before: ${before})`);
-      for (const g of gpus ?? [main]) {
-        g.scratch.trim();
-        await g.reclaim();
-      }
+      for (const g of gpus ?? [main]) g.scratch.trim();
       return false;
     }
   };
