@@ -69,21 +69,23 @@ export async function timeGpu(gpu: Gpu, fn: () => Promise<void>, opts: TimeOptio
   return median(await timePasses(gpu, fn, opts));
 }
 
+/** nvidia-smi's --query-gpu of `fields`: a line per GPU (csv, no header, no units); null where there is no nvidia-smi */
+export function nvidiaSmi(fields: readonly string[]): string[] | null {
+  try {
+    return execFileSync('nvidia-smi', [`--query-gpu=${fields.join(',')}`, '--format=csv,noheader,nounits'], { encoding: 'utf8' }).trim().split('\n');
+  } catch {
+    return null;
+  }
+}
+
 /**
  * The device a result file names. NVIDIA's Vulkan driver reports only its version string to
  * WebGPU, so on NVIDIA the board name comes from nvidia-smi.
  */
 export function deviceName(gpu: Gpu): string {
-  if (gpu.adapter.info.vendor === 'nvidia') {
-    try {
-      const smi = execFileSync('nvidia-smi', ['--query-gpu=name', '--format=csv,noheader'], { encoding: 'utf8' });
-      const board = smi.trim().split('\n')[0];
-      if (board) return `${board} (Vulkan, ${gpu.adapterName})`;
-    } catch {
-      // no nvidia-smi: fall through to the adapter's own name
-    }
-  }
-  return gpu.adapterName;
+  // without nvidia-smi: the adapter's own name
+  const board = gpu.adapter.info.vendor === 'nvidia' ? nvidiaSmi(['name'])?.[0] : undefined;
+  return board ? `${board} (Vulkan, ${gpu.adapterName})` : gpu.adapterName;
 }
 
 /** 'NVIDIA H100 80GB HBM3 (Vulkan, ...)' -> 'nvidia-h100-80gb-hbm3' */

@@ -3,9 +3,10 @@
 //
 //   node --import tsx scripts/reclaim_probe.ts     (nvidia-smi must be on the PATH)
 
-import { execFileSync } from 'node:child_process';
+import { nvidiaSmi } from '../bench/lib.ts';
 import { Gpu } from '../src/gpu/device.ts';
-const smi = () => execFileSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader'], { encoding: 'utf8' }).trim();
+
+const smi = () => `${nvidiaSmi(['memory.used'])?.join(' / ') ?? '?'} MiB`;
 const gpu = await Gpu.create();
 const GiB = 2 ** 28;
 async function grab(label: string) {

@@ -33,7 +33,6 @@
 // pack (here), carry .gpu-layer, then there `scripts/device_select_layer.sh install` and its LD_LIBRARY_PATH;
 // scripts/multigpu_probe.ts checks that each Gpu's memory lands on its own GPU.
 
-import { execFileSync } from 'node:child_process';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { openGpus } from '../../src/gpu/multi.ts';
 import type { Tensor } from '../../src/gpu/tensor.ts';
@@ -43,11 +42,11 @@ import { MemoryLayer, type MemoryLayerConfig } from '../../src/model/memory_laye
 import { ShardedValueTable, type ExchangeDType } from '../../src/model/sharded_values.ts';
 import { Transformer } from '../../src/model/transformer.ts';
 import { ValueTable } from '../../src/model/value_table.ts';
-import { Rng } from '../../src/testing/rng.ts';
+import { randomBatch } from '../../src/testing/batch.ts';
 import { AdamW } from '../../src/train/optimizer.ts';
 import { ShardedAdamW } from '../../src/train/sharded_optimizer.ts';
 import { optimizerFor, Trainer } from '../../src/train/trainer.ts';
-import { median } from '../lib.ts';
+import { median, nvidiaSmi } from '../lib.ts';
 import type { SuiteOutput } from '../run.ts';
 import { PAPER, QUICK, type Sizes } from './memory.ts';
 
@@ -110,10 +109,7 @@ async function modelRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, quick: 
     maxSeqLen: T,
     memory: { layers: quick ? [1] : [2, 5], nKeys: s.n, heads: s.heads, topk: s.k, keyDim: s.dk, valueDtype: 'bf16' },
   });
-  const rng = new Rng(5);
-  const seq = Array.from({ length: B * (T + 1) }, () => rng.int(8192));
-  const ids = await gpu.tensorFrom(seq.filter((_, i) => i % (T + 1) !== T), [B, T], 'u32', 'ids');
-  const targets = await gpu.tensorFrom(seq.filter((_, i) => i % (T + 1) !== 0), [B, T], 'u32', 'targets');
+  const batch = await randomBatch(gpu, B, T, 8192, 5);
   const model = await Transformer.create(gpu, config, 1, gpus ? { valueGpus: gpus, valueExchange: exchange } : {});
   const opt = await optimizerFor(gpu, model, { lr: 1e-4 });
   const trainer = new Trainer(gpu, model, opt, { warmup: 1, steps: 1000, minRatio: 0.1 });
@@ -121,15 +117,14 @@ async function modelRun(gpu: Gpu, gpus: readonly Gpu[] | null, s: Sizes, quick: 
   try {
     for (let r = 0; r < 2 + reps; r++) {
       const t0 = performance.now();
-      await trainer.step([{ ids, targets }]);
+      await trainer.step([batch]);
       await Promise.all((gpus ?? [gpu]).map((g) => g.sync()));
       if (r >= 2) rates.push((B * T) / ((performance.now() - t0) / 1000));
     }
   } finally {
     opt.dispose();
     model.dispose();
-    ids.dispose();
-    targets.dispose();
+    batch.dispose();
   }
   return rates;
 }
@@ -182,26 +177,22 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
     maxSeqLen: 64,
     memory: { layers: [1], nKeys: 64, heads: 4, topk: 8, keyDim: 64, valueDtype: 'bf16' },
   });
-  const rng = new Rng(7);
-  const seq = Array.from({ length: 4 * 65 }, () => rng.int(512));
-  const ids = await gpu.tensorFrom(seq.filter((_, i) => i % 65 !== 64), [4, 64], 'u32', 'ids');
-  const targets = await gpu.tensorFrom(seq.filter((_, i) => i % 65 !== 0), [4, 64], 'u32', 'targets');
+  const batch = await randomBatch(gpu, 4, 64, 512, 7);
   const schedule = { warmup: 4, steps: 20, minRatio: 0.1 };
   const losses: number[][] = [];
   try {
     for (const sharded of [false, true]) {
       const model = await Transformer.create(gpu, config, 3, sharded ? { valueGpus: gpus, valueExchange: exchange } : {});
-      const opt = sharded ? await ShardedAdamW.create(gpu, model.params, model.shardedTable!, { lr: 3e-3 }) : await AdamW.create(gpu, model.params, { lr: 3e-3 });
+      const opt = await optimizerFor(gpu, model, { lr: 3e-3 });
       const trainer = new Trainer(gpu, model, opt, schedule);
       const run: number[] = [];
-      for (let s = 0; s < 20; s++) run.push((await trainer.step([{ ids, targets }])).loss);
+      for (let s = 0; s < 20; s++) run.push((await trainer.step([batch])).loss);
       losses.push(run);
       opt.dispose();
       model.dispose();
     }
   } finally {
-    ids.dispose();
-    targets.dispose();
+    batch.dispose();
   }
   const [one, many] = losses as [number[], number[]];
   notes[exchange === 'f32' ? 'train_losses' : `train_losses_${exchange}x`] = `one GPU ${one.map((l) => l.toFixed(4)).join(' ')}; sharded ${many.map((l) => l.toFixed(4)).join(' ')}`;
@@ -210,11 +201,7 @@ async function parity(gpu: Gpu, gpus: readonly Gpu[], notes: Record<string, stri
 
 /** each GPU's memory in use by nvidia-smi ('-' without one) */
 function usedMiB(): string {
-  try {
-    return execFileSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits'], { encoding: 'utf8' }).trim().split('\n').join(' / ');
-  } catch {
-    return '-';
-  }
+  return nvidiaSmi(['memory.used'])?.join(' / ') ?? '-';
 }
 
 /**

@@ -33,7 +33,7 @@ commands:
              N. 1 (default): one GPU. --value-gpus-shared: N devices on one adapter (to try the
              sharding on one GPU; no speed-up). new runs, --init and resuming alike; the checkpoints
              are one GPU's, resumable with any N. --value-exchange bf16: the shards' column blocks
-             travel as bf16 (40% fewer bytes; y and its gradient rounded to bf16), default f32
+             travel as bf16 (half their bytes; y and its gradient rounded to bf16), default f32
   generate   continue a prompt, streaming: --model runs/tiny --prompt "..." --max-new 64
              --temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 --stop "<string>"
              --memory <bank>: read Memory³ explicit memories from the bank while generating (every

@@ -21,8 +21,8 @@
 // numerics: y and dV are the one-GPU kernels' sums, column by column in the same order: equal to
 // one GPU's bit for bit. dw is the local shard's partial dots plus the others', added in f32 on the
 // model's GPU in shard order: equal to one GPU's within f32 rounding.
-// exchange 'bf16' (an option; f32 by default): the y and dout blocks travel as bf16, 40% fewer bytes
-// a step. every shard, the local one too, writes its y block rounded to bf16 once (membag's 16-bit
+// exchange 'bf16' (an option; f32 by default): the y and dout blocks travel as bf16, at half their
+// bytes. every shard, the local one too, writes its y block rounded to bf16 once (membag's 16-bit
 // out), and reads dout rounded to bf16 once: y is one GPU's y rounded to bf16, and dV and dw are
 // one GPU's for that rounded dout, bit for bit and within f32 rounding as above. init: each shard holds its
 // columns of the one-GPU table's init (ValueTable columns), so a seed gives the same table on any
@@ -301,9 +301,15 @@ export class ShardedValueTable {
    * them), read back and their columns put together
    */
   async gatherOf(of: (s: ValueShard, g: number) => readonly Tensor[], e: number): Promise<Uint8Array> {
-    const parts = await Promise.all(this.shards.map((s, g) => Promise.all(of(s, g).map((t) => s.gpu.readRaw(t)))));
     const out = new Uint8Array(this.rows * this.dim * e);
-    this.eachRow(e, (g, c, at, whole, w) => out.set(parts[g]![c]!.subarray(at, at + w), whole));
+    // each chunk's rows copied straight from its mapped read back (no second copy of the table)
+    await Promise.all(
+      this.shards.map(async (s, g) => {
+        for (const [c, t] of of(s, g).entries()) {
+          await s.gpu.readView(t.buffer, t.offset, t.byteLength, (bytes) => this.chunkRows(g, c, e, (at, whole, w) => out.set(bytes.subarray(at, at + w), whole)));
+        }
+      }),
+    );
     return out;
   }
 
@@ -313,21 +319,17 @@ export class ShardedValueTable {
       throw new ShapeError(`ShardedValueTable.${what}: ${bytes.byteLength} bytes for ${this.rows} rows of ${this.dim} elements of ${e} bytes (${this.rows * this.dim * e})`);
     }
     const parts = this.shards.map((s) => s.table.params.map((p) => new Uint8Array(p.value.shape[0]! * s.table.dim * e)));
-    this.eachRow(e, (g, c, at, whole, w) => parts[g]![c]!.set(bytes.subarray(whole, whole + w), at));
+    parts.forEach((chunks, g) => chunks.forEach((part, c) => this.chunkRows(g, c, e, (at, whole, w) => part.set(bytes.subarray(whole, whole + w), at))));
     return parts;
   }
 
-  /** every shard's chunk rows: fn(shard, chunk, byte offset in the chunk, byte offset in the whole table, bytes of the row's columns) */
-  private eachRow(e: number, fn: (g: number, c: number, at: number, whole: number, w: number) => void): void {
-    for (const [g, s] of this.shards.entries()) {
-      const w = s.table.dim * e;
-      let r0 = 0;
-      for (const [c, p] of s.table.params.entries()) {
-        const n = p.value.shape[0]!;
-        for (let r = 0; r < n; r++) fn(g, c, r * w, ((r0 + r) * this.dim + s.start) * e, w);
-        r0 += n;
-      }
-    }
+  /** the rows of shard g's chunk c: fn(byte offset in the chunk, byte offset in the whole table, bytes of the row's columns), `e` bytes an element */
+  private chunkRows(g: number, c: number, e: number, fn: (at: number, whole: number, w: number) => void): void {
+    const s = this.shards[g]!;
+    const w = s.table.dim * e;
+    const r0 = c * s.table.rowsPerChunk;
+    const n = s.table.params[c]!.value.shape[0]!;
+    for (let r = 0; r < n; r++) fn(r * w, ((r0 + r) * this.dim + s.start) * e, w);
   }
 
   /** Marks the rows a forward's bag reads on every shard, when the tables track reads. */

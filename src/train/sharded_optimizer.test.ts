@@ -12,6 +12,7 @@ import { Transformer } from '../model/transformer.ts';
 import { ValueTable } from '../model/value_table.ts';
 import { testGpu } from '../testing/gpu.ts';
 import { tinyMemoryModel } from '../testing/llama.ts';
+import { randomBatch } from '../testing/batch.ts';
 import { Rng } from '../testing/rng.ts';
 import { AdamW } from './optimizer.ts';
 import { ShardedAdamW } from './sharded_optimizer.ts';
@@ -25,10 +26,7 @@ for (const valueDtype of ['f32', 'bf16'] as const) {
     const gpu = await testGpu();
     second ??= await Gpu.create();
     const config = tinyMemoryModel([0, 1], valueDtype);
-    const rng = new Rng(3);
-    const seq = Array.from({ length: 2 * 13 }, () => rng.int(32));
-    const ids = await gpu.tensorFrom(seq.filter((_, i) => i % 13 !== 12), [2, 12], 'u32', 'ids');
-    const targets = await gpu.tensorFrom(seq.filter((_, i) => i % 13 !== 0), [2, 12], 'u32', 'targets');
+    const { ids, targets } = await randomBatch(gpu, 2, 12, 32, 3);
     const schedule = { warmup: 3, steps: 20, minRatio: 0.1 };
     const cfg = { lr: 1e-2, weightDecay: 0.1, maxNorm: 0.5 };
 
