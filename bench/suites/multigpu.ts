@@ -220,7 +220,7 @@ async function largest(main: Gpu, gpus: readonly Gpu[] | null, s: Sizes, notes: 
     const before = usedMiB();
     try {
       await layerRun(main, gpus, { ...s, n, T: Math.min(s.T, 1024) }, 1);
-      tries.push(`${n}: ran`);
+      tries.push(`${n}: ran (MiB in use before: ${before})`);
       console.error(`[multigpu] ${tag}: n = ${n} (${n * n} rows): a training step ran (MiB in use before: ${before})`);
       return true;
     } catch (e) {
