@@ -113,10 +113,7 @@ export class ShardedValueTable {
     if (!(out.dtype === 'f32' && out.shape.length === 2 && out.shape[0] === T && out.shape[1] === this.dim)) {
       throw new ShapeError(`ShardedValueTable.forward: out ${out} must be f32 [${T}, ${this.dim}]`);
     }
-    const G = this.shards.length;
-    const c = this.dim / G;
-    const local = this.local(gpu);
-    const others = this.others(local);
+    const { G, c, local, others } = this.layout(gpu);
     const timed = this.timed();
     const xdt = this.exchange;
     const bag = this.bagOn(T, B, idx, w, local);
@@ -168,10 +165,7 @@ export class ShardedValueTable {
     if (o.dw && !(o.dw.dtype === 'f32' && o.dw.shape.length === 2 && o.dw.shape[0] === T && o.dw.shape[1] === B)) {
       throw new ShapeError(`ShardedValueTable.backward: dw ${o.dw} must be f32 [${T}, ${B}]`);
     }
-    const G = this.shards.length;
-    const c = this.dim / G;
-    const local = this.local(gpu);
-    const others = this.others(local);
+    const { G, c, local, others } = this.layout(gpu);
     const timed = this.timed();
     const xdt = this.exchange;
     // dout's column blocks (G, T, c) on the model's GPU: block g is shard g's dout
@@ -270,14 +264,14 @@ export class ShardedValueTable {
     };
   }
 
-  /** the shards other than a local one, by index */
-  private others(local: boolean): number[] {
-    return this.shards.map((_, g) => g).filter((g) => !(local && g === 0));
-  }
-
-  /** whether shard 0 is on the model's GPU: its bag, output block and dout block then stay there */
-  private local(gpu: Gpu): boolean {
-    return this.shards[0]!.gpu === gpu;
+  /**
+   * G shards of c columns; `local`: whether shard 0 is on the model's GPU (its bag, output block
+   * and dout block then stay there); `others`: the other shards, by index
+   */
+  private layout(gpu: Gpu): { G: number; c: number; local: boolean; others: number[] } {
+    const G = this.shards.length;
+    const local = this.shards[0]!.gpu === gpu;
+    return { G, c: this.dim / G, local, others: this.shards.map((_, g) => g).filter((g) => !(local && g === 0)) };
   }
 
   get dtype(): DType {
